@@ -1,0 +1,95 @@
+# dm-fleece: top-level build, test and lint entry points.
+#
+#   make                 module (against KDIR) and tools
+#   make demo            the main job end to end, in a VM
+#   make check           the test suite in a VM (KVER=..., KERNEL=debug, T=pattern)
+#   make lint            checkpatch --strict and sparse on the module
+#   make install         module and tools on this host
+
+KVER_DEFAULT := $(shell . tests/vm/config.sh && echo $$KVER_6_1)
+KVER        ?= $(KVER_DEFAULT)
+KDIR        ?= /lib/modules/$(shell uname -r)/build
+CACHE       := $(shell . tests/vm/config.sh && echo $$FLEECE_CACHE)
+BUILD       ?= $(CURDIR)/build
+OUT         ?= $(BUILD)/results
+T           ?=
+KERNEL      ?= debian
+WERROR      ?= 0
+PREFIX      ?= /usr/local
+
+MODULE_SRCS := Kbuild $(wildcard drivers/md/*.[ch] include/*.h)
+
+.PHONY: all module tools check selftest demo bench lint install clean deps
+
+all: module tools
+
+# The module for the running host (make install) or any KDIR.
+module:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) W=$(if $(filter 1,$(WERROR)),,) \
+		KCFLAGS="$(if $(filter 1,$(WERROR)),-Werror)" modules
+
+tools:
+	$(MAKE) -C tools WERROR=$(WERROR)
+
+deps:
+	@tests/vm/deps.sh
+
+# Build the module in a per-kernel copy of the sources, so builds for
+# several kernels never share object files.
+# $(1): kernel release, $(2): KDIR
+define build_for
+	mkdir -p $(BUILD)/$(1) && \
+	rsync -a --delete --include='drivers/***' --include='include/***' \
+		--include=Kbuild --exclude='*' ./ $(BUILD)/$(1)/ && \
+	$(MAKE) -s -C $(2) M=$(BUILD)/$(1) KCFLAGS=-Werror modules
+endef
+
+# VM runs: the kernel is Debian's $(KVER), or the debug kernel.
+define vm_run
+	@tests/vm/deps.sh
+	@$(MAKE) -s tools WERROR=1
+	@set -e; \
+	if [ "$(KERNEL)" = debug ]; then \
+		eval "$$(tests/vm/debug-kernel.sh)"; \
+	else \
+		KVER=$(KVER); KDIR=/usr/src/linux-headers-$(KVER); \
+		KMODROOT=$(CACHE)/kernel/$(KVER)/root; \
+		KIMAGE=$$KMODROOT/boot/vmlinuz-$(KVER); \
+	fi; \
+	$(call build_for,$$KVER,$$KDIR); \
+	tests/vm/run.sh $$KVER $$KIMAGE $$KMODROOT $(BUILD)/$$KVER/dm-fleece.ko \
+		$(OUT)/$(1)-$$KVER $(1) "$(T)"
+endef
+
+check:
+	$(call vm_run,cases)
+
+# The harness must fail when the kernel prints a splat: this runs a test
+# that only prints a WARNING-shaped line and succeeds only if the run fails.
+selftest:
+	@if $(MAKE) -s check-selftest-run; then \
+		echo "harness selftest: a splat went unnoticed"; exit 1; \
+	else echo "harness selftest: the splat failed the run, as it must"; fi
+
+check-selftest-run:
+	$(call vm_run,selftest)
+
+demo:
+	$(call vm_run,demo)
+
+bench:
+	$(call vm_run,bench)
+
+lint:
+	@tests/vm/deps.sh
+	@tests/lint.sh
+
+install: all
+	$(MAKE) -C $(KDIR) M=$(CURDIR) modules_install
+	depmod -a $(notdir $(patsubst %/build,%,$(KDIR))) 2>/dev/null || depmod -a
+	$(MAKE) -C tools install PREFIX=$(PREFIX)
+
+clean:
+	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean 2>/dev/null
+	-$(MAKE) -C tools clean
+	rm -rf $(BUILD)

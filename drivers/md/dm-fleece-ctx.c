@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-fleece: chunk state, the context shared by the targets of one
+ * (origin, fleece) pair, and the registry that finds it.
+ */
+
+#include <linux/log2.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "dm-fleece.h"
+
+#define FLEECE_HASH_BUCKETS (1U << FLEECE_HASH_BITS)
+
+/* Contexts that a new origin table or a view can bind to. */
+static DEFINE_MUTEX(fleece_registry_lock);
+static LIST_HEAD(fleece_registry);
+
+/* --- chunk state ------------------------------------------------------- */
+
+/**
+ * fleece_chunk_set_copied() - a pending chunk's frozen data is now in the fleece
+ * @ctx: the context
+ * @chunk: the chunk, whose bucket lock the caller holds
+ *
+ * Release ordering: whoever sees the bit may rely on the copy being complete.
+ */
+void fleece_chunk_set_copied(struct fleece_ctx *ctx, unsigned long chunk)
+{
+	smp_mb__before_atomic();
+	set_bit(chunk, ctx->state.done);
+	atomic64_inc(&ctx->nr_copied);
+}
+
+/**
+ * fleece_chunk_set_released() - the view no longer needs @chunk
+ * @ctx: the context
+ * @chunk: the chunk, whose bucket lock the caller holds
+ *
+ * Return: true if the chunk was copied, i.e. its fleece range holds data.
+ */
+bool fleece_chunk_set_released(struct fleece_ctx *ctx, unsigned long chunk)
+{
+	bool was_copied = test_bit(chunk, ctx->state.done);
+
+	if (test_bit(chunk, ctx->state.released))
+		return false;
+	smp_mb__before_atomic();
+	set_bit(chunk, ctx->state.released);
+	set_bit(chunk, ctx->state.done);
+	if (was_copied)
+		atomic64_dec(&ctx->nr_copied);
+	atomic64_inc(&ctx->nr_released);
+	return was_copied;
+}
+
+static int fleece_chunk_state_alloc(struct fleece_ctx *ctx)
+{
+	size_t longs = BITS_TO_LONGS(ctx->nr_chunks);
+
+	ctx->state.done = kvcalloc(longs, sizeof(long), GFP_KERNEL);
+	ctx->state.released = kvcalloc(longs, sizeof(long), GFP_KERNEL);
+	if (!ctx->state.done || !ctx->state.released) {
+		kvfree(ctx->state.done);
+		kvfree(ctx->state.released);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* --- context ----------------------------------------------------------- */
+
+static void fleece_ctx_raise_event(struct work_struct *work)
+{
+	struct fleece_ctx *ctx = container_of(work, struct fleece_ctx,
+					      event_work);
+	struct fleece_target_link *link;
+
+	mutex_lock(&fleece_registry_lock);
+	list_for_each_entry(link, &ctx->targets, node)
+		dm_table_event(link->ti->table);
+	mutex_unlock(&fleece_registry_lock);
+}
+
+static struct fleece_ctx *fleece_ctx_create(struct dm_target *ti,
+					    struct dm_dev *origin,
+					    struct dm_dev *fleece,
+					    unsigned int chunk_sectors)
+{
+	struct fleece_ctx *ctx;
+	unsigned int i;
+	int r;
+
+	ctx = kzalloc(struct_size(ctx, buckets, FLEECE_HASH_BUCKETS),
+		      GFP_KERNEL);
+	if (!ctx) {
+		ti->error = "Cannot allocate fleece context";
+		return ERR_PTR(-ENOMEM);
+	}
+	kref_init(&ctx->kref);
+	INIT_LIST_HEAD(&ctx->registry_node);
+	INIT_LIST_HEAD(&ctx->targets);
+	ctx->origin_dev = origin->bdev->bd_dev;
+	ctx->fleece_dev = fleece->bdev->bd_dev;
+	ctx->origin_bdev = origin->bdev;
+	ctx->fleece_bdev = fleece->bdev;
+	ctx->region_sectors = ti->len;
+	ctx->chunk_sectors = chunk_sectors;
+	ctx->chunk_shift = ilog2(chunk_sectors);
+	ctx->nr_chunks = DIV_ROUND_UP_SECTOR_T(ti->len, chunk_sectors);
+	spin_lock_init(&ctx->lock);
+	bio_list_init(&ctx->held);
+	bio_list_init(&ctx->deferred);
+	init_waitqueue_head(&ctx->wait);
+	INIT_WORK(&ctx->event_work, fleece_ctx_raise_event);
+	for (i = 0; i < FLEECE_HASH_BUCKETS; i++) {
+		spin_lock_init(&ctx->buckets[i].lock);
+		INIT_HLIST_HEAD(&ctx->buckets[i].regions);
+	}
+
+	if (fleece_chunk_state_alloc(ctx)) {
+		DMERR("cannot allocate %zu bytes of chunk state for %lu chunks of %u sectors: use a larger chunk size",
+		      2 * BITS_TO_LONGS(ctx->nr_chunks) * sizeof(long),
+		      ctx->nr_chunks, chunk_sectors);
+		ti->error = "Cannot allocate chunk state: origin too large for memory at this chunk size";
+		kfree(ctx);
+		return ERR_PTR(-ENOMEM);
+	}
+
+	r = fleece_cbw_init(ctx);
+	if (r) {
+		ti->error = "Cannot allocate copy-before-write resources";
+		kvfree(ctx->state.done);
+		kvfree(ctx->state.released);
+		kfree(ctx);
+		return ERR_PTR(r);
+	}
+	return ctx;
+}
+
+static void fleece_ctx_release(struct kref *kref)
+{
+	struct fleece_ctx *ctx = container_of(kref, struct fleece_ctx, kref);
+
+	fleece_cbw_exit(ctx);
+	kvfree(ctx->state.done);
+	kvfree(ctx->state.released);
+	kfree(ctx);
+}
+
+static struct fleece_ctx *fleece_registry_find(dev_t origin, dev_t fleece)
+{
+	struct fleece_ctx *ctx;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	list_for_each_entry(ctx, &fleece_registry, registry_node)
+		if (ctx->origin_dev == origin && ctx->fleece_dev == fleece)
+			return ctx;
+	return NULL;
+}
+
+/* Is @dev part of a registered pair, in any role? Names the role. */
+static const char *fleece_registry_role(dev_t dev)
+{
+	struct fleece_ctx *ctx;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	list_for_each_entry(ctx, &fleece_registry, registry_node) {
+		if (ctx->origin_dev == dev)
+			return "origin";
+		if (ctx->fleece_dev == dev)
+			return "fleece";
+	}
+	return NULL;
+}
+
+/**
+ * fleece_ctx_bind() - bind an origin target to the context of its pair
+ * @link: the target's link; @link->ti is the target being constructed
+ * @origin: the origin device
+ * @fleece: the fleece device
+ * @chunk_sectors: chunk size of the new table
+ *
+ * A table for a pair that already has a context takes it over (a reload
+ * keeps the state); the chunk size and length must then be the same.
+ *
+ * Return: the context with a reference held, or an ERR_PTR with ti->error set.
+ */
+struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
+				   struct dm_dev *origin, struct dm_dev *fleece,
+				   unsigned int chunk_sectors)
+{
+	struct dm_target *ti = link->ti;
+	dev_t o = origin->bdev->bd_dev, f = fleece->bdev->bd_dev;
+	struct fleece_ctx *ctx;
+
+	mutex_lock(&fleece_registry_lock);
+	ctx = fleece_registry_find(o, f);
+	if (ctx) {
+		if (ctx->chunk_sectors != chunk_sectors) {
+			DMERR("chunk size %u differs from the live fleece of these devices (%u)",
+			      chunk_sectors, ctx->chunk_sectors);
+			ti->error = "Chunk size differs from the live fleece of these devices";
+			ctx = ERR_PTR(-EINVAL);
+			goto out;
+		}
+		if (ctx->region_sectors != ti->len) {
+			DMERR("length %llu differs from the live fleece of these devices (%llu sectors)",
+			      (unsigned long long)ti->len,
+			      (unsigned long long)ctx->region_sectors);
+			ti->error = "Length differs from the live fleece of these devices";
+			ctx = ERR_PTR(-EINVAL);
+			goto out;
+		}
+		kref_get(&ctx->kref);
+	} else {
+		const char *role = fleece_registry_role(o);
+
+		if (role && !strcmp(role, "fleece")) {
+			ti->error = "Origin device is the fleece device of a live fleece";
+			ctx = ERR_PTR(-EBUSY);
+			goto out;
+		}
+		role = fleece_registry_role(f);
+		if (role) {
+			ti->error = role[0] == 'o' ?
+				"Fleece device is the origin of a live fleece" :
+				"Fleece device is already in use by a live fleece";
+			ctx = ERR_PTR(-EBUSY);
+			goto out;
+		}
+		ctx = fleece_ctx_create(ti, origin, fleece, chunk_sectors);
+		if (IS_ERR(ctx))
+			goto out;
+		list_add(&ctx->registry_node, &fleece_registry);
+	}
+	ctx->nr_origins++;
+	list_add(&link->node, &ctx->targets);
+out:
+	mutex_unlock(&fleece_registry_lock);
+	return ctx;
+}
+
+/**
+ * fleece_ctx_find_live() - bind a view to the live context of its pair
+ * @link: the view's link; @link->ti is the view being constructed
+ * @origin: the origin device named by the view's table
+ * @fleece: the fleece device named by the view's table
+ *
+ * Return: the context with a reference held, or an ERR_PTR with ti->error set.
+ */
+struct fleece_ctx *fleece_ctx_find_live(struct fleece_target_link *link,
+					struct dm_dev *origin,
+					struct dm_dev *fleece)
+{
+	struct dm_target *ti = link->ti;
+	dev_t o = origin->bdev->bd_dev, f = fleece->bdev->bd_dev;
+	struct fleece_ctx *ctx;
+
+	mutex_lock(&fleece_registry_lock);
+	ctx = fleece_registry_find(o, f);
+	if (!ctx) {
+		const char *role_o = fleece_registry_role(o);
+		const char *role_f = fleece_registry_role(f);
+
+		if (role_o || role_f)
+			ti->error = "Devices do not match a live fleece: wrong origin/fleece pair";
+		else
+			ti->error = "No live fleece target for these origin and fleece devices";
+		ctx = ERR_PTR(-ENODEV);
+	} else if (!ctx->started) {
+		ti->error = "The fleece target for these devices has not been resumed yet";
+		ctx = ERR_PTR(-EAGAIN);
+	} else if (fleece_ctx_invalid(ctx)) {
+		ti->error = "The fleece for these devices is invalid";
+		ctx = ERR_PTR(-EIO);
+	} else if (ti->len > ctx->region_sectors) {
+		ti->error = "View is longer than the fleece region";
+		ctx = ERR_PTR(-EINVAL);
+	} else {
+		kref_get(&ctx->kref);
+		list_add(&link->node, &ctx->targets);
+	}
+	mutex_unlock(&fleece_registry_lock);
+	return ctx;
+}
+
+/**
+ * fleece_ctx_unbind() - a target lets go of its context
+ * @ctx: the context
+ * @link: the target's link
+ * @is_origin: whether the target is a "fleece" (origin) target
+ *
+ * When the last origin target goes, nothing protects the origin any more:
+ * the context is invalidated and leaves the registry.  The origin device
+ * must stay open until copies still in flight (abandoned by a timeout) end.
+ */
+void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
+		       bool is_origin)
+{
+	bool orphaned = false;
+
+	mutex_lock(&fleece_registry_lock);
+	list_del(&link->node);
+	if (is_origin && !--ctx->nr_origins) {
+		list_del_init(&ctx->registry_node);
+		orphaned = true;
+	}
+	mutex_unlock(&fleece_registry_lock);
+
+	if (orphaned) {
+		fleece_ctx_invalidate(ctx, "the origin is no longer protected by a fleece target");
+		spin_lock_irq(&ctx->lock);
+		wait_event_lock_irq(ctx->wait, !ctx->nr_copies, ctx->lock);
+		spin_unlock_irq(&ctx->lock);
+	}
+	kref_put(&ctx->kref, fleece_ctx_release);
+}
+
+/**
+ * fleece_ctx_origin_resume() - an origin target resumed
+ * @ctx: the context
+ *
+ * The first resume of any origin table of the pair is the point in time.
+ * View reads that waited for a live origin go on.
+ */
+void fleece_ctx_origin_resume(struct fleece_ctx *ctx)
+{
+	unsigned long flags;
+
+	mutex_lock(&fleece_registry_lock);
+	ctx->started = true;
+	mutex_unlock(&fleece_registry_lock);
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	ctx->nr_live++;
+	bio_list_merge(&ctx->deferred, &ctx->held);
+	bio_list_init(&ctx->held);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	queue_work(ctx->wq, &ctx->worker);
+}
+
+/**
+ * fleece_ctx_origin_suspend() - an origin target was suspended
+ * @ctx: the context
+ *
+ * The table may now be swapped for one that does not protect the origin.
+ * From here until an origin target resumes, view reads of pending chunks
+ * wait; those already reading the origin are waited for.
+ */
+void fleece_ctx_origin_suspend(struct fleece_ctx *ctx)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	ctx->nr_live--;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	wait_event(ctx->wait, !atomic_read(&ctx->origin_reads));
+}
+
+/**
+ * fleece_ctx_invalidate() - the view can no longer be trusted
+ * @ctx: the context
+ * @why: for the kernel log
+ *
+ * From now on origin writes go through without copy-before-write and every
+ * view read fails.  Raises a dm event on every table of the pair.
+ */
+void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (ctx->invalid) {
+		spin_unlock_irqrestore(&ctx->lock, flags);
+		return;
+	}
+	smp_store_release(&ctx->invalid, true);
+	bio_list_merge(&ctx->deferred, &ctx->held);
+	bio_list_init(&ctx->held);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+
+	if (ctx->started)
+		DMERR("origin %u:%u fleece %u:%u: view invalidated: %s",
+		      MAJOR(ctx->origin_dev), MINOR(ctx->origin_dev),
+		      MAJOR(ctx->fleece_dev), MINOR(ctx->fleece_dev), why);
+	queue_work(ctx->wq, &ctx->event_work);
+	queue_work(ctx->wq, &ctx->worker);
+}
+
+/* Hand @bio to the worker, which maps it again. */
+void fleece_ctx_defer(struct fleece_ctx *ctx, struct bio *bio)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	bio_list_add(&ctx->deferred, bio);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	queue_work(ctx->wq, &ctx->worker);
+}

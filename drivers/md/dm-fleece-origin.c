@@ -1,0 +1,362 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-fleece: the "fleece" target, on the origin side.
+ *
+ *   <start> <len> fleece <origin_dev> <fleece_dev> <chunk_sectors>
+ *                        [<#feature_args> <feature_arg>...]
+ *
+ * Reads pass straight to the origin.  Writes to a pending chunk first copy
+ * the chunk to the fleece device at the same offset (copy-before-write);
+ * writes to any other chunk pass without a lock.
+ */
+
+#include <linux/module.h>
+
+#include "dm-fleece.h"
+
+struct fleece_origin {
+	struct fleece_target_link link;
+	struct dm_dev *origin;
+	struct dm_dev *fleece;
+	struct fleece_ctx *ctx;
+	unsigned int chunk_sectors;
+	bool fail_origin_writes;
+	unsigned int cbw_timeout_ms;
+	bool live;	/* resumed, not suspended since */
+};
+
+static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo,
+				 struct dm_target *ti)
+{
+	static const struct dm_arg _args[] = {
+		{0, 3, "Invalid number of feature arguments"},
+		{0, UINT_MAX, "Invalid cbw_timeout_ms: not a number of milliseconds"},
+	};
+	unsigned int argc, ms;
+	const char *name;
+	int r;
+
+	if (!as->argc)
+		return 0;
+	r = dm_read_arg_group(_args, as, &argc, &ti->error);
+	if (r)
+		return r;
+
+	while (argc) {
+		name = dm_shift_arg(as);
+		argc--;
+		if (!strcasecmp(name, FLEECE_FEATURE_FAIL_ORIGIN_WRITES)) {
+			fo->fail_origin_writes = true;
+		} else if (!strcasecmp(name, FLEECE_FEATURE_CBW_TIMEOUT_MS)) {
+			if (!argc) {
+				ti->error = "Feature cbw_timeout_ms needs a value";
+				return -EINVAL;
+			}
+			r = dm_read_arg(&_args[1], as, &ms, &ti->error);
+			if (r)
+				return r;
+			argc--;
+			fo->cbw_timeout_ms = ms;
+		} else {
+			ti->error = "Unknown feature argument";
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int fleece_parse_chunk_sectors(const char *arg, unsigned int *chunk,
+				      struct dm_target *ti)
+{
+	char dummy;
+
+	if (sscanf(arg, "%u%c", chunk, &dummy) != 1) {
+		ti->error = "Invalid chunk size: not a number of sectors";
+		return -EINVAL;
+	}
+	if (!is_power_of_2(*chunk)) {
+		ti->error = "Invalid chunk size: not a power of two";
+		return -EINVAL;
+	}
+	if (*chunk < FLEECE_MIN_CHUNK_SECTORS) {
+		ti->error = "Invalid chunk size: smaller than 8 sectors";
+		return -EINVAL;
+	}
+	if (*chunk > FLEECE_MAX_CHUNK_SECTORS) {
+		ti->error = "Invalid chunk size: larger than 32768 sectors";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Both devices must hold the region and have blocks that divide a chunk. */
+static int fleece_check_devices(struct fleece_origin *fo, struct dm_target *ti)
+{
+	unsigned int bytes = fo->chunk_sectors << SECTOR_SHIFT;
+
+	if (fo->origin->bdev == fo->fleece->bdev) {
+		ti->error = "Origin and fleece devices must differ";
+		return -EINVAL;
+	}
+	if (bdev_nr_sectors(fo->origin->bdev) < ti->len) {
+		ti->error = "Origin device is smaller than the target";
+		return -EINVAL;
+	}
+	if (bdev_nr_sectors(fo->fleece->bdev) < ti->len) {
+		ti->error = "Fleece device is smaller than the target";
+		return -EINVAL;
+	}
+	if (bytes % bdev_logical_block_size(fo->origin->bdev)) {
+		ti->error = "Chunk size is not a multiple of the origin's logical block size";
+		return -EINVAL;
+	}
+	if (bytes % bdev_logical_block_size(fo->fleece->bdev)) {
+		ti->error = "Chunk size is not a multiple of the fleece's logical block size";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **argv)
+{
+	struct dm_arg_set as = { .argc = argc, .argv = argv };
+	struct fleece_origin *fo;
+	struct fleece_ctx *ctx;
+	int r;
+
+	if (argc < 3) {
+		ti->error = "Not enough arguments: <origin_dev> <fleece_dev> <chunk_sectors> [<#feature_args> <feature_arg>...]";
+		return -EINVAL;
+	}
+
+	fo = kzalloc(sizeof(*fo), GFP_KERNEL);
+	if (!fo) {
+		ti->error = "Cannot allocate fleece target";
+		return -ENOMEM;
+	}
+	fo->link.ti = ti;
+
+	r = fleece_parse_chunk_sectors(argv[2], &fo->chunk_sectors, ti);
+	if (r)
+		goto bad;
+	dm_consume_args(&as, 3);
+	r = fleece_parse_features(&as, fo, ti);
+	if (r)
+		goto bad;
+	if (as.argc) {
+		ti->error = "Too many arguments";
+		r = -EINVAL;
+		goto bad;
+	}
+
+	r = dm_get_device(ti, argv[0], dm_table_get_mode(ti->table), &fo->origin);
+	if (r) {
+		ti->error = "Cannot open origin device";
+		goto bad;
+	}
+	r = dm_get_device(ti, argv[1], dm_table_get_mode(ti->table), &fo->fleece);
+	if (r) {
+		ti->error = "Cannot open fleece device";
+		goto bad_fleece;
+	}
+	r = fleece_check_devices(fo, ti);
+	if (r)
+		goto bad_ctx;
+
+	ctx = fleece_ctx_bind(&fo->link, fo->origin, fo->fleece,
+			      fo->chunk_sectors);
+	if (IS_ERR(ctx)) {
+		r = PTR_ERR(ctx);
+		goto bad_ctx;
+	}
+	fo->ctx = ctx;
+
+	r = dm_set_target_max_io_len(ti, fo->chunk_sectors);
+	if (r) {
+		fleece_ctx_unbind(ctx, &fo->link, true);
+		goto bad_ctx;
+	}
+	ti->num_flush_bios = 1;
+	ti->num_discard_bios = 1;
+	ti->num_write_zeroes_bios = 1;
+	ti->num_secure_erase_bios = 1;
+	ti->per_io_data_size = sizeof(struct fleece_bio);
+	ti->accounts_remapped_io = true;
+	ti->private = fo;
+	return 0;
+
+bad_ctx:
+	dm_put_device(ti, fo->fleece);
+bad_fleece:
+	dm_put_device(ti, fo->origin);
+bad:
+	kfree(fo);
+	return r;
+}
+
+static void fleece_origin_dtr(struct dm_target *ti)
+{
+	struct fleece_origin *fo = ti->private;
+
+	if (fo->live)
+		fleece_ctx_origin_suspend(fo->ctx);
+	fleece_ctx_unbind(fo->ctx, &fo->link, true);
+	dm_put_device(ti, fo->fleece);
+	dm_put_device(ti, fo->origin);
+	kfree(fo);
+}
+
+/**
+ * fleece_origin_map_bio() - map an origin bio, first time or again
+ * @ti: the fleece target
+ * @bio: a bio within one chunk
+ *
+ * Return: a DM_MAPIO_* value.
+ */
+int fleece_origin_map_bio(struct dm_target *ti, struct bio *bio)
+{
+	struct fleece_origin *fo = ti->private;
+	struct fleece_ctx *ctx = fo->ctx;
+	unsigned long chunk;
+	int r;
+
+	bio_set_dev(bio, fo->origin->bdev);
+	if (bio_op(bio) == REQ_OP_READ || !bio_sectors(bio))
+		goto remap;
+
+	chunk = fleece_chunk_of(ctx, ti, bio);
+	if (likely(fleece_chunk_done(ctx, chunk)) || fleece_ctx_invalid(ctx))
+		goto remap;
+
+	/* Pending chunk: the old data must be kept for the view. */
+	switch (bio_op(bio)) {
+	case REQ_OP_DISCARD:
+		/* Dropping it is allowed, and never costs a copy. */
+		bio_endio(bio);
+		return DM_MAPIO_SUBMITTED;
+	case REQ_OP_WRITE:
+	case REQ_OP_WRITE_ZEROES:
+	case REQ_OP_SECURE_ERASE:
+		break;
+	default:
+		return DM_MAPIO_KILL;	/* zone operations: not supported */
+	}
+	r = fleece_origin_write(ctx, bio, chunk);
+	if (r != DM_MAPIO_REMAPPED)
+		return r;
+	/* The chunk became done, or the view invalid, meanwhile. */
+
+remap:
+	bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	return DM_MAPIO_REMAPPED;
+}
+
+static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
+{
+	struct fleece_origin *fo = ti->private;
+	struct fleece_bio *fb = fleece_bio(bio);
+
+	fb->ti = ti;
+	fb->reader_of = NULL;
+	fb->is_view = false;
+	if (bio_sectors(bio))
+		fleece_trim_to_chunk(fo->ctx, ti, bio);
+	return fleece_origin_map_bio(ti, bio);
+}
+
+static void fleece_origin_postsuspend(struct dm_target *ti)
+{
+	struct fleece_origin *fo = ti->private;
+
+	if (fo->live) {
+		fo->live = false;
+		fleece_ctx_origin_suspend(fo->ctx);
+	}
+}
+
+static void fleece_origin_resume(struct dm_target *ti)
+{
+	struct fleece_origin *fo = ti->private;
+	struct fleece_ctx *ctx = fo->ctx;
+
+	/* The table that resumes last sets the policy. */
+	WRITE_ONCE(ctx->fail_origin_writes, fo->fail_origin_writes);
+	WRITE_ONCE(ctx->cbw_timeout_ms, fo->cbw_timeout_ms);
+	if (!fo->live) {
+		fo->live = true;
+		fleece_ctx_origin_resume(ctx);
+	}
+}
+
+static void fleece_origin_status(struct dm_target *ti, status_type_t type,
+				 unsigned int status_flags, char *result,
+				 unsigned int maxlen)
+{
+	struct fleece_origin *fo = ti->private;
+	struct fleece_ctx *ctx = fo->ctx;
+	unsigned int sz = 0;
+	u64 copied, released;
+
+	switch (type) {
+	case STATUSTYPE_INFO:
+		copied = atomic64_read(&ctx->nr_copied);
+		released = atomic64_read(&ctx->nr_released);
+		DMEMIT("%u %lu %llu %llu %llu %llu %llu %s",
+		       ctx->chunk_sectors, ctx->nr_chunks,
+		       (unsigned long long)(ctx->nr_chunks - copied - released),
+		       (unsigned long long)copied, (unsigned long long)released,
+		       (unsigned long long)atomic64_read(&ctx->cbw_count),
+		       (unsigned long long)atomic64_read(&ctx->cbw_errors),
+		       fleece_ctx_invalid(ctx) ? FLEECE_STATE_INVALID :
+						 FLEECE_STATE_ACTIVE);
+		break;
+	case STATUSTYPE_TABLE:
+		DMEMIT("%s %s %u", fo->origin->name, fo->fleece->name,
+		       fo->chunk_sectors);
+		if (fo->fail_origin_writes || fo->cbw_timeout_ms) {
+			DMEMIT(" %u", (fo->fail_origin_writes ? 1 : 0) +
+			       (fo->cbw_timeout_ms ? 2 : 0));
+			if (fo->fail_origin_writes)
+				DMEMIT(" " FLEECE_FEATURE_FAIL_ORIGIN_WRITES);
+			if (fo->cbw_timeout_ms)
+				DMEMIT(" " FLEECE_FEATURE_CBW_TIMEOUT_MS " %u",
+				       fo->cbw_timeout_ms);
+		}
+		break;
+	default:
+		result[0] = '\0';
+		break;
+	}
+}
+
+static int fleece_origin_iterate_devices(struct dm_target *ti,
+					 iterate_devices_callout_fn fn,
+					 void *data)
+{
+	struct fleece_origin *fo = ti->private;
+
+	return fn(ti, fo->origin, 0, ti->len, data);
+}
+
+static struct target_type fleece_origin_target = {
+	.name = FLEECE_TARGET_NAME,
+	.version = {1, 0, 0},
+	.module = THIS_MODULE,
+	.ctr = fleece_origin_ctr,
+	.dtr = fleece_origin_dtr,
+	.map = fleece_origin_map,
+	.postsuspend = fleece_origin_postsuspend,
+	.resume = fleece_origin_resume,
+	.status = fleece_origin_status,
+	.iterate_devices = fleece_origin_iterate_devices,
+};
+
+int fleece_origin_register(void)
+{
+	return dm_register_target(&fleece_origin_target);
+}
+
+void fleece_origin_unregister(void)
+{
+	dm_unregister_target(&fleece_origin_target);
+}

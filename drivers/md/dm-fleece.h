@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dm-fleece: copy-before-write onto a local fleece device, with a frozen view.
+ *
+ * Internal declarations shared by the module's files:
+ *   dm-fleece-ctx.c     chunk state, the shared context and its registry
+ *   dm-fleece-cbw.c     the copy-before-write engine and deferred bios
+ *   dm-fleece-origin.c  the "fleece" target (origin side)
+ *   dm-fleece-view.c    the "fleece-view" target (the frozen image)
+ */
+#ifndef DM_FLEECE_H
+#define DM_FLEECE_H
+
+#include <linux/bio.h>
+#include <linux/device-mapper.h>
+#include <linux/dm-kcopyd.h>
+#include <linux/kref.h>
+#include <linux/mempool.h>
+#include <linux/semaphore.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "dm-fleece-interface.h"	/* names shared with the tools */
+
+#define DM_MSG_PREFIX "fleece"
+
+#define FLEECE_HASH_BITS 8	/* in-flight chunk descriptors: 256 buckets */
+
+/*
+ * Chunk states, two bits per chunk:
+ *
+ *   done  released
+ *    0      0       pending: the frozen data is only on the origin
+ *    1      0       copied:  the frozen data is in the fleece device
+ *    1      1       released by the view: nothing left to protect
+ *
+ * The origin's hot path tests @done alone, without a lock.  Bits are only
+ * ever set, under the chunk's bucket lock, with release ordering; lockless
+ * readers test them with acquire ordering.
+ */
+struct fleece_chunk_state {
+	unsigned long *done;
+	unsigned long *released;
+};
+
+/* Links a target to its context, so dm events reach every table. */
+struct fleece_target_link {
+	struct list_head node;
+	struct dm_target *ti;
+};
+
+struct fleece_bucket {
+	spinlock_t lock;
+	struct hlist_head regions;
+};
+
+/**
+ * struct fleece_ctx - state shared by every target of one (origin, fleece) pair
+ *
+ * Created by the first "fleece" table for a pair, found by later tables
+ * (reloads hand the state over) and by views through the registry.  Views
+ * and origin targets each hold a reference.  Once no origin target is left,
+ * the context is invalidated and leaves the registry: a later "fleece"
+ * table for the same pair starts a new point in time.
+ */
+struct fleece_ctx {
+	struct kref kref;
+	struct list_head registry_node;	/* while in the registry */
+	struct list_head targets;	/* fleece_target_links, registry lock */
+	dev_t origin_dev;
+	dev_t fleece_dev;
+	struct block_device *origin_bdev;
+	struct block_device *fleece_bdev;
+
+	sector_t region_sectors;
+	unsigned int chunk_sectors;
+	unsigned int chunk_shift;
+	unsigned long nr_chunks;
+	struct fleece_chunk_state state;
+
+	atomic64_t nr_copied;		/* copied and not yet released */
+	atomic64_t nr_released;
+	atomic64_t cbw_count;		/* copies started */
+	atomic64_t cbw_errors;
+
+	/* Policy of the origin table that resumed last. */
+	bool fail_origin_writes;
+	unsigned int cbw_timeout_ms;
+
+	bool invalid;			/* smp_store_release/smp_load_acquire */
+	bool started;			/* the point in time has been taken */
+	unsigned int nr_origins;	/* bound origin targets, registry lock */
+
+	/*
+	 * @lock protects @nr_live, @held, @deferred and @nr_copies.  Lock order: a
+	 * bucket lock, then @lock.
+	 */
+	spinlock_t lock;
+	unsigned int nr_live;		/* resumed origin targets */
+	struct bio_list held;		/* view reads waiting for a live origin */
+	struct bio_list deferred;	/* bios the worker maps again */
+	unsigned int nr_copies;		/* copies in flight, abandoned ones too */
+	atomic_t origin_reads;		/* view reads in flight on the origin */
+	wait_queue_head_t wait;
+
+	struct workqueue_struct *wq;
+	struct work_struct worker;
+	struct work_struct event_work;
+
+	struct dm_kcopyd_client *kcopyd;
+	struct semaphore copy_slots;	/* bounds the memory of copies */
+	mempool_t region_pool;
+	struct fleece_bucket buckets[];
+};
+
+/*
+ * Every bio of both targets carries this (per_io_data_size), so that the
+ * worker can map deferred bios again and the view knows what it reads.
+ */
+struct fleece_bio {
+	struct dm_target *ti;
+	struct fleece_region *reader_of;	/* view read of a pending chunk */
+	bool is_view;
+};
+
+static inline struct fleece_bio *fleece_bio(struct bio *bio)
+{
+	return dm_per_bio_data(bio, sizeof(struct fleece_bio));
+}
+
+/* dm-fleece-ctx.c */
+struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
+				   struct dm_dev *origin, struct dm_dev *fleece,
+				   unsigned int chunk_sectors);
+struct fleece_ctx *fleece_ctx_find_live(struct fleece_target_link *link,
+					struct dm_dev *origin,
+					struct dm_dev *fleece);
+void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
+		       bool is_origin);
+void fleece_ctx_origin_resume(struct fleece_ctx *ctx);
+void fleece_ctx_origin_suspend(struct fleece_ctx *ctx);
+void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why);
+void fleece_ctx_defer(struct fleece_ctx *ctx, struct bio *bio);
+
+static inline bool fleece_ctx_invalid(struct fleece_ctx *ctx)
+{
+	return smp_load_acquire(&ctx->invalid);
+}
+
+static inline unsigned long fleece_chunk_of(struct fleece_ctx *ctx,
+					    struct dm_target *ti,
+					    struct bio *bio)
+{
+	return dm_target_offset(ti, bio->bi_iter.bi_sector) >> ctx->chunk_shift;
+}
+
+static inline sector_t fleece_chunk_start(struct fleece_ctx *ctx,
+					  unsigned long chunk)
+{
+	return (sector_t)chunk << ctx->chunk_shift;
+}
+
+/* Length of @chunk: the last one is short when the region is not aligned. */
+static inline sector_t fleece_chunk_len(struct fleece_ctx *ctx,
+					unsigned long chunk)
+{
+	sector_t start = fleece_chunk_start(ctx, chunk);
+
+	return min_t(sector_t, ctx->chunk_sectors, ctx->region_sectors - start);
+}
+
+static inline bool fleece_chunk_done(struct fleece_ctx *ctx,
+				     unsigned long chunk)
+{
+	return test_bit_acquire(chunk, ctx->state.done);
+}
+
+static inline bool fleece_chunk_released(struct fleece_ctx *ctx,
+					 unsigned long chunk)
+{
+	return test_bit_acquire(chunk, ctx->state.released);
+}
+
+void fleece_chunk_set_copied(struct fleece_ctx *ctx, unsigned long chunk);
+bool fleece_chunk_set_released(struct fleece_ctx *ctx, unsigned long chunk);
+
+/*
+ * Trim @bio to the chunk it starts in (dm core splits reads and writes at
+ * max_io_len, but not every kernel splits discards and write-zeroes).
+ */
+static inline void fleece_trim_to_chunk(struct fleece_ctx *ctx,
+					struct dm_target *ti, struct bio *bio)
+{
+	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	sector_t left = ctx->chunk_sectors - (off & (ctx->chunk_sectors - 1));
+
+	if (bio_sectors(bio) > left)
+		dm_accept_partial_bio(bio, left);
+}
+
+/* dm-fleece-cbw.c */
+int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
+			unsigned long chunk);
+int fleece_view_read_pending(struct fleece_ctx *ctx, struct bio *bio,
+			     unsigned long chunk);
+int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
+			unsigned long chunk, bool *released_now,
+			bool *was_copied);
+void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio);
+void fleece_worker(struct work_struct *work);
+int fleece_cbw_module_init(void);
+void fleece_cbw_module_exit(void);
+int fleece_cbw_init(struct fleece_ctx *ctx);
+void fleece_cbw_exit(struct fleece_ctx *ctx);
+
+/* dm-fleece-origin.c, dm-fleece-view.c */
+int fleece_origin_map_bio(struct dm_target *ti, struct bio *bio);
+int fleece_view_map_bio(struct dm_target *ti, struct bio *bio);
+int fleece_origin_register(void);
+void fleece_origin_unregister(void);
+int fleece_view_register(void);
+void fleece_view_unregister(void);
+
+#endif /* DM_FLEECE_H */

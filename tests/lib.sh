@@ -1,0 +1,95 @@
+# Helpers for the tests in tests/cases: sourced at the top of each test.
+# A test is a bash script that runs inside the VM as root; it passes by
+# exiting 0.  Anything else, or a kernel splat while it runs, fails it.
+set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
+
+T_DMESG_START=$(dmesg | wc -l)
+export DM_UDEV_DISABLE_LIBRARY_FALLBACK=1
+
+log() { echo "== $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+trap 'rc=$?; [ $rc = 0 ] || echo "FAIL: line $LINENO: exit $rc: $BASH_COMMAND" >&2' ERR
+
+assert_eq() { # actual expected what
+	[ "$1" = "$2" ] || fail "$3: got '$1', expected '$2'"
+}
+
+# Run "$@"; it must fail.  Its stderr is kept in $T_ERR.
+expect_fail() {
+	if T_ERR=$("$@" 2>&1 >/dev/null); then
+		fail "expected failure: $*"
+	fi
+}
+
+# Kernel log lines written since the test started.
+dmesg_since_start() { dmesg | tail -n +$((T_DMESG_START + 1)); }
+
+expect_dmesg() { # extended regex
+	dmesg_since_start | grep -qE "$1" || fail "no kernel message matching '$1'"
+}
+
+# --- block devices ---------------------------------------------------------
+# Slices of the ram disks /dev/ram0..3 (1 GiB each), as dm-linear devices.
+
+mkdev() { # name MiB [ram index]
+	local name=$1 mib=$2 ram=${3:-0} f off
+	f=/tmp/.ram$ram.next
+	off=$(cat "$f" 2>/dev/null || echo 0)
+	echo $((off + mib * 2048)) > "$f"
+	[ $((off + mib * 2048)) -le 2097152 ] || fail "ram$ram is full"
+	dmsetup create "$name" --table "0 $((mib * 2048)) linear /dev/ram$ram $off"
+	echo "/dev/mapper/$name"
+}
+
+sectors() { blockdev --getsz "$1"; }
+
+# A file of pseudo-random data, reproducible from its seed.
+mkpattern() { # file MiB seed
+	openssl enc -aes-128-ctr -pass "pass:$3" -nosalt -pbkdf2 \
+		-in <(head -c $(($2 << 20)) /dev/zero) -out "$1" 2>/dev/null ||
+		head -c $(($2 << 20)) /dev/urandom > "$1"
+}
+
+put() { # file dev [offset in 512-byte sectors]
+	dd if="$1" of="$2" bs=1M oflag=direct,seek_bytes seek=$((${3:-0} * 512)) \
+		conv=notrunc status=none
+}
+
+# Byte-for-byte comparison of a device (O_DIRECT) with a file.
+same() { # dev file what
+	cmp <(dd if="$1" bs=1M iflag=direct status=none) "$2" ||
+		fail "$3: $1 differs from $2"
+}
+
+# Bytes [off, off+len) of a device, O_DIRECT, in 4 KiB units.
+dev_range() { # dev offset_kib len_kib
+	dd if="$1" bs=4k skip=$(($2 / 4)) count=$(($3 / 4)) iflag=direct status=none
+}
+file_range() { # file offset_kib len_kib
+	dd if="$1" bs=4k skip=$(($2 / 4)) count=$(($3 / 4)) status=none
+}
+
+# --- fleece ----------------------------------------------------------------
+
+fleece_create() { # name origin fleece chunk_sectors [feature args...]
+	local name=$1 origin=$2 fl=$3 chunk=$4
+	shift 4
+	local feat=""
+	[ $# -gt 0 ] && feat=" $# $*"
+	dmsetup create "$name" --table "0 $(sectors "$origin") fleece $origin $fl $chunk$feat"
+	echo "/dev/mapper/$name"
+}
+
+view_create() { # name origin fleece
+	dmsetup create "$1" --table "0 $(sectors "$2") fleece-view $2 $3"
+	echo "/dev/mapper/$1"
+}
+
+# Field N (0-based) of a target's status, after "<start> <len> <type>".
+status_field() { # dm-name N
+	dmsetup status "$1" | awk -v n="$2" '{ print $(n + 4) }'
+}
+
+# fleece status as "pending copied released cbw errors state"
+fleece_counts() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }

@@ -1,0 +1,64 @@
+# Sourced by guest.sh: runs one suite's tests and prints KTAP.
+# Each test is a bash script run in a fresh scratch directory with fresh ram
+# disks; after it, everything it left is torn down and the kernel log it
+# produced is scanned for splats.
+
+: "${TEST_TIMEOUT:=900}"
+
+teardown() {
+	# Unmount anything below /mnt, then drop every dm, lvm and loop device.
+	grep -o ' /mnt[^ ]*' /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
+	vgchange -an >/dev/null 2>&1
+	for i in 1 2 3; do
+		dmsetup remove_all --force >/dev/null 2>&1
+		[ -z "$(dmsetup ls 2>/dev/null | grep -v 'No devices')" ] && break
+		sleep 1
+	done
+	losetup -D 2>/dev/null
+	udevadm settle --timeout=30
+	rmmod brd 2>/dev/null
+}
+
+run_suite() {
+	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 tests=() rc before
+	for t in "$dir"/*.sh; do
+		name=$(basename "$t" .sh)
+		if [ "$pattern" != all ] && [[ $name != *$pattern* ]]; then continue; fi
+		tests+=("$t")
+	done
+	echo
+	echo "KTAP version 1"
+	echo "1..${#tests[@]}"
+	for t in "${tests[@]}"; do
+		n=$((n + 1))
+		name=$(basename "$t" .sh)
+		before=$(dmesg | wc -l)
+		modprobe brd rd_nr=4 rd_size=1048576 max_part=0
+		mkdir -p "/tmp/t/$name" && cd "/tmp/t/$name" || return 1
+		echo "# $name: start $(date +%T)" > /dev/kmsg
+		local start=$SECONDS
+		timeout -k 10 "$TEST_TIMEOUT" bash "$t" > "$OUT/$name.log" 2>&1
+		rc=$?
+		cd / && rm -rf "/tmp/t/$name"
+		teardown
+		local splat
+		splat=$(dmesg | tail -n +$((before + 1)) | grep -aE -B3 -A25 -f "$SRC/tests/vm/splat-patterns")
+		local dur=$((SECONDS - start))
+		if [ $rc = 0 ] && [ -z "$splat" ]; then
+			echo "ok $n $name # ${dur}s"
+			passed=$((passed + 1))
+		else
+			echo "not ok $n $name # exit $rc after ${dur}s"
+			[ $rc = 124 ] && echo "# timed out after ${TEST_TIMEOUT}s"
+			tail -n 40 "$OUT/$name.log" | sed 's/^/#   /'
+			if [ -n "$splat" ]; then
+				echo "# kernel splat during $name:"
+				echo "$splat" | head -n 60 | sed 's/^/#   /'
+			fi
+			dmesg | tail -n +$((before + 1)) > "$OUT/$name.dmesg"
+			failed=$((failed + 1))
+		fi
+	done
+	echo "# $passed passed, $failed failed"
+	[ $failed = 0 ]
+}

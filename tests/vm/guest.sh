@@ -1,0 +1,82 @@
+#!/bin/bash
+# Runs inside the VM as PID 1 (after switch_root): prepares the system, loads
+# dm-fleece, runs every test of the chosen suite, prints KTAP, and tells the
+# host the verdict through isa-debug-exit (port 0xf4).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+arg() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline 2>/dev/null; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /dev/shm
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+
+SRC=$(arg fleece.src) KVER=$(arg fleece.kver) MODROOT=$(arg fleece.modroot)
+MODULE=$(arg fleece.module) SUITE=$(arg fleece.suite) PATTERN=$(arg fleece.pattern)
+OUT=/fleece-out
+export SRC KVER OUT
+
+exit_vm() {
+	# isa-debug-exit: qemu exits with (byte << 1) | 1
+	printf "\\x$(printf %02x "$1")" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc status=none
+	echo o > /proc/sysrq-trigger
+	sleep 10
+}
+
+mkdir -p "/lib/modules/$KVER"
+mount --bind "$MODROOT/lib/modules/$KVER" "/lib/modules/$KVER"
+hostname fleece-vm
+ulimit -c 0
+
+# udev: libdevmapper and lvm2 wait for it to create /dev/mapper nodes.
+mkdir -p /run/udev /run/lvm /run/lock
+udevd=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd)
+"$udevd" --daemon --resolve-names=never >/dev/null 2>&1
+udevadm trigger --action=add >/dev/null 2>&1
+udevadm settle --timeout=30
+# lvm in a throw-away guest: no lvmetad/lvmpolld, no devices file.
+export LVM_SUPPRESS_FD_WARNINGS=1
+
+echo 4 > /proc/sys/kernel/printk
+modprobe dm-mod 2>/dev/null
+modprobe dm-snapshot 2>/dev/null
+modprobe dm-thin-pool 2>/dev/null
+if ! insmod "$MODULE"; then
+	echo "not ok 1 load-module # insmod $MODULE failed"
+	dmesg > "$OUT/dmesg.txt"
+	exit_vm 1
+fi
+
+. "$SRC/tests/vm/guest-runner.sh"
+run_suite "$SRC/tests/$SUITE" "$PATTERN"
+verdict=$?
+
+# Unloading frees everything the module still holds; kmemleak then tells
+# whether anything leaked over the whole run.
+if ! rmmod dm_fleece; then
+	echo "# rmmod dm_fleece failed at the end of the run"
+	verdict=1
+fi
+if [ -w /sys/kernel/debug/kmemleak ]; then
+	echo scan > /sys/kernel/debug/kmemleak; sleep 6
+	echo scan > /sys/kernel/debug/kmemleak
+	cat /sys/kernel/debug/kmemleak > "$OUT/kmemleak.txt"
+	if [ -s "$OUT/kmemleak.txt" ]; then
+		echo "# kmemleak reports leaks:"; head -n 60 "$OUT/kmemleak.txt" | sed 's/^/#   /'
+		verdict=1
+	fi
+fi
+dmesg > "$OUT/dmesg.txt"
+if grep -aqE -f "$SRC/tests/vm/splat-patterns" "$OUT/dmesg.txt"; then
+	verdict=1
+fi
+sync
+exit_vm "$verdict"

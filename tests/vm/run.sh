@@ -1,0 +1,89 @@
+#!/bin/bash
+# Boot a kernel in qemu (TCG), run the test suite inside it, report KTAP.
+#
+# usage: run.sh KVER KIMAGE KMODROOT MODULE OUTDIR SUITE [PATTERN]
+#   SUITE is a folder under tests/ (cases, selftest, bench, demo).
+# Exit: 0 when the guest reported that every test passed; 1 otherwise.
+set -euo pipefail
+kver=$1 kimage=$2 kmodroot=$3 module=$4 out=$5 suite=$6 pattern=${7:-}
+src=$(cd "$(dirname "$0")/../.." && pwd)
+: "${VM_MEM:=6G}" "${VM_CPUS:=2}" "${VM_TIMEOUT:=3000}"
+
+rm -rf "$out" && mkdir -p "$out"
+initrd="$out/initramfs.cpio.gz"
+
+# --- initramfs: busybox + the modules needed to mount 9p and overlay ---
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,sbin,proc,sys,dev,modules}
+cp /bin/busybox "$stage/bin/busybox"
+for a in sh mount umount insmod sed cat mkdir switch_root poweroff sleep echo; do
+	ln -s busybox "$stage/bin/$a"
+done
+cp "$src/tests/vm/initramfs-init" "$stage/init"
+chmod +x "$stage/init"
+: > "$stage/modules.order"
+for m in virtio_pci 9pnet_virtio 9p overlay; do
+	modprobe -d "$kmodroot" -S "$kver" --show-depends "$m" 2>/dev/null
+done | awk '$1 == "insmod" {print $2}' | while read -r ko; do
+	name=$(basename "$ko"); name=${name%.xz}; name=${name%.zst}
+	grep -qx "$name" "$stage/modules.order" && continue
+	case "$ko" in
+	*.xz) xz -dc "$ko" > "$stage/modules/$name" ;;
+	*.zst) zstd -qdc "$ko" > "$stage/modules/$name" ;;
+	*) cp "$ko" "$stage/modules/$name" ;;
+	esac
+	echo "$name" >> "$stage/modules.order"
+done
+(cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd"
+
+# --- boot ---
+cmdline="console=ttyS0 loglevel=4 panic=-1 oops=panic panic_on_warn=1 softlockup_panic=1"
+cmdline+=" hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=120 mitigations=off"
+cmdline+=" fleece.src=$src fleece.kver=$kver fleece.modroot=$kmodroot fleece.module=$module"
+cmdline+=" fleece.suite=$suite fleece.pattern=${pattern:-all}"
+accel=tcg
+[ "${VM_KVM:-0}" = 1 ] && accel=kvm
+
+set +e
+timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -machine q35 -accel "$accel" \
+	-cpu max -smp "$VM_CPUS" -m "$VM_MEM" -nographic -no-reboot \
+	-kernel "$kimage" -initrd "$initrd" -append "$cmdline" \
+	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+	-virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
+	-device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+	-device virtio-rng-pci \
+	</dev/null > "$out/console.log" 2>&1 &
+qpid=$!
+# Follow the console: KTAP lines and diagnostics ("# ...") reach stdout live.
+tail -n +1 -F --pid=$qpid "$out/console.log" 2>/dev/null |
+	grep --line-buffered -aE '^(KTAP|1\.\.|ok |not ok |#)' &
+tpid=$!
+wait $qpid
+rc=$?
+sleep 0.5; kill $tpid 2>/dev/null; wait $tpid 2>/dev/null
+set -e
+
+# The guest writes 0 (all passed) or 1 (failures) to isa-debug-exit;
+# qemu exits with (v << 1) | 1. Anything else is a crash, panic or hang.
+verdict=1
+case $rc in
+1) verdict=0 ;;
+3) echo "# guest reported failures" ;;
+124|137) echo "# guest timed out after ${VM_TIMEOUT}s: console log follows"; tail -n 60 "$out/console.log" ;;
+*) echo "# guest died (qemu exit $rc): a panic or crash; console log follows"; tail -n 60 "$out/console.log" ;;
+esac
+
+# Belt and braces: scan the kernel log the guest saved at the end, in case
+# a splat slipped between the guest's per-test scans.
+if [ -f "$out/dmesg.txt" ] && grep -aqE -f "$src/tests/vm/splat-patterns" "$out/dmesg.txt"; then
+	echo "# kernel splat in the guest's kernel log:"
+	grep -aE -B2 -A20 -f "$src/tests/vm/splat-patterns" "$out/dmesg.txt" | head -n 80 | sed 's/^/#   /'
+	verdict=1
+fi
+passed=$(grep -acE '^ok [0-9]' "$out/console.log" || true)
+failed=$(grep -acE '^not ok [0-9]' "$out/console.log" || true)
+[ $verdict = 0 ] || [ "$failed" -gt 0 ] || failed=1
+[ $verdict = 0 ] && rm -f "$initrd"
+echo "$passed passed, $failed failed"
+exit $verdict
