@@ -10,7 +10,7 @@
 
 #include "dm-fleece.h"
 
-#define FLEECE_HASH_BUCKETS (1U << FLEECE_HASH_BITS)
+#define FLEECE_HASH_BUCKETS BIT(FLEECE_HASH_BITS)
 
 /* Contexts that a new origin table or a view can bind to. */
 static DEFINE_MUTEX(fleece_registry_lock);
@@ -27,6 +27,7 @@ static LIST_HEAD(fleece_registry);
  */
 void fleece_chunk_set_copied(struct fleece_ctx *ctx, unsigned long chunk)
 {
+	/* Pairs with test_bit_acquire() in fleece_chunk_done(). */
 	smp_mb__before_atomic();
 	set_bit(chunk, ctx->state.done);
 	atomic64_inc(&ctx->nr_copied);
@@ -45,6 +46,7 @@ bool fleece_chunk_set_released(struct fleece_ctx *ctx, unsigned long chunk)
 
 	if (test_bit(chunk, ctx->state.released))
 		return false;
+	/* Pairs with test_bit_acquire() in the fleece_chunk_*() tests. */
 	smp_mb__before_atomic();
 	set_bit(chunk, ctx->state.released);
 	set_bit(chunk, ctx->state.done);
@@ -119,10 +121,10 @@ static struct fleece_ctx *fleece_ctx_create(struct dm_target *ti,
 	}
 
 	if (fleece_chunk_state_alloc(ctx)) {
-		DMERR("cannot allocate %zu bytes of chunk state for %lu chunks of %u sectors: use a larger chunk size",
+		DMERR("cannot allocate %zu bytes of chunk state for %lu chunks: use larger chunks",
 		      2 * BITS_TO_LONGS(ctx->nr_chunks) * sizeof(long),
-		      ctx->nr_chunks, chunk_sectors);
-		ti->error = "Cannot allocate chunk state: origin too large for memory at this chunk size";
+		      ctx->nr_chunks);
+		ti->error = "Origin too large for memory at this chunk size";
 		kfree(ctx);
 		return ERR_PTR(-ENOMEM);
 	}
@@ -205,7 +207,7 @@ struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
 			goto out;
 		}
 		if (ctx->region_sectors != ti->len) {
-			DMERR("length %llu differs from the live fleece of these devices (%llu sectors)",
+			DMERR("length %llu differs from the live fleece's (%llu sectors)",
 			      (unsigned long long)ti->len,
 			      (unsigned long long)ctx->region_sectors);
 			ti->error = "Length differs from the live fleece of these devices";
@@ -375,6 +377,7 @@ void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why)
 		spin_unlock_irqrestore(&ctx->lock, flags);
 		return;
 	}
+	/* Pairs with smp_load_acquire() in fleece_ctx_invalid(). */
 	smp_store_release(&ctx->invalid, true);
 	bio_list_merge(&ctx->deferred, &ctx->held);
 	bio_list_init(&ctx->held);

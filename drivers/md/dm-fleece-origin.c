@@ -125,7 +125,7 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 	int r;
 
 	if (argc < 3) {
-		ti->error = "Not enough arguments: <origin_dev> <fleece_dev> <chunk_sectors> [<#feature_args> <feature_arg>...]";
+		ti->error = "Not enough arguments: <origin_dev> <fleece_dev> <chunk_sectors>";
 		return -EINVAL;
 	}
 

@@ -51,7 +51,7 @@ struct fleece_target_link {
 };
 
 struct fleece_bucket {
-	spinlock_t lock;
+	spinlock_t lock;		/* protects @regions */
 	struct hlist_head regions;
 };
 
@@ -145,6 +145,7 @@ void fleece_ctx_defer(struct fleece_ctx *ctx, struct bio *bio);
 
 static inline bool fleece_ctx_invalid(struct fleece_ctx *ctx)
 {
+	/* Pairs with smp_store_release() in fleece_ctx_invalidate(). */
 	return smp_load_acquire(&ctx->invalid);
 }
 
