@@ -220,7 +220,6 @@ int fleece_origin_map_bio(struct dm_target *ti, struct bio *bio)
 	unsigned long chunk;
 	int r;
 
-	bio_set_dev(bio, fo->origin->bdev);
 	if (bio_op(bio) == REQ_OP_READ || !bio_sectors(bio))
 		goto remap;
 
@@ -247,6 +246,7 @@ int fleece_origin_map_bio(struct dm_target *ti, struct bio *bio)
 	/* The chunk became done, or the view invalid, meanwhile. */
 
 remap:
+	bio_set_dev(bio, fo->origin->bdev);
 	bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
 	return DM_MAPIO_REMAPPED;
 }

@@ -19,11 +19,23 @@ teardown() {
 	rmmod brd 2>/dev/null
 }
 
+# Does test $1 match one of the comma-separated substrings in $2?
+name_matches() {
+	local p
+	IFS=, read -ra pats <<< "$2"
+	for p in "${pats[@]}"; do
+		[[ $1 == *"$p"* ]] && return 0
+	done
+	return 1
+}
+
 run_suite() {
 	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 tests=() rc before
 	for t in "$dir"/*.sh; do
 		name=$(basename "$t" .sh)
-		if [ "$pattern" != all ] && [[ $name != *$pattern* ]]; then continue; fi
+		if [ "$pattern" != all ] && ! name_matches "$name" "$pattern"; then
+			continue
+		fi
 		tests+=("$t")
 	done
 	echo
