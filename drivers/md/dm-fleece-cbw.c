@@ -13,30 +13,51 @@
  * Chunks that are not pending never reach this file.
  */
 
+#include <linux/dm-io.h>
 #include <linux/hash.h>
-#include <linux/log2.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 
 #include "dm-fleece.h"
+#include "dm-fleece-compat.h"
 
 #define FLEECE_MIN_REGIONS	64
 #define FLEECE_COPY_BYTES	(64 << 20)	/* bound on copies in flight */
 #define FLEECE_MAX_COPIES	256
 
+/*
+ * A copy has two phases: the old chunk is read from the origin into a
+ * buffer, then written from there to the fleece device.  Under the default
+ * policy the origin writes go on as soon as the old data is in memory: a
+ * failure of the fleece write then breaks the snapshot, as any CBW failure
+ * does.  Under fail_origin_writes they wait until the data is in the fleece.
+ */
+enum fleece_copy_phase {
+	FLEECE_COPY_READ,
+	FLEECE_COPY_WRITE,
+};
+
 struct fleece_region {
 	struct hlist_node node;
 	struct fleece_ctx *ctx;
 	unsigned long chunk;
-	struct bio_list waiters;
+	struct bio_list writes;		/* origin writes waiting */
+	struct bio_list waiters;	/* view reads and discards waiting */
 	unsigned int readers;	/* view reads on the origin */
-	bool copying;		/* the kcopyd job has not ended */
-	bool copied;		/* the copy succeeded; marked once no reader is left */
+	bool copying;		/* a copy has not ended, in either phase */
+	bool in_memory;		/* the old data is in @buf */
+	bool copied;		/* the old data is in the fleece device */
 	bool abandoned;		/* timed out: its waiters were dealt with */
+	enum fleece_copy_phase phase;
+	unsigned long io_error;	/* of the phase that just ended */
+	void *buf;
+	struct work_struct step;	/* the copy's next phase */
 	struct delayed_work timeout;
 };
 
 static struct kmem_cache *fleece_region_cache;
 
+static void fleece_copy_step(struct work_struct *work);
 static void fleece_copy_timeout(struct work_struct *work);
 
 static struct fleece_bucket *fleece_bucket(struct fleece_ctx *ctx,
@@ -61,13 +82,12 @@ static struct fleece_region *fleece_region_new(struct fleece_ctx *ctx,
 					       struct fleece_region *r,
 					       unsigned long chunk)
 {
+	memset(r, 0, sizeof(*r));
 	r->ctx = ctx;
 	r->chunk = chunk;
+	bio_list_init(&r->writes);
 	bio_list_init(&r->waiters);
-	r->readers = 0;
-	r->copying = false;
-	r->copied = false;
-	r->abandoned = false;
+	INIT_WORK(&r->step, fleece_copy_step);
 	INIT_DELAYED_WORK(&r->timeout, fleece_copy_timeout);
 	hlist_add_head(&r->node, &b->regions);
 	return r;
@@ -90,19 +110,43 @@ static void fleece_dispatch(struct fleece_ctx *ctx, struct bio_list *bios,
 	}
 }
 
-/*
- * Called with the bucket lock held when a region has no copy and no reader
- * left: the chunk becomes copied if the copy succeeded (only now, so that
- * no origin write passes while a view read is on the origin), the region
- * leaves the hash, and its waiters are moved to @out.
- */
-static void fleece_region_unhash(struct fleece_region *r, struct bio_list *out)
+/* May origin writes to the chunk go on?  Called with the bucket lock held. */
+static bool fleece_region_writable(struct fleece_region *r)
 {
+	if (r->readers)
+		return false;	/* a view read is on the origin */
+	return r->copied ||
+	       (r->in_memory && !READ_ONCE(r->ctx->fail_origin_writes));
+}
+
+/**
+ * fleece_region_settle() - let go of what a region no longer holds back
+ * @r: the region, whose bucket lock the caller holds
+ * @out: receives the bios that may go on
+ *
+ * Once neither a copy nor a view read is under way, the chunk becomes
+ * copied if the copy succeeded (only now, so that no origin write passes
+ * while a view read is on the origin), and the region leaves the hash.
+ *
+ * Return: true if the region left the hash; the caller frees it.
+ */
+static bool fleece_region_settle(struct fleece_region *r, struct bio_list *out)
+{
+	if (fleece_region_writable(r)) {
+		bio_list_merge(out, &r->writes);
+		bio_list_init(&r->writes);
+	}
+	if (r->copying || r->readers)
+		return false;
+
 	if (r->copied)
 		fleece_chunk_set_copied(r->ctx, r->chunk);
 	hlist_del(&r->node);
+	bio_list_merge(out, &r->writes);
 	bio_list_merge(out, &r->waiters);
+	bio_list_init(&r->writes);
 	bio_list_init(&r->waiters);
+	return true;
 }
 
 static void fleece_copies_dec(struct fleece_ctx *ctx)
@@ -118,55 +162,125 @@ static void fleece_copies_dec(struct fleece_ctx *ctx)
 
 /* --- the copy ---------------------------------------------------------- */
 
-static void fleece_copy_done(int read_err, unsigned long write_err,
-			     void *context)
+/* dm-io completion, possibly in interrupt context: go on in the workqueue. */
+static void fleece_copy_io_end(unsigned long error, void *context)
 {
 	struct fleece_region *r = context;
+
+	r->io_error = error;
+	queue_work(r->ctx->wq, &r->step);
+}
+
+static void fleece_copy_io(struct fleece_region *r, blk_opf_t opf,
+			   struct block_device *bdev)
+{
+	struct fleece_ctx *ctx = r->ctx;
+	struct dm_io_region where = {
+		.bdev = bdev,
+		.sector = fleece_chunk_start(ctx, r->chunk),
+		.count = fleece_chunk_len(ctx, r->chunk),
+	};
+	struct dm_io_request req = {
+		.bi_opf = opf,
+		.notify.fn = fleece_copy_io_end,
+		.notify.context = r,
+		.client = ctx->io_client,
+	};
+
+	if (is_vmalloc_addr(r->buf)) {
+		req.mem.type = DM_IO_VMA;
+		req.mem.ptr.vma = r->buf;
+	} else {
+		req.mem.type = DM_IO_KMEM;
+		req.mem.ptr.addr = r->buf;
+	}
+	r->phase = op_is_write(opf) ? FLEECE_COPY_WRITE : FLEECE_COPY_READ;
+	/* Asynchronous: errors are reported through fleece_copy_io_end(). */
+	fleece_dm_io(&req, 1, &where);
+}
+
+/*
+ * The copy failed (@abandoned: or it ended after its timeout, which already
+ * counted as the failure).  Called with the bucket lock held.
+ *
+ * Return: whether the waiting origin writes must fail.
+ */
+static bool fleece_copy_failed(struct fleece_region *r, struct bio_list *out,
+			       bool *invalidate)
+{
+	struct fleece_ctx *ctx = r->ctx;
+
+	r->copying = false;
+	r->in_memory = false;
+	if (r->abandoned)
+		return false;
+	atomic64_inc(&ctx->cbw_errors);
+	/* Failed writes end, or pass once invalid; reads map again. */
+	bio_list_merge(out, &r->writes);
+	bio_list_merge(out, &r->waiters);
+	bio_list_init(&r->writes);
+	bio_list_init(&r->waiters);
+	if (READ_ONCE(ctx->fail_origin_writes))
+		return true;
+	*invalidate = true;
+	return false;
+}
+
+/*
+ * The next phase of a copy, in process context: after the read, write the
+ * buffer to the fleece device; after the write, the copy is over.
+ */
+static void fleece_copy_step(struct work_struct *work)
+{
+	struct fleece_region *r = container_of(work, struct fleece_region, step);
 	struct fleece_ctx *ctx = r->ctx;
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
-	bool ok = !read_err && !write_err, fail_writes = false, gone = false;
-	bool invalidate = false;
-	struct bio_list waiters;
+	bool fail_writes = false, invalidate = false, gone = false, ended;
+	enum fleece_copy_phase phase = r->phase;
+	unsigned long error = r->io_error;
+	struct bio_list out;
 	unsigned long flags;
 
+	ended = error || phase == FLEECE_COPY_WRITE;
 	/* After this, the timeout handler is neither running nor pending. */
-	cancel_delayed_work_sync(&r->timeout);
-	bio_list_init(&waiters);
+	if (ended)
+		cancel_delayed_work_sync(&r->timeout);
+	bio_list_init(&out);
 
 	spin_lock_irqsave(&b->lock, flags);
-	r->copying = false;
-	if (ok && (!r->abandoned || ctx->fail_origin_writes)) {
+	if (error) {
+		fail_writes = fleece_copy_failed(r, &out, &invalidate);
+	} else if (phase == FLEECE_COPY_READ) {
+		r->in_memory = true;
+	} else {
+		r->copying = false;
+		r->in_memory = false;
 		/*
 		 * A copy that ended after its timeout is still good under
 		 * fail_origin_writes: no write reached the chunk meanwhile.
 		 */
-		r->copied = true;
-	} else if (!ok && !r->abandoned) {
-		atomic64_inc(&ctx->cbw_errors);
-		if (ctx->fail_origin_writes)
-			fail_writes = true;
-		else
-			invalidate = true;
-		/* Failed writes end, or pass once invalid; reads map again. */
-		bio_list_merge(&waiters, &r->waiters);
-		bio_list_init(&r->waiters);
+		if (!r->abandoned || READ_ONCE(ctx->fail_origin_writes))
+			r->copied = true;
 	}
-	if (!r->readers) {
-		fleece_region_unhash(r, &waiters);
-		gone = true;
-	}
+	gone = fleece_region_settle(r, &out);
 	spin_unlock_irqrestore(&b->lock, flags);
 
-	if (!ok)
-		DMERR_LIMIT("copy-before-write of chunk %lu failed (read %d, write %lu)%s",
-			    r->chunk, read_err, write_err,
-			    r->abandoned ? " after its timeout" : "");
+	if (error)
+		DMERR_LIMIT("copy-before-write of chunk %lu failed %s the %s%s",
+			    r->chunk, phase == FLEECE_COPY_READ ? "reading" : "writing",
+			    phase == FLEECE_COPY_READ ? "origin" : "fleece",
+			    r->abandoned ? ", after its timeout" : "");
 	if (invalidate)
 		fleece_ctx_invalidate(ctx, "copy-before-write failed");
-	fleece_dispatch(ctx, &waiters, fail_writes);
+	fleece_dispatch(ctx, &out, fail_writes);
+
+	if (!ended) {
+		fleece_copy_io(r, REQ_OP_WRITE, ctx->fleece_bdev);
+		return;
+	}
+	mempool_free(r->buf, &ctx->buf_pool);
 	if (gone)
 		mempool_free(r, &ctx->region_pool);
-
 	up(&ctx->copy_slots);
 	fleece_copies_dec(ctx);
 }
@@ -182,33 +296,36 @@ static void fleece_copy_timeout(struct work_struct *work)
 					       struct fleece_region, timeout);
 	struct fleece_ctx *ctx = r->ctx;
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
-	struct bio_list waiters;
+	bool fail = READ_ONCE(ctx->fail_origin_writes);
+	struct bio_list out;
 	unsigned long flags;
 
-	bio_list_init(&waiters);
+	bio_list_init(&out);
 	spin_lock_irqsave(&b->lock, flags);
 	if (!r->copying || r->abandoned) {
 		spin_unlock_irqrestore(&b->lock, flags);
 		return;
 	}
 	r->abandoned = true;
-	bio_list_merge(&waiters, &r->waiters);
+	bio_list_merge(&out, &r->writes);
+	bio_list_merge(&out, &r->waiters);
+	bio_list_init(&r->writes);
 	bio_list_init(&r->waiters);
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	atomic64_inc(&ctx->cbw_errors);
 	DMERR_LIMIT("copy-before-write of chunk %lu timed out after %u ms",
 		    r->chunk, ctx->cbw_timeout_ms);
-	if (!ctx->fail_origin_writes)
+	if (!fail)
 		fleece_ctx_invalidate(ctx, "copy-before-write timed out");
-	fleece_dispatch(ctx, &waiters, ctx->fail_origin_writes);
+	fleece_dispatch(ctx, &out, fail);
 }
 
 static void fleece_copy_start(struct fleece_region *r)
 {
 	struct fleece_ctx *ctx = r->ctx;
 	unsigned int timeout_ms = READ_ONCE(ctx->cbw_timeout_ms);
-	struct dm_io_region from, to;
+	unsigned int noio;
 	unsigned long flags;
 
 	down(&ctx->copy_slots);
@@ -217,17 +334,15 @@ static void fleece_copy_start(struct fleece_region *r)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	atomic64_inc(&ctx->cbw_count);
 
-	from.bdev = ctx->origin_bdev;
-	from.sector = fleece_chunk_start(ctx, r->chunk);
-	from.count = fleece_chunk_len(ctx, r->chunk);
-	to.bdev = ctx->fleece_bdev;
-	to.sector = from.sector;
-	to.count = from.count;
+	/* The scope lets a large buffer come from vmalloc without I/O. */
+	noio = memalloc_noio_save();
+	r->buf = mempool_alloc(&ctx->buf_pool, GFP_KERNEL);
+	memalloc_noio_restore(noio);
 
 	if (timeout_ms)
 		queue_delayed_work(ctx->wq, &r->timeout,
 				   msecs_to_jiffies(timeout_ms));
-	dm_kcopyd_copy(ctx->kcopyd, &from, 1, &to, 0, fleece_copy_done, r);
+	fleece_copy_io(r, REQ_OP_READ, ctx->origin_bdev);
 }
 
 /* --- entry points from the targets -------------------------------------- */
@@ -264,11 +379,16 @@ int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
 		atomic64_inc(&ctx->cbw_errors);
 		return DM_MAPIO_KILL;
 	}
+	if (r && fleece_region_writable(r)) {
+		spin_unlock_irqrestore(&b->lock, flags);
+		mempool_free(spare, &ctx->region_pool);
+		return DM_MAPIO_REMAPPED;
+	}
 	if (!r) {
 		r = fleece_region_new(ctx, b, spare, chunk);
 		spare = NULL;
 	}
-	bio_list_add(&r->waiters, bio);
+	bio_list_add(&r->writes, bio);
 	if (!r->copying && !r->copied) {
 		r->copying = true;
 		start = true;
@@ -361,15 +481,13 @@ void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio)
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
 	struct bio_list waiters;
 	unsigned long flags;
-	bool gone = false;
+	bool gone;
 
 	fb->reader_of = NULL;
 	bio_list_init(&waiters);
 	spin_lock_irqsave(&b->lock, flags);
-	if (!--r->readers && !r->copying) {
-		fleece_region_unhash(r, &waiters);
-		gone = true;
-	}
+	r->readers--;
+	gone = fleece_region_settle(r, &waiters);
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	fleece_dispatch(ctx, &waiters, false);
@@ -457,6 +575,16 @@ void fleece_worker(struct work_struct *work)
 
 /* --- setup ------------------------------------------------------------- */
 
+static void *fleece_buf_alloc(gfp_t gfp, void *size)
+{
+	return kvmalloc((unsigned long)size, gfp);
+}
+
+static void fleece_buf_free(void *buf, void *size)
+{
+	kvfree(buf);
+}
+
 int fleece_cbw_init(struct fleece_ctx *ctx)
 {
 	unsigned int slots;
@@ -473,30 +601,39 @@ int fleece_cbw_init(struct fleece_ctx *ctx)
 	if (r)
 		return r;
 
+	/* One chunk buffer in reserve guarantees progress. */
+	r = mempool_init(&ctx->buf_pool, 1, fleece_buf_alloc, fleece_buf_free,
+			 (void *)(unsigned long)(ctx->chunk_sectors << SECTOR_SHIFT));
+	if (r)
+		goto bad_buf;
+
 	ctx->wq = alloc_workqueue("kfleeced", WQ_MEM_RECLAIM, 0);
 	if (!ctx->wq) {
 		r = -ENOMEM;
 		goto bad_wq;
 	}
 
-	ctx->kcopyd = dm_kcopyd_client_create(NULL);
-	if (IS_ERR(ctx->kcopyd)) {
-		r = PTR_ERR(ctx->kcopyd);
-		goto bad_kcopyd;
+	ctx->io_client = dm_io_client_create();
+	if (IS_ERR(ctx->io_client)) {
+		r = PTR_ERR(ctx->io_client);
+		goto bad_io;
 	}
 	return 0;
 
-bad_kcopyd:
+bad_io:
 	destroy_workqueue(ctx->wq);
 bad_wq:
+	mempool_exit(&ctx->buf_pool);
+bad_buf:
 	mempool_exit(&ctx->region_pool);
 	return r;
 }
 
 void fleece_cbw_exit(struct fleece_ctx *ctx)
 {
-	dm_kcopyd_client_destroy(ctx->kcopyd);
+	dm_io_client_destroy(ctx->io_client);
 	destroy_workqueue(ctx->wq);
+	mempool_exit(&ctx->buf_pool);
 	mempool_exit(&ctx->region_pool);
 }
 

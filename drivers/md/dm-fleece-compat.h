@@ -11,6 +11,8 @@
 
 #include <linux/blkdev.h>
 #include <linux/device-mapper.h>
+#include <linux/dm-io.h>
+#include <linux/ioprio.h>
 
 /*
  * Newer kernels derive max_discard_sectors from max_hw_discard_sectors and
@@ -34,5 +36,12 @@ static inline void fleece_split_discards(struct dm_target *ti)
 	ti->max_discard_granularity = true;
 #endif
 }
+
+/* dm_io() gained an I/O priority argument, in 6.1.y stable too. */
+#ifdef FLEECE_HAVE_DM_IO_IOPRIO
+#define fleece_dm_io(req, n, where) dm_io(req, n, where, NULL, IOPRIO_DEFAULT)
+#else
+#define fleece_dm_io(req, n, where) dm_io(req, n, where, NULL)
+#endif
 
 #endif /* DM_FLEECE_COMPAT_H */

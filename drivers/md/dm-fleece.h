@@ -13,7 +13,6 @@
 
 #include <linux/bio.h>
 #include <linux/device-mapper.h>
-#include <linux/dm-kcopyd.h>
 #include <linux/kref.h>
 #include <linux/mempool.h>
 #include <linux/semaphore.h>
@@ -108,8 +107,9 @@ struct fleece_ctx {
 	struct work_struct worker;
 	struct work_struct event_work;
 
-	struct dm_kcopyd_client *kcopyd;
+	struct dm_io_client *io_client;
 	struct semaphore copy_slots;	/* bounds the memory of copies */
+	mempool_t buf_pool;		/* chunk buffers of copies */
 	mempool_t region_pool;
 	struct fleece_bucket buckets[];
 };
