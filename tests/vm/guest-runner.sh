@@ -16,7 +16,14 @@ teardown() {
 	done
 	losetup -D 2>/dev/null
 	udevadm settle --timeout=30
-	rmmod brd 2>/dev/null
+	# A modular brd goes, with its memory; a built-in one is wiped.
+	if ! rmmod brd 2>/dev/null; then
+		for d in /dev/ram[0-3]; do
+			blkdiscard "$d" 2>/dev/null ||
+				dd if=/dev/zero of="$d" bs=1M count=64 status=none
+		done
+	fi
+	rm -f /tmp/.ram*.next
 }
 
 # Does test $1 match one of the comma-separated substrings in $2?
@@ -45,7 +52,8 @@ run_suite() {
 		n=$((n + 1))
 		name=$(basename "$t" .sh)
 		before=$(dmesg | wc -l)
-		modprobe brd rd_nr=4 rd_size=1048576 max_part=0
+		modprobe brd rd_nr=4 rd_size=1048576 max_part=0 2>/dev/null ||
+			[ -b /dev/ram3 ] || echo "# no ram disks: brd did not load"
 		mkdir -p "/tmp/t/$name" && cd "/tmp/t/$name" || return 1
 		echo "# $name: start $(date +%T)" > /dev/kmsg
 		local start=$SECONDS
