@@ -1,0 +1,220 @@
+#!/bin/bash
+# Every kind of I/O on the origin side, checked byte for byte against the
+# point-in-time image (the view) and the expected new content (the origin),
+# with the copy-before-write counts after each step:
+#  - plain writes copy a pending chunk once, never a copied one again;
+#  - 512-byte writes at odd sectors change only those bytes and copy the
+#    whole chunk (the fleece device holds the whole old chunk);
+#  - writes straddling two or three chunks copy each of them;
+#  - write-zeroes (fallocate --punch-hole, which may not fall back to plain
+#    writes, then blkdiscard -z and fallocate --zero-range) copy first: the
+#    view keeps the old data, the origin reads zeros;
+#  - discards: dropped on pending chunks (origin data and its backing
+#    file's allocation unchanged, no copy), passed down on copied chunks
+#    (the origin reads zeros and its backing file shrinks);
+#  - FUA (O_DIRECT|O_SYNC) and flush (fsync) reach the origin device;
+#  - a region whose length is not a multiple of the chunk size: chunks_total
+#    is rounded up, the short last chunk is copied up to the region's end
+#    only, and the view serves the tail;
+#  - on brd (whose discard support depends on the kernel) the fleece device
+#    advertises discard exactly when the origin does.
+# The origin is a loop device on a file of the overlay's tmpfs: it supports
+# discard and write-zeroes (hole punching), so their effect is observable.
+. "$SRC/tests/lib.sh"
+
+K=1024
+CH=$((64 * K))		# chunk: 128 sectors
+NCH=128			# 8 MiB
+
+modprobe loop
+truncate -s 8M origin.img
+lo=$(losetup -f --show origin.img)
+lodev=$(basename "$lo")
+fl=$(mkdev fl 8 1)
+mkpattern old 8 old
+mkpattern new 8 new
+put old "$lo"
+cp old expect		# what the origin must hold, updated step by step
+
+fo=$(fleece_create fo "$lo" "$fl" 128)
+view=$(view_create fv "$lo" "$fl")
+udevadm settle
+fodev=$(basename "$(readlink -f "$fo")")
+assert_eq "$(fleece_counts fo)" "$NCH 0 0 0 0 active" "status after start"
+
+cbw=0
+counts() { # what: the fleece status must show $cbw copies, nothing else
+	assert_eq "$(fleece_counts fo)" "$((NCH - cbw)) $cbw 0 $cbw 0 active" "$1"
+}
+# Write bytes [off, off+len) of "new" to the origin, O_DIRECT, and to expect.
+wr() { # byte_offset byte_len [extra oflags]
+	dd if=new of="$fo" bs=64k iflag=skip_bytes,count_bytes \
+		oflag=direct,seek_bytes${3:+,$3} skip="$1" seek="$1" count="$2" \
+		conv=notrunc status=none
+	dd if=new of=expect bs=64k iflag=skip_bytes,count_bytes oflag=seek_bytes \
+		skip="$1" seek="$1" count="$2" conv=notrunc status=none
+}
+zero_expect() { # byte_offset byte_len
+	dd if=/dev/zero of=expect bs=64k iflag=count_bytes oflag=seek_bytes \
+		seek="$1" count="$2" conv=notrunc status=none
+}
+# Chunks [first, last]: origin == expect, view == old.
+check() { # what first last
+	local off=$(($2 * 64)) len=$((($3 - $2 + 1) * 64))
+	cmp <(dev_range "$fo" $off $len) <(file_range expect $off $len) ||
+		fail "$1: origin chunks $2-$3 differ from the expected content"
+	cmp <(dev_range "$view" $off $len) <(file_range old $off $len) ||
+		fail "$1: view chunks $2-$3 differ from the point-in-time image"
+}
+# The fleece device holds the whole old data of these copied chunks.
+in_fleece() { # what chunk...
+	local what=$1 c
+	shift
+	for c in "$@"; do
+		cmp <(dev_range "$fl" $((c * 64)) 64) <(file_range old $((c * 64)) 64) ||
+			fail "$what: the fleece device does not hold the old chunk $c"
+	done
+}
+blocks() { stat -c %b origin.img; }	# allocated 512-byte blocks of the backing file
+flushes() { awk '{ print $16 }' "/sys/block/$lodev/stat"; }	# flush requests completed
+
+log "plain writes: 4 KiB inside chunk 2, all of chunk 3, chunk 2 again"
+wr $((2 * CH + 8 * K)) $((4 * K)); cbw=1; counts "4 KiB write to a pending chunk"
+wr $((3 * CH)) $CH; cbw=2; counts "whole-chunk write"
+wr $((2 * CH + 32 * K)) $((4 * K)); counts "write to a copied chunk: no copy"
+check "plain writes" 1 4
+in_fleece "plain writes" 2 3
+
+log "512-byte writes at odd sectors of chunk 5"
+wr $((5 * CH + 3 * 512)) 512; cbw=3; counts "512-byte write"
+wr $((5 * CH + 77 * 512)) 512; counts "second 512-byte write to the copied chunk"
+check "512-byte writes" 4 6
+in_fleece "512-byte writes" 5
+diff=$({ cmp -l <(dev_range "$fo" $((5 * 64)) 64) <(file_range old $((5 * 64)) 64) || true; } | awk '
+	{ s = int(($1 - 1) / 512); if (s != 3 && s != 77) bad++ } END { print bad + 0 }')
+assert_eq "$diff" 0 "bytes changed outside the two 512-byte sectors"
+
+log "writes straddling chunks: 7|8, 10|11|12, and 1 KiB across 13|14"
+wr $((7 * CH + 32 * K)) $CH; cbw=5; counts "write over two chunks"
+wr $((10 * CH + 60 * K)) $((120 * K)); cbw=8; counts "write over three chunks"
+wr $((14 * CH - 512)) 1024; cbw=10; counts "1 KiB write across a chunk boundary"
+check "straddling writes" 6 15
+in_fleece "straddling writes" 7 8 10 11 12 13 14
+
+log "write-zeroes: punch hole over chunks 16|17, then over copied chunk 3"
+wz=$(cat "/sys/block/$fodev/queue/write_zeroes_max_bytes")
+[ "$wz" -gt 0 ] || fail "the fleece device does not pass write-zeroes (origin: $(cat /sys/block/$lodev/queue/write_zeroes_max_bytes))"
+# --punch-hole is a write-zeroes that may not fall back to writing zeros.
+fallocate --punch-hole --keep-size -o $((16 * CH + 16 * K)) -l $((80 * K)) "$fo"
+zero_expect $((16 * CH + 16 * K)) $((80 * K)); cbw=12; counts "write-zeroes over two pending chunks"
+fallocate --punch-hole --keep-size -o $((3 * CH)) -l $CH "$fo"
+zero_expect $((3 * CH)) $CH; counts "write-zeroes on a copied chunk: no copy"
+check "write-zeroes" 2 18
+in_fleece "write-zeroes" 3 16 17
+log "write-zeroes: blkdiscard -z on chunk 19, fallocate --zero-range in chunk 20"
+blkdiscard -z -o $((19 * CH)) -l $CH "$fo"
+zero_expect $((19 * CH)) $CH; cbw=13; counts "blkdiscard -z"
+fallocate --zero-range --keep-size -o $((20 * CH + 4 * K)) -l $((8 * K)) "$fo"
+zero_expect $((20 * CH + 4 * K)) $((8 * K)); cbw=14; counts "fallocate --zero-range"
+check "zeroing" 18 21
+in_fleece "zeroing" 19 20
+
+log "discards: pending chunks 22|23 dropped, copied chunk 8 passed down, 14|15 mixed"
+dmax=$(cat "/sys/block/$fodev/queue/discard_max_bytes")
+[ "$dmax" -gt 0 ] || fail "the fleece device does not pass discards although its origin supports them"
+b0=$(blocks)
+blkdiscard -o $((22 * CH)) -l $((2 * CH)) "$fo"
+counts "discard of pending chunks: no copy"
+assert_eq "$(blocks)" "$b0" "backing file blocks after a discard of pending chunks"
+check "discard of pending chunks" 21 24
+blkdiscard -o $((8 * CH)) -l $CH "$fo"
+zero_expect $((8 * CH)) $CH; counts "discard of a copied chunk: no copy"
+assert_eq "$(blocks)" "$((b0 - CH / 512))" "backing file blocks after a discard of a copied chunk"
+blkdiscard -o $((14 * CH)) -l $((2 * CH)) "$fo"	# 14 copied, 15 pending
+zero_expect $((14 * CH)) $CH; counts "discard over a copied and a pending chunk"
+assert_eq "$(blocks)" "$((b0 - 2 * CH / 512))" "backing file blocks after the mixed discard"
+check "discards" 7 16
+in_fleece "discards on the origin" 8 14
+
+log "FUA: O_DIRECT|O_SYNC write to pending chunk 25 reaches the origin as a flush"
+[ "$(cat /sys/block/$lodev/queue/write_cache)" = "write back" ] ||
+	fail "the loop device has no volatile write cache: flushes are not observable"
+f0=$(flushes)
+wr $((25 * CH + 4 * K)) $((8 * K)) sync; cbw=15; counts "FUA write"
+f1=$(flushes)
+if [ "$(cat /sys/block/$lodev/queue/fua)" = 0 ]; then
+	# The loop device emulates FUA with a flush after the write.
+	[ "$f1" -gt "$f0" ] || fail "the FUA write did not reach the origin as FUA (flushes $f0 -> $f1)"
+fi
+log "flush: buffered write to chunk 26 and fsync"
+dd if=new of="$fo" bs=64k skip=26 seek=26 count=1 conv=notrunc,fsync status=none
+dd if=new of=expect bs=64k skip=26 seek=26 count=1 conv=notrunc status=none
+cbw=16; counts "buffered write + fsync"
+f2=$(flushes)
+[ "$f2" -gt "$f1" ] || fail "fsync on the fleece device sent no flush to the origin (flushes $f1 -> $f2)"
+check "flush/FUA" 24 27
+in_fleece "flush/FUA" 25 26
+
+log "whole devices: origin == expected content, view == point-in-time image"
+same "$fo" expect "origin"
+same "$view" old "view"
+counts "final status"
+assert_eq "$(status_field fo 6)" 0 "cbw_errors"
+dmsetup remove fv
+dmsetup remove fo
+losetup -d "$lo"
+cmp origin.img expect || fail "the origin's backing file differs from the expected content"
+
+log "last partial chunk: region of 4060 sectors (31 chunks + 92 sectors), chunk 128"
+o2=$(mkdev o2 2 2)
+f2=$(mkdev f2 2 3)
+head -c 2M old > old2
+head -c 2M new > new2
+put old2 "$o2"		# the fleece device $f2 is fresh: zeros
+len=4060
+dmsetup create fo2 --table "0 $len fleece $o2 $f2 128"
+dmsetup create fv2 --table "0 $len fleece-view $o2 $f2"
+udevadm settle
+assert_eq "$(status_field fo2 1)" 32 "chunks_total is rounded up"
+assert_eq "$(fleece_counts fo2)" "32 0 0 0 0 active" "status of the unaligned region"
+assert_eq "$(sectors /dev/mapper/fv2)" $len "view size"
+tail_off=$((31 * CH)) region=$((len * 512))
+# write from inside the short last chunk up to the region's end
+dd if=new2 of=/dev/mapper/fo2 bs=2k iflag=skip_bytes,count_bytes oflag=direct,seek_bytes \
+	skip=$((tail_off + 6 * K)) seek=$((tail_off + 6 * K)) count=$((region - tail_off - 6 * K)) \
+	conv=notrunc status=none
+cp old2 expect2
+dd if=new2 of=expect2 bs=2k iflag=skip_bytes,count_bytes oflag=seek_bytes \
+	skip=$((tail_off + 6 * K)) seek=$((tail_off + 6 * K)) count=$((region - tail_off - 6 * K)) \
+	conv=notrunc status=none
+assert_eq "$(fleece_counts fo2)" "31 1 0 1 0 active" "status after writing the last chunk"
+cmp <(dd if=/dev/mapper/fv2 bs=512 iflag=direct status=none) <(head -c $region old2) ||
+	fail "the view of the unaligned region differs from the point-in-time image"
+cmp <(dd if=/dev/mapper/fo2 bs=512 iflag=direct status=none) <(head -c $region expect2) ||
+	fail "the origin of the unaligned region differs from the expected content"
+cmp <(dd if="$f2" bs=2k iflag=direct,skip_bytes,count_bytes skip=$tail_off count=$((region - tail_off)) status=none) \
+	<(dd if=old2 bs=2k iflag=skip_bytes,count_bytes skip=$tail_off count=$((region - tail_off)) status=none) ||
+	fail "the fleece device does not hold the old short last chunk"
+cmp <(dd if="$f2" bs=2k iflag=direct,skip_bytes skip=$region status=none) \
+	<(head -c $((2048 * K - region)) /dev/zero) ||
+	fail "the copy of the short last chunk went past the region's end on the fleece device"
+cmp <(dd if="$o2" bs=2k iflag=direct,skip_bytes skip=$region status=none) \
+	<(dd if=old2 bs=2k iflag=skip_bytes skip=$region status=none) ||
+	fail "the origin beyond the region changed"
+
+log "brd origin: the fleece device advertises discard exactly when the origin does"
+fo2dev=$(basename "$(readlink -f /dev/mapper/fo2)")
+ram=$(cat /sys/block/ram2/queue/discard_max_bytes)
+d2=$(cat "/sys/block/$fo2dev/queue/discard_max_bytes")
+log "brd discard_max_bytes=$ram, fleece on it: $d2"
+if [ "$ram" = 0 ]; then
+	assert_eq "$d2" 0 "discard_max_bytes of a fleece on brd without discard"
+	expect_fail blkdiscard -o 0 -l $CH /dev/mapper/fo2
+	cmp <(dev_range /dev/mapper/fo2 0 64) <(file_range expect2 0 64) ||
+		fail "a refused discard changed the origin"
+else
+	[ "$d2" -gt 0 ] || fail "brd supports discard, the fleece device on it does not"
+fi
+assert_eq "$(fleece_counts fo2)" "31 1 0 1 0 active" "final status of the unaligned region"
+dmsetup remove fv2
+dmsetup remove fo2
