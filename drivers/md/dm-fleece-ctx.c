@@ -60,8 +60,11 @@ static int fleece_chunk_state_alloc(struct fleece_ctx *ctx)
 {
 	size_t longs = BITS_TO_LONGS(ctx->nr_chunks);
 
-	ctx->state.done = kvcalloc(longs, sizeof(long), GFP_KERNEL);
-	ctx->state.released = kvcalloc(longs, sizeof(long), GFP_KERNEL);
+	/* Too large is a table error, reported by the caller: no warning. */
+	ctx->state.done = kvcalloc(longs, sizeof(long),
+				   GFP_KERNEL | __GFP_NOWARN);
+	ctx->state.released = kvcalloc(longs, sizeof(long),
+				       GFP_KERNEL | __GFP_NOWARN);
 	if (!ctx->state.done || !ctx->state.released) {
 		kvfree(ctx->state.done);
 		kvfree(ctx->state.released);
