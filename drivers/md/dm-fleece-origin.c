@@ -68,9 +68,13 @@ static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo
 static int fleece_parse_chunk_sectors(const char *arg, unsigned int *chunk,
 				      struct dm_target *ti)
 {
-	char dummy;
+	int r = kstrtouint(arg, 10, chunk);
 
-	if (sscanf(arg, "%u%c", chunk, &dummy) != 1) {
+	if (r == -ERANGE) {
+		ti->error = "Invalid chunk size: larger than 32768 sectors";
+		return -EINVAL;
+	}
+	if (r) {
 		ti->error = "Invalid chunk size: not a number of sectors";
 		return -EINVAL;
 	}
