@@ -1,0 +1,130 @@
+#!/bin/bash
+# make demo: dm-fleece's main job, end to end.
+#
+# A virtual machine's disk is an LVM logical volume with an ext4 file system
+# on it, busy: fio keeps writing to a database-like file.  "fleece backup"
+# takes a consistent point in time, reads the frozen image to a file while
+# the writes go on, and cleans up.  Then the proof: the image's SHA-256 is
+# the one the LV had at the point in time, fsck -n passes on it and every
+# file in it is intact.
+#
+# The story is printed on the VM console ("# " lines reach the terminal of
+# "make demo") and into the log.
+. "$SRC/tests/lib.sh"
+F=$SRC/tools/fleece
+export FLEECE_STATE_DIR=$PWD/state
+
+say() { echo "$*"; echo "# $*" > /dev/console; }
+show() { sed -u 's/^/    /' | while IFS= read -r l; do say "$l"; done; }
+fio_pid=
+cleanup() {
+	fsfreeze -u /mnt/vm 2>/dev/null || true
+	[ -z "$fio_pid" ] || kill -- -"$fio_pid" 2>/dev/null || true
+	wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+say ""
+say "=== dm-fleece demo: back up a busy ext4 LV while it is being written ==="
+say ""
+say "--- setup: volume group 'demo' on a RAM disk, three LVs"
+pvcreate -q /dev/ram2 > /dev/null
+vgcreate -q demo /dev/ram2 > /dev/null
+lvcreate -q -y -L 128M -n vm demo > /dev/null		# the VM's disk
+lvcreate -q -y -L 96M -n scratch demo > /dev/null	# local space for the fleece file
+lvcreate -q -y -L 192M -n backup demo > /dev/null	# the backup target
+for lv in vm scratch backup; do mkfs.ext4 -q -F -L $lv /dev/demo/$lv; done
+mkdir -p /mnt/vm /mnt/scratch /mnt/backup /mnt/image
+mount /dev/demo/vm /mnt/vm
+mount /dev/demo/scratch /mnt/scratch
+mount /dev/demo/backup /mnt/backup
+say "    demo/vm      128 MiB, ext4, mounted on /mnt/vm      (the disk to back up)"
+say "    demo/scratch  96 MiB, ext4, mounted on /mnt/scratch (fleece space)"
+say "    demo/backup  192 MiB, ext4, mounted on /mnt/backup  (backup target)"
+
+say "--- files on the disk"
+mkdir -p /mnt/vm/docs /mnt/vm/data
+cp -r /usr/share/doc/bash /usr/share/doc/lvm2 /usr/share/doc/fio /mnt/vm/docs/ 2>/dev/null || true
+for i in $(seq 1 24); do head -c $((i * 60000)) /dev/urandom > /mnt/vm/data/blob$i; done
+head -c 24M /dev/urandom > /mnt/vm/db.dat
+sync
+(cd /mnt/vm && find docs data -type f -print0 | xargs -0 sha256sum) > manifest
+say "    $(wc -l < manifest) files, $(du -sh /mnt/vm | cut -f1) used; 24 MiB database file db.dat"
+
+say "--- a writer: fio, random 4 KiB direct writes into db.dat, all along"
+setsid fio --name=db --filename=/mnt/vm/db.dat --size=24M --rw=randwrite --bs=4k \
+	--direct=1 --ioengine=psync --rate_iops=400 --time_based --runtime=3600 \
+	--randrepeat=0 > fio.log 2>&1 &
+fio_pid=$!
+sleep 3
+kill -0 $fio_pid || { cat fio.log; fail "fio did not start"; }
+
+say "--- for the proof only: freeze the file system for a moment and checksum the"
+say "    LV, so that we know the exact point-in-time content (fleece needs no freeze)"
+fsfreeze -f /mnt/vm
+ref_sum=$(dd if=/dev/demo/vm bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1)
+say "    point-in-time SHA-256: $ref_sum"
+
+say ""
+say "\$ fleece backup --fleece-dir /mnt/scratch --sha256 demo/vm -o /mnt/backup/vm.img"
+t0=$(date +%s.%N)
+$F backup --fleece-dir /mnt/scratch --sha256 --rate 6M --progress lines --interval 3 \
+	demo/vm -o /mnt/backup/vm.img > backup.out 2> backup.err &
+bpid=$!
+tail -n +1 -f --pid=$bpid backup.err | show &
+tpid=$!
+for i in $(seq 1 600); do
+	[ -b /dev/mapper/demo-vm-fleece-view ] && break
+	kill -0 $bpid 2>/dev/null || { cat backup.err; fail "the backup ended early"; }
+	sleep 0.1
+done
+fsfreeze -u /mnt/vm
+say "    (the file system runs again: fio writes on during the backup)"
+# What "fleece status" says in the middle of it.
+sleep 6
+if kill -0 $bpid 2>/dev/null; then
+	say "\$ fleece status demo-vm"
+	$F status demo-vm 2>&1 | show || true
+	say "\$ du -h /mnt/scratch/demo-vm.fleece"
+	du -h /mnt/scratch/demo-vm.fleece | show || true
+fi
+wait $bpid || { cat backup.err; fail "fleece backup failed"; }
+t1=$(date +%s.%N)
+wait $tpid || true
+kill -- -$fio_pid; wait $fio_pid 2>/dev/null || true; fio_pid=
+writes=$(sed -n 's/.*write: IOPS=\([^,]*\),.*/\1/p' fio.log | head -1)
+cat backup.out | show
+
+say ""
+say "--- proof"
+img_sum=$(sha256sum < /mnt/backup/vm.img | cut -d' ' -f1)
+say "    image SHA-256:         $img_sum"
+say "    point-in-time SHA-256: $ref_sum"
+[ "$img_sum" = "$ref_sum" ] || fail "the image is not the point-in-time content"
+assert_eq "$(cut -d' ' -f1 backup.out)" "$ref_sum" "fleece's --sha256"
+say "    equal: the image is the LV exactly as it was at the point in time"
+fsck.ext4 -n -f /mnt/backup/vm.img > fsck.out 2>&1 || { cat fsck.out; fail "fsck -n of the image"; }
+say "    fsck.ext4 -n: $(tail -1 fsck.out)"
+modprobe loop
+mount -o ro,loop,noload /mnt/backup/vm.img /mnt/image
+(cd /mnt/image && sha256sum --quiet -c "$OLDPWD/manifest") || fail "files in the image differ"
+say "    all $(wc -l < manifest) files in the image match their checksums"
+umount /mnt/image
+u=$(dmsetup info -c --noheadings -o uuid | grep '^FLEECE-' || true)
+[ -z "$u" ] || fail "fleece devices left: $u"
+[ -z "$(losetup -a)" ] || fail "loop devices left"
+[ -z "$(ls /mnt/scratch | grep -v lost+found || true)" ] || fail "fleece file left"
+say "    nothing left behind: no fleece devices, no loop device, no fleece file"
+
+summary=$(grep "backup complete" backup.err)
+copied=$(echo "$summary" | sed -n 's/.* \([0-9]*\) chunks copied before they were read.*/\1/p')
+peak=$(echo "$summary" | sed -n 's/.*fleece peak \(.*\)$/\1/p')
+alloc=$(du -h /mnt/backup/vm.img | cut -f1)
+say ""
+say "--- summary"
+say "    image:            128 MiB ($alloc allocated: zero chunks are holes)"
+say "    backup time:      $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s (read at most 6 MiB/s, to let the writer work)"
+say "    writer:           fio at ${writes:-?} IOPS during the backup, never stopped"
+say "    copy-before-write: $copied chunks of 64 KiB were copied before the reader got to them"
+say "    fleece space:     peak $peak in /mnt/scratch, 0 at the end"
+say ""

@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fleece backup: start, read the view to the output while the device keeps
+ * working, stop.  Whatever happens (an error, SIGINT, SIGTERM, a closed
+ * pipe) the fleece is stopped, no device is left behind, FILE.partial is
+ * removed and the exit status is not 0.  A SIGKILL leaves things for
+ * "fleece stop NAME", which also removes FILE.partial.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "fleece.h"
+#include "output.h"
+#include "util.h"
+
+struct sampler {
+	const char *name;
+	uint64_t peak_used;
+	bool exact;
+	struct fleece_report last;
+	bool have_last;
+};
+
+static void sample(void *arg)
+{
+	struct sampler *s = arg;
+	struct fleece_report r;
+
+	if (fleece_report(s->name, &r) || !r.have_status)
+		return;
+	if (r.fleece_used > s->peak_used)
+		s->peak_used = r.fleece_used;
+	s->exact = r.fleece_used_exact;
+	s->last = r;
+	s->have_last = true;
+}
+
+static void backup_help(void)
+{
+	printf("Usage: fleece backup [OPTIONS] (--fleece-dev DEV | --fleece-dir DIR) NAME -o FILE|-\n"
+	       "\n"
+	       "Back up the device-mapper device NAME as it is now, while it keeps working:\n"
+	       "start a fleece, read the frozen view to FILE (written as FILE.partial and\n"
+	       "renamed when complete; all-zero chunks become holes) or to standard output,\n"
+	       "releasing each chunk once it is written, then stop.  On any error or signal\n"
+	       "everything is undone and the exit status is not 0.\n"
+	       "\n"
+	       "Fleece options (as for 'fleece start'):\n"
+	       "  -d, --fleece-dev DEV      fleece device, at least as large as NAME\n"
+	       "  -D, --fleece-dir DIR      or a sparse file DIR/NAME.fleece on a loop device\n"
+	       "  -c, --chunk-size SIZE     copy-before-write unit (default 64K)\n"
+	       "  -t, --cbw-timeout SECS    a copy taking longer fails (default 45; 0: none)\n"
+	       "  -F, --fail-origin-writes  fail writes whose copy failed, keep the view\n"
+	       "\n"
+	       "Reader options:\n"
+	       "  -o, --output FILE|-       where the image goes ('-': standard output)\n"
+	       "  -s, --sha256              print the image's SHA-256 when done\n"
+	       "  -r, --rate BYTES          read at most BYTES per second (e.g. 50M)\n"
+	       "  -b, --block-size SIZE     read unit (default 4M, whole chunks)\n"
+	       "  -p, --progress MODE       auto (a bar on a terminal, lines otherwise), bar,\n"
+	       "                            lines, none\n"
+	       "  -i, --interval SECS       seconds between progress lines (default 10)\n"
+	       "  -q, --quiet               no progress, no messages but errors\n"
+	       "  -v, --verbose             more messages\n"
+	       "  -h, --help                this help\n");
+}
+
+int cmd_backup(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "fleece-dev", required_argument, NULL, 'd' },
+		{ "fleece-dir", required_argument, NULL, 'D' },
+		{ "chunk-size", required_argument, NULL, 'c' },
+		{ "cbw-timeout", required_argument, NULL, 't' },
+		{ "fail-origin-writes", no_argument, NULL, 'F' },
+		{ "output", required_argument, NULL, 'o' },
+		{ "sha256", no_argument, NULL, 's' },
+		{ "rate", required_argument, NULL, 'r' },
+		{ "block-size", required_argument, NULL, 'b' },
+		{ "progress", required_argument, NULL, 'p' },
+		{ "interval", required_argument, NULL, 'i' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct reader_opts ro = { .discard = true, .interval = 10 };
+	struct start_opts so;
+	struct reader_result res;
+	struct sampler smp;
+	struct output out;
+	struct fleece_names fn;
+	struct dmw_info vi;
+	const char *output = NULL;
+	char name[128], view[PATH_MAX], *partial_abs = NULL, *names[1];
+	int c, r, ret;
+
+	prog = "fleece backup";
+	memset(&res, 0, sizeof(res));
+	memset(&smp, 0, sizeof(smp));
+	start_opts_init(&so);
+	while ((c = getopt_long(argc, argv, "d:D:c:t:Fo:sr:b:p:i:qvh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'o':
+			output = optarg;
+			continue;
+		case 'q':
+			quiet = true;
+			ro.progress = PROGRESS_NONE;
+			continue;
+		case 'v':
+			verbose++;
+			continue;
+		case 'h':
+			backup_help();
+			start_opts_free(&so);
+			return EX_FLEECE_OK;
+		case '?':
+			start_opts_free(&so);
+			return usage_error("bad option");
+		case 't':
+			c = 'T';
+			break;
+		}
+		r = start_parse_opt(&so, c, optarg);
+		if (r == 1)
+			r = reader_parse_opt(&ro, c, optarg);
+		if (r) {
+			start_opts_free(&so);
+			return r == 1 ? usage_error("bad option") : r;
+		}
+	}
+	ret = EX_FLEECE_USAGE;
+	if (optind >= argc) {
+		usage_error("no device given");
+		goto out_opts;
+	}
+	if (optind + 1 < argc) {
+		usage_error("one device at a time: '%s' is one too many (use 'fleece start' for a consistent point of several)",
+			    argv[optind + 1]);
+		goto out_opts;
+	}
+	if (!output) {
+		usage_error("no output given: -o FILE, or -o - for standard output");
+		goto out_opts;
+	}
+	if (so.nr_fleece_devs > 1) {
+		usage_error("one device, one --fleece-dev");
+		goto out_opts;
+	}
+	if (!so.nr_fleece_devs && !so.fleece_dir) {
+		usage_error("give the fleece space: --fleece-dev DEV or --fleece-dir DIR");
+		goto out_opts;
+	}
+	ret = output_check(output);
+	if (ret)
+		goto out_opts;
+	ret = EX_FLEECE_REFUSED;
+	if (resolve_dm_name(argv[optind], name, sizeof(name)) || fleece_names(name, &fn))
+		goto out_opts;
+
+	/* "fleece stop" removes FILE.partial after a SIGKILL: record it. */
+	if (strcmp(output, "-")) {
+		char *d = xstrdup(output), *b = xstrdup(output), *real;
+
+		real = realpath(dirname(d), NULL);
+		if (real)
+			partial_abs = xasprintf("%s/%s.partial", strcmp(real, "/") ? real : "",
+						basename(b));
+		free(real);
+		free(d);
+		free(b);
+	}
+	signals_install();
+	ret = output_open(output, &out);
+	if (ret)
+		goto out_opts;
+	so.partial = out.partial ? partial_abs : NULL;
+	names[0] = name;
+	ret = fleece_start(&so, names, 1);
+	if (ret) {
+		output_finish(&out, ret);
+		goto out_opts;
+	}
+	if (dmw_info_uuid(fn.view_uuid, &vi) || !vi.exists ||
+	    devno_path(makedev(vi.major, vi.minor), view, sizeof(view))) {
+		msg_error("%s: the view vanished", name);
+		ret = EX_FLEECE_FAIL;
+		goto stop;
+	}
+
+	smp.name = name;
+	ro.view = view;
+	ro.label = name;
+	ro.output = output;
+	ro.tick = sample;
+	ro.tick_arg = &smp;
+	if (fleece_signal)
+		ret = EX_FLEECE_SIGNAL + fleece_signal;
+	else
+		ret = reader_run(&ro, out.fd, out.is_file, &res);
+	sample(&smp);
+
+stop:
+	if (res.interrupted || (ret >= EX_FLEECE_SIGNAL && fleece_signal))
+		msg_error("%s: interrupted by signal %d: stopping", name, (int)fleece_signal);
+	ret = output_finish(&out, ret);
+	r = fleece_stop(name, !ret);
+	if (r && !ret)
+		ret = r;
+	if (!ret) {
+		char a[32], b[32], c2[32], d[32], e[32];
+		const uint64_t *f = smp.last.st.f;
+
+		if (ro.sha256)
+			output_print_sha256(&out, res.sha256);
+		msg_info("%s: backup complete: %s in %s (%s/s), %s of zero chunks%s; %llu chunks copied before they were read, fleece peak %s%s",
+			 name, fmt_size(res.size, a, sizeof(a)),
+			 fmt_duration(res.seconds, b, sizeof(b)),
+			 fmt_size(res.seconds > 0 ? (uint64_t)(res.size / res.seconds) : res.size,
+				  c2, sizeof(c2)),
+			 fmt_size(res.zero_bytes, d, sizeof(d)),
+			 out.is_file ? " left as holes" : "",
+			 smp.have_last ? (unsigned long long)f[FLEECE_ST_CBW_COUNT] : 0ULL,
+			 smp.exact ? "" : "about ",
+			 fmt_size(smp.peak_used, e, sizeof(e)));
+	}
+out_opts:
+	free(partial_abs);
+	start_opts_free(&so);
+	return ret;
+}

@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fleece(8): a small wrapper around libdevmapper.
+ *
+ * Operations that make the kernel send a uevent (resume, remove, and create,
+ * which resumes) carry a udev cookie with the caller's DM_UDEV_* flags and
+ * wait for udev to finish processing them, as lvm2 and dmsetup do.  When
+ * udev is not running libdevmapper creates the /dev/mapper nodes itself.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysmacros.h>
+
+#include <libdevmapper.h>
+
+#include "dm.h"
+#include "util.h"
+
+static int dm_quiet_level;
+
+void dmw_quiet(int delta)
+{
+	dm_quiet_level += delta;
+}
+
+/* libdevmapper's messages: errors and warnings, more with -vv. */
+static void dmw_log(int level, const char *file, int line, int dm_errno_or_class,
+		    const char *f, ...)
+{
+	int lvl = level & 7;	/* _LOG_ERR 3 ... _LOG_DEBUG 7 */
+	va_list ap;
+
+	(void)file;
+	(void)line;
+	(void)dm_errno_or_class;
+	if (lvl > 4 + (verbose > 1 ? verbose - 1 : 0))
+		return;
+	if (lvl <= 4 && dm_quiet_level > 0 && verbose < 2)
+		return;
+	fprintf(stderr, "%s: ", prog);
+	va_start(ap, f);
+	vfprintf(stderr, f, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int dmw_init(void)
+{
+	dm_log_with_errno_init(dmw_log);
+	return 0;
+}
+
+void dmw_exit(void)
+{
+	dm_lib_release();
+}
+
+bool dmw_is_dm_major(unsigned int major)
+{
+	return dm_is_dm_major(major);
+}
+
+void dmw_table_add(struct dmw_table *t, uint64_t start, uint64_t len,
+		   const char *type, const char *params)
+{
+	struct dmw_target *n = realloc(t->t, (t->n + 1) * sizeof(*t->t));
+
+	if (!n) {
+		msg_error("out of memory");
+		exit(EX_FLEECE_FAIL);
+	}
+	t->t = n;
+	n[t->n].start = start;
+	n[t->n].len = len;
+	n[t->n].type = xstrdup(type ? type : "");
+	n[t->n].params = xstrdup(params ? params : "");
+	t->n++;
+}
+
+void dmw_table_free(struct dmw_table *t)
+{
+	unsigned int i;
+
+	for (i = 0; i < t->n; i++) {
+		free(t->t[i].type);
+		free(t->t[i].params);
+	}
+	free(t->t);
+	t->t = NULL;
+	t->n = 0;
+}
+
+uint64_t dmw_table_len(const struct dmw_table *t)
+{
+	uint64_t len = 0;
+	unsigned int i;
+
+	for (i = 0; i < t->n; i++)
+		if (t->t[i].start + t->t[i].len > len)
+			len = t->t[i].start + t->t[i].len;
+	return len;
+}
+
+static struct dm_task *task_new(int type, const char *name)
+{
+	struct dm_task *dmt = dm_task_create(type);
+
+	if (!dmt) {
+		msg_error("cannot create a device-mapper task (is the dm-mod module loaded?)");
+		return NULL;
+	}
+	if (name && !dm_task_set_name(dmt, name)) {
+		dm_task_destroy(dmt);
+		return NULL;
+	}
+	return dmt;
+}
+
+static int task_errno(struct dm_task *dmt)
+{
+	int e = dm_task_get_errno(dmt);
+
+	return e ? -e : -EIO;
+}
+
+static void fill_info(struct dm_task *dmt, const struct dm_info *di,
+		      struct dmw_info *info)
+{
+	const char *s;
+
+	memset(info, 0, sizeof(*info));
+	info->exists = di->exists;
+	if (!di->exists)
+		return;
+	info->suspended = di->suspended;
+	info->live_table = di->live_table;
+	info->inactive_table = di->inactive_table;
+	info->read_only = di->read_only;
+	info->open_count = di->open_count;
+	info->target_count = di->target_count;
+	info->major = di->major;
+	info->minor = di->minor;
+	s = dm_task_get_name(dmt);
+	snprintf(info->name, sizeof(info->name), "%s", s ? s : "");
+	s = dm_task_get_uuid(dmt);
+	snprintf(info->uuid, sizeof(info->uuid), "%s", s ? s : "");
+}
+
+static int info_task(struct dm_task *dmt, struct dmw_info *info)
+{
+	struct dm_info di;
+	int r = 0;
+
+	dmw_quiet(1);
+	if (!dm_task_run(dmt)) {
+		/* ENXIO: no such device */
+		r = dm_task_get_errno(dmt) == ENXIO ? 0 : task_errno(dmt);
+		memset(info, 0, sizeof(*info));
+	} else if (!dm_task_get_info(dmt, &di)) {
+		r = -EIO;
+	} else {
+		fill_info(dmt, &di, info);
+	}
+	dmw_quiet(-1);
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_info(const char *name, struct dmw_info *info)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_INFO, name);
+
+	if (!dmt)
+		return -EIO;
+	return info_task(dmt, info);
+}
+
+int dmw_info_devno(dev_t dev, struct dmw_info *info)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_INFO, NULL);
+
+	if (!dmt)
+		return -EIO;
+	if (!dm_task_set_major(dmt, major(dev)) || !dm_task_set_minor(dmt, minor(dev))) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
+	return info_task(dmt, info);
+}
+
+int dmw_info_uuid(const char *uuid, struct dmw_info *info)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_INFO, NULL);
+
+	if (!dmt)
+		return -EIO;
+	if (!dm_task_set_uuid(dmt, uuid)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
+	return info_task(dmt, info);
+}
+
+static int get_targets(int type, const char *name, bool inactive,
+		       struct dmw_table *out)
+{
+	struct dm_task *dmt = task_new(type, name);
+	uint64_t start, len;
+	char *ttype, *params;
+	struct dm_info di;
+	void *next = NULL;
+	int r = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (!dmt)
+		return -EIO;
+	if (inactive && !dm_task_query_inactive_table(dmt)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
+	/* A table may hold keys (crypt): keep them out of freed memory. */
+	dm_task_secure_data(dmt);
+	if (!dm_task_run(dmt)) {
+		r = task_errno(dmt);
+		goto out;
+	}
+	if (!dm_task_get_info(dmt, &di) || !di.exists) {
+		r = -ENXIO;
+		goto out;
+	}
+	do {
+		next = dm_get_next_target(dmt, next, &start, &len, &ttype, &params);
+		if (ttype)
+			dmw_table_add(out, start, len, ttype, params);
+	} while (next);
+out:
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_get_table(const char *name, bool inactive, struct dmw_table *out)
+{
+	return get_targets(DM_DEVICE_TABLE, name, inactive, out);
+}
+
+int dmw_get_status(const char *name, struct dmw_table *out)
+{
+	return get_targets(DM_DEVICE_STATUS, name, false, out);
+}
+
+static int add_targets(struct dm_task *dmt, const struct dmw_table *t)
+{
+	unsigned int i;
+
+	for (i = 0; i < t->n; i++)
+		if (!dm_task_add_target(dmt, t->t[i].start, t->t[i].len,
+					t->t[i].type, t->t[i].params))
+			return -ENOMEM;
+	return 0;
+}
+
+/* Run a task that makes a uevent, with a udev cookie, and wait for udev. */
+static int run_with_cookie(struct dm_task *dmt, uint16_t udev_flags)
+{
+	uint32_t cookie = 0;
+	int r = 0;
+
+	if (!dm_task_set_cookie(dmt, &cookie, udev_flags)) {
+		msg_error("cannot set up udev synchronisation");
+		return -EIO;
+	}
+	if (!dm_task_run(dmt))
+		r = task_errno(dmt);
+	(void)dm_udev_wait(cookie);
+	return r;
+}
+
+int dmw_create(const char *name, const char *uuid, const struct dmw_table *t,
+	       uint16_t udev_flags)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_CREATE, name);
+	int r;
+
+	if (!dmt)
+		return -EIO;
+	dm_task_secure_data(dmt);
+	if ((uuid && !dm_task_set_uuid(dmt, uuid)) || add_targets(dmt, t)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
+	r = run_with_cookie(dmt, udev_flags);
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_load(const char *name, const struct dmw_table *t)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_RELOAD, name);
+	int r = 0;
+
+	if (!dmt)
+		return -EIO;
+	dm_task_secure_data(dmt);
+	if (add_targets(dmt, t)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
+	if (!dm_task_run(dmt))
+		r = task_errno(dmt);
+	dm_task_destroy(dmt);
+	return r;
+}
+
+static int simple_task(int type, const char *name, bool lockfs)
+{
+	struct dm_task *dmt = task_new(type, name);
+	int r = 0;
+
+	if (!dmt)
+		return -EIO;
+	if (type == DM_DEVICE_SUSPEND && !lockfs)
+		dm_task_skip_lockfs(dmt);
+	if (!dm_task_run(dmt))
+		r = task_errno(dmt);
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_clear(const char *name)
+{
+	return simple_task(DM_DEVICE_CLEAR, name, false);
+}
+
+int dmw_suspend(const char *name, bool lockfs)
+{
+	return simple_task(DM_DEVICE_SUSPEND, name, lockfs);
+}
+
+int dmw_resume(const char *name, uint16_t udev_flags)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_RESUME, name);
+	int r;
+
+	if (!dmt)
+		return -EIO;
+	r = run_with_cookie(dmt, udev_flags);
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_resume_many(char *const names[], unsigned int n, uint16_t udev_flags,
+		    unsigned int *done, double *resumed_at)
+{
+	uint32_t cookie = 0;
+	struct dm_task *dmt;
+	unsigned int i;
+	int r = 0;
+
+	*done = 0;
+	for (i = 0; i < n && !r; i++) {
+		dmt = task_new(DM_DEVICE_RESUME, names[i]);
+		if (!dmt) {
+			r = -EIO;
+			break;
+		}
+		if (!dm_task_set_cookie(dmt, &cookie, udev_flags)) {
+			msg_error("cannot set up udev synchronisation");
+			r = -EIO;
+		} else if (!dm_task_run(dmt)) {
+			r = task_errno(dmt);
+		} else {
+			(*done)++;
+		}
+		dm_task_destroy(dmt);
+	}
+	*resumed_at = now_mono();	/* writers run again from here */
+	if (cookie)
+		(void)dm_udev_wait(cookie);
+	return r;
+}
+
+int dmw_remove(const char *name, bool retry)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_REMOVE, name);
+	int r;
+
+	if (!dmt)
+		return -EIO;
+	/* udev's blkid may still hold a device that was just changed. */
+	if (retry)
+		dm_task_retry_remove(dmt);
+	r = run_with_cookie(dmt, 0);
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_list(char ***names, unsigned int *n)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_LIST, NULL);
+	struct dm_names *dn;
+	unsigned int next = 0;
+	char **v = NULL;
+	int r = 0;
+
+	*names = NULL;
+	*n = 0;
+	if (!dmt)
+		return -EIO;
+	if (!dm_task_run(dmt)) {
+		r = task_errno(dmt);
+		goto out;
+	}
+	dn = dm_task_get_names(dmt);
+	if (!dn || !dn->dev)
+		goto out;
+	do {
+		dn = (struct dm_names *)((char *)dn + next);
+		v = realloc(v, (*n + 1) * sizeof(*v));
+		if (!v) {
+			msg_error("out of memory");
+			exit(EX_FLEECE_FAIL);
+		}
+		v[(*n)++] = xstrdup(dn->name);
+		next = dn->next;
+	} while (next);
+	*names = v;
+out:
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_target_present(const char *type)
+{
+	struct dm_task *dmt = task_new(DM_DEVICE_LIST_VERSIONS, NULL);
+	struct dm_versions *v, *last;
+	int r = -ENOENT;
+
+	if (!dmt)
+		return -EIO;
+	if (!dm_task_run(dmt)) {
+		r = task_errno(dmt);
+		goto out;
+	}
+	v = dm_task_get_versions(dmt);
+	if (!v)
+		goto out;
+	do {
+		last = v;
+		if (!strcmp(v->name, type)) {
+			r = 0;
+			break;
+		}
+		v = (struct dm_versions *)((char *)v + v->next);
+	} while (last != v);
+out:
+	dm_task_destroy(dmt);
+	return r;
+}

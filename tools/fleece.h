@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * fleece(8): the pieces of a fleece session shared by the subcommands.
+ *
+ * For a device-mapper device NAME, "fleece start" creates:
+ *
+ *   NAME-fleece-origin   DM UUID FLEECE-ORIGIN-<NAME>   NAME's original table
+ *   NAME-fleece-view     DM UUID FLEECE-VIEW-<NAME>     the frozen image
+ *
+ * and loads NAME itself with "fleece NAME-fleece-origin <fleece dev>".
+ * With --fleece-dir, the fleece device is a loop device over the sparse
+ * file DIR/NAME.fleece.  What "stop" must undo that the devices cannot
+ * tell (the fleece file, an unfinished backup's output) is kept in the
+ * state file $FLEECE_STATE_DIR/NAME (default /var/lib/fleece/NAME).
+ */
+#ifndef FLEECE_H
+#define FLEECE_H
+
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "dm-fleece-interface.h"
+#include "dm.h"
+
+#define FLEECE_VERSION		"1.0"
+
+#define FLEECE_UUID_PREFIX	"FLEECE-"
+#define FLEECE_UUID_ORIGIN	"FLEECE-ORIGIN-"
+#define FLEECE_UUID_VIEW	"FLEECE-VIEW-"
+#define FLEECE_ORIGIN_SUFFIX	"-fleece-origin"
+#define FLEECE_VIEW_SUFFIX	"-fleece-view"
+#define FLEECE_FILE_SUFFIX	".fleece"
+#define FLEECE_STATE_DIR	"/var/lib/fleece"
+#define FLEECE_MODULE		"dm-fleece"
+
+#define FLEECE_DEFAULT_CHUNK	(64 * 1024)
+#define FLEECE_DEFAULT_TIMEOUT_MS 45000
+
+/* udev flags of the devices fleece creates: /dev/mapper only. */
+#define FLEECE_UDEV_FLAGS (DM_UDEV_DISABLE_SUBSYSTEM_RULES_FLAG |	\
+			   DM_UDEV_DISABLE_DISK_RULES_FLAG |		\
+			   DM_UDEV_DISABLE_OTHER_RULES_FLAG |		\
+			   DM_UDEV_LOW_PRIORITY_FLAG)
+
+struct fleece_names {
+	char name[128];
+	char origin[128];
+	char view[128];
+	char origin_uuid[130];
+	char view_uuid[130];
+};
+
+/* Check that NAME can carry the derived names; fill them in. */
+int fleece_names(const char *name, struct fleece_names *fn);
+
+/* Resolve NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N to a dm name. */
+int resolve_dm_name(const char *arg, char *name, size_t len);
+
+/* /dev/mapper/NAME for a dm device, /dev/<kernel name> otherwise. */
+int devno_display(dev_t dev, char *buf, size_t len);
+
+struct fleece_state {
+	bool present;
+	char phase[16];			/* starting, running, stopping */
+	char fleece_file[PATH_MAX];	/* created by --fleece-dir */
+	char partial[PATH_MAX];		/* output of a running backup */
+	dev_t loop_dev;			/* 0: none */
+	dev_t fleece_dev;
+	long pid;
+};
+
+const char *state_dir(void);
+int state_read(const char *name, struct fleece_state *st);
+int state_write(const char *name, const struct fleece_state *st);
+int state_remove(const char *name);
+int state_list(char ***names, unsigned int *n);
+
+/* "<origin> <fleece> <chunk_sectors> [<#features> <features>...]" */
+struct fleece_params {
+	dev_t origin, fleece;
+	unsigned int chunk_sectors;
+	bool fail_origin_writes;
+	unsigned int cbw_timeout_ms;
+};
+int parse_fleece_params(const char *params, struct fleece_params *p);
+int parse_devno(const char *s, dev_t *dev);
+/* A whole-device table of one fleece target on our origin? */
+bool table_is_fleece(const struct dmw_table *t, struct fleece_params *p);
+
+struct fleece_status {
+	uint64_t f[FLEECE_ST_NR_FIELDS];
+	bool invalid;
+};
+int parse_fleece_status(const char *params, struct fleece_status *s);
+
+/* Lock NAME against other fleece commands, until the process ends. */
+int fleece_lock(const char *name);
+
+/* Every NAME with something of a fleece: its devices or a state file. */
+void fleece_find_all(char ***names, unsigned int *n);
+
+/* Make sure the fleece targets are there, loading dm-fleece if needed. */
+int fleece_need_module(void);
+
+/* Signals: SIGINT, SIGTERM, SIGHUP set fleece_signal; SIGPIPE is ignored. */
+extern volatile sig_atomic_t fleece_signal;
+void signals_install(void);
+void signals_block(sigset_t *old);
+void signals_restore(const sigset_t *old);
+
+/* --- start ---------------------------------------------------------- */
+struct start_opts {
+	uint64_t chunk_bytes;
+	bool fail_origin_writes;
+	unsigned int cbw_timeout_ms;
+	char **fleece_devs;		/* one per NAME, or NULL */
+	unsigned int nr_fleece_devs;
+	const char *fleece_dir;
+	const char *partial;		/* recorded in the state (backup) */
+};
+/* Parse one start option (long option index / value); see start.c. */
+int start_opts_init(struct start_opts *o);
+int start_parse_opt(struct start_opts *o, int opt, const char *arg);
+void start_opts_free(struct start_opts *o);
+int fleece_start(struct start_opts *o, char **names, unsigned int n);
+
+/* --- stop ----------------------------------------------------------- */
+/* Undo whatever is there of a fleece of NAME; 0 when nothing is left. */
+int fleece_stop(const char *name, bool keep_partial);
+
+/* --- status --------------------------------------------------------- */
+struct fleece_report {
+	struct fleece_names fn;
+	const char *state;		/* active, invalid, incomplete, none */
+	bool have_status;
+	struct fleece_status st;
+	struct fleece_params params;
+	char view_path[PATH_MAX];
+	char fleece_path[PATH_MAX];
+	char fleece_file[PATH_MAX];
+	uint64_t size_bytes;
+	uint64_t fleece_used;		/* bytes held by the fleece device */
+	bool fleece_used_exact;		/* from the file's allocation */
+	uint64_t view_reads_origin, view_reads_fleece, view_reads_refused;
+	bool loop_dio;
+};
+int fleece_report(const char *name, struct fleece_report *r);
+
+/* --- the reader (read.c) ------------------------------------------- */
+enum progress_mode { PROGRESS_AUTO, PROGRESS_BAR, PROGRESS_LINES, PROGRESS_NONE };
+
+struct reader_opts {
+	const char *view;		/* path of the fleece-view device */
+	const char *label;		/* for messages */
+	const char *output;		/* "-" or a file name (written as is) */
+	uint64_t block_bytes;
+	uint64_t rate;			/* bytes/s, 0: unlimited */
+	bool discard;
+	bool sha256;
+	enum progress_mode progress;
+	double interval;		/* seconds between progress lines */
+	/* Called at each progress tick, e.g. to sample the fleece space. */
+	void (*tick)(void *arg);
+	void *tick_arg;
+};
+
+struct reader_result {
+	uint64_t size, bytes_read, bytes_written, zero_bytes;
+	double seconds;
+	char sha256[65];
+	bool view_invalid;
+	bool interrupted;
+};
+
+/* Read the whole view to the output; returns an exit code. */
+int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
+	       struct reader_result *res);
+/* Chunk size of a view, from its discard granularity. */
+int view_chunk_bytes(dev_t view, uint64_t *bytes);
+int reader_parse_opt(struct reader_opts *o, int opt, const char *arg);
+
+/* Subcommands. */
+int cmd_start(int argc, char **argv);
+int cmd_stop(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_backup(int argc, char **argv);
+int cmd_read(int argc, char **argv);
+
+#endif

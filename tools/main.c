@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fleece(8): back up live device-mapper devices through dm-fleece.
+ *
+ *   fleece start   take a consistent point in time, expose a frozen view
+ *   fleece stop    undo it (idempotent; finishes interrupted runs)
+ *   fleece status  what is fleeced, how far the backup is
+ *   fleece backup  start, read the view to a file or stdout, stop
+ *   fleece read    the reader alone, on any fleece view
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "fleece.h"
+#include "util.h"
+
+static const struct {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *what;
+} cmds[] = {
+	{ "start", cmd_start, "take a consistent point in time of devices, create their views" },
+	{ "stop", cmd_stop, "remove views, put the original tables back, clean up" },
+	{ "status", cmd_status, "show fleeced devices, chunk counts and progress" },
+	{ "backup", cmd_backup, "start, read the view to a file or stdout, stop" },
+	{ "read", cmd_read, "read a fleece view to a file or stdout, releasing chunks" },
+};
+
+static void help(FILE *f)
+{
+	unsigned int i;
+
+	fprintf(f, "Usage: fleece COMMAND [OPTIONS] [ARGS]\n"
+		"\n"
+		"Back up live device-mapper devices (LVM logical volumes and others) with\n"
+		"dm-fleece: a consistent point in time, a frozen view, copy-before-write of\n"
+		"old data to a local fleece device only while the backup needs it.\n"
+		"\n"
+		"Commands:\n");
+	for (i = 0; i < ARRAY_SIZE(cmds); i++)
+		fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].what);
+	fprintf(f, "\n'fleece COMMAND --help' tells more; see also fleece(8).\n");
+}
+
+int main(int argc, char **argv)
+{
+	unsigned int i;
+	int r;
+
+	if (argc < 2) {
+		help(stderr);
+		return EX_FLEECE_USAGE;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+		help(stdout);
+		return EX_FLEECE_OK;
+	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+		printf("fleece %s\n", FLEECE_VERSION);
+		return EX_FLEECE_OK;
+	}
+	for (i = 0; i < ARRAY_SIZE(cmds); i++) {
+		if (strcmp(argv[1], cmds[i].name))
+			continue;
+		dmw_init();
+		r = cmds[i].fn(argc - 1, argv + 1);
+		dmw_exit();
+		fflush(stdout);
+		if (ferror(stdout) && !r) {
+			msg_error("cannot write to standard output");
+			r = EX_FLEECE_FAIL;
+		}
+		return r;
+	}
+	return usage_error("unknown command '%s'", argv[1]);
+}

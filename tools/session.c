@@ -1,0 +1,493 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fleece(8): names, state files, table and status parsing, signals.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "fleece.h"
+#include "util.h"
+
+/* Characters allowed in NAME: they end up in udev symlinks and file names. */
+static bool name_char_ok(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	       (c >= '0' && c <= '9') || strchr("+_.:@-", c);
+}
+
+int fleece_names(const char *name, struct fleece_names *fn)
+{
+	size_t n = strlen(name), i;
+
+	memset(fn, 0, sizeof(*fn));
+	if (!n)
+		return -EINVAL;
+	for (i = 0; i < n; i++)
+		if (!name_char_ok(name[i])) {
+			msg_error("%s: device names with '%c' are not supported (use letters, digits and + _ . : @ -)",
+				  name, name[i]);
+			return -EINVAL;
+		}
+	if (n + strlen(FLEECE_ORIGIN_SUFFIX) >= sizeof(fn->origin) ||
+	    n + strlen(FLEECE_UUID_ORIGIN) >= sizeof(fn->origin_uuid) - 1) {
+		msg_error("%s: name too long: fleece needs to add '%s' to it (at most %zu characters)",
+			  name, FLEECE_ORIGIN_SUFFIX,
+			  sizeof(fn->origin) - 1 - strlen(FLEECE_ORIGIN_SUFFIX));
+		return -ENAMETOOLONG;
+	}
+	snprintf(fn->name, sizeof(fn->name), "%s", name);
+	snprintf(fn->origin, sizeof(fn->origin), "%s%s", name, FLEECE_ORIGIN_SUFFIX);
+	snprintf(fn->view, sizeof(fn->view), "%s%s", name, FLEECE_VIEW_SUFFIX);
+	snprintf(fn->origin_uuid, sizeof(fn->origin_uuid), "%s%s", FLEECE_UUID_ORIGIN, name);
+	snprintf(fn->view_uuid, sizeof(fn->view_uuid), "%s%s", FLEECE_UUID_VIEW, name);
+	return 0;
+}
+
+int resolve_dm_name(const char *arg, char *name, size_t len)
+{
+	struct dmw_info info;
+	char path[PATH_MAX];
+	struct stat st;
+	int r;
+
+	if (!strchr(arg, '/')) {
+		r = dmw_info(arg, &info);
+		if (r) {
+			errno = -r;
+			msg_errno("%s: cannot query device-mapper", arg);
+			return -EIO;
+		}
+		if (info.exists) {
+			snprintf(name, len, "%s", info.name);
+			return 0;
+		}
+		/* "sda" or "ram0": say what it is rather than "no such device". */
+		snprintf(path, sizeof(path), "/dev/%s", arg);
+		if (stat(path, &st) || !S_ISBLK(st.st_mode)) {
+			msg_error("%s: no such device-mapper device", arg);
+			return -ENODEV;
+		}
+		arg = path;
+	}
+	if (stat(arg, &st)) {
+		const char *slash = strchr(arg, '/');
+
+		/* VG/LV */
+		if (arg[0] != '/' && slash && !strchr(slash + 1, '/') &&
+		    strlen(arg) < sizeof(path) - 5) {
+			char *p = xasprintf("/dev/%s", arg);
+
+			if (!stat(p, &st))
+				arg = strcpy(path, p);
+			free(p);
+		}
+	}
+	if (arg != path && stat(arg, &st)) {
+		msg_errno("%s", arg);
+		return -ENODEV;
+	}
+	if (!S_ISBLK(st.st_mode)) {
+		msg_error("%s: not a block device", arg);
+		return -ENOTBLK;
+	}
+	if (!dmw_is_dm_major(major(st.st_rdev))) {
+		msg_error("%s: not a device-mapper device: fleece works on LVM logical volumes and other dm devices",
+			  arg);
+		return -ENOTBLK;
+	}
+	r = dmw_info_devno(st.st_rdev, &info);
+	if (r || !info.exists) {
+		msg_error("%s: no such device-mapper device", arg);
+		return -ENODEV;
+	}
+	snprintf(name, len, "%s", info.name);
+	return 0;
+}
+
+/* /dev/mapper/NAME for a dm device, /dev/<kernel name> otherwise. */
+int devno_display(dev_t dev, char *buf, size_t len)
+{
+	struct dmw_info info;
+
+	if (dmw_is_dm_major(major(dev)) && !dmw_info_devno(dev, &info) && info.exists) {
+		snprintf(buf, len, "/dev/mapper/%s", info.name);
+		return 0;
+	}
+	return devno_path(dev, buf, len);
+}
+
+/* --- state files --------------------------------------------------------- */
+
+const char *state_dir(void)
+{
+	const char *d = getenv("FLEECE_STATE_DIR");
+
+	return d && *d ? d : FLEECE_STATE_DIR;
+}
+
+static char *state_path(const char *name)
+{
+	return xasprintf("%s/%s", state_dir(), name);
+}
+
+int state_read(const char *name, struct fleece_state *st)
+{
+	char *path = state_path(name), line[PATH_MAX + 64];
+	FILE *f;
+
+	memset(st, 0, sizeof(*st));
+	f = fopen(path, "re");
+	free(path);
+	if (!f)
+		return errno == ENOENT ? 0 : -errno;
+	st->present = true;
+	while (fgets(line, sizeof(line), f)) {
+		char *v = strchr(line, '=');
+
+		line[strcspn(line, "\n")] = '\0';
+		if (!v)
+			continue;
+		*v++ = '\0';
+		if (!strcmp(line, "phase"))
+			snprintf(st->phase, sizeof(st->phase), "%s", v);
+		else if (!strcmp(line, "fleece_file"))
+			snprintf(st->fleece_file, sizeof(st->fleece_file), "%s", v);
+		else if (!strcmp(line, "partial"))
+			snprintf(st->partial, sizeof(st->partial), "%s", v);
+		else if (!strcmp(line, "loop_dev"))
+			parse_devno(v, &st->loop_dev);
+		else if (!strcmp(line, "fleece_dev"))
+			parse_devno(v, &st->fleece_dev);
+		else if (!strcmp(line, "pid"))
+			st->pid = strtol(v, NULL, 10);
+	}
+	fclose(f);
+	return 0;
+}
+
+int state_write(const char *name, const struct fleece_state *st)
+{
+	char *path = state_path(name), *tmp = xasprintf("%s.tmp", path);
+	FILE *f;
+	int r = 0;
+
+	if (mkdir(state_dir(), 0700) && errno != EEXIST) {
+		r = -errno;
+		msg_errno("cannot create the state directory %s", state_dir());
+		goto out;
+	}
+	f = fopen(tmp, "we");
+	if (!f) {
+		r = -errno;
+		msg_errno("cannot write %s", tmp);
+		goto out;
+	}
+	fprintf(f, "# fleece(8) state of %s: removed by 'fleece stop %s'\n", name, name);
+	fprintf(f, "phase=%s\n", st->phase);
+	if (st->fleece_file[0])
+		fprintf(f, "fleece_file=%s\n", st->fleece_file);
+	if (st->partial[0])
+		fprintf(f, "partial=%s\n", st->partial);
+	if (st->loop_dev)
+		fprintf(f, "loop_dev=%u:%u\n", major(st->loop_dev), minor(st->loop_dev));
+	if (st->fleece_dev)
+		fprintf(f, "fleece_dev=%u:%u\n", major(st->fleece_dev), minor(st->fleece_dev));
+	fprintf(f, "pid=%ld\n", (long)getpid());
+	if (fflush(f) || fsync(fileno(f))) {
+		r = -errno;
+		fclose(f);
+		msg_errno("cannot write %s", tmp);
+		goto out;
+	}
+	fclose(f);
+	if (rename(tmp, path)) {
+		r = -errno;
+		msg_errno("cannot write %s", path);
+	}
+out:
+	free(tmp);
+	free(path);
+	return r;
+}
+
+int state_remove(const char *name)
+{
+	char *path = state_path(name);
+	int r = 0;
+
+	if (unlink(path) && errno != ENOENT) {
+		r = -errno;
+		msg_errno("cannot remove %s", path);
+	}
+	free(path);
+	return r;
+}
+
+int state_list(char ***names, unsigned int *n)
+{
+	struct dirent *de;
+	char **v = NULL;
+	DIR *d;
+
+	*names = NULL;
+	*n = 0;
+	d = opendir(state_dir());
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp"))
+			continue;
+		v = realloc(v, (*n + 1) * sizeof(*v));
+		if (!v) {
+			closedir(d);
+			return -ENOMEM;
+		}
+		v[(*n)++] = xstrdup(de->d_name);
+	}
+	closedir(d);
+	*names = v;
+	return 0;
+}
+
+/* --- locks ------------------------------------------------------------- */
+
+#define FLEECE_LOCK_DIR "/run/fleece"
+
+static struct {
+	char name[128];
+	int fd;
+} held_locks[64];
+static unsigned int nr_held_locks;
+
+/*
+ * One fleece command at a time per NAME: a second "start" could otherwise
+ * take the first one's devices for leftovers and undo them.  The lock is
+ * held until the process ends.
+ */
+int fleece_lock(const char *name)
+{
+	const char *dir = getenv("FLEECE_LOCK_DIR");
+	unsigned int i;
+	char *path;
+	int fd;
+
+	for (i = 0; i < nr_held_locks; i++)
+		if (!strcmp(held_locks[i].name, name))
+			return 0;
+	if (nr_held_locks == ARRAY_SIZE(held_locks))
+		return -ENOMEM;
+	if (!dir || !*dir)
+		dir = FLEECE_LOCK_DIR;
+	if (mkdir(dir, 0700) && errno != EEXIST) {
+		msg_errno("cannot create %s", dir);
+		return -errno;
+	}
+	path = xasprintf("%s/%s.lock", dir, name);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		msg_errno("cannot open %s", path);
+		free(path);
+		return -EIO;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		if (errno == EWOULDBLOCK)
+			msg_error("%s: another fleece command is working on it (lock %s)", name, path);
+		else
+			msg_errno("cannot lock %s", path);
+		close(fd);
+		free(path);
+		return -EBUSY;
+	}
+	free(path);
+	snprintf(held_locks[nr_held_locks].name, sizeof(held_locks[0].name), "%s", name);
+	held_locks[nr_held_locks++].fd = fd;
+	return 0;
+}
+
+/* --- tables and status lines ------------------------------------------- */
+
+int parse_devno(const char *s, dev_t *dev)
+{
+	unsigned int ma, mi;
+	char c;
+
+	if (sscanf(s, "%u:%u%c", &ma, &mi, &c) != 2)
+		return -EINVAL;
+	*dev = makedev(ma, mi);
+	return 0;
+}
+
+int parse_fleece_params(const char *params, struct fleece_params *p)
+{
+	char *copy = xstrdup(params), *save = NULL, *tok;
+	unsigned int i = 0, nfeat = 0;
+	int r = -EINVAL;
+
+	memset(p, 0, sizeof(*p));
+	for (tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save), i++) {
+		if (i == 0 && parse_devno(tok, &p->origin))
+			goto out;
+		if (i == 1 && parse_devno(tok, &p->fleece))
+			goto out;
+		if (i == 2)
+			p->chunk_sectors = strtoul(tok, NULL, 10);
+		if (i == 3)
+			nfeat = strtoul(tok, NULL, 10);
+		if (i > 3 && i <= 3 + nfeat) {
+			if (!strcmp(tok, FLEECE_FEATURE_FAIL_ORIGIN_WRITES)) {
+				p->fail_origin_writes = true;
+			} else if (!strcmp(tok, FLEECE_FEATURE_CBW_TIMEOUT_MS)) {
+				tok = strtok_r(NULL, " ", &save);
+				i++;
+				if (!tok)
+					goto out;
+				p->cbw_timeout_ms = strtoul(tok, NULL, 10);
+			}
+		}
+	}
+	if (i >= 3 && p->chunk_sectors)
+		r = 0;
+out:
+	free(copy);
+	return r;
+}
+
+bool table_is_fleece(const struct dmw_table *t, struct fleece_params *p)
+{
+	return t->n == 1 && !strcmp(t->t[0].type, FLEECE_TARGET_NAME) &&
+	       !parse_fleece_params(t->t[0].params, p);
+}
+
+int parse_fleece_status(const char *params, struct fleece_status *s)
+{
+	char *copy = xstrdup(params), *save = NULL, *tok;
+	unsigned int i = 0;
+
+	memset(s, 0, sizeof(*s));
+	for (tok = strtok_r(copy, " ", &save); tok && i < FLEECE_ST_NR_FIELDS;
+	     tok = strtok_r(NULL, " ", &save), i++) {
+		if (i == FLEECE_ST_STATE)
+			s->invalid = !!strcmp(tok, FLEECE_STATE_ACTIVE);
+		else
+			s->f[i] = strtoull(tok, NULL, 10);
+	}
+	free(copy);
+	return i == FLEECE_ST_NR_FIELDS ? 0 : -EINVAL;
+}
+
+int fleece_need_module(void)
+{
+	static const char *const modprobe[] = { "modprobe", FLEECE_MODULE, NULL };
+	struct utsname u;
+	int r;
+
+	if (!dmw_target_present(FLEECE_TARGET_NAME) &&
+	    !dmw_target_present(FLEECE_VIEW_TARGET_NAME))
+		return 0;
+	msg_debug("the fleece targets are not registered: running modprobe %s", FLEECE_MODULE);
+	r = run_program(modprobe, verbose < 1);
+	if (!dmw_target_present(FLEECE_TARGET_NAME) &&
+	    !dmw_target_present(FLEECE_VIEW_TARGET_NAME))
+		return 0;
+	if (r < 0)
+		msg_error("the kernel has no '%s' target and modprobe could not be run: load the %s module",
+			  FLEECE_TARGET_NAME, FLEECE_MODULE);
+	else
+		msg_error("the kernel has no '%s' target and 'modprobe %s' failed: install the %s module for kernel %s (make install) or load it with insmod",
+			  FLEECE_TARGET_NAME, FLEECE_MODULE, FLEECE_MODULE,
+			  uname(&u) ? "this kernel" : u.release);
+	return -ENOENT;
+}
+
+/* Every NAME that has something of a fleece: devices or a state file. */
+void fleece_find_all(char ***out, unsigned int *nout)
+{
+	char **names = NULL, **states = NULL;
+	unsigned int n = 0, ns = 0, i, j;
+	struct dmw_info info;
+
+	*out = NULL;
+	*nout = 0;
+	dmw_list(&names, &n);
+	state_list(&states, &ns);
+	for (i = 0; i < n + ns; i++) {
+		const char *cand = NULL;
+
+		if (i < n) {
+			if (!dmw_info(names[i], &info) && info.exists) {
+				if (!strncmp(info.uuid, FLEECE_UUID_ORIGIN, strlen(FLEECE_UUID_ORIGIN)))
+					cand = info.uuid + strlen(FLEECE_UUID_ORIGIN);
+				else if (!strncmp(info.uuid, FLEECE_UUID_VIEW, strlen(FLEECE_UUID_VIEW)))
+					cand = info.uuid + strlen(FLEECE_UUID_VIEW);
+			}
+		} else {
+			cand = states[i - n];
+		}
+		if (!cand)
+			continue;
+		for (j = 0; j < *nout; j++)
+			if (!strcmp((*out)[j], cand))
+				break;
+		if (j < *nout)
+			continue;
+		*out = realloc(*out, (*nout + 1) * sizeof(char *));
+		if (!*out)
+			exit(EX_FLEECE_FAIL);
+		(*out)[(*nout)++] = xstrdup(cand);
+	}
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	for (i = 0; i < ns; i++)
+		free(states[i]);
+	free(names);
+	free(states);
+}
+
+/* --- signals ------------------------------------------------------------- */
+
+volatile sig_atomic_t fleece_signal;
+
+static void on_signal(int sig)
+{
+	if (!fleece_signal)
+		fleece_signal = sig;
+}
+
+void signals_install(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;	/* no SA_RESTART: blocking calls return EINTR */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+void signals_block(sigset_t *old)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, old);
+}
+
+void signals_restore(const sigset_t *old)
+{
+	sigprocmask(SIG_SETMASK, old, NULL);
+}

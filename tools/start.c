@@ -1,0 +1,764 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fleece start: take one consistent point in time for every device named.
+ *
+ * For each NAME, in this order:
+ *   1. (--fleece-dir) create DIR/NAME.fleece, sparse, and a loop device on it;
+ *   2. create NAME-fleece-origin with NAME's current table;
+ *   3. load NAME's inactive table: fleece NAME-fleece-origin <fleece dev>.
+ * Then suspend every NAME (flushing and freezing file systems), resume them
+ * all (each resume swaps in the fleece table: the point in time), and create
+ * each view NAME-fleece-view.  Writers only wait during the suspend/resume.
+ * Any failure undoes everything through fleece_stop().
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <libdevmapper.h>
+
+#include "fleece.h"
+#include "loop.h"
+#include "util.h"
+
+/* Targets whose table can be loaded twice at once without harm. */
+static const char *const safe_targets[] = {
+	"linear", "striped", "zero", "error", "crypt", "thin", "delay",
+	"flakey", "dust", "verity", "log-writes",
+};
+
+struct plan {
+	struct fleece_names fn;
+	struct dmw_info info;
+	struct dmw_table table;		/* NAME's live table */
+	uint64_t sectors;
+	dev_t dev;
+	const char *fleece_arg;
+	char fleece_path[PATH_MAX];
+	dev_t fleece_dev;
+	char fleece_file[PATH_MAX];
+	int loop_fd;
+	bool dio;
+	dev_t origin_dev;
+};
+
+int start_opts_init(struct start_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->chunk_bytes = FLEECE_DEFAULT_CHUNK;
+	o->cbw_timeout_ms = FLEECE_DEFAULT_TIMEOUT_MS;
+	return 0;
+}
+
+void start_opts_free(struct start_opts *o)
+{
+	unsigned int i;
+
+	for (i = 0; i < o->nr_fleece_devs; i++)
+		free(o->fleece_devs[i]);
+	free(o->fleece_devs);
+	o->fleece_devs = NULL;
+	o->nr_fleece_devs = 0;
+}
+
+/*
+ * Options shared by start and backup: 'c' chunk size, 'F' fail origin
+ * writes, 'T' CBW timeout, 'd' fleece devices, 'D' fleece directory.
+ * Returns 0 when handled, 1 when @opt is not one of them, or a usage error.
+ */
+int start_parse_opt(struct start_opts *o, int opt, const char *arg)
+{
+	uint64_t v;
+	double secs;
+	char *copy, *tok, *save = NULL;
+
+	switch (opt) {
+	case 'c':
+		if (parse_size(arg, &v))
+			return usage_error("--chunk-size '%s': not a size (e.g. 64K, 1M)", arg);
+		if (v < FLEECE_MIN_CHUNK_SECTORS * 512ULL || v > FLEECE_MAX_CHUNK_SECTORS * 512ULL ||
+		    (v & (v - 1)))
+			return usage_error("--chunk-size '%s': must be a power of two from 4K to 16M", arg);
+		o->chunk_bytes = v;
+		return 0;
+	case 'F':
+		o->fail_origin_writes = true;
+		return 0;
+	case 'T':
+		if (parse_seconds(arg, &secs))
+			return usage_error("--cbw-timeout '%s': not a number of seconds (0: no limit)", arg);
+		if (secs > 4294967.0)
+			return usage_error("--cbw-timeout '%s': too long", arg);
+		o->cbw_timeout_ms = (unsigned int)(secs * 1000 + 0.5);
+		if (secs > 0 && !o->cbw_timeout_ms)
+			o->cbw_timeout_ms = 1;
+		return 0;
+	case 'd':
+		if (o->fleece_dir)
+			return usage_error("--fleece-dev and --fleece-dir cannot be used together");
+		copy = xstrdup(arg);
+		for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			o->fleece_devs = realloc(o->fleece_devs,
+						 (o->nr_fleece_devs + 1) * sizeof(char *));
+			if (!o->fleece_devs) {
+				free(copy);
+				return usage_error("out of memory");
+			}
+			o->fleece_devs[o->nr_fleece_devs++] = xstrdup(tok);
+		}
+		free(copy);
+		if (!o->nr_fleece_devs)
+			return usage_error("--fleece-dev: no device given");
+		return 0;
+	case 'D':
+		if (o->nr_fleece_devs)
+			return usage_error("--fleece-dev and --fleece-dir cannot be used together");
+		if (!*arg)
+			return usage_error("--fleece-dir: no directory given");
+		o->fleece_dir = arg;
+		return 0;
+	default:
+		return 1;
+	}
+}
+
+static bool target_is_safe(const char *type)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(safe_targets); i++)
+		if (!strcmp(type, safe_targets[i]))
+			return true;
+	return false;
+}
+
+/* Does NAME's table name device @dev ("M:m" among the parameters)? */
+static bool table_uses(const struct dmw_table *t, dev_t dev)
+{
+	unsigned int i;
+
+	for (i = 0; i < t->n; i++) {
+		char *copy = xstrdup(t->t[i].params), *tok, *save = NULL;
+		bool hit = false;
+
+		for (tok = strtok_r(copy, " ", &save); tok && !hit; tok = strtok_r(NULL, " ", &save)) {
+			dev_t d;
+
+			hit = !parse_devno(tok, &d) && d == dev;
+		}
+		free(copy);
+		if (hit)
+			return true;
+	}
+	return false;
+}
+
+/* Everything about NAME that can be checked without changing anything. */
+static int check_name(struct plan *p, const struct start_opts *o)
+{
+	struct fleece_state st;
+	struct dmw_info other;
+	unsigned int i, lbs;
+	const char *name = p->fn.name;
+
+	if (dmw_info(name, &p->info) || !p->info.exists) {
+		msg_error("%s: no such device-mapper device", name);
+		return EX_FLEECE_REFUSED;
+	}
+	p->dev = makedev(p->info.major, p->info.minor);
+	if (!strncmp(p->info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
+		msg_error("%s: this device was created by fleece (DM UUID %s): fleece the original device instead",
+			  name, p->info.uuid);
+		return EX_FLEECE_REFUSED;
+	}
+	if (dmw_get_table(name, false, &p->table)) {
+		msg_error("%s: cannot read its table", name);
+		return EX_FLEECE_FAIL;
+	}
+	for (i = 0; i < p->table.n; i++) {
+		if (!strcmp(p->table.t[i].type, FLEECE_TARGET_NAME) ||
+		    !strcmp(p->table.t[i].type, FLEECE_VIEW_TARGET_NAME)) {
+			msg_error("%s: already fleeced (its table is a '%s' target): run 'fleece stop %s' first",
+				  name, p->table.t[i].type, name);
+			return EX_FLEECE_REFUSED;
+		}
+	}
+	if (!dmw_info_uuid(p->fn.origin_uuid, &other) && other.exists) {
+		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
+			  name, other.name, name);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!dmw_info_uuid(p->fn.view_uuid, &other) && other.exists) {
+		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
+			  name, other.name, name);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!dmw_info(p->fn.origin, &other) && other.exists) {
+		msg_error("%s: a device named %s already exists", name, p->fn.origin);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!dmw_info(p->fn.view, &other) && other.exists) {
+		msg_error("%s: a device named %s already exists", name, p->fn.view);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!state_read(name, &st) && st.present) {
+		msg_error("%s: an earlier fleece of this device was not cleaned up (%s/%s): run 'fleece stop %s' first",
+			  name, state_dir(), name, name);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!p->info.live_table || !p->table.n) {
+		msg_error("%s: has no active table", name);
+		return EX_FLEECE_REFUSED;
+	}
+	if (p->info.suspended) {
+		msg_error("%s: is suspended: resume it first", name);
+		return EX_FLEECE_REFUSED;
+	}
+	if (p->info.inactive_table) {
+		msg_error("%s: has an inactive table loaded (is another tool changing it?)", name);
+		return EX_FLEECE_REFUSED;
+	}
+	for (i = 0; i < p->table.n; i++) {
+		if (!target_is_safe(p->table.t[i].type)) {
+			msg_error("%s: its table has a '%s' target, which fleece cannot duplicate safely (supported: linear, striped, thin, crypt, zero, error, delay, flakey, dust, verity)",
+				  name, p->table.t[i].type);
+			return EX_FLEECE_REFUSED;
+		}
+	}
+	p->sectors = dmw_table_len(&p->table);
+	lbs = devno_logical_block_size(p->dev);
+	if (o->chunk_bytes % lbs) {
+		msg_error("%s: the chunk size (%llu) is not a multiple of its logical block size (%u)",
+			  name, (unsigned long long)o->chunk_bytes, lbs);
+		return EX_FLEECE_REFUSED;
+	}
+	return 0;
+}
+
+static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
+			    const struct start_opts *o)
+{
+	const char *arg = p->fleece_arg;
+	uint64_t bytes;
+	struct dmw_info info;
+	struct stat st;
+	unsigned int i;
+	int fd;
+
+	if (stat(arg, &st)) {
+		msg_errno("fleece device %s", arg);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!S_ISBLK(st.st_mode)) {
+		msg_error("fleece device %s: not a block device (use --fleece-dir for a file)", arg);
+		return EX_FLEECE_REFUSED;
+	}
+	p->fleece_dev = st.st_rdev;
+	snprintf(p->fleece_path, sizeof(p->fleece_path), "%s", arg);
+	for (i = 0; i < n; i++) {
+		if (devno_depends_on(p->fleece_dev, all[i].dev) ||
+		    table_uses(&all[i].table, p->fleece_dev)) {
+			msg_error("fleece device %s: it is %s itself, or part of it: the fleece device must be a separate device",
+				  arg, all[i].fn.name);
+			return EX_FLEECE_REFUSED;
+		}
+		if (&all[i] != p && all[i].fleece_dev == p->fleece_dev && all[i].fleece_arg) {
+			msg_error("fleece device %s: given for both %s and %s", arg,
+				  all[i].fn.name, p->fn.name);
+			return EX_FLEECE_REFUSED;
+		}
+	}
+	if (dmw_is_dm_major(major(p->fleece_dev)) && !dmw_info_devno(p->fleece_dev, &info) &&
+	    info.exists && !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
+		msg_error("fleece device %s: a device created by fleece cannot be a fleece device", arg);
+		return EX_FLEECE_REFUSED;
+	}
+	fd = open(arg, O_RDONLY | O_EXCL | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == EBUSY)
+			msg_error("fleece device %s: in use (mounted, or held by another device or program)", arg);
+		else
+			msg_errno("fleece device %s", arg);
+		return EX_FLEECE_REFUSED;
+	}
+	if (blkdev_size(fd, &bytes)) {
+		msg_errno("fleece device %s: cannot get its size", arg);
+		close(fd);
+		return EX_FLEECE_REFUSED;
+	}
+	close(fd);
+	if (devno_has_holders(p->fleece_dev)) {
+		msg_error("fleece device %s: in use (another device is built on it)", arg);
+		return EX_FLEECE_REFUSED;
+	}
+	if (bytes < p->sectors * 512) {
+		char a[32], b[32];
+
+		msg_error("fleece device %s is too small: %s, and %s needs %s (its own size)",
+			  arg, fmt_size(bytes, a, sizeof(a)), p->fn.name,
+			  fmt_size(p->sectors * 512, b, sizeof(b)));
+		return EX_FLEECE_REFUSED;
+	}
+	if (o->chunk_bytes % devno_logical_block_size(p->fleece_dev)) {
+		msg_error("fleece device %s: the chunk size is not a multiple of its logical block size (%u)",
+			  arg, devno_logical_block_size(p->fleece_dev));
+		return EX_FLEECE_REFUSED;
+	}
+	return 0;
+}
+
+static int check_fleece_dir(struct plan *p, const struct start_opts *o)
+{
+	struct stat st;
+	dev_t fsdev;
+	char *real;
+
+	real = realpath(o->fleece_dir, NULL);
+	if (!real || stat(real, &st)) {
+		msg_errno("--fleece-dir %s", o->fleece_dir);
+		free(real);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		msg_error("--fleece-dir %s: not a directory", o->fleece_dir);
+		free(real);
+		return EX_FLEECE_REFUSED;
+	}
+	if (access(real, W_OK)) {
+		msg_errno("--fleece-dir %s: not writable", o->fleece_dir);
+		free(real);
+		return EX_FLEECE_REFUSED;
+	}
+	fsdev = st.st_dev;
+	if (major(fsdev) && devno_depends_on(fsdev, p->dev)) {
+		msg_error("--fleece-dir %s: it is on %s itself: copies of its data cannot be kept on it",
+			  o->fleece_dir, p->fn.name);
+		free(real);
+		return EX_FLEECE_REFUSED;
+	}
+	snprintf(p->fleece_file, sizeof(p->fleece_file), "%s/%s%s",
+		 strcmp(real, "/") ? real : "", p->fn.name, FLEECE_FILE_SUFFIX);
+	free(real);
+	if (!lstat(p->fleece_file, &st)) {
+		msg_error("fleece file %s already exists (left over? run 'fleece stop %s', or remove it)",
+			  p->fleece_file, p->fn.name);
+		return EX_FLEECE_REFUSED;
+	}
+	return 0;
+}
+
+/* Create the sparse fleece file and its loop device. */
+static int make_fleece_file(struct plan *p)
+{
+	unsigned int bs;
+	struct stat st;
+	int fd;
+
+	fd = open(p->fleece_file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		msg_errno("cannot create the fleece file %s", p->fleece_file);
+		return -1;
+	}
+	if (ftruncate(fd, (off_t)(p->sectors * 512)) || fstat(fd, &st)) {
+		msg_errno("cannot size the fleece file %s", p->fleece_file);
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	bs = major(st.st_dev) ? devno_logical_block_size(st.st_dev) : 512;
+	p->loop_fd = loop_attach(p->fleece_file, bs, p->fleece_path,
+				 sizeof(p->fleece_path), &p->fleece_dev, &p->dio);
+	if (p->loop_fd < 0)
+		return -1;
+	if (!p->dio)
+		msg_warn("%s: the file system of %s cannot do direct I/O: the loop device uses the page cache",
+			 p->fn.name, p->fleece_file);
+	return 0;
+}
+
+static void fleece_table(const struct plan *p, const struct start_opts *o,
+			 struct dmw_table *t)
+{
+	char params[256], feat[96] = "";
+	unsigned int nfeat = 0;
+
+	if (o->fail_origin_writes)
+		nfeat += 1;
+	if (o->cbw_timeout_ms)
+		nfeat += 2;
+	if (nfeat) {
+		int k = snprintf(feat, sizeof(feat), " %u", nfeat);
+
+		if (o->fail_origin_writes)
+			k += snprintf(feat + k, sizeof(feat) - k, " %s",
+				      FLEECE_FEATURE_FAIL_ORIGIN_WRITES);
+		if (o->cbw_timeout_ms)
+			snprintf(feat + k, sizeof(feat) - k, " %s %u",
+				 FLEECE_FEATURE_CBW_TIMEOUT_MS, o->cbw_timeout_ms);
+	}
+	snprintf(params, sizeof(params), "%u:%u %u:%u %llu%s",
+		 major(p->origin_dev), minor(p->origin_dev),
+		 major(p->fleece_dev), minor(p->fleece_dev),
+		 (unsigned long long)(o->chunk_bytes / 512), feat);
+	memset(t, 0, sizeof(*t));
+	dmw_table_add(t, 0, p->sectors, FLEECE_TARGET_NAME, params);
+}
+
+static void view_table(const struct plan *p, struct dmw_table *t)
+{
+	char params[64];
+
+	snprintf(params, sizeof(params), "%u:%u %u:%u",
+		 major(p->origin_dev), minor(p->origin_dev),
+		 major(p->fleece_dev), minor(p->fleece_dev));
+	memset(t, 0, sizeof(*t));
+	dmw_table_add(t, 0, p->sectors, FLEECE_VIEW_TARGET_NAME, params);
+}
+
+static void rollback(struct plan *plans, unsigned int n)
+{
+	unsigned int i;
+
+	msg_error("undoing the start");
+	for (i = 0; i < n; i++) {
+		if (plans[i].loop_fd >= 0) {
+			close(plans[i].loop_fd);
+			plans[i].loop_fd = -1;
+		}
+	}
+	for (i = 0; i < n; i++)
+		fleece_stop(plans[i].fn.name, true);
+}
+
+int fleece_start(struct start_opts *o, char **names, unsigned int n)
+{
+	struct plan *plans = xcalloc(n, sizeof(*plans));
+	struct dmw_table t;
+	sigset_t oldmask;
+	char **dmnames = xcalloc(n, sizeof(char *));
+	unsigned int i, j, done;
+	double t0, frozen;
+	int r, ret = EX_FLEECE_OK, kmsg;
+
+	for (i = 0; i < n; i++)
+		plans[i].loop_fd = -1;
+	if (o->nr_fleece_devs && o->nr_fleece_devs != n) {
+		ret = usage_error("%u device(s) to fleece but %u --fleece-dev given: give one per device",
+				  n, o->nr_fleece_devs);
+		goto out;
+	}
+	if (!o->nr_fleece_devs && !o->fleece_dir) {
+		ret = usage_error("give the fleece space: --fleece-dev DEV[,DEV...] or --fleece-dir DIR");
+		goto out;
+	}
+
+	/* 1. Names, then every check, before anything is changed. */
+	for (i = 0; i < n; i++) {
+		char name[128];
+
+		if (resolve_dm_name(names[i], name, sizeof(name))) {
+			ret = EX_FLEECE_REFUSED;
+			goto out;
+		}
+		if (fleece_names(name, &plans[i].fn)) {
+			ret = EX_FLEECE_REFUSED;
+			goto out;
+		}
+		for (j = 0; j < i; j++)
+			if (!strcmp(plans[j].fn.name, name)) {
+				ret = usage_error("%s given twice", name);
+				goto out;
+			}
+		if (fleece_lock(name)) {
+			ret = EX_FLEECE_REFUSED;
+			goto out;
+		}
+		plans[i].fleece_arg = o->nr_fleece_devs ? o->fleece_devs[i] : NULL;
+	}
+	if (fleece_need_module()) {
+		ret = EX_FLEECE_REFUSED;
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		ret = check_name(&plans[i], o);
+		if (ret)
+			goto out;
+	}
+	for (i = 0; i < n; i++)
+		for (j = 0; j < n; j++)
+			if (i != j && devno_depends_on(plans[i].dev, plans[j].dev)) {
+				msg_error("%s is built on %s: fleece them one at a time",
+					  plans[i].fn.name, plans[j].fn.name);
+				ret = EX_FLEECE_REFUSED;
+				goto out;
+			}
+	for (i = 0; i < n; i++) {
+		ret = plans[i].fleece_arg ? check_fleece_dev(&plans[i], plans, n, o) :
+					    check_fleece_dir(&plans[i], o);
+		if (ret)
+			goto out;
+	}
+	for (i = 0; i < n; i++)
+		for (j = 0; j < i; j++)
+			if (plans[i].fleece_file[0] &&
+			    !strcmp(plans[i].fleece_file, plans[j].fleece_file)) {
+				ret = usage_error("%s and %s would share the fleece file %s",
+						  plans[j].fn.name, plans[i].fn.name,
+						  plans[i].fleece_file);
+				goto out;
+			}
+
+	/* 2. State records first: "fleece stop" must find whatever follows. */
+	for (i = 0; i < n; i++) {
+		struct fleece_state st;
+
+		memset(&st, 0, sizeof(st));
+		snprintf(st.phase, sizeof(st.phase), "starting");
+		snprintf(st.fleece_file, sizeof(st.fleece_file), "%s", plans[i].fleece_file);
+		if (o->partial)
+			snprintf(st.partial, sizeof(st.partial), "%s", o->partial);
+		if (state_write(plans[i].fn.name, &st)) {
+			for (j = 0; j < i; j++)
+				state_remove(plans[j].fn.name);
+			ret = EX_FLEECE_FAIL;
+			goto out;
+		}
+	}
+
+	/* 3. Fleece files, hidden origins, fleece tables (inactive). */
+	for (i = 0; i < n; i++) {
+		struct plan *p = &plans[i];
+		struct dmw_info oi;
+
+		if (p->fleece_file[0]) {
+			if (make_fleece_file(p))
+				goto fail;
+			{
+				struct fleece_state st;
+
+				state_read(p->fn.name, &st);
+				st.loop_dev = p->fleece_dev;
+				st.fleece_dev = p->fleece_dev;
+				if (state_write(p->fn.name, &st))
+					goto fail;
+			}
+		}
+		r = dmw_create(p->fn.origin, p->fn.origin_uuid, &p->table, FLEECE_UDEV_FLAGS);
+		if (r) {
+			errno = -r;
+			msg_errno("%s: cannot create %s", p->fn.name, p->fn.origin);
+			goto fail;
+		}
+		if (dmw_info(p->fn.origin, &oi) || !oi.exists) {
+			msg_error("%s: %s vanished", p->fn.name, p->fn.origin);
+			goto fail;
+		}
+		p->origin_dev = makedev(oi.major, oi.minor);
+		fleece_table(p, o, &t);
+		msg_debug("%s: loading %s", p->fn.name, t.t[0].params);
+		kmsg = kmsg_mark();
+		r = dmw_load(p->fn.name, &t);
+		dmw_table_free(&t);
+		if (r) {
+			errno = -r;
+			msg_errno("%s: the kernel refused the fleece table", p->fn.name);
+			kmsg_report(kmsg, "fleece");
+			goto fail;
+		}
+		if (kmsg >= 0)
+			close(kmsg);
+		/* The loaded table holds the loop device now. */
+		if (p->loop_fd >= 0) {
+			close(p->loop_fd);
+			p->loop_fd = -1;
+		}
+	}
+
+	/* 4. The point in time: suspend all, then resume all. */
+	signals_block(&oldmask);
+	t0 = now_mono();
+	for (i = 0; i < n; i++) {
+		dmw_quiet(1);
+		r = dmw_suspend(plans[i].fn.name, true);
+		dmw_quiet(-1);
+		if (r == -EBUSY) {
+			/* A file system frozen already (fsfreeze) cannot be frozen again: it is consistent as it is. */
+			msg_debug("%s: its file system is frozen already: suspending without freezing it",
+				  plans[i].fn.name);
+			r = dmw_suspend(plans[i].fn.name, false);
+		}
+		if (r) {
+			errno = -r;
+			msg_errno("%s: cannot suspend", plans[i].fn.name);
+			signals_restore(&oldmask);
+			goto fail;
+		}
+	}
+	for (i = 0; i < n; i++)
+		dmnames[i] = plans[i].fn.name;
+	r = dmw_resume_many(dmnames, n, 0, &done, &frozen);
+	frozen -= t0;
+	signals_restore(&oldmask);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot resume with the fleece table", plans[done].fn.name);
+		goto fail;
+	}
+	msg_debug("devices suspended for %.3f s", frozen);
+
+	/* 5. The views. */
+	for (i = 0; i < n; i++) {
+		struct plan *p = &plans[i];
+		struct fleece_state st;
+
+		view_table(p, &t);
+		kmsg = kmsg_mark();
+		r = dmw_create(p->fn.view, p->fn.view_uuid, &t, FLEECE_UDEV_FLAGS);
+		dmw_table_free(&t);
+		if (r) {
+			errno = -r;
+			msg_errno("%s: cannot create the view %s", p->fn.name, p->fn.view);
+			kmsg_report(kmsg, "fleece");
+			goto fail;
+		}
+		if (kmsg >= 0)
+			close(kmsg);
+		state_read(p->fn.name, &st);
+		snprintf(st.phase, sizeof(st.phase), "running");
+		st.fleece_dev = p->fleece_dev;
+		state_write(p->fn.name, &st);
+	}
+	for (i = 0; i < n; i++) {
+		struct plan *p = &plans[i];
+		char sz[32];
+
+		if (p->fleece_file[0])
+			msg_info("%s: view /dev/mapper/%s, fleece %s (%s%s), chunk %s",
+				 p->fn.name, p->fn.view, p->fleece_path, p->fleece_file,
+				 p->dio ? ", direct I/O" : "",
+				 fmt_size(o->chunk_bytes, sz, sizeof(sz)));
+		else
+			msg_info("%s: view /dev/mapper/%s, fleece %s, chunk %s",
+				 p->fn.name, p->fn.view, p->fleece_path,
+				 fmt_size(o->chunk_bytes, sz, sizeof(sz)));
+	}
+	if (n > 1)
+		msg_info("one point in time for %u devices (suspended for %.0f ms)", n, frozen * 1000);
+	goto out;
+
+fail:
+	rollback(plans, n);
+	ret = EX_FLEECE_FAIL;
+out:
+	for (i = 0; i < n; i++) {
+		if (plans[i].loop_fd >= 0)
+			close(plans[i].loop_fd);
+		dmw_table_free(&plans[i].table);
+	}
+	free(dmnames);
+	free(plans);
+	return ret;
+}
+
+static void start_help(void)
+{
+	printf("Usage: fleece start [OPTIONS] (--fleece-dev DEV[,DEV...] | --fleece-dir DIR) NAME...\n"
+	       "\n"
+	       "Take one consistent point in time of every device-mapper device NAME (an LVM\n"
+	       "logical volume, /dev/mapper/NAME or any dm device) and expose it, frozen, as\n"
+	       "/dev/mapper/NAME-fleece-view while NAME keeps working.  Old data that NAME's\n"
+	       "writers overwrite is first copied to the fleece device.\n"
+	       "\n"
+	       "Options:\n"
+	       "  -d, --fleece-dev DEV[,DEV...]  fleece devices, one per NAME, in order; each at\n"
+	       "                                 least as large as its NAME, unused\n"
+	       "  -D, --fleece-dir DIR           create sparse files DIR/NAME.fleece on loop\n"
+	       "                                 devices instead (removed by 'fleece stop')\n"
+	       "  -c, --chunk-size SIZE          copy-before-write unit, a power of two from 4K\n"
+	       "                                 to 16M (default 64K)\n"
+	       "  -t, --cbw-timeout SECS         a copy taking longer fails (default 45; 0: no\n"
+	       "                                 limit)\n"
+	       "  -F, --fail-origin-writes       on a failed copy, fail the writer's write and\n"
+	       "                                 keep the view (default: keep the writer going\n"
+	       "                                 and invalidate the view)\n"
+	       "  -q, --quiet                    no messages but errors\n"
+	       "  -v, --verbose                  more messages\n"
+	       "  -h, --help                     this help\n"
+	       "\n"
+	       "Stop with 'fleece stop NAME...'.  See fleece(8).\n");
+}
+
+int cmd_start(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "fleece-dev", required_argument, NULL, 'd' },
+		{ "fleece-dir", required_argument, NULL, 'D' },
+		{ "chunk-size", required_argument, NULL, 'c' },
+		{ "cbw-timeout", required_argument, NULL, 't' },
+		{ "fail-origin-writes", no_argument, NULL, 'F' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct start_opts o;
+	int c, r;
+
+	prog = "fleece start";
+	start_opts_init(&o);
+	while ((c = getopt_long(argc, argv, "d:D:c:t:Fqvh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			start_help();
+			start_opts_free(&o);
+			return EX_FLEECE_OK;
+		case 'q':
+			quiet = true;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		case 't':
+			c = 'T';
+			/* fall through */
+		default:
+			if (c == '?') {
+				start_opts_free(&o);
+				return usage_error("bad option");
+			}
+			r = start_parse_opt(&o, c, optarg);
+			if (r) {
+				start_opts_free(&o);
+				return r == 1 ? usage_error("bad option") : r;
+			}
+		}
+	}
+	if (optind >= argc) {
+		start_opts_free(&o);
+		return usage_error("no device given");
+	}
+	signals_install();
+	r = fleece_start(&o, argv + optind, argc - optind);
+	if (!r && fleece_signal) {
+		/* Interrupted while starting: undo it all. */
+		int i;
+
+		msg_error("interrupted by signal %d: stopping", (int)fleece_signal);
+		for (i = optind; i < argc; i++) {
+			char name[128];
+
+			if (!resolve_dm_name(argv[i], name, sizeof(name)))
+				fleece_stop(name, false);
+		}
+		r = EX_FLEECE_SIGNAL + fleece_signal;
+	}
+	start_opts_free(&o);
+	return r;
+}

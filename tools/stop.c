@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fleece stop: put every device back as it was before "fleece start".
+ *
+ * It works from what it finds, so it also finishes a start or a stop that
+ * was interrupted (a killed process, a crash) and does nothing when there is
+ * nothing left:
+ *   1. remove the view NAME-fleece-view;
+ *   2. if NAME runs a fleece table on NAME-fleece-origin: load the hidden
+ *      origin's table (NAME's original one) into NAME, suspend, resume;
+ *      if NAME only has a fleece table loaded (inactive), clear it, and
+ *      resume NAME if a start left it suspended;
+ *   3. remove NAME-fleece-origin;
+ *   4. detach the loop device and remove the fleece file, the state file,
+ *      and an unfinished backup's output.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "fleece.h"
+#include "loop.h"
+#include "util.h"
+
+static int restore_table(const char *name, const struct dmw_info *oi)
+{
+	struct dmw_table ot;
+	sigset_t oldmask;
+	int r;
+
+	r = dmw_get_table(oi->name, false, &ot);
+	if (r || !ot.n) {
+		msg_error("%s: cannot read the original table from %s", name, oi->name);
+		dmw_table_free(&ot);
+		return EX_FLEECE_FAIL;
+	}
+	r = dmw_load(name, &ot);
+	dmw_table_free(&ot);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot load its original table", name);
+		return EX_FLEECE_FAIL;
+	}
+	signals_block(&oldmask);
+	dmw_quiet(1);
+	r = dmw_suspend(name, true);
+	dmw_quiet(-1);
+	if (r == -EBUSY)	/* its file system is frozen already */
+		r = dmw_suspend(name, false);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot suspend", name);
+		dmw_clear(name);
+		signals_restore(&oldmask);
+		return EX_FLEECE_FAIL;
+	}
+	r = dmw_resume(name, 0);
+	signals_restore(&oldmask);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot resume with its original table", name);
+		return EX_FLEECE_FAIL;
+	}
+	return 0;
+}
+
+int fleece_stop(const char *name, bool keep_partial)
+{
+	struct fleece_names fn;
+	struct fleece_state st;
+	struct dmw_info vi, oi, ni;
+	struct fleece_params fp;
+	struct dmw_table t;
+	dev_t origin_dev = 0;
+	bool did = false;
+	int r;
+
+	if (fleece_names(name, &fn))
+		return EX_FLEECE_USAGE;
+	if (fleece_lock(name))
+		return EX_FLEECE_REFUSED;
+	if (state_read(name, &st) < 0)
+		msg_warn("%s: cannot read its state file in %s", name, state_dir());
+	if (st.present)
+		did = true;
+
+	/* 1. The view. */
+	if (!dmw_info_uuid(fn.view_uuid, &vi) && vi.exists) {
+		r = dmw_remove(vi.name, true);
+		if (r) {
+			errno = -r;
+			if (r == -EBUSY)
+				msg_error("%s: cannot remove the view %s: it is in use (a reader still has it open)",
+					  name, vi.name);
+			else
+				msg_errno("%s: cannot remove the view %s", name, vi.name);
+			return EX_FLEECE_FAIL;
+		}
+		msg_debug("%s: removed %s", name, vi.name);
+		did = true;
+	}
+
+	/* 2. NAME itself. */
+	if (!dmw_info_uuid(fn.origin_uuid, &oi) && oi.exists) {
+		origin_dev = makedev(oi.major, oi.minor);
+		did = true;
+	}
+	if (!dmw_info(name, &ni) && ni.exists) {
+		memset(&t, 0, sizeof(t));
+		if (ni.live_table && !dmw_get_table(name, false, &t) && table_is_fleece(&t, &fp)) {
+			dmw_table_free(&t);
+			if (!origin_dev || fp.origin != origin_dev) {
+				msg_error("%s: runs a fleece table on %u:%u that fleece(8) did not make: leaving it alone",
+					  name, major(fp.origin), minor(fp.origin));
+				return EX_FLEECE_REFUSED;
+			}
+			r = restore_table(name, &oi);
+			if (r)
+				return r;
+			msg_debug("%s: original table back", name);
+		} else {
+			dmw_table_free(&t);
+			if (ni.inactive_table && !dmw_get_table(name, true, &t) &&
+			    table_is_fleece(&t, &fp) && origin_dev && fp.origin == origin_dev) {
+				r = dmw_clear(name);
+				if (r) {
+					errno = -r;
+					msg_errno("%s: cannot clear its inactive fleece table", name);
+					dmw_table_free(&t);
+					return EX_FLEECE_FAIL;
+				}
+				did = true;
+			}
+			dmw_table_free(&t);
+			if (ni.suspended && (origin_dev || st.present)) {
+				/* A start was interrupted while NAME was suspended. */
+				r = dmw_resume(name, 0);
+				if (r) {
+					errno = -r;
+					msg_errno("%s: cannot resume", name);
+					return EX_FLEECE_FAIL;
+				}
+				msg_info("%s: resumed (it was left suspended)", name);
+			}
+		}
+	}
+
+	/* 3. The hidden origin. */
+	if (origin_dev) {
+		r = dmw_remove(oi.name, true);
+		if (r) {
+			errno = -r;
+			msg_errno("%s: cannot remove %s", name, oi.name);
+			return EX_FLEECE_FAIL;
+		}
+		msg_debug("%s: removed %s", name, oi.name);
+	}
+
+	/* 4. Files. */
+	if (st.fleece_file[0]) {
+		dev_t loop = st.loop_dev;
+
+		if (!loop)
+			loop_find_file(st.fleece_file, &loop);
+		if (loop) {
+			r = loop_detach_file(loop, st.fleece_file);
+			if (r) {
+				errno = -r;
+				msg_errno("%s: cannot detach the loop device %u:%u of %s",
+					  name, major(loop), minor(loop), st.fleece_file);
+				return EX_FLEECE_FAIL;
+			}
+		}
+		if (unlink(st.fleece_file) && errno != ENOENT) {
+			msg_errno("%s: cannot remove the fleece file %s", name, st.fleece_file);
+			return EX_FLEECE_FAIL;
+		}
+	}
+	if (st.partial[0] && !keep_partial) {
+		if (unlink(st.partial) && errno != ENOENT)
+			msg_errno("%s: cannot remove the unfinished backup %s", name, st.partial);
+		else
+			msg_debug("%s: removed the unfinished backup %s", name, st.partial);
+	}
+	if (st.present && state_remove(name))
+		return EX_FLEECE_FAIL;
+	if (did)
+		msg_info("%s: stopped", name);
+	else
+		msg_info("%s: not fleeced, nothing to do", name);
+	return EX_FLEECE_OK;
+}
+
+/* NAME, /dev/mapper/NAME or a device path; the device may be gone already. */
+static void stop_name(const char *arg, char *name, size_t len)
+{
+	struct dmw_info info;
+	struct stat st;
+	const char *base;
+
+	if (strchr(arg, '/') && !stat(arg, &st) && S_ISBLK(st.st_mode) &&
+	    dmw_is_dm_major(major(st.st_rdev)) && !dmw_info_devno(st.st_rdev, &info) &&
+	    info.exists) {
+		snprintf(name, len, "%s", info.name);
+		return;
+	}
+	base = strrchr(arg, '/');
+	snprintf(name, len, "%s", base ? base + 1 : arg);
+}
+
+static void stop_help(void)
+{
+	printf("Usage: fleece stop [OPTIONS] NAME...\n"
+	       "       fleece stop --all\n"
+	       "\n"
+	       "Remove the view of each NAME, put NAME's original table back, remove the\n"
+	       "hidden origin and the fleece file 'fleece start' created.  Safe to repeat;\n"
+	       "finishes a start or stop that was interrupted.\n"
+	       "\n"
+	       "Options:\n"
+	       "  -a, --all      stop every fleece found (devices and state files)\n"
+	       "  -q, --quiet    no messages but errors\n"
+	       "  -v, --verbose  more messages\n"
+	       "  -h, --help     this help\n");
+}
+
+int cmd_stop(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "all", no_argument, NULL, 'a' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	char **names = NULL, name[128];
+	unsigned int n = 0, i;
+	bool all = false;
+	int c, r, ret = EX_FLEECE_OK;
+
+	prog = "fleece stop";
+	while ((c = getopt_long(argc, argv, "aqvh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'a':
+			all = true;
+			break;
+		case 'q':
+			quiet = true;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		case 'h':
+			stop_help();
+			return EX_FLEECE_OK;
+		default:
+			return usage_error("bad option");
+		}
+	}
+	if (all && optind < argc)
+		return usage_error("--all and device names cannot be used together");
+	if (!all && optind >= argc)
+		return usage_error("no device given (or --all)");
+	for (i = optind; (int)i < argc; i++) {
+		struct fleece_names fn;
+
+		stop_name(argv[i], name, sizeof(name));
+		if (fleece_names(name, &fn))
+			return usage_error("%s: not a device name", argv[i]);
+	}
+	signals_install();
+	if (all) {
+		fleece_find_all(&names, &n);
+		if (!n)
+			msg_info("no fleece found");
+		for (i = 0; i < n; i++) {
+			r = fleece_stop(names[i], false);
+			if (r > ret)
+				ret = r;
+			free(names[i]);
+		}
+		free(names);
+		return ret;
+	}
+	for (i = optind; (int)i < argc; i++) {
+		stop_name(argv[i], name, sizeof(name));
+		r = fleece_stop(name, false);
+		if (r > ret)
+			ret = r;
+	}
+	return ret;
+}

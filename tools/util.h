@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * fleece(8): messages, exit codes, argument and size parsing, small helpers.
+ */
+#ifndef FLEECE_UTIL_H
+#define FLEECE_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+/* Exit codes, documented in fleece(8). */
+enum {
+	EX_FLEECE_OK = 0,
+	EX_FLEECE_FAIL = 1,	/* the operation failed */
+	EX_FLEECE_USAGE = 2,	/* bad arguments: nothing was changed */
+	EX_FLEECE_REFUSED = 3,	/* a device or the system is not fit: nothing changed */
+	EX_FLEECE_INVALID = 4,	/* the view became invalid: the image is incomplete */
+	EX_FLEECE_SIGNAL = 128,	/* + signal number: interrupted, cleaned up */
+};
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define ATTR_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+extern const char *prog;	/* "fleece" or "fleece <subcommand>" */
+extern int verbose;
+extern bool quiet;
+
+void msg_error(const char *fmt, ...) ATTR_PRINTF(1, 2);
+void msg_warn(const char *fmt, ...) ATTR_PRINTF(1, 2);
+void msg_info(const char *fmt, ...) ATTR_PRINTF(1, 2);
+void msg_debug(const char *fmt, ...) ATTR_PRINTF(1, 2);
+/* Print "prog: <message>: <strerror(errno)>". */
+void msg_errno(const char *fmt, ...) ATTR_PRINTF(1, 2);
+/* A usage error: message plus a hint to --help; returns EX_FLEECE_USAGE. */
+int usage_error(const char *fmt, ...) ATTR_PRINTF(1, 2);
+
+/* Sizes: "4096", "64K", "64KiB", "1M", "2G", "512s" (sectors).  */
+int parse_size(const char *s, uint64_t *bytes);
+int parse_uint(const char *s, uint64_t max, uint64_t *val);
+/* Seconds, with an optional fraction and unit: "45", "1.5", "500ms", "2m". */
+int parse_seconds(const char *s, double *secs);
+/* "1.5 GiB"-style; returns buf. */
+char *fmt_size(uint64_t bytes, char *buf, size_t len);
+/* "1:02:03" or "42s"; returns buf. */
+char *fmt_duration(double secs, char *buf, size_t len);
+
+double now_mono(void);
+void sleep_secs(double secs);
+
+/* Read a small sysfs/proc text file, trailing newline stripped. */
+int read_text_file(const char *path, char *buf, size_t len);
+int read_u64_file(const char *path, uint64_t *val);
+
+/* A growable string. */
+struct sbuf {
+	char *s;
+	size_t len, cap;
+};
+void sb_printf(struct sbuf *sb, const char *fmt, ...) ATTR_PRINTF(2, 3);
+void sb_json_str(struct sbuf *sb, const char *s);	/* quoted, escaped */
+void sb_free(struct sbuf *sb);
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t m);
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) ATTR_PRINTF(1, 2);
+
+/* Block device helpers. */
+int blkdev_size(int fd, uint64_t *bytes);
+int blkdev_open_size(const char *path, uint64_t *bytes, dev_t *rdev);
+/* /dev/<kernel name> for a block device number, e.g. /dev/dm-3. */
+int devno_path(dev_t dev, char *buf, size_t len);
+/* Does the block device have holders (another device built on it)? */
+bool devno_has_holders(dev_t dev);
+/* Is @dev @base, or built on it (through its slaves, recursively)? */
+bool devno_depends_on(dev_t dev, dev_t base);
+unsigned int devno_logical_block_size(dev_t dev);
+
+/* Write all of buf, retrying on short writes; false with errno on error. */
+bool write_all(int fd, const void *buf, size_t len);
+bool pwrite_all(int fd, const void *buf, size_t len, off_t off);
+
+/* Run a program, wait for it, return its exit status (or -1). */
+int run_program(const char *const argv[], bool quiet_output);
+
+/* The kernel log: lines written by device-mapper since kmsg_mark(). */
+int kmsg_mark(void);
+void kmsg_report(int fd, const char *filter);
+
+#endif
