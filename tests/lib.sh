@@ -93,3 +93,12 @@ status_field() { # dm-name N
 
 # fleece status as "pending copied released cbw errors state"
 fleece_counts() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
+
+# --- kernel messages since a mark (added with tests 30-32) -----------------
+# dmesg_mark remembers how long the kernel log is; the others look only at
+# what came after, so that one case's messages do not satisfy the next's.
+dmesg_mark() { T_DMESG_MARK=$(dmesg | wc -l); }
+dmesg_since_mark() { dmesg | tail -n +$((T_DMESG_MARK + 1)); }
+expect_dmesg_since_mark() { # extended regex
+	dmesg_since_mark | grep -qE "$1" || fail "no kernel message matching '$1' since the mark"
+}
