@@ -1,0 +1,110 @@
+#!/bin/bash
+# Bad arguments and refusals: each gets a message naming the problem, the
+# documented exit status (2: usage, 3: refused), and changes nothing.
+# Every subcommand has --help.
+. "$SRC/tests/lib.sh"
+F=$SRC/tools/fleece
+export FLEECE_STATE_DIR=$PWD/state
+step() { echo "== $(date +%T) $*"; }
+
+data=$(mkdev data 16)
+fl=$(mkdev fl 16 1)
+small=$(mkdev small 8 1)
+table=$(dmsetup table data)
+mkdir -p fdir
+
+unchanged() {
+	local u
+	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "$1: FLEECE- devices appeared: $u"
+	assert_eq "$(dmsetup table data)" "$table" "$1: table of data"
+	[ -z "$(ls -A state 2>/dev/null)" ] || fail "$1: state files appeared"
+	[ -z "$(ls -A fdir)" ] || fail "$1: files appeared in fdir: $(ls fdir)"
+	[ -z "$(losetup -a)" ] || fail "$1: loop devices appeared"
+	! ls out.img* 2>/dev/null || fail "$1: output appeared"
+}
+
+# check STATUS REGEX -- command...: fails with STATUS, stderr matches REGEX.
+check() {
+	local want=$1 re=$2 rc=0
+	shift 2
+	"$@" > out.txt 2> err.txt || rc=$?
+	echo "\$ ${*#$F } -> $rc: $(head -1 err.txt)"
+	[ "$rc" = "$want" ] || { cat err.txt; fail "'$*': exit $rc, expected $want"; }
+	grep -qE -- "$re" err.txt || { cat err.txt; fail "'$*': no message matching '$re'"; }
+	unchanged "$*"
+}
+
+step "usage errors: exit 2"
+check 2 "unknown command 'frobnicate'" $F frobnicate
+check 2 "Usage" $F
+check 2 "no device given" $F start --fleece-dev "$fl"
+check 2 "give the fleece space" $F start data
+check 2 "cannot be used together" $F start --fleece-dev "$fl" --fleece-dir fdir data
+check 2 "chunk-size '3K': must be a power of two" $F start --chunk-size 3K --fleece-dev "$fl" data
+check 2 "chunk-size '32M'" $F start --chunk-size 32M --fleece-dev "$fl" data
+check 2 "chunk-size 'lots': not a size" $F start --chunk-size lots --fleece-dev "$fl" data
+check 2 "cbw-timeout 'soon'" $F start --cbw-timeout soon --fleece-dev "$fl" data
+check 2 "unrecognized option|bad option" $F start --bogus --fleece-dev "$fl" data
+check 2 "2 device\(s\) to fleece but 1 --fleece-dev" $F start --fleece-dev "$fl" data small
+check 2 "data given twice" $F start --fleece-dev "$fl,$small" data /dev/mapper/data
+check 2 "no output given" $F backup --fleece-dev "$fl" data
+check 2 "one device at a time" $F backup --fleece-dev "$fl" data small -o out.img
+check 2 "a directory" $F backup --fleece-dev "$fl" data -o fdir
+check 2 "rate 'fast'" $F backup --fleece-dev "$fl" --rate fast data -o out.img
+check 2 "progress 'loud'" $F backup --fleece-dev "$fl" --progress loud data -o out.img
+check 2 "no view given" $F read -o out.img
+check 2 "no output given" $F read /dev/mapper/data
+check 2 "no device given" $F stop
+check 2 "--all and device names" $F stop --all data
+check 2 "bad option|unrecognized" $F status --frob
+check 2 "not a device name" $F stop 'bad$name'
+
+step "refusals: exit 3"
+check 3 "ram3: not a device-mapper device" $F start --fleece-dev "$fl" /dev/ram3
+check 3 "not a device-mapper device" $F start --fleece-dev "$fl" ram3
+check 3 "nosuch: no such device-mapper device" $F start --fleece-dev "$fl" nosuch
+check 3 "fleece device /dev/mapper/small is too small: 8.00 MiB, and data needs 16.0 MiB" \
+	$F start --fleece-dev "$small" data
+check 3 "it is data itself" $F start --fleece-dev /dev/mapper/data data
+check 3 "it is data itself, or part of it" $F start --fleece-dev /dev/ram0 data
+check 3 "not a block device" $F start --fleece-dev /etc/passwd data
+check 3 "No such file" $F start --fleece-dev /dev/nosuch data
+check 3 "fleece-dir nodir" $F start --fleece-dir nodir data
+check 3 "not a directory" $F start --fleece-dir /etc/passwd data
+holder=$(dmsetup create holder --table "0 8 linear $fl 0" && echo /dev/mapper/holder)
+check 3 "in use" $F start --fleece-dev "$fl" data
+dmsetup remove holder
+check 3 "not a fleece view" $F read /dev/mapper/data -o out.img
+check 3 "not a device-mapper device" $F read /dev/ram3 -o out.img
+
+step "already fleeced"
+$F start -q --fleece-dev "$fl" data
+check_fleeced() { # like check, but data is fleeced
+	local want=$1 re=$2 rc=0
+	shift 2
+	"$@" > out.txt 2> err.txt || rc=$?
+	echo "\$ ${*#$F } -> $rc: $(head -1 err.txt)"
+	[ "$rc" = "$want" ] || { cat err.txt; fail "'$*': exit $rc, expected $want"; }
+	grep -qE -- "$re" err.txt || { cat err.txt; fail "'$*': no message matching '$re'"; }
+	assert_eq "$(dmsetup info -c --noheadings -o uuid | grep -c '^FLEECE-')" 2 "$*: devices"
+}
+check_fleeced 3 "data: already fleeced" $F start --fleece-dev "$small" data
+check_fleeced 3 "already fleeced" $F backup --fleece-dir fdir data -o out.img
+check_fleeced 3 "created by fleece" $F start --fleece-dev "$small" data-fleece-view
+check_fleeced 3 "created by fleece" $F start --fleece-dev "$small" /dev/mapper/data-fleece-origin
+check_fleeced 3 "a device created by fleece cannot be a fleece device" \
+	$F start --fleece-dev /dev/mapper/data-fleece-view small
+check_fleeced 3 "in use" $F start --fleece-dev "$fl" small
+[ ! -e out.img ] && [ ! -e out.img.partial ] || fail "a refused backup left output"
+$F stop -q data
+unchanged "after stop"
+
+step "--help everywhere"
+for c in start stop status backup read; do
+	$F $c --help > help.txt || fail "fleece $c --help failed"
+	grep -q "^Usage: fleece $c" help.txt || fail "fleece $c --help: $(head -1 help.txt)"
+done
+$F --help | grep -q "^Usage: fleece COMMAND" || fail "fleece --help"
+$F --version | grep -q "^fleece " || fail "fleece --version"
+step "ok"
