@@ -46,6 +46,15 @@ d = json.load(sys.stdin)["devices"][0]
 assert d["fleece_bytes_used_exact"] and d["fleece_bytes_used"] >= 16 << 20, d
 assert d["chunks_copied"] == 256 and d["fleece_file"] == "/mnt/fdir/data.fleece", d'
 
+step "on a terminal: a progress bar (read --no-discard releases nothing)"
+script -qec "$F read --no-discard --rate 8M --block-size 1M /dev/mapper/data-fleece-view -o tty.img" typescript > /dev/null
+cat -v typescript | tail -c 300; echo
+grep -q $'\r' typescript || fail "no carriage returns: not a bar"
+grep -qE '\[#+\.*\] +[0-9]+% .* / 32.0 MiB .*/s +(ETA|in) ' typescript || fail "no progress bar with bytes, rate and ETA"
+cmp tty.img old || fail "read --no-discard: wrong image"
+assert_eq "$(status_field data 4)" 0 "--no-discard released chunks"
+rm tty.img
+
 step "the reader discards: the file shrinks"
 $F read --rate 4M --block-size 1M -p none /dev/mapper/data-fleece-view -o view.img &
 rpid=$!
