@@ -1,0 +1,60 @@
+#!/bin/bash
+# fleece start/stop on an LV of a real lvm2 volume group with a mounted,
+# busy ext4: the view holds the point-in-time files and passes fsck; stop
+# puts the LV's table back and the file system keeps what was written.
+. "$SRC/tests/lib.sh"
+F=$SRC/tools/fleece
+export FLEECE_STATE_DIR=$PWD/state
+log() { echo "== $(date +%T) $*"; }
+
+no_fleece_devices() {
+	local u
+	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "FLEECE- devices left: $u"
+}
+
+# --- an LV of a real volume group, mounted ---------------------------------
+log "an LV with a mounted ext4"
+pvcreate -q /dev/ram2 >/dev/null
+vgcreate -q vgf /dev/ram2 >/dev/null
+lvcreate -q -y -L 32M -n lv vgf >/dev/null
+fl2=$(mkdev fl2 32 1)
+mkfs.ext4 -q -F /dev/vgf/lv
+mkdir -p /mnt/lv /mnt/view
+mount /dev/vgf/lv /mnt/lv
+for i in $(seq 1 20); do head -c $((i * 20000)) /dev/urandom > /mnt/lv/f$i; done
+manifest=$PWD/manifest
+(cd /mnt/lv && sha256sum f*) > "$manifest"
+lv_table=$(dmsetup table vgf-lv)
+lv_uuid=$(dmsetup info -c --noheadings -o uuid vgf-lv)
+
+# A writer keeps the file system busy across the start.
+( while :; do dd if=/dev/urandom of=/mnt/lv/busy bs=64k count=4 conv=fsync status=none; done ) &
+busy=$!
+sleep 1
+$F start --fleece-dev "$fl2" /dev/vgf/lv
+kill $busy; wait $busy 2>/dev/null || true
+[ -b /dev/mapper/vgf-lv-fleece-view ] || fail "no view for the LV"
+# The mounted file system keeps changing.
+for i in $(seq 1 20); do head -c 50000 /dev/urandom > /mnt/lv/f$i; done
+rm /mnt/lv/f1 /mnt/lv/f2
+head -c 2000000 /dev/urandom > /mnt/lv/new
+sync
+mount -o ro,noload /dev/mapper/vgf-lv-fleece-view /mnt/view
+(cd /mnt/view && sha256sum -c --quiet "$manifest") || fail "view's files differ from the point in time"
+[ ! -e /mnt/view/new ] || fail "a file created after the point is in the view"
+umount /mnt/view
+fsck.ext4 -n -f /dev/mapper/vgf-lv-fleece-view > fsck.out 2>&1 || { cat fsck.out; fail "fsck of the view"; }
+$F status vgf-lv | grep -q "vgf-lv: active" || fail "LV status"
+lvs --noheadings -o lv_active vgf/lv | grep -q active || fail "lvs does not see the LV active"
+
+$F stop /dev/vgf/lv
+no_fleece_devices
+assert_eq "$(dmsetup table vgf-lv)" "$lv_table" "LV table back"
+assert_eq "$(dmsetup info -c --noheadings -o uuid vgf-lv)" "$lv_uuid" "LV uuid unchanged"
+lvs vgf/lv > /dev/null || fail "lvs"
+[ "$(stat -c %s /mnt/lv/new)" = 2000000 ] || fail "the LV lost a file written during the fleece"
+umount /mnt/lv
+fsck.ext4 -n -f /dev/vgf/lv > fsck2.out 2>&1 || { cat fsck2.out; fail "fsck of the LV after stop"; }
+vgchange -q -an vgf >/dev/null
+log "ok"

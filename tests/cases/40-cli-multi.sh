@@ -1,0 +1,77 @@
+#!/bin/bash
+# fleece start on two devices at once takes one consistent point: a writer
+# alternates between them, writing an ever increasing sequence number to
+# each in turn (A gets 1, B gets 2, A gets 3, ...), each write completing
+# before the next.  At any single moment, the last numbers on A and B are
+# consecutive; two separate points in time would show a larger gap.
+. "$SRC/tests/lib.sh"
+F=$SRC/tools/fleece
+export FLEECE_STATE_DIR=$PWD/state
+step() { echo "== $(date +%T) $*"; }
+
+a=$(mkdev da 16)
+b=$(mkdev db 16)
+fa=$(mkdev fa 16 1)
+fb=$(mkdev fb 16 1)
+ta=$(dmsetup table da)
+tb=$(dmsetup table db)
+
+# The writer: O_DIRECT|O_DSYNC 4 KiB writes at offset 0, A and B in turn.
+writer() {
+	python3 - "$@" <<'PY'
+import mmap, os, sys
+devs = [os.open(d, os.O_RDWR | os.O_DIRECT | os.O_DSYNC) for d in sys.argv[1:3]]
+buf = mmap.mmap(-1, 4096)
+seq = 0
+while not os.path.exists(sys.argv[3]):
+    seq += 1
+    buf.seek(0)
+    buf.write(b"%020d\n" % seq)
+    os.pwrite(devs[0 if seq % 2 else 1], buf, 0)
+    with open("last.tmp", "w") as f:
+        f.write("%d\n" % seq)
+    os.rename("last.tmp", "last")
+PY
+}
+seqof() { dd if="$1" bs=4096 count=1 iflag=direct status=none | head -c 20 | sed 's/^0*//'; }
+
+writer "$a" "$b" "$PWD/stop.flag" > writer.log 2>&1 &
+wpid=$!
+for i in $(seq 1 100); do [ -s last ] && break; sleep 0.1; done
+[ -s last ] || { cat writer.log; fail "the writer does not write"; }
+sleep 1
+before=$(cat last)
+step "writer at $before: start both"
+$F start --fleece-dev "$fa,$fb" da db 2>&1 | tee start.out
+sleep 2
+after=$(cat last)
+touch stop.flag
+wait $wpid || { cat writer.log; fail "the writer failed"; }
+grep -q "one point in time for 2 devices" start.out || fail "start does not say one point in time"
+sa=$(seqof /dev/mapper/da-fleece-view)
+sb=$(seqof /dev/mapper/db-fleece-view)
+step "writer went from $before to $after; views: A=$sa B=$sb"
+[ "$after" -gt $((before + 10)) ] || fail "the writer made no progress around the start"
+[ "$sa" -ge "$before" ] && [ "$sb" -ge "$before" ] || fail "views older than the start"
+[ "$sa" -lt "$after" ] && [ "$sb" -lt "$after" ] || fail "views newer than the writer after the start"
+d=$((sa - sb)); d=${d#-}
+assert_eq "$d" 1 "distance between the last numbers on the two views (A=$sa B=$sb)"
+[ $((sa % 2)) = 1 ] && [ $((sb % 2)) = 0 ] || fail "odd numbers go to A, even to B: A=$sa B=$sb"
+# The origins kept going.
+[ "$(seqof "$a")" -gt "$sa" ] || [ "$(seqof "$b")" -gt "$sb" ] || fail "origins did not move on"
+
+step "stop both"
+$F stop da db
+assert_eq "$(dmsetup table da)" "$ta" "table of da back"
+assert_eq "$(dmsetup table db)" "$tb" "table of db back"
+[ -z "$(dmsetup info -c --noheadings -o uuid | grep FLEECE- || true)" ] || fail "FLEECE- devices left"
+
+step "a refusal for the second device changes nothing for the first"
+# db's fleece device is too small: nothing may change for either.
+small=$(mkdev small 8 1)
+expect_fail $F start --fleece-dev "$fa,$small" da db
+echo "$T_ERR"
+echo "$T_ERR" | grep -q "too small" || fail "no 'too small' message"
+assert_eq "$(dmsetup table da)" "$ta" "da unchanged"
+[ -z "$(dmsetup info -c --noheadings -o uuid | grep FLEECE- || true)" ] || fail "FLEECE- devices left"
+step "ok"

@@ -1,0 +1,108 @@
+#!/bin/bash
+# The states a crash can leave in the middle of "fleece start" or "fleece
+# stop", made by hand with dmsetup: "fleece stop" finishes each of them and
+# leaves the device as it was; a fleece table fleece(8) did not make is left
+# alone.
+. "$SRC/tests/lib.sh"
+F=$SRC/tools/fleece
+export FLEECE_STATE_DIR=$PWD/state
+step() { echo "== $(date +%T) $*"; }
+
+data=$(mkdev data 32)
+mkpattern pat 32 pat
+put pat "$data"
+table=$(dmsetup table data)
+fsdev=$(mkdev fsdev 64 1)
+mkfs.ext4 -q -F "$fsdev"
+mkdir -p /mnt/fdir
+mount "$fsdev" /mnt/fdir
+
+as_before() { # what
+	local u
+	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "$1: FLEECE- devices left: $u"
+	assert_eq "$(dmsetup table data)" "$table" "$1: table of data"
+	assert_eq "$(dmsetup info -c --noheadings -o suspended data)" Active "$1: data not suspended"
+	[ -z "$(losetup -a)" ] || fail "$1: loop devices left: $(losetup -a)"
+	[ -z "$(ls -A /mnt/fdir | grep -v lost+found || true)" ] || fail "$1: files left in the fleece dir: $(ls /mnt/fdir)"
+	[ -z "$(ls -A state 2>/dev/null)" ] || fail "$1: state left: $(ls state)"
+	! ls out.img* 2>/dev/null || fail "$1: output left"
+	same "$data" pat "$1: data's content"
+}
+
+# --- states left by a crash in the middle of start or stop --------------------
+fl=$(mkdev fl 32 1)
+mm() { dmsetup info -c --noheadings -o major,minor --separator : "$1"; }
+origin_like_start() {
+	dmsetup create data-fleece-origin --uuid FLEECE-ORIGIN-data --table "$table"
+}
+fleece_line() { echo "0 65536 fleece $(mm data-fleece-origin) $(mm fl) 128"; }
+
+step "crash after the hidden origin was created"
+origin_like_start
+$F stop data
+as_before "hidden origin only"
+
+step "crash after the fleece table was loaded (inactive)"
+origin_like_start
+dmsetup load data --table "$(fleece_line)"
+$F stop data
+as_before "fleece table loaded"
+
+step "crash with data suspended and the fleece table loaded"
+origin_like_start
+dmsetup load data --table "$(fleece_line)"
+dmsetup suspend data
+$F stop data 2>&1 | tee stop.out
+grep -q "resumed" stop.out || fail "stop does not say it resumed data"
+as_before "suspended with the fleece table loaded"
+
+step "crash after the resume, before the view"
+origin_like_start
+dmsetup load data --table "$(fleece_line)"
+dmsetup suspend data
+dmsetup resume data
+rc=0; $F status data > status.out || rc=$?
+cat status.out
+grep -q "^data: incomplete" status.out || fail "status does not call it incomplete"
+assert_eq "$rc" 1 "exit status of status for an incomplete fleece"
+$F stop data
+as_before "fleece live, no view"
+
+step "crash in stop after the original table was loaded, data suspended"
+$F start -q --fleece-dev "$fl" data
+dmsetup remove data-fleece-view
+dmsetup load data --table "$table"
+dmsetup suspend data
+$F stop data
+as_before "stop interrupted while suspended"
+
+step "a fleece table fleece(8) did not make is left alone"
+dmsetup create other-origin --table "$table"
+dmsetup load data --table "0 65536 fleece $(mm other-origin) $(mm fl) 128"
+dmsetup suspend data; dmsetup resume data
+rc=0; $F stop data 2> stop.err || rc=$?
+cat stop.err
+assert_eq "$rc" 3 "stop of a foreign fleece"
+grep -q "did not make" stop.err || fail "no explanation for the foreign fleece"
+dmsetup load data --table "$table"; dmsetup suspend data; dmsetup resume data
+dmsetup remove other-origin
+as_before "foreign fleece"
+step "crash after the fleece file and its loop device were made"
+truncate -s 32M /mnt/fdir/data.fleece
+loop=$(losetup -f --show /mnt/fdir/data.fleece)
+mkdir -p state
+printf 'phase=starting\nfleece_file=/mnt/fdir/data.fleece\nloop_dev=%s\n' \
+	"$(cat /sys/block/${loop#/dev/}/dev)" > state/data
+$F stop data
+as_before "fleece file and loop device"
+
+step "after a reboot: the fleece file and the state are left"
+truncate -s 32M /mnt/fdir/data.fleece
+printf 'phase=running\nfleece_file=/mnt/fdir/data.fleece\npartial=%s/out.img.partial\n' "$PWD" > state/data
+touch out.img.partial
+{ $F status data || true; } | grep -q "^data: incomplete" || fail "status after a reboot"
+$F stop data
+as_before "after a reboot"
+umount /mnt/fdir
+step "ok"

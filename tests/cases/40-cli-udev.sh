@@ -1,0 +1,145 @@
+#!/bin/bash
+# With systemd-udevd running and tools/udev/60-fleece.rules installed (and
+# the lvm2 filter of tools/lvm/lvmlocal-fleece.conf):
+#  - views, hidden origins and fleece loop devices are not probed: no
+#    /dev/disk/by-uuid or by-label link moves to them, no dm-uuid links,
+#    even after change events; they carry UDISKS_IGNORE=1, SYSTEMD_READY=0;
+#  - the stable links /dev/fleece/NAME/{view,origin,fleece} exist;
+#  - an LVM PV on the fleeced device shows up once in pvs/vgs, with no
+#    duplicate warnings, and nothing gets activated from the view;
+#  - a VM's VG inside an LV stays invisible to the host;
+#  - without the rules file, the libdevmapper udev flags alone keep the
+#    by-uuid links in place.
+. "$SRC/tests/lib.sh"
+F=$SRC/tools/fleece
+export FLEECE_STATE_DIR=$PWD/state
+step() { echo "== $(date +%T) $*"; }
+
+cp /etc/lvm/lvmlocal.conf lvmlocal.conf.orig
+restore() {
+	rm -f /etc/udev/rules.d/60-fleece.rules
+	udevadm control --reload 2>/dev/null || true
+	cp lvmlocal.conf.orig /etc/lvm/lvmlocal.conf
+}
+trap restore EXIT
+cp "$SRC/tools/udev/60-fleece.rules" /etc/udev/rules.d/
+udevadm control --reload
+cat "$SRC/tools/lvm/lvmlocal-fleece.conf" >> /etc/lvm/lvmlocal.conf
+lvmconfig devices/global_filter
+
+real() { readlink -f "$1"; }
+prop() { udevadm info --query=property --name="$1" | sed -n "s/^$2=//p"; }
+no_links_to() { # device: no /dev/disk link may point to it
+	local d l
+	d=$(real "$1")
+	for l in /dev/disk/by-*/*; do
+		[ -e "$l" ] || continue
+		[ "$(real "$l")" != "$d" ] || fail "$l points to $1"
+	done
+}
+
+fsdev=$(mkdev fsdev 64 1)
+mkfs.ext4 -q -F "$fsdev"
+mkdir -p /mnt/fdir
+mount "$fsdev" /mnt/fdir
+
+step "ext4 with a label and a UUID on data"
+data=$(mkdev data 32)
+uuid=3c9b6f1e-9a1d-4d8e-a7b3-5f1e2d3c4b5a
+mkfs.ext4 -q -F -L fleecetest -U $uuid "$data"
+udevadm settle
+assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid before"
+
+$F start --fleece-dir /mnt/fdir data
+udevadm settle
+view=/dev/mapper/data-fleece-view
+origin=/dev/mapper/data-fleece-origin
+loop=$(losetup -j /mnt/fdir/data.fleece | cut -d: -f1)
+assert_eq "$(real /dev/fleece/data/view)" "$(real $view)" "/dev/fleece/data/view"
+assert_eq "$(real /dev/fleece/data/origin)" "$(real $origin)" "/dev/fleece/data/origin"
+assert_eq "$(real /dev/fleece/data/fleece)" "$(real "$loop")" "/dev/fleece/data/fleece"
+assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid with a view"
+assert_eq "$(real /dev/disk/by-label/fleecetest)" "$(real "$data")" "by-label with a view"
+ls /dev/disk/by-id/ | grep -q 'FLEECE-\|fleece' && fail "by-id links for fleece devices: $(ls /dev/disk/by-id)"
+for d in $view $origin "$loop"; do
+	no_links_to "$d"
+	[ -z "$(prop "$d" ID_FS_UUID)" ] || fail "$d was probed by blkid"
+	assert_eq "$(prop "$d" UDISKS_IGNORE)" 1 "UDISKS_IGNORE of $d"
+	assert_eq "$(prop "$d" SYSTEMD_READY)" 0 "SYSTEMD_READY of $d"
+done
+assert_eq "$(prop $view DM_UDEV_DISABLE_DISK_RULES_FLAG)" 1 "disk rules disabled on the view"
+assert_eq "$(prop $view DM_UDEV_DISABLE_OTHER_RULES_FLAG)" 1 "other rules disabled on the view"
+
+step "change events (as from a watch or udevadm trigger) change nothing"
+put <(head -c 1M /dev/urandom) "$data"	# chunk 0 with the superblock: now in the fleece file
+mkfs.ext4 -q -F -L fleecetest -U $uuid "$data"
+udevadm trigger --action=change "$(real $view)" "$(real $origin)" "$(real "$loop")" "$(real "$data")"
+udevadm settle
+assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid after change events"
+for d in $view $origin "$loop"; do no_links_to "$d"; done
+[ -e /dev/fleece/data/view ] || fail "the view link went away"
+$F stop data
+udevadm settle
+[ ! -e /dev/fleece/data ] || fail "/dev/fleece/data left: $(ls -R /dev/fleece)"
+assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid after stop"
+
+step "an LVM PV on the fleeced device"
+pvd=$(mkdev pvd 32)
+fl=$(mkdev fl 32 1)
+pvcreate -q "$pvd" > /dev/null
+vgcreate -q innervg "$pvd" > /dev/null
+lvcreate -q -y -L 8M -n inlv innervg > /dev/null
+$F start --fleece-dev "$fl" pvd
+udevadm settle
+pvs > pvs.out 2>&1; cat pvs.out
+grep -qiE "warning|duplicate" pvs.out && fail "pvs warns"
+assert_eq "$(pvs --noheadings -o pv_name -S vg_name=innervg | tr -d ' ')" "$pvd" "innervg's PV"
+vgs innervg > vgs.out 2>&1 || { cat vgs.out; fail "vgs innervg"; }
+grep -qiE "warning|duplicate" vgs.out && fail "vgs warns: $(cat vgs.out)"
+assert_eq "$(dmsetup ls | grep -c '^innervg-')" 1 "innervg LVs active"
+[ -z "$(prop /dev/mapper/pvd-fleece-view ID_FS_TYPE)" ] || fail "the view was probed"
+lvchange -q -an innervg/inlv
+udevadm trigger --action=add "$(real /dev/mapper/pvd-fleece-view)" "$(real /dev/mapper/pvd-fleece-origin)"
+udevadm settle
+sleep 1
+assert_eq "$(dmsetup ls | grep -c '^innervg-' || true)" 0 "LVs activated from the view"
+# Without the filter lvm2 reads the view and the hidden origin too (for the record).
+pvs --config 'devices/global_filter=["a|.*|"]' -o pv_name,vg_name 2>&1 | sed 's/^/   without the filter: /' || true
+$F stop pvd
+vgchange -q -an innervg > /dev/null
+
+step "a VM's VG inside an LV stays invisible"
+pvcreate -q /dev/ram2 > /dev/null
+vgcreate -q vgo /dev/ram2 > /dev/null
+lvcreate -q -y -L 32M -n disk vgo > /dev/null
+lvmc='devices/scan_lvs=1'
+pvcreate -q --config "$lvmc" /dev/vgo/disk > /dev/null
+vgcreate -q --config "$lvmc" guestvg /dev/vgo/disk > /dev/null
+lvcreate -q -y --config "$lvmc" -an -Zn -L 8M -n root guestvg > /dev/null
+vgs guestvg > /dev/null 2>&1 && fail "guestvg should be invisible with scan_lvs=0"
+fl2=$(mkdev fl2 32 1)
+$F start --fleece-dev "$fl2" vgo-disk
+udevadm settle
+sleep 1
+vgs > vgs2.out 2>&1; cat vgs2.out
+grep -q guestvg vgs2.out && fail "guestvg became visible through the fleece devices"
+# (lvm2 does warn "Device mismatch detected for vgo/disk": the LV's table
+# is the fleece's while it runs; see CAVEATS in fleece(8).)
+grep -qiE "duplicate|not using device|prefers device" vgs2.out && fail "vgs sees duplicates"
+[ -z "$(dmsetup ls | grep '^guestvg-' || true)" ] || fail "guestvg activated"
+$F stop vgo-disk
+vgchange -q -an vgo > /dev/null
+
+step "without the rules file: the libdevmapper flags alone"
+rm /etc/udev/rules.d/60-fleece.rules
+udevadm control --reload
+$F start --fleece-dev "$fl" data
+udevadm settle
+assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid without the rules"
+no_links_to $view
+no_links_to $origin
+[ -z "$(prop $view ID_FS_UUID)" ] || fail "the view was probed without the rules"
+assert_eq "$(prop $view DM_UDEV_DISABLE_OTHER_RULES_FLAG)" 1 "libdevmapper flag on the view"
+$F stop data
+umount /mnt/fdir
+step "ok"
