@@ -297,24 +297,30 @@ struct fleece_ctx *fleece_ctx_find_live(struct fleece_target_link *link,
  * @is_origin: whether the target is a "fleece" (origin) target
  *
  * When the last origin target goes, nothing protects the origin any more:
- * the context is invalidated and leaves the registry.  The origin device
- * must stay open until copies still in flight (abandoned by a timeout) end.
+ * the context is invalidated and leaves the registry.  That is only worth
+ * a kernel message when views are still there to notice; with none left it
+ * is the normal end of fleecing.  The origin device must stay open until
+ * copies still in flight (abandoned by a timeout) end.
  */
 void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
 		       bool is_origin)
 {
-	bool orphaned = false;
+	bool orphaned = false, views_left = false;
 
 	mutex_lock(&fleece_registry_lock);
 	list_del(&link->node);
 	if (is_origin && !--ctx->nr_origins) {
 		list_del_init(&ctx->registry_node);
 		orphaned = true;
+		/* No origin target is left: the remaining links are views. */
+		views_left = !list_empty(&ctx->targets);
 	}
 	mutex_unlock(&fleece_registry_lock);
 
 	if (orphaned) {
-		fleece_ctx_invalidate(ctx, "the origin is no longer protected by a fleece target");
+		fleece_ctx_invalidate(ctx, views_left ?
+				      "the origin is no longer protected by a fleece target" :
+				      NULL);
 		spin_lock_irq(&ctx->lock);
 		wait_event_lock_irq(ctx->wait, !ctx->nr_copies, ctx->lock);
 		spin_unlock_irq(&ctx->lock);
@@ -366,7 +372,7 @@ void fleece_ctx_origin_suspend(struct fleece_ctx *ctx)
 /**
  * fleece_ctx_invalidate() - the view can no longer be trusted
  * @ctx: the context
- * @why: for the kernel log
+ * @why: for the kernel log; NULL for none
  *
  * From now on origin writes go through without copy-before-write and every
  * view read fails.  Raises a dm event on every table of the pair.
@@ -386,7 +392,7 @@ void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why)
 	bio_list_init(&ctx->held);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 
-	if (ctx->started)
+	if (ctx->started && why)
 		DMERR("origin %u:%u fleece %u:%u: view invalidated: %s",
 		      MAJOR(ctx->origin_dev), MINOR(ctx->origin_dev),
 		      MAJOR(ctx->fleece_dev), MINOR(ctx->fleece_dev), why);

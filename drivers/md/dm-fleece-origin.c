@@ -25,22 +25,22 @@ struct fleece_origin {
 	bool live;	/* resumed, not suspended since */
 };
 
+/*
+ * Numbers are parsed with kstrtouint(), not dm_read_arg(): sscanf() would
+ * silently wrap a value such as 4294967796 to 500.
+ */
 static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo,
 				 struct dm_target *ti)
 {
-	static const struct dm_arg _args[] = {
-		{0, 3, "Invalid number of feature arguments"},
-		{0, UINT_MAX, "Invalid cbw_timeout_ms: not a number of milliseconds"},
-	};
 	unsigned int argc, ms;
 	const char *name;
-	int r;
 
 	if (!as->argc)
 		return 0;
-	r = dm_read_arg_group(_args, as, &argc, &ti->error);
-	if (r)
-		return r;
+	if (kstrtouint(dm_shift_arg(as), 10, &argc) || argc > 3 || argc > as->argc) {
+		ti->error = "Invalid number of feature arguments";
+		return -EINVAL;
+	}
 
 	while (argc) {
 		name = dm_shift_arg(as);
@@ -52,9 +52,10 @@ static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo
 				ti->error = "Feature cbw_timeout_ms needs a value";
 				return -EINVAL;
 			}
-			r = dm_read_arg(&_args[1], as, &ms, &ti->error);
-			if (r)
-				return r;
+			if (kstrtouint(dm_shift_arg(as), 10, &ms)) {
+				ti->error = "Invalid cbw_timeout_ms: not a number of milliseconds";
+				return -EINVAL;
+			}
 			argc--;
 			fo->cbw_timeout_ms = ms;
 		} else {

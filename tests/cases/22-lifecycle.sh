@@ -216,8 +216,14 @@ grep -q '^dm_fleece ' /proc/modules || fail "dm_fleece is no longer loaded"
 [ "$(cat /sys/module/dm_fleece/refcnt)" -gt 0 ] || fail "dm_fleece has no references while in use"
 assert_eq "$(status_field fo2 7)" active "fleece state after the refused rmmod"
 view_ok "$view2" 0 3
+log "a normal stop (view first, then the fleece table) logs nothing"
+dmesg_mark
 dmsetup remove fv2
 dmsetup remove fo2
+if dmesg_since_mark | grep -q "fleece"; then
+	dmesg_since_mark
+	fail "removing a view, then its fleece table, logged a message"
+fi
 assert_eq "$(cat /sys/module/dm_fleece/refcnt)" 0 "module references with no table left"
 
 log "200 create/remove cycles of fleece + view on 1 MiB devices, chunk 8"

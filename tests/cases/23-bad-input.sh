@@ -124,6 +124,10 @@ reject "cbw_timeout_ms not a number" fleece -EINVAL "Invalid cbw_timeout_ms: not
 	"$FL $o $f 8 2 cbw_timeout_ms soon"
 reject "cbw_timeout_ms negative" fleece -EINVAL "Invalid cbw_timeout_ms: not a number of milliseconds" \
 	"$FL $o $f 8 2 cbw_timeout_ms -5"
+reject "feature count 2^32+1 (must not wrap to 1)" fleece -EINVAL "$F" \
+	"$FL $o $f 8 4294967297 fail_origin_writes"
+reject "cbw_timeout_ms 2^32+500 (must not wrap to 500)" fleece -EINVAL \
+	"Invalid cbw_timeout_ms: not a number of milliseconds" "$FL $o $f 8 2 cbw_timeout_ms 4294967796"
 reject "cbw_timeout_ms with a unit" fleece -EINVAL "Invalid cbw_timeout_ms: not a number of milliseconds" \
 	"$FL $o $f 8 2 cbw_timeout_ms 100ms"
 
