@@ -15,8 +15,9 @@
 #   - the view, mounted read-only (ext4: ro,noload; xfs: ro,norecovery,
 #     nouuid), has exactly the files of the manifest (none created later)
 #     and every one matches its checksum;
-#   - the view's filesystem is clean for a read-only fsck (e2fsck -fn,
-#     xfs_repair -n);
+#   - the view's filesystem is clean for a read-only fsck: e2fsck -fn of
+#     the view; xfs_repair -n after log recovery on a throw-away snapshot
+#     of the view (see fsck_view);
 #   - fleece status: copies were made, no error, active; the view refused
 #     no read; no message from fleece in the kernel log;
 #   - after the origin is unmounted and base reloaded as linear, the origin
