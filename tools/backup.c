@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "fleece.h"
+#include "opts.h"
 #include "output.h"
 #include "util.h"
 
@@ -55,87 +56,51 @@ static void backup_help(void)
 	       "Fleece options (as for 'fleece start'):\n"
 	       "  -d, --fleece-dev DEV      fleece device, at least as large as NAME\n"
 	       "  -D, --fleece-dir DIR      or a sparse file DIR/NAME.fleece on a loop device\n"
-	       "  -c, --chunk-size SIZE     copy-before-write unit (default 64K)\n"
-	       "  -t, --cbw-timeout SECS    a copy taking longer fails (default 45; 0: none)\n"
-	       "  -F, --fail-origin-writes  fail writes whose copy failed, keep the view\n"
+	       HELP_START_POLICY
 	       "\n"
 	       "Reader options:\n"
-	       "  -o, --output FILE|-       where the image goes ('-': standard output)\n"
-	       "  -s, --sha256              print the image's SHA-256 when done\n"
-	       "  -r, --rate BYTES          read at most BYTES per second (e.g. 50M)\n"
-	       "  -b, --block-size SIZE     read unit (default 4M, whole chunks)\n"
-	       "  -p, --progress MODE       auto (a bar on a terminal, lines otherwise), bar,\n"
-	       "                            lines, none\n"
-	       "  -i, --interval SECS       seconds between progress lines (default 10)\n"
-	       "  -q, --quiet               no progress, no messages but errors\n"
-	       "  -v, --verbose             more messages\n"
-	       "  -h, --help                this help\n");
+	       HELP_READER
+	       HELP_COMMON);
+}
+
+struct backup_args {
+	struct start_opts so;
+	struct reader_opts ro;
+};
+
+static int backup_opt(int c, const char *arg, void *ctx)
+{
+	struct backup_args *a = ctx;
+	int r = start_parse_opt(&a->so, c, arg);
+
+	return r == 1 ? reader_parse_opt(&a->ro, c, arg) : r;
 }
 
 int cmd_backup(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "fleece-dev", required_argument, NULL, 'd' },
-		{ "fleece-dir", required_argument, NULL, 'D' },
-		{ "chunk-size", required_argument, NULL, 'c' },
-		{ "cbw-timeout", required_argument, NULL, 't' },
-		{ "fail-origin-writes", no_argument, NULL, 'F' },
-		{ "output", required_argument, NULL, 'o' },
-		{ "sha256", no_argument, NULL, 's' },
-		{ "rate", required_argument, NULL, 'r' },
-		{ "block-size", required_argument, NULL, 'b' },
-		{ "progress", required_argument, NULL, 'p' },
-		{ "interval", required_argument, NULL, 'i' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct reader_opts ro = { .discard = true, .interval = 10 };
-	struct start_opts so;
+	static const struct option opts[] = { LONGOPTS_START, LONGOPTS_READER, LONGOPTS_COMMON };
+	struct backup_args a = { .ro = { .discard = true, .interval = 10 } };
+	struct start_opts *so = &a.so;
+	struct reader_opts *ro = &a.ro;
 	struct reader_result res;
 	struct sampler smp;
 	struct output out;
 	struct fleece_names fn;
 	struct dmw_info vi;
-	const char *output = NULL;
+	const char *output;
 	char name[128], view[PATH_MAX], *partial_abs = NULL, *names[1];
-	int c, r, ret;
+	int r, ret;
 
 	prog = "fleece backup";
 	memset(&res, 0, sizeof(res));
 	memset(&smp, 0, sizeof(smp));
-	start_opts_init(&so);
-	while ((c = getopt_long(argc, argv, "d:D:c:t:Fo:sr:b:p:i:qvh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'o':
-			output = optarg;
-			continue;
-		case 'q':
-			quiet = true;
-			ro.progress = PROGRESS_NONE;
-			continue;
-		case 'v':
-			verbose++;
-			continue;
-		case 'h':
-			backup_help();
-			start_opts_free(&so);
-			return EX_FLEECE_OK;
-		case '?':
-			start_opts_free(&so);
-			return usage_error("bad option");
-		case 't':
-			c = 'T';
-			break;
-		}
-		r = start_parse_opt(&so, c, optarg);
-		if (r == 1)
-			r = reader_parse_opt(&ro, c, optarg);
-		if (r) {
-			start_opts_free(&so);
-			return r == 1 ? usage_error("bad option") : r;
-		}
+	start_opts_init(&a.so);
+	r = parse_opts(argc, argv, SHORTOPTS_START SHORTOPTS_READER SHORTOPTS_COMMON, opts,
+		       backup_help, backup_opt, &a);
+	output = ro->output;
+	if (r >= 0) {
+		start_opts_free(so);
+		return r;
 	}
 	ret = EX_FLEECE_USAGE;
 	if (optind >= argc) {
@@ -151,11 +116,11 @@ int cmd_backup(int argc, char **argv)
 		usage_error("no output given: -o FILE, or -o - for standard output");
 		goto out_opts;
 	}
-	if (so.nr_fleece_devs > 1) {
+	if (so->nr_fleece_devs > 1) {
 		usage_error("one device, one --fleece-dev");
 		goto out_opts;
 	}
-	if (!so.nr_fleece_devs && !so.fleece_dir) {
+	if (!so->nr_fleece_devs && !so->fleece_dir) {
 		usage_error("give the fleece space: --fleece-dev DEV or --fleece-dir DIR");
 		goto out_opts;
 	}
@@ -182,9 +147,9 @@ int cmd_backup(int argc, char **argv)
 	ret = output_open(output, &out);
 	if (ret)
 		goto out_opts;
-	so.partial = out.partial ? partial_abs : NULL;
+	so->partial = out.partial ? partial_abs : NULL;
 	names[0] = name;
-	ret = fleece_start(&so, names, 1);
+	ret = fleece_start(so, names, 1);
 	if (ret) {
 		output_finish(&out, ret);
 		goto out_opts;
@@ -197,15 +162,14 @@ int cmd_backup(int argc, char **argv)
 	}
 
 	smp.name = name;
-	ro.view = view;
-	ro.label = name;
-	ro.output = output;
-	ro.tick = sample;
-	ro.tick_arg = &smp;
+	ro->view = view;
+	ro->label = name;
+	ro->tick = sample;
+	ro->tick_arg = &smp;
 	if (fleece_signal)
 		ret = EX_FLEECE_SIGNAL + fleece_signal;
 	else
-		ret = reader_run(&ro, out.fd, out.is_file, &res);
+		ret = reader_run(ro, out.fd, out.is_file, &res);
 	sample(&smp);
 
 stop:
@@ -219,7 +183,7 @@ stop:
 		char a[32], b[32], c2[32], d[32], e[32];
 		const uint64_t *f = smp.last.st.f;
 
-		if (ro.sha256)
+		if (ro->sha256)
 			output_print_sha256(&out, res.sha256);
 		msg_info("%s: backup complete: %s in %s (%s/s), %s of zero chunks%s; %llu chunks copied before they were read, fleece peak %s%s",
 			 name, fmt_size(res.size, a, sizeof(a)),
@@ -234,6 +198,6 @@ stop:
 	}
 out_opts:
 	free(partial_abs);
-	start_opts_free(&so);
+	start_opts_free(so);
 	return ret;
 }

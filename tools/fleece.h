@@ -59,6 +59,9 @@ int fleece_names(const char *name, struct fleece_names *fn);
 /* Resolve NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N to a dm name. */
 int resolve_dm_name(const char *arg, char *name, size_t len);
 
+/* The same, silently, for a device that may be gone: else the path's last part. */
+void arg_dm_name(const char *arg, char *name, size_t len);
+
 /* /dev/mapper/NAME for a dm device, /dev/<kernel name> otherwise. */
 int devno_display(dev_t dev, char *buf, size_t len);
 

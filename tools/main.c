@@ -62,6 +62,8 @@ int main(int argc, char **argv)
 	for (i = 0; i < ARRAY_SIZE(cmds); i++) {
 		if (strcmp(argv[1], cmds[i].name))
 			continue;
+		/* getopt_long's own messages then start with "fleece <command>:". */
+		argv[1] = xasprintf("fleece %s", cmds[i].name);
 		dmw_init();
 		r = cmds[i].fn(argc - 1, argv + 1);
 		dmw_exit();

@@ -21,6 +21,7 @@
 #include <linux/fs.h>
 
 #include "fleece.h"
+#include "opts.h"
 #include "output.h"
 #include "sha256.h"
 #include "util.h"
@@ -46,6 +47,12 @@ int reader_parse_opt(struct reader_opts *o, int opt, const char *arg)
 	double secs;
 
 	switch (opt) {
+	case 'o':
+		o->output = arg;
+		return 0;
+	case 'q':	/* quiet: no progress either */
+		o->progress = PROGRESS_NONE;
+		return 0;
 	case 's':
 		o->sha256 = true;
 		return 0;
@@ -345,66 +352,37 @@ static void read_help(void)
 	       "FILE is written as FILE.partial and renamed when complete.\n"
 	       "\n"
 	       "Options:\n"
-	       "  -o, --output FILE|-    where the image goes ('-': standard output)\n"
-	       "  -s, --sha256           print the image's SHA-256 when done\n"
-	       "  -r, --rate BYTES       read at most BYTES per second (e.g. 50M)\n"
-	       "  -b, --block-size SIZE  read unit (default 4M, rounded to whole chunks)\n"
-	       "  -N, --no-discard       do not discard: the view keeps every chunk\n"
-	       "  -p, --progress MODE    auto (a bar on a terminal, lines otherwise), bar,\n"
-	       "                         lines, none\n"
-	       "  -i, --interval SECS    seconds between progress lines (default 10)\n"
-	       "  -q, --quiet            no progress, no messages but errors\n"
-	       "  -v, --verbose          more messages\n"
-	       "  -h, --help             this help\n");
+	       HELP_READER
+	       "  -N, --no-discard          do not discard: the view keeps every chunk\n"
+	       HELP_COMMON);
+}
+
+static int read_opt(int c, const char *arg, void *ctx)
+{
+	return reader_parse_opt(ctx, c, arg);
 }
 
 int cmd_read(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "output", required_argument, NULL, 'o' },
-		{ "sha256", no_argument, NULL, 's' },
-		{ "rate", required_argument, NULL, 'r' },
-		{ "block-size", required_argument, NULL, 'b' },
+		LONGOPTS_READER,
 		{ "no-discard", no_argument, NULL, 'N' },
-		{ "progress", required_argument, NULL, 'p' },
-		{ "interval", required_argument, NULL, 'i' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		LONGOPTS_COMMON
 	};
 	struct reader_opts o = { .discard = true, .interval = 10 };
 	struct reader_result res;
 	struct output out;
-	const char *output = NULL, *arg;
+	const char *output, *arg;
 	char view[PATH_MAX], name[128];
 	struct dmw_table t;
-	int c, r;
+	int r;
 
 	prog = "fleece read";
-	while ((c = getopt_long(argc, argv, "o:sr:b:Np:i:qvh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'o':
-			output = optarg;
-			break;
-		case 'q':
-			quiet = true;
-			o.progress = PROGRESS_NONE;
-			break;
-		case 'v':
-			verbose++;
-			break;
-		case 'h':
-			read_help();
-			return EX_FLEECE_OK;
-		case '?':
-			return usage_error("bad option");
-		default:
-			r = reader_parse_opt(&o, c, optarg);
-			if (r)
-				return r == 1 ? usage_error("bad option") : r;
-		}
-	}
+	r = parse_opts(argc, argv, SHORTOPTS_READER "N" SHORTOPTS_COMMON, opts, read_help,
+		       read_opt, &o);
+	if (r >= 0)
+		return r;
+	output = o.output;
 	if (optind >= argc)
 		return usage_error("no view given");
 	if (optind + 1 < argc)
@@ -436,7 +414,6 @@ int cmd_read(int argc, char **argv)
 	}
 	o.view = view;
 	o.label = name;
-	o.output = output;
 	r = output_open(output, &out);
 	if (r)
 		return r;

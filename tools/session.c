@@ -114,6 +114,27 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 	return 0;
 }
 
+/*
+ * For stop and status: NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N,
+ * without a message when the device is gone already (its fleece may still
+ * have a state file): then the last part of the path is taken as NAME.
+ */
+void arg_dm_name(const char *arg, char *name, size_t len)
+{
+	struct dmw_info info;
+	struct stat st;
+	const char *base;
+
+	if (strchr(arg, '/') && !stat(arg, &st) && S_ISBLK(st.st_mode) &&
+	    dmw_is_dm_major(major(st.st_rdev)) && !dmw_info_devno(st.st_rdev, &info) &&
+	    info.exists) {
+		snprintf(name, len, "%s", info.name);
+		return;
+	}
+	base = strrchr(arg, '/');
+	snprintf(name, len, "%s", base ? base + 1 : arg);
+}
+
 /* /dev/mapper/NAME for a dm device, /dev/<kernel name> otherwise. */
 int devno_display(dev_t dev, char *buf, size_t len)
 {

@@ -26,6 +26,7 @@
 
 #include "fleece.h"
 #include "loop.h"
+#include "opts.h"
 #include "util.h"
 
 /* Targets whose table can be loaded twice at once without harm. */
@@ -70,7 +71,7 @@ void start_opts_free(struct start_opts *o)
 
 /*
  * Options shared by start and backup: 'c' chunk size, 'F' fail origin
- * writes, 'T' CBW timeout, 'd' fleece devices, 'D' fleece directory.
+ * writes, 't' CBW timeout, 'd' fleece devices, 'D' fleece directory.
  * Returns 0 when handled, 1 when @opt is not one of them, or a usage error.
  */
 int start_parse_opt(struct start_opts *o, int opt, const char *arg)
@@ -91,7 +92,7 @@ int start_parse_opt(struct start_opts *o, int opt, const char *arg)
 	case 'F':
 		o->fail_origin_writes = true;
 		return 0;
-	case 'T':
+	case 't':
 		if (parse_seconds(arg, &secs))
 			return usage_error("--cbw-timeout '%s': not a number of seconds (0: no limit)", arg);
 		if (secs > 4294967.0)
@@ -677,68 +678,35 @@ static void start_help(void)
 	       "writers overwrite is first copied to the fleece device.\n"
 	       "\n"
 	       "Options:\n"
-	       "  -d, --fleece-dev DEV[,DEV...]  fleece devices, one per NAME, in order; each at\n"
-	       "                                 least as large as its NAME, unused\n"
-	       "  -D, --fleece-dir DIR           create sparse files DIR/NAME.fleece on loop\n"
-	       "                                 devices instead (removed by 'fleece stop')\n"
-	       "  -c, --chunk-size SIZE          copy-before-write unit, a power of two from 4K\n"
-	       "                                 to 16M (default 64K)\n"
-	       "  -t, --cbw-timeout SECS         a copy taking longer fails (default 45; 0: no\n"
-	       "                                 limit)\n"
-	       "  -F, --fail-origin-writes       on a failed copy, fail the writer's write and\n"
-	       "                                 keep the view (default: keep the writer going\n"
-	       "                                 and invalidate the view)\n"
-	       "  -q, --quiet                    no messages but errors\n"
-	       "  -v, --verbose                  more messages\n"
-	       "  -h, --help                     this help\n"
+	       "  -d, --fleece-dev DEV[,DEV...]\n"
+	       "                            fleece devices, one per NAME, in order; each at\n"
+	       "                            least as large as its NAME, unused\n"
+	       "  -D, --fleece-dir DIR      create sparse files DIR/NAME.fleece on loop\n"
+	       "                            devices instead (removed by 'fleece stop')\n"
+	       HELP_START_POLICY
+	       HELP_COMMON
 	       "\n"
 	       "Stop with 'fleece stop NAME...'.  See fleece(8).\n");
 }
 
+static int start_opt(int c, const char *arg, void *ctx)
+{
+	return c == 'q' ? 0 : start_parse_opt(ctx, c, arg);
+}
+
 int cmd_start(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "fleece-dev", required_argument, NULL, 'd' },
-		{ "fleece-dir", required_argument, NULL, 'D' },
-		{ "chunk-size", required_argument, NULL, 'c' },
-		{ "cbw-timeout", required_argument, NULL, 't' },
-		{ "fail-origin-writes", no_argument, NULL, 'F' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
+	static const struct option opts[] = { LONGOPTS_START, LONGOPTS_COMMON };
 	struct start_opts o;
-	int c, r;
+	int r;
 
 	prog = "fleece start";
 	start_opts_init(&o);
-	while ((c = getopt_long(argc, argv, "d:D:c:t:Fqvh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'h':
-			start_help();
-			start_opts_free(&o);
-			return EX_FLEECE_OK;
-		case 'q':
-			quiet = true;
-			break;
-		case 'v':
-			verbose++;
-			break;
-		case 't':
-			c = 'T';
-			/* fall through */
-		default:
-			if (c == '?') {
-				start_opts_free(&o);
-				return usage_error("bad option");
-			}
-			r = start_parse_opt(&o, c, optarg);
-			if (r) {
-				start_opts_free(&o);
-				return r == 1 ? usage_error("bad option") : r;
-			}
-		}
+	r = parse_opts(argc, argv, SHORTOPTS_START SHORTOPTS_COMMON, opts, start_help,
+		       start_opt, &o);
+	if (r >= 0) {
+		start_opts_free(&o);
+		return r;
 	}
 	if (optind >= argc) {
 		start_opts_free(&o);

@@ -13,6 +13,7 @@
 
 #include "fleece.h"
 #include "loop.h"
+#include "opts.h"
 #include "util.h"
 
 int fleece_report(const char *name, struct fleece_report *r)
@@ -199,11 +200,21 @@ static void status_help(void)
 	       "and how much of the image has been backed up (released).\n"
 	       "\n"
 	       "Options:\n"
-	       "  -j, --json     one JSON object: {\"devices\": [...]}\n"
-	       "  -h, --help     this help\n"
+	       "  -j, --json                one JSON object: {\"devices\": [...]}\n"
+	       "  -v, --verbose             more messages\n"
+	       "  -h, --help                this help\n"
 	       "\n"
 	       "Exit status: 0 when every device shown is active, 4 when one is invalid,\n"
 	       "1 otherwise.\n");
+}
+
+static int status_opt(int c, const char *arg, void *ctx)
+{
+	(void)arg;
+	if (c != 'j')
+		return 1;
+	*(bool *)ctx = true;
+	return 0;
 }
 
 int cmd_status(int argc, char **argv)
@@ -218,36 +229,22 @@ int cmd_status(int argc, char **argv)
 	char **names = NULL;
 	unsigned int n = 0, i;
 	bool json = false;
-	int c, ret = EX_FLEECE_OK;
+	int code, ret = EX_FLEECE_OK;
 
 	prog = "fleece status";
-	while ((c = getopt_long(argc, argv, "jvh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'j':
-			json = true;
-			break;
-		case 'v':
-			verbose++;
-			break;
-		case 'h':
-			status_help();
-			return EX_FLEECE_OK;
-		default:
-			return usage_error("bad option");
-		}
-	}
+	code = parse_opts(argc, argv, "jvh", opts, status_help, status_opt, &json);
+	if (code >= 0)
+		return code;
 	if (optind < argc) {
 		n = argc - optind;
 		names = xcalloc(n, sizeof(char *));
 		for (i = 0; i < n; i++) {
-			const char *a = argv[optind + i], *base = strrchr(a, '/');
+			const char *a = argv[optind + i];
 			char name[128];
 			struct fleece_names fn;
 
-			if (base && !resolve_dm_name(a, name, sizeof(name)))
-				names[i] = xstrdup(name);
-			else
-				names[i] = xstrdup(base ? base + 1 : a);
+			arg_dm_name(a, name, sizeof(name));
+			names[i] = xstrdup(name);
 			if (fleece_names(names[i], &fn))
 				return usage_error("%s: not a device name", a);
 		}

@@ -26,6 +26,7 @@
 
 #include "fleece.h"
 #include "loop.h"
+#include "opts.h"
 #include "util.h"
 
 static int restore_table(const char *name, const struct dmw_info *oi)
@@ -197,23 +198,6 @@ int fleece_stop(const char *name, bool keep_partial)
 	return EX_FLEECE_OK;
 }
 
-/* NAME, /dev/mapper/NAME or a device path; the device may be gone already. */
-static void stop_name(const char *arg, char *name, size_t len)
-{
-	struct dmw_info info;
-	struct stat st;
-	const char *base;
-
-	if (strchr(arg, '/') && !stat(arg, &st) && S_ISBLK(st.st_mode) &&
-	    dmw_is_dm_major(major(st.st_rdev)) && !dmw_info_devno(st.st_rdev, &info) &&
-	    info.exists) {
-		snprintf(name, len, "%s", info.name);
-		return;
-	}
-	base = strrchr(arg, '/');
-	snprintf(name, len, "%s", base ? base + 1 : arg);
-}
-
 static void stop_help(void)
 {
 	printf("Usage: fleece stop [OPTIONS] NAME...\n"
@@ -224,45 +208,33 @@ static void stop_help(void)
 	       "finishes a start or stop that was interrupted.\n"
 	       "\n"
 	       "Options:\n"
-	       "  -a, --all      stop every fleece found (devices and state files)\n"
-	       "  -q, --quiet    no messages but errors\n"
-	       "  -v, --verbose  more messages\n"
-	       "  -h, --help     this help\n");
+	       "  -a, --all                 stop every fleece found (devices and state files)\n"
+	       HELP_COMMON);
+}
+
+static int stop_opt(int c, const char *arg, void *ctx)
+{
+	(void)arg;
+	if (c == 'a')
+		*(bool *)ctx = true;
+	return c == 'a' || c == 'q' ? 0 : 1;
 }
 
 int cmd_stop(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "all", no_argument, NULL, 'a' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		LONGOPTS_COMMON
 	};
 	char **names = NULL, name[128];
 	unsigned int n = 0, i;
 	bool all = false;
-	int c, r, ret = EX_FLEECE_OK;
+	int r, ret = EX_FLEECE_OK;
 
 	prog = "fleece stop";
-	while ((c = getopt_long(argc, argv, "aqvh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'a':
-			all = true;
-			break;
-		case 'q':
-			quiet = true;
-			break;
-		case 'v':
-			verbose++;
-			break;
-		case 'h':
-			stop_help();
-			return EX_FLEECE_OK;
-		default:
-			return usage_error("bad option");
-		}
-	}
+	r = parse_opts(argc, argv, "a" SHORTOPTS_COMMON, opts, stop_help, stop_opt, &all);
+	if (r >= 0)
+		return r;
 	if (all && optind < argc)
 		return usage_error("--all and device names cannot be used together");
 	if (!all && optind >= argc)
@@ -270,7 +242,7 @@ int cmd_stop(int argc, char **argv)
 	for (i = optind; (int)i < argc; i++) {
 		struct fleece_names fn;
 
-		stop_name(argv[i], name, sizeof(name));
+		arg_dm_name(argv[i], name, sizeof(name));
 		if (fleece_names(name, &fn))
 			return usage_error("%s: not a device name", argv[i]);
 	}
@@ -289,7 +261,7 @@ int cmd_stop(int argc, char **argv)
 		return ret;
 	}
 	for (i = optind; (int)i < argc; i++) {
-		stop_name(argv[i], name, sizeof(name));
+		arg_dm_name(argv[i], name, sizeof(name));
 		r = fleece_stop(name, false);
 		if (r > ret)
 			ret = r;

@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <linux/fs.h>
 
+#include "opts.h"
 #include "util.h"
 
 const char *prog = "fleece";
@@ -100,6 +101,37 @@ int usage_error(const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, "Try '%s --help' for more information.\n", prog);
 	return EX_FLEECE_USAGE;
+}
+
+int parse_opts(int argc, char **argv, const char *shortopts,
+	       const struct option *longopts, void (*help)(void),
+	       int (*own)(int c, const char *arg, void *ctx), void *ctx)
+{
+	int c, r;
+
+	while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+		switch (c) {
+		case 'q':
+			quiet = true;
+			if (own)	/* e.g. no progress either */
+				own(c, optarg, ctx);
+			continue;
+		case 'v':
+			verbose++;
+			continue;
+		case 'h':
+			help();
+			return EX_FLEECE_OK;
+		case '?':	/* getopt_long has said what is wrong */
+			return usage_error("bad option");
+		}
+		r = own ? own(c, optarg, ctx) : 1;
+		if (r == 1)
+			return usage_error("bad option");
+		if (r)
+			return r;
+	}
+	return -1;
 }
 
 int parse_uint(const char *s, uint64_t max, uint64_t *val)
