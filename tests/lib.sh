@@ -102,3 +102,14 @@ dmesg_since_mark() { dmesg | tail -n +$((T_DMESG_MARK + 1)); }
 expect_dmesg_since_mark() { # extended regex
 	dmesg_since_mark | grep -qE "$1" || fail "no kernel message matching '$1' since the mark"
 }
+
+# --- the fleece command (added with tests 40-cli) --------------------------
+# A private copy of tools/fleece for one test, run from the scratch dir.
+# Any "make check" on the host rebuilds tools/fleece, also while a VM runs
+# from the same tree; a guest that already mapped the old binary through
+# its 9p/overlay root keeps old pages cached and reads the new file for the
+# rest: the binary crashes (SIGSEGV) or does something in between.  read()
+# through 9p is not cached, so a copy is one whole binary or the other.
+fleece_bin() {
+	cp "$SRC/tools/fleece" "$PWD/.fleece-bin" && echo "$PWD/.fleece-bin"
+}

@@ -3,35 +3,45 @@
 # documented exit status (2: usage, 3: refused), and changes nothing.
 # Every subcommand has --help.
 . "$SRC/tests/lib.sh"
-F=$SRC/tools/fleece
+F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 step() { echo "== $(date +%T) $*"; }
 
 data=$(mkdev data 16)
 fl=$(mkdev fl 16 1)
 small=$(mkdev small 8 1)
-table=$(dmsetup table data)
 mkdir -p fdir
 
+# Under TCG every program started costs a good fraction of a second: these
+# checks use one dmsetup and shell built-ins.  "dmsetup table" lists every
+# dm device with its table, so it catches any device that appears (FLEECE-
+# or other) and any table that changes, not only data's.
+shopt -s nullglob dotglob
+# What there is: dm devices and tables, and the files fleece could leave
+# (state, fleece files in fdir, output); loop devices are checked apart.
+snapshot() { tables=$(dmsetup table); files=$(echo state/* fdir/* out.img*); }
+snapshot
+tables_before=$tables files_before=$files
 unchanged() {
-	local u
-	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
-	[ -z "$u" ] || fail "$1: FLEECE- devices appeared: $u"
-	assert_eq "$(dmsetup table data)" "$table" "$1: table of data"
-	[ -z "$(ls -A state 2>/dev/null)" ] || fail "$1: state files appeared"
-	[ -z "$(ls -A fdir)" ] || fail "$1: files appeared in fdir: $(ls fdir)"
-	[ -z "$(losetup -a)" ] || fail "$1: loop devices appeared"
-	! ls out.img* 2>/dev/null || fail "$1: output appeared"
+	local now f
+	now=$(dmsetup table)
+	[ "$now" = "$tables" ] || fail "$1: devices or tables changed: $now (was: $tables)"
+	now=$(echo state/* fdir/* out.img*)
+	[ "$now" = "$files" ] || fail "$1: files changed: $now (were: $files)"
+	f=(/sys/block/loop*/loop)	# only while a loop device is attached
+	[ ${#f[@]} = 0 ] || fail "$1: loop devices appeared: ${f[*]}"
 }
 
-# check STATUS REGEX -- command...: fails with STATUS, stderr matches REGEX.
+# check STATUS REGEX -- command...: fails with STATUS, stderr matches REGEX
+# (an extended regular expression), and nothing changed.
 check() {
-	local want=$1 re=$2 rc=0
+	local want=$1 re=$2 rc=0 err
 	shift 2
 	"$@" > out.txt 2> err.txt || rc=$?
-	echo "\$ ${*#$F } -> $rc: $(head -1 err.txt)"
-	[ "$rc" = "$want" ] || { cat err.txt; fail "'$*': exit $rc, expected $want"; }
-	grep -qE -- "$re" err.txt || { cat err.txt; fail "'$*': no message matching '$re'"; }
+	err=$(< err.txt)
+	echo "\$ ${*#$F } -> $rc: ${err%%$'\n'*}"
+	[ "$rc" = "$want" ] || { echo "$err"; fail "'$*': exit $rc, expected $want"; }
+	[[ $err =~ $re ]] || { echo "$err"; fail "'$*': no message matching '$re'"; }
 	unchanged "$*"
 }
 
@@ -72,23 +82,19 @@ check 3 "not a block device" $F start --fleece-dev /etc/passwd data
 check 3 "No such file" $F start --fleece-dev /dev/nosuch data
 check 3 "fleece-dir nodir" $F start --fleece-dir nodir data
 check 3 "not a directory" $F start --fleece-dir /etc/passwd data
-holder=$(dmsetup create holder --table "0 8 linear $fl 0" && echo /dev/mapper/holder)
+dmsetup create holder --table "0 8 linear $fl 0"
+snapshot
 check 3 "in use" $F start --fleece-dev "$fl" data
 dmsetup remove holder
+snapshot
 check 3 "not a fleece view" $F read /dev/mapper/data -o out.img
 check 3 "not a device-mapper device" $F read /dev/ram3 -o out.img
 
 step "already fleeced"
 $F start -q --fleece-dev "$fl" data
-check_fleeced() { # like check, but data is fleeced
-	local want=$1 re=$2 rc=0
-	shift 2
-	"$@" > out.txt 2> err.txt || rc=$?
-	echo "\$ ${*#$F } -> $rc: $(head -1 err.txt)"
-	[ "$rc" = "$want" ] || { cat err.txt; fail "'$*': exit $rc, expected $want"; }
-	grep -qE -- "$re" err.txt || { cat err.txt; fail "'$*': no message matching '$re'"; }
-	assert_eq "$(dmsetup info -c --noheadings -o uuid | grep -c '^FLEECE-')" 2 "$*: devices"
-}
+snapshot
+assert_eq "$(dmsetup info -c --noheadings -o uuid | grep -c '^FLEECE-')" 2 "devices of a fleece"
+check_fleeced() { check "$@"; }	# the same: nothing changes
 check_fleeced 3 "data: already fleeced" $F start --fleece-dev "$small" data
 check_fleeced 3 "already fleeced" $F backup --fleece-dir fdir data -o out.img
 check_fleeced 3 "created by fleece" $F start --fleece-dev "$small" data-fleece-view
@@ -98,7 +104,24 @@ check_fleeced 3 "a device created by fleece cannot be a fleece device" \
 check_fleeced 3 "in use" $F start --fleece-dev "$fl" small
 [ ! -e out.img ] && [ ! -e out.img.partial ] || fail "a refused backup left output"
 $F stop -q data
+tables=$tables_before files=$files_before
 unchanged "after stop"
+
+step "no fleece target in the kernel: modprobe is tried, then the problem is named"
+# The harness insmods the module named on the kernel command line and
+# never installs it under /lib/modules, so modprobe cannot find it.  No
+# fleece device exists here (checked by "unchanged" above): an unload that
+# fails means a leaked reference, which is a bug, not a reason to skip.
+module=$(sed -n 's/.*fleece\.module=\([^ ]*\).*/\1/p' /proc/cmdline)
+[ -f "$module" ] || fail "no module file on the kernel command line ('$module')"
+rmmod dm_fleece || fail "dm_fleece cannot be unloaded with no fleece device left"
+rc=0; $F start --fleece-dev "$fl" data 2> err.txt || rc=$?
+insmod "$module" || fail "cannot load $module again"
+cat err.txt
+assert_eq "$rc" 3 "start without the module"
+grep -q "the kernel has no 'fleece' target and 'modprobe dm-fleece' failed" err.txt ||
+	fail "no message about the missing module"
+unchanged "without the module"
 
 step "--help everywhere"
 for c in start stop status backup read; do

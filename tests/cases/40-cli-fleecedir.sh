@@ -4,7 +4,7 @@
 # discards; stop detaches the loop device and removes the file.  Also
 # "fleece read" on the view.
 . "$SRC/tests/lib.sh"
-F=$SRC/tools/fleece
+F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 step() { echo "== $(date +%T) $*"; }
 kib() { du -k "$1" | cut -f1; }	# allocated KiB

@@ -3,7 +3,7 @@
 # point-in-time image, the tables and names are as documented, status is
 # right, stop puts everything back and is idempotent.
 . "$SRC/tests/lib.sh"
-F=$SRC/tools/fleece
+F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 log() { echo "== $(date +%T) $*"; }
 

@@ -3,7 +3,7 @@
 # busy ext4: the view holds the point-in-time files and passes fsck; stop
 # puts the LV's table back and the file system keeps what was written.
 . "$SRC/tests/lib.sh"
-F=$SRC/tools/fleece
+F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 log() { echo "== $(date +%T) $*"; }
 

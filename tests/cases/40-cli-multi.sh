@@ -5,7 +5,7 @@
 # before the next.  At any single moment, the last numbers on A and B are
 # consecutive; two separate points in time would show a larger gap.
 . "$SRC/tests/lib.sh"
-F=$SRC/tools/fleece
+F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 step() { echo "== $(date +%T) $*"; }
 
