@@ -3,6 +3,7 @@
 #   make                 module (against KDIR) and tools
 #   make demo            the main job end to end, in a VM
 #   make check           the test suite in a VM (KVER=..., KERNEL=debug, T=pattern)
+#   make bench           fio benchmarks in a VM (T=pattern, DISK=file)
 #   make lint            checkpatch --strict and sparse on the module
 #   make install         module and tools on this host
 
@@ -86,8 +87,12 @@ check-selftest-run:
 demo:
 	$(call vm_run,demo)
 
+# DISK=FILE: the benchmarks run on a file-backed virtio disk instead of
+# ram disks (FILE is created sparse if missing).
+bench: export VM_DISK = $(if $(DISK),$(abspath $(DISK)))
 bench:
 	$(call vm_run,bench)
+	@tests/bench/report.py $$(ls -dt $(OUT)/bench-*/ | head -n 1)
 
 lint:
 	@tests/vm/deps.sh

@@ -3,6 +3,8 @@
 #
 # usage: run.sh KVER KIMAGE KMODROOT MODULE OUTDIR SUITE [PATTERN]
 #   SUITE is a folder under tests/ (cases, selftest, bench, demo).
+#   VM_MEM, VM_CPUS, VM_TIMEOUT, VM_KVM=1: the VM; VM_DISK=FILE adds a
+#   virtio disk backed by FILE (VM_DISK_SIZE if it is created, default 5G).
 # Exit: 0 when the guest reported that every test passed; 1 otherwise.
 set -euo pipefail
 kver=$1 kimage=$2 kmodroot=$3 module=$4 out=$5 suite=$6 pattern=${7:-}
@@ -44,6 +46,15 @@ cmdline+=" hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=120 mitigation
 cmdline+=" brd.rd_nr=4 brd.rd_size=1048576"
 cmdline+=" fleece.src=$src fleece.kver=$kver fleece.modroot=$kmodroot fleece.module=$module"
 cmdline+=" fleece.suite=$suite fleece.pattern=${pattern:-all}"
+# A file-backed virtio disk, when asked (make bench DISK=FILE): created
+# sparse if missing, opened with O_DIRECT on the host (cache=none) so that
+# the host's page cache does not turn it into another ram disk.
+disk=()
+if [ -n "${VM_DISK:-}" ]; then
+	[ -e "$VM_DISK" ] || truncate -s "${VM_DISK_SIZE:-5G}" "$VM_DISK"
+	disk=(-drive "file=$VM_DISK,if=virtio,format=raw,cache=none,aio=threads")
+	cmdline+=" fleece.disk=vda"
+fi
 accel=tcg
 [ "${VM_KVM:-0}" = 1 ] && accel=kvm
 
@@ -54,7 +65,7 @@ timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -machine q35 -accel "$accel" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
 	-device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-	-device virtio-rng-pci \
+	-device virtio-rng-pci "${disk[@]}" \
 	</dev/null > "$out/console.log" 2>&1 &
 qpid=$!
 # Follow the console: KTAP lines and diagnostics ("# ...") reach stdout live.

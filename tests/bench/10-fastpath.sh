@@ -1,0 +1,103 @@
+#!/bin/bash
+# Benchmark 1, fast path: writes to chunks that are already copied or
+# released take no lock and do no copy.  fleece vs dm-linear on the same
+# ram disk, each one device-mapper layer above it:
+#
+#   linear          linear  /dev/ram0                        (the baseline)
+#   fleece-64k-cp   fleece  /dev/ram0 /dev/ram1 128   every chunk copied
+#   fleece-64k-rel  fleece  /dev/ram0 /dev/ram2 128   every chunk released
+#   fleece-1m-cp    fleece  /dev/ram0 /dev/ram3 2048  every chunk copied
+#   split-64k       striped 1 128 /dev/ram0 0: dm-stripe with one stripe,
+#                   i.e. dm-linear that dm core splits at every 64 KiB, as it
+#                   splits fleece I/O at every chunk (max_io_len): a control
+#                   that tells the cost of the splitting from fleece's own work
+#
+# Workloads (libaio, O_DIRECT, over the whole $MIB MiB region, $RT s after
+# 0.5 s of ramp): 4 KiB random writes at iodepth 16; 1 MiB sequential writes
+# at iodepth 4.  One fio run holds every job, one after the other
+# (stonewall): for each round, for each workload, the cases in an order
+# rotated each round.  At the end no copy may have happened.
+. "$SRC/tests/lib.sh"
+. "$SRC/tests/bench/bench.lib"
+
+MIB=512
+RT=2
+ROUNDS=6	# short runs, more rounds: the ratios pair neighbouring runs
+len=$((MIB * 2048))
+CASES=(linear fleece-64k-cp fleece-64k-rel fleece-1m-cp split-64k)
+
+log "prefill $D0 (brd allocates pages on first write)"
+fill $D0 $MIB
+
+dmsetup create linear --table "0 $len linear $D0 0"
+dmsetup create split-64k --table "0 $len striped 1 128 $D0 0"
+dmsetup create fleece-64k-cp --table "0 $len fleece $D0 $D1 128"
+dmsetup create fleece-64k-rel --table "0 $len fleece $D0 $D2 128"
+dmsetup create fleece-1m-cp --table "0 $len fleece $D0 $D3 2048"
+dmsetup create view-64k-rel --table "0 $len fleece-view $D0 $D2"
+udevadm settle
+
+log "copy every chunk (write the whole region through the fleece targets)"
+fill /dev/mapper/fleece-64k-cp $MIB
+fill /dev/mapper/fleece-1m-cp $MIB
+log "release every chunk (discard the whole view)"
+blkdiscard /dev/mapper/view-64k-rel
+dm_remove view-64k-rel	# udev would probe it, and read released chunks
+udevadm settle
+for d in fleece-64k-cp fleece-64k-rel fleece-1m-cp; do
+	log "$d: $(fleece_json $d)"
+	assert_eq "$(status_field $d 2)" 0 "$d: chunks pending"
+done
+
+{
+	fio_global
+	echo "size=${MIB}M"
+	echo "time_based=1"
+	echo "runtime=$RT"
+	echo "ramp_time=500ms"
+	for round in $(seq 1 "$ROUNDS"); do
+		for c in $(rotate "$round" "${CASES[@]}"); do
+			cat <<-EOF
+			[$c.randwrite-4k-qd16.r$round]
+			stonewall
+			filename=/dev/mapper/$c
+			rw=randwrite
+			bs=4k
+			iodepth=16
+			norandommap=1
+			randrepeat=0
+			EOF
+		done
+		for c in $(rotate "$round" "${CASES[@]}"); do
+			cat <<-EOF
+			[$c.write-1m-qd4.r$round]
+			stonewall
+			filename=/dev/mapper/$c
+			rw=write
+			bs=1M
+			iodepth=4
+			EOF
+		done
+	done
+} > fastpath.fio
+cp fastpath.fio "$RAW/"
+
+log "fio: $(grep -c '^\[.*\.r' fastpath.fio) jobs of ${RT}s, one after the other"
+json=$RAW/fastpath.json
+fio --output-format=json --output="$json" fastpath.fio
+log "fio done"
+for round in $(seq 1 "$ROUNDS"); do
+	for c in "${CASES[@]}"; do
+		for w in randwrite-4k-qd16 write-1m-qd4; do
+			record_fio "$c" "$w" "$round" "$json" "$c.$w.r$round"
+		done
+	done
+done
+
+for d in fleece-64k-cp fleece-64k-rel fleece-1m-cp; do
+	log "$d after: $(fleece_json $d)"
+done
+# The fast path did no copy.
+assert_eq "$(status_field fleece-64k-cp 5)" $((MIB * 16)) "fleece-64k-cp: cbw_count"
+assert_eq "$(status_field fleece-64k-rel 5)" 0 "fleece-64k-rel: cbw_count"
+assert_eq "$(status_field fleece-1m-cp 5)" "$MIB" "fleece-1m-cp: cbw_count"

@@ -1,0 +1,91 @@
+#!/bin/bash
+# Benchmark 3, writers during a backup: origin writers (4 KiB random
+# writes, iodepth 16, libaio, O_DIRECT, $RT s) while a backup reads the view
+# from start to end (O_DIRECT), writes it out, and discards on the view
+# what it wrote (releasing those chunks).  64 KiB chunks, $MIB MiB origin
+# "base" (dm-linear on ram0), fleece device /dev/ram1.  Cases, each round
+# from a new point in time:
+#
+#   backup-10MBps     the backup's output runs at 10 MB/s: a slow target
+#   backup-unlimited  the output takes whatever comes (/dev/null)
+#   no-backup         a fleece, but no reader: every chunk the writers touch
+#                     is copied, none released (reference)
+#
+# The backup is `tools/fleece backup`: it starts the
+# fleece on "base" (table swap), reads the view in its default 4 MiB blocks
+# to stdout (/dev/null here), discards, stops; `--rate 10000000` makes it
+# read, write and release at most 10^6 * 10 bytes per second, i.e. a target
+# that takes 10 MB/s.  The writers and the backup start together: fio sets
+# up, then waits in exec_prerun for the view to appear.
+#
+# Wanted: writer IOPS with the 10 MB/s target / with the unthrottled one.
+. "$SRC/tests/lib.sh"
+. "$SRC/tests/bench/bench.lib"
+
+MIB=256
+RT=8
+len=$((MIB * 2048))
+export FLEECE_STATE_DIR=/run/fleece-bench
+
+log "prefill the ram disks (brd allocates pages on first write)"
+fill $D0 $MIB
+fill $D1 $MIB
+dmsetup create base --table "0 $len linear $D0 0"
+udevadm settle
+
+find_fleece_tool backup
+[ -n "$FLEECE" ] || fail "tools/fleece has no backup command"
+
+WRITERS=(--name=writers --rw=randwrite --bs=4k --iodepth=16 --norandommap=1
+	--randrepeat=0 --size=${MIB}M --time_based=1 --runtime=$RT)
+
+# One round of one case with tools/fleece.
+run_tool() { # case round json
+	local c=$1 round=$2 json=$3 bpid= brc=none st
+	local view=/dev/mapper/base-fleece-view
+	rm -f ready
+	fio "${FIO_COMMON[@]}" --output="$json" "${WRITERS[@]}" --filename=/dev/mapper/base \
+		--exec_prerun="sh -c 'touch $PWD/ready; i=0; while [ ! -e $view ] && [ \$i -lt 6000 ]; do sleep 0.01; i=\$((i + 1)); done'" &
+	local fpid=$!
+	while [ ! -e ready ] && kill -0 "$fpid" 2>/dev/null; do sleep 0.05; done
+	case $c in
+	backup-10MBps)
+		"$FLEECE" backup -q -p none -d $D1 --rate 10000000 base -o - > /dev/null &
+		bpid=$! ;;
+	backup-unlimited)
+		"$FLEECE" backup -q -p none -d $D1 base -o - > /dev/null &
+		bpid=$! ;;
+	no-backup)
+		"$FLEECE" start -q -d $D1 base ;;
+	esac
+	wait "$fpid"
+	st=$(dmsetup status base | awk '$3 == "fleece" { printf "{\"pending\": %s, \"copied\": %s, \"released\": %s, \"cbw_count\": %s, \"cbw_errors\": %s, \"state\": \"%s\"}", $6, $7, $8, $9, $10, $11 }')
+	[ -n "$st" ] || st='"stopped"'
+	local finished=null
+	if [ -n "$bpid" ]; then
+		if kill -0 "$bpid" 2>/dev/null; then
+			finished=false
+			kill -TERM "$bpid"	# undoes everything, exits non-zero
+			wait "$bpid" && brc=0 || brc=$?
+		else
+			finished=true
+			wait "$bpid" && brc=0 || brc=$?
+			[ "$brc" = 0 ] || fail "$c: fleece backup failed (exit $brc)"
+		fi
+	else
+		"$FLEECE" stop -q base
+	fi
+	assert_eq "$(dmsetup table base | awk '{ print $3 }')" linear "$c: base is linear again"
+	EXTRA="{\"tool\": \"fleece backup\", \"fleece_at_end\": $st, \"backup_finished_in_window\": $finished, \"backup_exit\": \"$brc\"}"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+	for c in $(rotate "$round" backup-10MBps backup-unlimited no-backup); do
+		log "round $round: $c"
+		json=$RAW/$c.randwrite-4k-qd16.r$round.json
+		run_tool "$c" "$round" "$json"
+		udevadm settle
+		log "$c: $EXTRA"
+		record_fio "$c" randwrite-4k-qd16 "$round" "$json" "" "$EXTRA"
+	done
+done

@@ -1,0 +1,120 @@
+#!/bin/bash
+# Benchmark 4, backup read: reading the view vs a raw read of the origin,
+# O_DIRECT, 1 MiB, sequential, iodepth 1.
+#
+# fio, $RT s after 0.5 s of ramp, over the whole $MIB MiB region (it wraps):
+#   raw-origin        the origin device itself ("base", dm-linear on ram0)
+#   view-64k          the view of a fleece with 64 KiB chunks, all pending
+#                     (reads go to the origin, tracked against CBW)
+#   view-1m           the same with 1 MiB chunks
+#   view-64k-copied   every chunk copied: reads come from the fleece device
+#   split-64k         control: dm-stripe with one stripe and 64 KiB chunks on
+#                     ram0, i.e. the raw read as dm core splits it at every
+#                     64 KiB, as it splits view reads at every chunk
+# The whole region once, timed from outside, output /dev/null:
+#   raw-origin-reader `dd iflag=direct bs=4M` of the origin itself
+#   view-64k-backup   `tools/fleece read` of the view of a new fleece (64 KiB
+#                     chunks): 4 MiB O_DIRECT reads to stdout, discarding each
+#                     block on the view once written, as `fleece backup` does
+# (`fleece read` only reads views, hence dd for the raw read).
+. "$SRC/tests/lib.sh"
+. "$SRC/tests/bench/bench.lib"
+
+MIB=512
+RT=2
+ROUNDS=6	# short runs, more rounds: the ratios pair neighbouring runs
+len=$((MIB * 2048))
+
+log "prefill the ram disks (brd allocates pages on first write)"
+fill $D0 $MIB
+fill $D1 $MIB
+fill $D3 $MIB
+dmsetup create base --table "0 $len linear $D0 0"
+dmsetup create split-64k --table "0 $len striped 1 128 $D0 0"
+# First the copied one: filling it writes the origin.
+dmsetup create fo-64k-copied --table "0 $len fleece /dev/mapper/base $D3 128"
+fill /dev/mapper/fo-64k-copied $MIB
+dmsetup create view-64k-copied --table "0 $len fleece-view /dev/mapper/base $D3"
+dmsetup create fo-64k --table "0 $len fleece /dev/mapper/base $D1 128"
+dmsetup create view-64k --table "0 $len fleece-view /dev/mapper/base $D1"
+# Two fleece devices on ram2 (nothing is copied to them).
+dmsetup create fl-1m --table "0 $len linear $D2 0"
+dmsetup create fl-bk --table "0 $len linear $D2 $len"
+dmsetup create fo-1m --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-1m 2048"
+dmsetup create view-1m --table "0 $len fleece-view /dev/mapper/base /dev/mapper/fl-1m"
+udevadm settle
+for d in fo-64k-copied fo-64k fo-1m; do log "$d: $(fleece_json $d)"; done
+
+dev_of() {
+	case $1 in
+	raw-origin) echo /dev/mapper/base ;;
+	*) echo "/dev/mapper/$1" ;;
+	esac
+}
+
+find_fleece_tool read
+[ -n "$FLEECE" ] || fail "tools/fleece has no read command"
+log "whole-device reads: fleece read on the view, dd on the origin"
+
+reader() { # case round dev [--no-discard]
+	local c=$1 round=$2 dev=$3 out t0 t1
+	shift 3
+	udevadm settle
+	local how
+	t0=$(date +%s%N)
+	if [ "${1:-}" = --no-discard ]; then
+		how=dd
+		dd if="$dev" of=/dev/null bs=4M iflag=direct status=none
+	else
+		how="fleece read"
+		"$FLEECE" read -q -p none "$dev" -o - > /dev/null
+	fi
+	t1=$(date +%s%N)
+	out=$(awk -v b="$(blockdev --getsize64 "$dev")" -v ns=$((t1 - t0)) -v how="$how" \
+		'BEGIN { printf "{\"tool\": \"%s\", \"bytes\": %d, \"seconds\": %.3f, \"MBps\": %.2f}", how, b, ns / 1e9, b / (ns / 1e3) }')
+	log "round $round: $c: $out"
+	record "$c" read-1m-whole "$round" "reader=$out"
+}
+
+CASES=(raw-origin view-64k view-1m view-64k-copied split-64k)
+{
+	fio_global
+	echo "size=${MIB}M"
+	echo "time_based=1"
+	echo "runtime=$RT"
+	echo "ramp_time=500ms"
+	echo "rw=read"
+	echo "bs=1M"
+	echo "iodepth=1"
+	for round in $(seq 1 "$ROUNDS"); do
+		for c in $(rotate "$round" "${CASES[@]}"); do
+			printf '[%s]\nstonewall\nfilename=%s\n' "$c.read-1m-qd1.r$round" "$(dev_of "$c")"
+		done
+	done
+} > read.fio
+cp read.fio "$RAW/"
+log "fio: $(grep -c '^\[.*\.r' read.fio) jobs of ${RT}s, one after the other"
+json=$RAW/read.json
+fio --output-format=json --output="$json" read.fio
+log "fio done"
+for round in $(seq 1 "$ROUNDS"); do
+	for c in "${CASES[@]}"; do
+		record_fio "$c" read-1m-qd1 "$round" "$json" "$c.read-1m-qd1.r$round"
+	done
+done
+
+for round in $(seq 1 "$ROUNDS"); do
+	for c in $(rotate "$round" raw-origin-reader view-64k-backup); do
+		if [ "$c" = raw-origin-reader ]; then
+			reader "$c" "$round" /dev/mapper/base --no-discard
+		else
+			dmsetup create fo-bk --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-bk 128"
+			dmsetup create view-bk --table "0 $len fleece-view /dev/mapper/base /dev/mapper/fl-bk"
+			reader "$c" "$round" /dev/mapper/view-bk
+			assert_eq "$(status_field fo-bk 4)" $((len / 128)) "$c: all chunks released"
+			dm_remove view-bk
+			dm_remove fo-bk
+		fi
+	done
+done
+for d in fo-64k-copied fo-64k fo-1m; do log "$d: $(fleece_json $d)"; done

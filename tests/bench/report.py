@@ -1,0 +1,489 @@
+#!/usr/bin/python3
+"""Host side of `make bench`: records -> table, JSON and latency plot.
+
+usage: report.py RESULTS_DIR [RESULTS_DIR...]
+
+Reads RESULTS_DIR/records.jsonl (written in the guest by tests/bench/*.sh;
+each record points at raw output under RESULTS_DIR/raw: fio JSON, the
+reader's summary, /proc/meminfo snapshots) and writes, in the same folder:
+  bench.txt     the table (also printed on stdout)
+  bench.json    per case median/min/max, the ratios, each goal's verdict, and
+                every raw record
+  latency.png   latency percentiles per case (needs python3-matplotlib)
+
+Every figure is the median over the interleaved rounds, with [min..max].
+A ratio is computed per round (case / baseline of the same round), then
+its median and range are taken: the rounds are paired, not pooled.
+"""
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+PCTS = ["1.0", "5.0", "10.0", "25.0", "50.0", "75.0", "90.0", "95.0", "99.0", "99.9"]
+
+
+_fio_cache = {}
+
+
+def load_fio(path):
+    if path not in _fio_cache:
+        with open(path) as f:
+            text = f.read()
+        # fio may print warnings before the JSON document.
+        _fio_cache[path] = json.loads(text[text.index("{"):])
+    return _fio_cache[path]
+
+
+def normalize(rec, d):
+    """Derive the figures of a record from the raw output it points at."""
+    if rec.get("fio"):
+        doc = load_fio(os.path.join(d, rec["fio"]))
+        jobs = doc["jobs"]
+        if rec.get("job"):
+            jobs = [j for j in jobs if j["jobname"] == rec["job"]]
+            if not jobs:
+                raise SystemExit(f"report: {rec['fio']}: no job {rec['job']}")
+        job = jobs[0]
+        side = next((x for x in ("write", "read", "trim") if job[x]["total_ios"] > 0), None)
+        if side is None:
+            raise SystemExit(f"report: {rec['fio']} {rec.get('job')}: no I/O")
+        st = job[side]
+        lat = st.get("lat_ns", {})
+        pct = lat.get("percentile") or st.get("clat_ns", {}).get("percentile", {})
+        rec.update({
+            "dir": side, "iops": st["iops"], "bw_MBps": st["bw_bytes"] / 1e6,
+            "ios": st["total_ios"], "runtime_ms": st["runtime"],
+            "lat_mean_us": lat.get("mean", 0) / 1000.0,
+            "lat_pct_us": {str(float(k)): v / 1000.0 for k, v in pct.items()},
+            "fio_error": job.get("error", 0),
+        })
+    if "reader" in rec:
+        rec["bw_MBps"] = rec["reader"]["MBps"]
+    if "before" in rec and "after" in rec:
+        b, a = rec["before"], rec["after"]
+        delta = {k: (a[k] - b[k]) * 1024 for k in a}
+        rec["delta_bytes"] = delta
+        rec["slab_vmalloc_bytes"] = delta["SUnreclaim"] + delta["VmallocUsed"]
+        rec["slab_all_vmalloc_bytes"] = delta["Slab"] + delta["VmallocUsed"]
+        rec["memfree_drop_bytes"] = -delta["MemFree"]
+    if rec.get("vmallocinfo"):
+        with open(os.path.join(d, rec["vmallocinfo"])) as f:
+            lines = [l.strip() for l in f if l.strip()]
+        rec["vmallocinfo_lines"] = lines
+        rec["vmallocinfo_bytes"] = sum(int(l.split()[1]) for l in lines)
+    samples = (rec.get("extra") or {}).get("memfree_samples")
+    if samples:
+        # MemFree in kB, one sample per line; "start" marks fio's start:
+        # the baseline is the median of the samples before it.
+        pre, post, seen = [], [], False
+        with open(os.path.join(d, samples)) as f:
+            for x in f:
+                x = x.strip()
+                if x == "start":
+                    seen = True
+                elif x.isdigit():
+                    (post if seen else pre).append(int(x))
+        if pre and post:
+            rec["peak_inflight_bytes"] = (statistics.median(pre) - min(post)) * 1024
+        rec["memfree_samples_n"] = [len(pre), len(post)]
+    return rec
+
+
+def stat(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values),
+            "max": max(values), "n": len(values)}
+
+
+def fmt(s, unit="", nd=0):
+    if s is None:
+        return "-"
+    f = f"{{:.{nd}f}}"
+    return f"{f.format(s['median'])}{unit} [{f.format(s['min'])}..{f.format(s['max'])}]"
+
+
+def get(rec, path):
+    cur = rec
+    for p in path.split("/"):
+        if not isinstance(cur, dict) or p not in cur:
+            return None
+        cur = cur[p]
+    return cur
+
+
+class Results:
+    def __init__(self, records):
+        self.records = records
+        # (group, workload, case) -> {round: record}
+        self.by = defaultdict(dict)
+        for r in records:
+            self.by[(r["group"], r["workload"], r["case"])][r["round"]] = r
+
+    def values(self, g, w, c, path):
+        return [get(r, path) for _, r in sorted(self.by.get((g, w, c), {}).items())]
+
+    def s(self, g, w, c, path):
+        return stat(self.values(g, w, c, path))
+
+    def ratio(self, g, w, c, base, path="iops", base_w=None, base_path=None):
+        num = self.by.get((g, w, c), {})
+        den = self.by.get((g, base_w or w, base), {})
+        rs = []
+        for rnd in sorted(set(num) & set(den)):
+            a, b = get(num[rnd], path), get(den[rnd], base_path or path)
+            if a is not None and b:
+                rs.append(a / b)
+        return stat(rs)
+
+    def cases(self, g, w):
+        seen = []
+        for (gg, ww, c) in self.by:
+            if gg == g and ww == w and c not in seen:
+                seen.append(c)
+        return seen
+
+    def workloads(self, g):
+        seen = []
+        for (gg, ww, _) in self.by:
+            if gg == g and ww not in seen:
+                seen.append(ww)
+        return seen
+
+
+def goal(out, name, value, target, better="higher", detail=""):
+    """One goal line; value is a stat of the ratio (or amount)."""
+    if value is None:
+        met = None
+    elif better == "higher":
+        met = value["median"] >= target
+    else:
+        met = value["median"] <= target
+    out.append({"goal": name, "value": value, "target": target,
+                "better": better, "met": met, "detail": detail})
+
+
+def build(res):
+    cases_out = []
+    for (g, w, c), rounds in res.by.items():
+        entry = {"group": g, "workload": w, "case": c, "rounds": sorted(rounds)}
+        for path in ("iops", "bw_MBps", "lat_mean_us"):
+            st = res.s(g, w, c, path)
+            if st:
+                entry[path] = st
+        lat = {}
+        for p in PCTS:
+            st = res.s(g, w, c, "lat_pct_us/" + p)
+            if st:
+                lat[p] = st
+        if lat:
+            entry["lat_pct_us"] = lat
+        for path in ("slab_vmalloc_bytes", "slab_all_vmalloc_bytes", "memfree_drop_bytes",
+                     "vmallocinfo_bytes", "chunks", "peak_inflight_bytes",
+                     "extra/cbw_count", "extra/fleece/cbw_count", "extra/fleece/released",
+                     "extra/fleece_at_end/cbw_count", "extra/fleece_at_end/released",
+                     "extra/reader/MBps", "extra/reader/bytes", "extra/reader/seconds"):
+            st = res.s(g, w, c, path)
+            if st:
+                entry[path] = st
+        cases_out.append(entry)
+
+    ratios = []
+    goals = []
+
+    def add_ratio(name, g, w, c, base, path="iops", base_w=None):
+        st = res.ratio(g, w, c, base, path, base_w)
+        ratios.append({"name": name, "group": g, "workload": w, "case": c,
+                       "baseline": base, "metric": path, "ratio": st})
+        return st
+
+    # 1. Fast path
+    fp = "10-fastpath"
+    for w in res.workloads(fp):
+        for c in res.cases(fp, w):
+            if c != "linear":
+                st = add_ratio(f"{c} / linear ({w})", fp, w, c, "linear")
+                if c.startswith("fleece"):
+                    goal(goals, f"fast path {w}: {c} / dm-linear IOPS", st, 0.97)
+
+    # 2. First touch
+    ft = "20-firsttouch"
+    for w in res.workloads(ft):
+        for cs in ("64k", "1m"):
+            fl = f"fleece-{cs}"
+            if (ft, w, fl) not in res.by:
+                continue
+            for snap in ("snap-N", "snap-P"):
+                st = add_ratio(f"{fl} / {snap}-{cs} ({w})", ft, w, fl, f"{snap}-{cs}")
+                p99f = res.s(ft, w, fl, "lat_pct_us/99.0")
+                p99s = res.s(ft, w, f"{snap}-{cs}", "lat_pct_us/99.0")
+                p99r = res.ratio(ft, w, fl, f"{snap}-{cs}", "lat_pct_us/99.0")
+                ratios.append({"name": f"{fl} / {snap}-{cs} p99 latency ({w})",
+                               "group": ft, "workload": w, "case": fl,
+                               "baseline": f"{snap}-{cs}", "metric": "lat_pct_us/99.0",
+                               "ratio": p99r})
+                if snap == "snap-N":
+                    goal(goals, f"first touch {cs}: fleece / dm-snapshot N IOPS", st, 1.5)
+                    goal(goals, f"first touch {cs}: fleece p99 / dm-snapshot N p99 (lower)",
+                         p99r, 1.0, better="lower",
+                         detail=f"fleece p99 {fmt(p99f, ' us')}, snap-N p99 {fmt(p99s, ' us')}")
+
+    # 3. Writers during a backup
+    bk = "30-backup-writers"
+    for w in res.workloads(bk):
+        st = add_ratio(f"backup-10MBps / backup-unlimited ({w})", bk, w,
+                       "backup-10MBps", "backup-unlimited")
+        add_ratio(f"no-backup / backup-unlimited ({w})", bk, w, "no-backup", "backup-unlimited")
+        add_ratio(f"backup-10MBps / no-backup ({w})", bk, w, "backup-10MBps", "no-backup")
+        cbw = {c: res.s(bk, w, c, "extra/fleece_at_end/cbw_count") for c in
+               ("backup-10MBps", "backup-unlimited", "no-backup")}
+        goal(goals, "writers during a backup: 10 MB/s target / unthrottled target IOPS", st, 0.9,
+             detail="copies (cbw_count) when the writers stopped: " +
+             ", ".join(f"{c} {fmt(v)}" for c, v in cbw.items()) +
+             " (unthrottled: the fleece is usually stopped by then)")
+
+    # 4. Backup read
+    rd = "40-backup-read"
+    for c in res.cases(rd, "read-1m-qd1"):
+        if c != "raw-origin":
+            st = add_ratio(f"{c} / raw-origin (read-1m-qd1)", rd, "read-1m-qd1", c,
+                           "raw-origin", "bw_MBps")
+            if c.startswith("view"):
+                goal(goals, f"backup read (fio, 1 MiB O_DIRECT): {c} / raw origin MB/s", st, 0.9)
+    if (rd, "read-1m-whole", "view-64k-backup") in res.by:
+        st = add_ratio("view-64k-backup / raw-origin-reader (read-1m-whole)", rd,
+                       "read-1m-whole", "view-64k-backup", "raw-origin-reader", "bw_MBps")
+        tools = sorted({str(get(r, "reader/tool") or "?") for r in res.records
+                        if r["group"] == rd and r["workload"] == "read-1m-whole"})
+        goal(goals, "backup read, whole device: view with discards / raw origin MB/s", st, 0.9,
+             detail="readers: " + ", ".join(tools))
+
+    # 5. Memory
+    mem = "50-memory"
+    memory = {}
+    if (mem, "static", "fleece-1t") in res.by:
+        t, g1, lin, t4 = (res.by.get((mem, "static", c), {}) for c in
+                          ("fleece-1t", "fleece-1g", "linear-1t", "fleece-1t-4k"))
+        slopes, slopes4, module, totals, drops, fixed = [], [], [], [], [], []
+        for rnd in sorted(t):
+            a = t[rnd]
+            totals.append(a["slab_vmalloc_bytes"])
+            drops.append(a["memfree_drop_bytes"])
+            fixed.append(a["slab_vmalloc_bytes"] - a["chunks"] * 2 / 8)
+            if rnd in g1:
+                b = g1[rnd]
+                slopes.append(8.0 * (a["slab_vmalloc_bytes"] - b["slab_vmalloc_bytes"]) /
+                              (a["chunks"] - b["chunks"]))
+            if rnd in t4:
+                b = t4[rnd]
+                slopes4.append(8.0 * (b["slab_vmalloc_bytes"] - a["slab_vmalloc_bytes"]) /
+                               (b["chunks"] - a["chunks"]))
+            if rnd in lin:
+                module.append(a["slab_vmalloc_bytes"] - lin[rnd]["slab_vmalloc_bytes"])
+        memory = {
+            "chunks": t[min(t)]["chunks"],
+            "fleece_1t_slab_vmalloc_bytes": stat(totals),
+            "fleece_1t_memfree_drop_bytes": stat(drops),
+            "fleece_1t_minus_linear_slab_vmalloc_bytes": stat(module),
+            "fleece_1t_beyond_2_bits_per_chunk_bytes": stat(fixed),
+            "bits_per_chunk_slope_1t_vs_1g": stat(slopes),
+            "bits_per_chunk_slope_4k_vs_64k_chunks": stat(slopes4),
+            "vmallocinfo": t[min(t)].get("vmallocinfo_lines"),
+            "vmallocinfo_4k_chunks": t4[min(t4)].get("vmallocinfo_lines") if t4 else None,
+        }
+        # In-flight: MemFree drop under CBW load, minus the same fio on a
+        # dm-linear (fio's own memory), round by round.
+        w = "randwrite-4k-qd256"
+        lin = res.by.get((mem, w, "inflight-linear-qd256"), {})
+        per = {}
+        for k in ("inflight-64k-qd256", "inflight-1m-qd256"):
+            vals = []
+            for rnd, r in sorted(res.by.get((mem, w, k), {}).items()):
+                base = get(lin.get(rnd, {}), "peak_inflight_bytes") or 0
+                if r.get("peak_inflight_bytes") is not None:
+                    vals.append(r["peak_inflight_bytes"] - base)
+            per[k] = stat(vals)
+        per["inflight-linear-qd256 (fio itself, subtracted)"] = res.s(
+            mem, w, "inflight-linear-qd256", "peak_inflight_bytes")
+        memory["peak_inflight_net_bytes"] = per
+        # The slope between 4 KiB and 64 KiB chunks on 1 TiB: 252 Mi chunks
+        # apart, so that the guest's unrelated slab activity (tens of KiB)
+        # weighs less than 0.001 bit; 0.5% tolerance.  Without that case,
+        # the slope between 1 TiB and 1 GiB (noisier, 1% tolerance).
+        if slopes4:
+            goal(goals, "memory: state bits per chunk (slope 4 KiB vs 64 KiB chunks on 1 TiB, SUnreclaim+vmalloc; 0.5% tolerance)",
+                 stat(slopes4), 2.01, better="lower",
+                 detail="fleece 1 TiB at 64 KiB chunks: " +
+                 fmt(stat([x / 2**20 for x in totals]), " MiB", 2) + " in all, of which " +
+                 fmt(stat([x / 2**10 for x in fixed]), " KiB", 0) + " beyond 2 bits per chunk")
+        goal(goals, "memory: state bits per chunk (slope 1 TiB vs 1 GiB at 64 KiB, SUnreclaim+vmalloc; 1% tolerance)",
+             stat(slopes), 2.02, better="lower",
+             detail="net in-flight peaks (MemFree drop under iodepth-256 CBW load, minus fio on dm-linear): " +
+             ", ".join(f"{k} {fmt(v and {x: v[x] / 2**20 for x in ('median', 'min', 'max')}, ' MiB', 1)}"
+                       for k, v in per.items() if "linear" not in k))
+    return {"cases": cases_out, "ratios": ratios, "goals": goals, "memory": memory}
+
+
+def table(res, out, title):
+    L = [title, ""]
+    groups = []
+    for (g, _, _) in res.by:
+        if g not in groups:
+            groups.append(g)
+    for g in sorted(groups):
+        n = max(r["round"] for r in res.records if r["group"] == g)
+        L.append(f"== {g} ({n} rounds)")
+        for w in res.workloads(g):
+            if w == "static":
+                L.append(f"  {'case':<20} {'chunks':>9} {'SUnreclaim+vmalloc delta':>30} {'MemFree drop':>30}")
+                for c in res.cases(g, w):
+                    chunks = res.s(g, w, c, "chunks")
+                    sv = res.s(g, w, c, "slab_vmalloc_bytes")
+                    mf = res.s(g, w, c, "memfree_drop_bytes")
+                    kib = lambda s: s and {k: s[k] / 1024 for k in ("median", "min", "max")}
+                    L.append(f"  {c:<20} {int(chunks['median']) if chunks else 0:>9} "
+                             f"{fmt(kib(sv), ' KiB'):>30} {fmt(kib(mf), ' KiB'):>30}")
+                continue
+            L.append(f"  -- {w}")
+            L.append(f"  {'case':<20} {'IOPS':>26} {'MB/s':>24} {'p50 us':>24} {'p99 us':>26}")
+            for c in res.cases(g, w):
+                L.append(f"  {c:<20} {fmt(res.s(g, w, c, 'iops')):>26} "
+                         f"{fmt(res.s(g, w, c, 'bw_MBps'), '', 1):>24} "
+                         f"{fmt(res.s(g, w, c, 'lat_pct_us/50.0')):>24} "
+                         f"{fmt(res.s(g, w, c, 'lat_pct_us/99.0')):>26}")
+        L.append("")
+    L.append("== ratios (per round, then median [min..max])")
+    for r in out["ratios"]:
+        L.append(f"  {r['name']:<66} {fmt(r['ratio'], '', 3)}")
+    L.append("")
+    if out["memory"]:
+        m = out["memory"]
+        L.append("== memory, 1 TiB origin, 64 KiB chunks")
+        L.append(f"  chunks: {m['chunks']}")
+        mib = lambda s: s and {k: s[k] / 2**20 for k in ("median", "min", "max")}
+        L.append(f"  SUnreclaim+vmalloc delta, fleece 1 TiB:    {fmt(mib(m['fleece_1t_slab_vmalloc_bytes']), ' MiB', 2)}")
+        L.append(f"  same minus a dm-linear of 1 TiB:           {fmt(mib(m['fleece_1t_minus_linear_slab_vmalloc_bytes']), ' MiB', 2)}")
+        L.append(f"  MemFree drop, fleece 1 TiB:                {fmt(mib(m['fleece_1t_memfree_drop_bytes']), ' MiB', 2)}")
+        L.append(f"  of which beyond 2 bits per chunk:          {fmt(m['fleece_1t_beyond_2_bits_per_chunk_bytes'] and {k: m['fleece_1t_beyond_2_bits_per_chunk_bytes'][k] / 1024 for k in ('median', 'min', 'max')}, ' KiB', 0)}")
+        L.append(f"  bits per chunk (slope 1 TiB vs 1 GiB):     {fmt(m['bits_per_chunk_slope_1t_vs_1g'], '', 3)}")
+        L.append(f"  bits per chunk (slope 4K vs 64K chunks):   {fmt(m['bits_per_chunk_slope_4k_vs_64k_chunks'], '', 4)}")
+        for k, v in m["peak_inflight_net_bytes"].items():
+            L.append(f"  peak in-flight MemFree drop {k}: {fmt(mib(v), ' MiB', 1)}")
+        for line in m.get("vmallocinfo") or []:
+            L.append(f"  vmallocinfo (64 KiB chunks): {line}")
+        for line in m.get("vmallocinfo_4k_chunks") or []:
+            L.append(f"  vmallocinfo (4 KiB chunks): {line}")
+        L.append("")
+    L.append("== goals")
+    for gl in out["goals"]:
+        verdict = {True: "MET", False: "NOT MET", None: "NO DATA"}[gl["met"]]
+        op = ">=" if gl["better"] == "higher" else "<="
+        L.append(f"  [{verdict:>7}] {gl['goal']}: {fmt(gl['value'], '', 3)} (goal {op} {gl['target']})")
+        if gl["detail"]:
+            L.append(f"            {gl['detail']}")
+    return "\n".join(L) + "\n"
+
+
+def plot(res, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import math
+    except ImportError:
+        print(f"report: no matplotlib (apt-get install python3-matplotlib): {path} not written")
+        return
+    panels = []
+    for (g, w, c) in res.by:
+        if g == "50-memory" or not res.s(g, w, c, "lat_pct_us/50.0"):
+            continue
+        key = (g, w)
+        if g == "20-firsttouch":
+            key = (g, w + (" 1 MiB chunks" if c.endswith("-1m") else " 64 KiB chunks"))
+        if key not in panels:
+            panels.append(key)
+    if not panels:
+        return
+    n = len(panels)
+    cols = 2 if n > 1 else 1
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.2 * rows), squeeze=False)
+    xs = [-math.log10(1 - float(p) / 100) for p in PCTS]
+    for ax, (g, label) in zip([a for row in axes for a in row], panels):
+        w = label.split(" ")[0]
+        for c in res.cases(g, w):
+            if g == "20-firsttouch" and (c.endswith("-1m") != label.endswith("1 MiB chunks")):
+                continue
+            med, lo, hi = [], [], []
+            for p in PCTS:
+                st = res.s(g, w, c, "lat_pct_us/" + p)
+                med.append(st["median"] if st else float("nan"))
+                lo.append(st["min"] if st else float("nan"))
+                hi.append(st["max"] if st else float("nan"))
+            if all(math.isnan(v) for v in med):
+                continue
+            line, = ax.plot(xs, med, marker="o", ms=3, label=c)
+            ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+        ax.set_yscale("log")
+        shown = ("1.0", "50.0", "90.0", "99.0", "99.9")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([p.rstrip("0").rstrip(".") if p in shown else "" for p in PCTS],
+                           fontsize=7)
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("total latency (us)")
+        ax.set_title(f"{g}: {label}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in [a for row in axes for a in row][n:]:
+        ax.axis("off")
+    fig.suptitle("dm-fleece benchmarks: latency percentiles (median of rounds, band = min..max)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    rc = 0
+    for d in sys.argv[1:]:
+        src = os.path.join(d, "records.jsonl")
+        if not os.path.exists(src):
+            print(f"report: {src}: no records")
+            rc = 1
+            continue
+        with open(src) as f:
+            records = [normalize(json.loads(l), d) for l in f if l.strip()]
+        res = Results(records)
+        out = build(res)
+        rounds = {}
+        for r in records:
+            rounds[r["group"]] = max(rounds.get(r["group"], 0), r["round"])
+        kver = os.path.basename(os.path.normpath(d)).removeprefix("bench-")
+        storage = "brd ram disks"
+        if os.path.exists(os.path.join(d, "storage")):
+            with open(os.path.join(d, "storage")) as f:
+                storage = f.read().strip()
+        title = (f"dm-fleece benchmarks: kernel {kver}, qemu TCG (2 vCPUs), {storage}, "
+                 f"{min(rounds.values(), default=0)} to {max(rounds.values(), default=0)} "
+                 f"interleaved rounds; median [min..max]\n"
+                 f"run ended {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}")
+        text = table(res, out, title)
+        doc = {"title": title, "kernel": kver, "rounds": rounds,
+               "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               **out, "records": records}
+        with open(os.path.join(d, "bench.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+        with open(os.path.join(d, "bench.txt"), "w") as f:
+            f.write(text)
+        sys.stdout.write(text)
+        plot(res, os.path.join(d, "latency.png"))
+        print(f"report: {d}/bench.txt, bench.json, latency.png")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
