@@ -11,7 +11,7 @@
 # The story is printed on the VM console ("# " lines reach the terminal of
 # "make demo") and into the log.
 . "$SRC/tests/lib.sh"
-F=$SRC/tools/fleece
+F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 
 say() { echo "$*"; echo "# $*" > /dev/console; }
@@ -66,10 +66,12 @@ ref_sum=$(dd if=/dev/demo/vm bs=1M iflag=direct status=none | sha256sum | cut -d
 say "    point-in-time SHA-256: $ref_sum"
 
 say ""
-say "\$ fleece backup --fleece-dir /mnt/scratch --sha256 demo/vm -o /mnt/backup/vm.img"
+# The command as run, shown as typed (progress as lines: the console is no terminal).
+backup=(backup --fleece-dir /mnt/scratch --sha256 --rate 6M --progress lines --interval 3
+	demo/vm -o /mnt/backup/vm.img)
+say "\$ fleece ${backup[*]}"
 t0=$(date +%s.%N)
-$F backup --fleece-dir /mnt/scratch --sha256 --rate 6M --progress lines --interval 3 \
-	demo/vm -o /mnt/backup/vm.img > backup.out 2> backup.err &
+$F "${backup[@]}" > backup.out 2> backup.err &
 bpid=$!
 tail -n +1 -f --pid=$bpid backup.err | show &
 tpid=$!
@@ -124,7 +126,7 @@ say ""
 say "--- summary"
 say "    image:            128 MiB ($alloc allocated: zero chunks are holes)"
 say "    backup time:      $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s (read at most 6 MiB/s, to let the writer work)"
-say "    writer:           fio at ${writes:-?} IOPS during the backup, never stopped"
-say "    copy-before-write: $copied chunks of 64 KiB were copied before the reader got to them"
+say "    writer:           fio, ${writes:-?} write IOPS on average over its run (capped at 400)"
+say "    copies:           $copied chunks of 64 KiB were copied before the reader got to them"
 say "    fleece space:     peak $peak in /mnt/scratch, 0 at the end"
 say ""
