@@ -113,3 +113,12 @@ expect_dmesg_since_mark() { # extended regex
 fleece_bin() {
 	cp "$SRC/tools/fleece" "$PWD/.fleece-bin" && echo "$PWD/.fleece-bin"
 }
+
+# Run "$@"; it must exit with STATUS exactly (expect_fail takes any
+# failure).  Its stderr is kept in $T_ERR.
+expect_exit() { # status command...
+	local want=$1 rc=0
+	shift
+	T_ERR=$("$@" 2>&1 >/dev/null) || rc=$?
+	[ "$rc" = "$want" ] || fail "exit $rc, expected $want: $*: $T_ERR"
+}

@@ -82,11 +82,11 @@ $F stop data
 cmp <(dd if="$data" bs=1M count=16 iflag=direct status=none) new || fail "data lost its new content"
 
 step "read refuses what is not a fleece view; a stale fleece file is refused"
-expect_fail $F read "$data" -o x.img
+expect_exit 3 $F read "$data" -o x.img
 echo "$T_ERR" | grep -q "not a fleece view" || fail "read of a non-view: $T_ERR"
 [ ! -e x.img ] && [ ! -e x.img.partial ] || fail "read of a non-view created output"
 touch /mnt/fdir/data.fleece
-expect_fail $F start --fleece-dir /mnt/fdir data
+expect_exit 3 $F start --fleece-dir /mnt/fdir data
 echo "$T_ERR" | grep -q "already exists" || fail "existing fleece file: $T_ERR"
 rm /mnt/fdir/data.fleece
 [ -z "$(dmsetup info -c --noheadings -o uuid | grep FLEECE- || true)" ] || fail "refused start left devices"
@@ -94,7 +94,7 @@ rm /mnt/fdir/data.fleece
 step "a fleece dir on the device itself is refused"
 mkfs.ext4 -q -F "$data"
 mkdir -p /mnt/self && mount "$data" /mnt/self
-expect_fail $F start --fleece-dir /mnt/self data
+expect_exit 3 $F start --fleece-dir /mnt/self data
 echo "$T_ERR" | grep -q "on data itself" || fail "fleece dir on the device: $T_ERR"
 umount /mnt/self
 umount /mnt/fdir

@@ -69,7 +69,7 @@ assert_eq "$(dmsetup table db)" "$tb" "table of db back"
 step "a refusal for the second device changes nothing for the first"
 # db's fleece device is too small: nothing may change for either.
 small=$(mkdev small 8 1)
-expect_fail $F start --fleece-dev "$fa,$small" da db
+expect_exit 3 $F start --fleece-dev "$fa,$small" da db
 echo "$T_ERR"
 echo "$T_ERR" | grep -q "too small" || fail "no 'too small' message"
 assert_eq "$(dmsetup table da)" "$ta" "da unchanged"

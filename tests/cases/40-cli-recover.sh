@@ -104,7 +104,10 @@ step "after a reboot: the fleece file and the state are left"
 truncate -s 16M /mnt/fdir/data.fleece
 printf 'phase=running\nfleece_file=/mnt/fdir/data.fleece\npartial=%s/out.img.partial\n' "$PWD" > state/data
 touch out.img.partial
-{ $F status data || true; } | grep -q "^data: incomplete" || fail "status after a reboot"
+rc=0; $F status data > status.out || rc=$?
+cat status.out
+grep -q "^data: incomplete" status.out || fail "status after a reboot"
+assert_eq "$rc" 1 "exit status of status after a reboot"
 $F stop data
 as_before "after a reboot"
 umount /mnt/fdir
