@@ -52,7 +52,7 @@ define vm_run
 	@set -e; \
 	if [ "$(KERNEL)" = debug ]; then \
 		eval "$$(tests/vm/debug-kernel.sh)"; \
-		export VM_MEM=$${VM_MEM:-3G}; \
+		export VM_MEM=$${VM_MEM:-3G} VM_UDEV=$${VM_UDEV:-0}; \
 	else \
 		KVER=$(KVER); KDIR=/usr/src/linux-headers-$(KVER); \
 		KMODROOT=$(CACHE)/kernel/$(KVER)/root; \

@@ -37,11 +37,25 @@ hostname fleece-vm
 ulimit -c 0
 
 # udev: libdevmapper and lvm2 wait for it to create /dev/mapper nodes.
+# Without it (fleece.udev=0: the debug kernel, too slow under TCG for
+# udevd to answer in time) they create the nodes themselves.
 mkdir -p /run/udev /run/lvm /run/lock
-udevd=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd)
-"$udevd" --daemon --resolve-names=never >/dev/null 2>&1
-udevadm trigger --action=add >/dev/null 2>&1
-udevadm settle --timeout=30
+if [ "$(arg fleece.udev)" = 0 ]; then
+	export DM_DISABLE_UDEV=1
+	echo "# no udevd: DM_DISABLE_UDEV=1"
+else
+	udevd=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd)
+	# Not --daemon: its start-up handshake gives up after a few seconds;
+	# poll instead.
+	"$udevd" --resolve-names=never >/dev/null 2>&1 &
+	for i in $(seq 1 300); do
+		udevadm control --ping >/dev/null 2>&1 && break
+		sleep 0.2
+	done
+	udevadm control --ping >/dev/null 2>&1 || echo "# udevd does not answer"
+	udevadm trigger --action=add >/dev/null 2>&1
+	udevadm settle --timeout=120
+fi
 # lvm in a throw-away guest: no lvmetad/lvmpolld, no devices file.
 export LVM_SUPPRESS_FD_WARNINGS=1
 
