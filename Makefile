@@ -53,6 +53,7 @@ define vm_run
 	if [ "$(KERNEL)" = debug ]; then \
 		eval "$$(tests/vm/debug-kernel.sh)"; \
 		export VM_MEM=$${VM_MEM:-3G} VM_UDEV=$${VM_UDEV:-0}; \
+		export TEST_TIMEOUT=$${TEST_TIMEOUT:-3600} VM_TIMEOUT=$${VM_TIMEOUT:-14400}; \
 	else \
 		KVER=$(KVER); KDIR=/usr/src/linux-headers-$(KVER); \
 		KMODROOT=$(CACHE)/kernel/$(KVER)/root; \

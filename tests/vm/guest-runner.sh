@@ -3,6 +3,7 @@
 # disks; after it, everything it left is torn down and the kernel log it
 # produced is scanned for splats.
 
+TEST_TIMEOUT=$(arg fleece.test_timeout)
 : "${TEST_TIMEOUT:=900}"
 
 teardown() {

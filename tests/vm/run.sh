@@ -4,7 +4,8 @@
 # usage: run.sh KVER KIMAGE KMODROOT MODULE OUTDIR SUITE [PATTERN]
 #   SUITE is a folder under tests/ (cases, selftest, bench, demo).
 #   VM_MEM, VM_CPUS, VM_TIMEOUT, VM_KVM=1: the VM; VM_UDEV=0: no udevd in
-#   the guest (DM_DISABLE_UDEV=1 instead); VM_DISK=FILE adds a
+#   the guest (DM_DISABLE_UDEV=1 instead); TEST_TIMEOUT: seconds a test
+#   may take (default 900); VM_DISK=FILE adds a
 #   virtio disk backed by FILE (VM_DISK_SIZE if it is created, default 5G).
 # Exit: 0 when the guest reported that every test passed; 1 otherwise.
 set -euo pipefail
@@ -47,6 +48,7 @@ cmdline+=" hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=120 mitigation
 cmdline+=" brd.rd_nr=4 brd.rd_size=1048576"
 cmdline+=" fleece.src=$src fleece.kver=$kver fleece.modroot=$kmodroot fleece.module=$module"
 cmdline+=" fleece.suite=$suite fleece.pattern=${pattern:-all} fleece.udev=${VM_UDEV:-1}"
+cmdline+=" fleece.test_timeout=${TEST_TIMEOUT:-900}"
 # A file-backed virtio disk, when asked (make bench DISK=FILE): created
 # sparse if missing, opened with O_DIRECT on the host (cache=none) so that
 # the host's page cache does not turn it into another ram disk.
