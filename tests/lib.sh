@@ -108,8 +108,8 @@ expect_dmesg_since_mark() { # extended regex
 # Any "make check" on the host rebuilds tools/fleece, also while a VM runs
 # from the same tree; a guest that already mapped the old binary through
 # its 9p/overlay root keeps old pages cached and reads the new file for the
-# rest: the binary crashes (SIGSEGV) or does something in between.  read()
-# through 9p is not cached, so a copy is one whole binary or the other.
+# rest: the binary crashes (SIGSEGV) or does something in between.  A copy
+# taken once at the start is what the whole test runs.
 fleece_bin() {
 	cp "$SRC/tools/fleece" "$PWD/.fleece-bin" && echo "$PWD/.fleece-bin"
 }
@@ -121,4 +121,43 @@ expect_exit() { # status command...
 	shift
 	T_ERR=$("$@" 2>&1 >/dev/null) || rc=$?
 	[ "$rc" = "$want" ] || fail "exit $rc, expected $want: $*: $T_ERR"
+}
+
+step() { echo "== $(date +%T) $*"; }
+
+no_fleece_devices() {
+	local u
+	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "FLEECE- devices left: $u"
+}
+
+# The device "data" (pattern file "pat"), its table in $table, and an ext4
+# mounted on /mnt/fdir for fleece files; as_before checks that all of it is
+# as it was and nothing fleece(8) makes is left.
+cli_fixture() { # data_MiB fs_MiB
+	data=$(mkdev data "$1")
+	mkpattern pat "$1" pat
+	put pat "$data"
+	table=$(dmsetup table data)
+	fsdev=$(mkdev fsdev "$2" 1)
+	mkfs.ext4 -q -F "$fsdev"
+	mkdir -p /mnt/fdir
+	mount "$fsdev" /mnt/fdir
+	# The globs in as_before match nothing when nothing is left.
+	shopt -s nullglob dotglob
+}
+
+# Under TCG each program started costs much: two dmsetup runs, the rest
+# shell built-ins.
+as_before() { # what
+	local info f
+	info=$(dmsetup info -c --noheadings -o name,uuid,suspended --separator ' ')
+	[[ $info != *FLEECE-* ]] || fail "$1: FLEECE- devices left: $info"
+	[[ $'\n'$info$'\n' =~ $'\n'data\ +Active\ *$'\n' ]] || fail "$1: data is not there, active: $info"
+	assert_eq "$(dmsetup table data)" "$table" "$1: table of data"
+	f=(/sys/block/loop*/loop)	# only while a loop device is attached
+	[ ${#f[@]} = 0 ] || fail "$1: loop devices left: ${f[*]}"
+	f=(/mnt/fdir/* state/* out.img*)
+	[ "${f[*]}" = /mnt/fdir/lost+found ] || fail "$1: files left: ${f[*]}"
+	same "$data" pat "$1: data's content"
 }

@@ -5,7 +5,6 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-step() { echo "== $(date +%T) $*"; }
 
 data=$(mkdev data 16)
 fl=$(mkdev fl 16 1)

@@ -8,7 +8,6 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-step() { echo "== $(date +%T) $*"; }
 fio_pid=
 cleanup() {
 	fsfreeze -u /mnt/data 2>/dev/null || true

@@ -6,7 +6,6 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-step() { echo "== $(date +%T) $*"; }
 kib() { du -k "$1" | cut -f1; }	# allocated KiB
 
 fsdev=$(mkdev fsdev 96 1)

@@ -5,13 +5,6 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-log() { echo "== $(date +%T) $*"; }
-
-no_fleece_devices() {
-	local u
-	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
-	[ -z "$u" ] || fail "FLEECE- devices left: $u"
-}
 
 # --- a plain linear device ---------------------------------------------------
 data=$(mkdev data 16)
@@ -21,7 +14,7 @@ mkpattern new 16 new
 put old "$data"
 table_before=$(dmsetup table data)
 
-log "start on a linear device"
+step "start on a linear device"
 $F start --fleece-dev "$fl" data > start.out 2>&1 || { cat start.out; fail "start"; }
 cat start.out
 grep -q "view /dev/mapper/data-fleece-view" start.out || fail "start does not name the view"
@@ -36,7 +29,7 @@ assert_eq "$(dmsetup table data)" "0 32768 fleece $omm $fmm 128 2 cbw_timeout_ms
 assert_eq "$(dmsetup table data-fleece-view)" "0 32768 fleece-view $omm $fmm" "view table"
 assert_eq "$(status_field data 7)" active "fleece state"
 
-log "overwrite the origin: the view keeps the point in time"
+step "overwrite the origin: the view keeps the point in time"
 put new /dev/mapper/data
 same /dev/mapper/data new "origin after overwrite"
 same /dev/mapper/data-fleece-view old "view after overwrite"
@@ -58,19 +51,19 @@ assert d["fleece_bytes_used"] == 16 << 20 and d["percent_done"] == 0, d
 assert d["cbw_timeout_ms"] == 45000 and d["fail_origin_writes"] is False, d
 EOF
 
-log "stop"
+step "stop"
 $F stop data
 no_fleece_devices
 assert_eq "$(dmsetup table data)" "$table_before" "original table back"
 same /dev/mapper/data new "origin after stop"
 [ ! -e /dev/mapper/data-fleece-view ] || fail "view node left"
-log "stop again: nothing to do, success"
+step "stop again: nothing to do, success"
 $F stop data > stop2.out 2>&1 || { cat stop2.out; fail "second stop failed"; }
 grep -q "nothing to do" stop2.out || fail "second stop: $(cat stop2.out)"
 $F status data && fail "status of a device that is not fleeced must not succeed"
 [ -z "$(ls -A state 2>/dev/null)" ] || fail "state files left: $(ls state)"
 
-log "options: chunk size, policy, timeout"
+step "options: chunk size, policy, timeout"
 $F start -q --chunk-size 1M --fail-origin-writes --cbw-timeout 2.5 --fleece-dev "$fl" /dev/mapper/data
 omm=$(dmsetup info -c --noheadings -o major,minor --separator : data-fleece-origin)
 assert_eq "$(dmsetup table data)" "0 32768 fleece $omm $fmm 2048 3 fail_origin_writes cbw_timeout_ms 2500" "table with options"
@@ -81,4 +74,4 @@ assert_eq "$(dmsetup table data)" "0 32768 fleece $omm $fmm 128" "table without 
 $F stop -q data
 no_fleece_devices
 
-log "ok"
+step "ok"

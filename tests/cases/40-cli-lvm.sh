@@ -5,16 +5,9 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-log() { echo "== $(date +%T) $*"; }
-
-no_fleece_devices() {
-	local u
-	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
-	[ -z "$u" ] || fail "FLEECE- devices left: $u"
-}
 
 # --- an LV of a real volume group, mounted ---------------------------------
-log "an LV with a mounted ext4"
+step "an LV with a mounted ext4"
 pvcreate -q /dev/ram2 >/dev/null
 vgcreate -q vgf /dev/ram2 >/dev/null
 lvcreate -q -y -L 32M -n lv vgf >/dev/null
@@ -57,4 +50,4 @@ lvs vgf/lv > /dev/null || fail "lvs"
 umount /mnt/lv
 fsck.ext4 -n -f /dev/vgf/lv > fsck2.out 2>&1 || { cat fsck2.out; fail "fsck of the LV after stop"; }
 vgchange -q -an vgf >/dev/null
-log "ok"
+step "ok"

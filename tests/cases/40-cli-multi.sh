@@ -7,7 +7,6 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-step() { echo "== $(date +%T) $*"; }
 
 a=$(mkdev da 16)
 b=$(mkdev db 16)

@@ -6,32 +6,7 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-step() { echo "== $(date +%T) $*"; }
-
-data=$(mkdev data 16)
-mkpattern pat 16 pat
-put pat "$data"
-table=$(dmsetup table data)
-fsdev=$(mkdev fsdev 24 1)
-mkfs.ext4 -q -F "$fsdev"
-mkdir -p /mnt/fdir
-mount "$fsdev" /mnt/fdir
-
-# Under TCG each program started costs much: two dmsetup runs, the rest
-# shell built-ins (the globs match nothing when nothing is left).
-shopt -s nullglob dotglob
-as_before() { # what
-	local info f
-	info=$(dmsetup info -c --noheadings -o name,uuid,suspended --separator ' ')
-	[[ $info != *FLEECE-* ]] || fail "$1: FLEECE- devices left: $info"
-	[[ $'\n'$info$'\n' =~ $'\n'data\ +Active\ *$'\n' ]] || fail "$1: data is not there, active: $info"
-	assert_eq "$(dmsetup table data)" "$table" "$1: table of data"
-	f=(/sys/block/loop*/loop)	# only while a loop device is attached
-	[ ${#f[@]} = 0 ] || fail "$1: loop devices left: ${f[*]}"
-	f=(/mnt/fdir/* state/* out.img*)
-	[ "${f[*]}" = /mnt/fdir/lost+found ] || fail "$1: files left: ${f[*]}"
-	same "$data" pat "$1: data's content"
-}
+cli_fixture 16 24
 
 # --- states left by a crash in the middle of start or stop --------------------
 fl=$(mkdev fl 16 1)

@@ -13,7 +13,6 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-step() { echo "== $(date +%T) $*"; }
 
 cp /etc/lvm/lvmlocal.conf lvmlocal.conf.orig
 restore() {
