@@ -185,8 +185,7 @@ def build(res):
         for path in ("slab_vmalloc_bytes", "slab_all_vmalloc_bytes", "memfree_drop_bytes",
                      "vmallocinfo_bytes", "chunks", "peak_inflight_bytes",
                      "extra/cbw_count", "extra/fleece/cbw_count", "extra/fleece/released",
-                     "extra/fleece_at_end/cbw_count", "extra/fleece_at_end/released",
-                     "extra/reader/MBps", "extra/reader/bytes", "extra/reader/seconds"):
+                     "extra/fleece_at_end/cbw_count", "extra/fleece_at_end/released"):
             st = res.s(g, w, c, path)
             if st:
                 entry[path] = st
