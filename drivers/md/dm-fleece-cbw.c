@@ -266,10 +266,12 @@ static void fleece_copy_step(struct work_struct *work)
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	if (error)
-		DMERR_LIMIT("copy-before-write of chunk %lu failed %s the %s%s",
-			    r->chunk, phase == FLEECE_COPY_READ ? "reading" : "writing",
-			    phase == FLEECE_COPY_READ ? "origin" : "fleece",
-			    r->abandoned ? ", after its timeout" : "");
+		fleece_ctx_error(ctx, true,
+				 "copy-before-write of chunk %lu failed %s the %s%s",
+				 r->chunk,
+				 phase == FLEECE_COPY_READ ? "reading" : "writing",
+				 phase == FLEECE_COPY_READ ? "origin" : "fleece",
+				 r->abandoned ? ", after its timeout" : "");
 	if (invalidate)
 		fleece_ctx_invalidate(ctx, "copy-before-write failed");
 	fleece_dispatch(ctx, &out, fail_writes);
@@ -314,8 +316,8 @@ static void fleece_copy_timeout(struct work_struct *work)
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	atomic64_inc(&ctx->cbw_errors);
-	DMERR_LIMIT("copy-before-write of chunk %lu timed out after %u ms",
-		    r->chunk, ctx->cbw_timeout_ms);
+	fleece_ctx_error(ctx, true, "copy-before-write of chunk %lu timed out after %u ms",
+			 r->chunk, ctx->cbw_timeout_ms);
 	if (!fail)
 		fleece_ctx_invalidate(ctx, "copy-before-write timed out");
 	fleece_dispatch(ctx, &out, fail);

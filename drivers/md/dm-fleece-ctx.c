@@ -113,6 +113,7 @@ static struct fleece_ctx *fleece_ctx_create(struct dm_target *ti,
 	ctx->chunk_sectors = chunk_sectors;
 	ctx->chunk_shift = ilog2(chunk_sectors);
 	ctx->nr_chunks = DIV_ROUND_UP_SECTOR_T(ti->len, chunk_sectors);
+	ratelimit_default_init(&ctx->error_rs);
 	spin_lock_init(&ctx->lock);
 	bio_list_init(&ctx->held);
 	bio_list_init(&ctx->deferred);
@@ -370,6 +371,29 @@ void fleece_ctx_origin_suspend(struct fleece_ctx *ctx)
 }
 
 /**
+ * fleece_ctx_error() - log an error about one (origin, fleece) pair
+ * @ctx: the context; the message starts with both devices' numbers
+ * @limit: rate-limit the message, per pair so that one failing fleece
+ *	device cannot mute the messages of another
+ * @fmt: printf format of the rest
+ */
+void fleece_ctx_error(struct fleece_ctx *ctx, bool limit, const char *fmt, ...)
+{
+	struct va_format vaf;
+	va_list args;
+
+	if (limit && !__ratelimit(&ctx->error_rs))
+		return;
+	va_start(args, fmt);
+	vaf.fmt = fmt;
+	vaf.va = &args;
+	DMERR("origin %u:%u fleece %u:%u: %pV",
+	      MAJOR(ctx->origin_dev), MINOR(ctx->origin_dev),
+	      MAJOR(ctx->fleece_dev), MINOR(ctx->fleece_dev), &vaf);
+	va_end(args);
+}
+
+/**
  * fleece_ctx_invalidate() - the view can no longer be trusted
  * @ctx: the context
  * @why: for the kernel log; NULL for none
@@ -393,9 +417,7 @@ void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 
 	if (ctx->started && why)
-		DMERR("origin %u:%u fleece %u:%u: view invalidated: %s",
-		      MAJOR(ctx->origin_dev), MINOR(ctx->origin_dev),
-		      MAJOR(ctx->fleece_dev), MINOR(ctx->fleece_dev), why);
+		fleece_ctx_error(ctx, false, "view invalidated: %s", why);
 	queue_work(ctx->wq, &ctx->event_work);
 	queue_work(ctx->wq, &ctx->worker);
 }

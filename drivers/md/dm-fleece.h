@@ -15,6 +15,7 @@
 #include <linux/device-mapper.h>
 #include <linux/kref.h>
 #include <linux/mempool.h>
+#include <linux/ratelimit.h>
 #include <linux/semaphore.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
@@ -82,6 +83,8 @@ struct fleece_ctx {
 	atomic64_t nr_released;
 	atomic64_t cbw_count;		/* copies started */
 	atomic64_t cbw_errors;
+	/* Per pair, so that one failing fleece device cannot mute another's. */
+	struct ratelimit_state error_rs;
 
 	/* Policy of the origin table that resumed last. */
 	bool fail_origin_writes;
@@ -140,6 +143,8 @@ void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
 		       bool is_origin);
 void fleece_ctx_origin_resume(struct fleece_ctx *ctx);
 void fleece_ctx_origin_suspend(struct fleece_ctx *ctx);
+__printf(3, 4)
+void fleece_ctx_error(struct fleece_ctx *ctx, bool limit, const char *fmt, ...);
 void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why);
 void fleece_ctx_defer(struct fleece_ctx *ctx, struct bio *bio);
 
