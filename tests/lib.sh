@@ -95,10 +95,18 @@ status_field() { # dm-name N
 fleece_counts() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
 
 # --- kernel messages since a mark (added with tests 30-32) -----------------
-# dmesg_mark remembers how long the kernel log is; the others look only at
-# what came after, so that one case's messages do not satisfy the next's.
-dmesg_mark() { T_DMESG_MARK=$(dmesg | wc -l); }
-dmesg_since_mark() { dmesg | tail -n +$((T_DMESG_MARK + 1)); }
+# dmesg_mark writes a numbered mark into the kernel log; the others look only
+# at what came after it, so that one case's messages do not satisfy the
+# next's.  A mark, not a line count: the log is a ring and may wrap.
+T_DMESG_MARKS=0
+dmesg_mark() {
+	T_DMESG_MARKS=$((T_DMESG_MARKS + 1))
+	T_DMESG_MARK="fleece-test: mark $$.$T_DMESG_MARKS"
+	echo "$T_DMESG_MARK" > /dev/kmsg
+}
+dmesg_since_mark() {
+	dmesg | awk -v m="$T_DMESG_MARK" 'seen { print } index($0, m) { seen = 1 }'
+}
 expect_dmesg_since_mark() { # extended regex
 	dmesg_since_mark | grep -qE "$1" || fail "no kernel message matching '$1' since the mark"
 }

@@ -27,6 +27,12 @@ teardown() {
 	rm -f /tmp/.ram*.next
 }
 
+# The kernel log from the line holding $1 on: a mark, not a line count,
+# since the log is a ring (log_buf_len is raised on the command line).
+dmesg_since() {
+	dmesg | awk -v m="$1" 'index($0, m) { seen = 1 } seen { print }'
+}
+
 # Does test $1 match one of the comma-separated substrings in $2?
 name_matches() {
 	local p
@@ -38,7 +44,7 @@ name_matches() {
 }
 
 run_suite() {
-	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 tests=() rc before
+	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 tests=() rc
 	for t in "$dir"/*.sh; do
 		name=$(basename "$t" .sh)
 		if [ "$pattern" != all ] && ! name_matches "$name" "$pattern"; then
@@ -52,18 +58,18 @@ run_suite() {
 	for t in "${tests[@]}"; do
 		n=$((n + 1))
 		name=$(basename "$t" .sh)
-		before=$(dmesg | wc -l)
+		local mark="# $name: start $(date +%T)"
+		echo "$mark" > /dev/kmsg
 		modprobe brd rd_nr=4 rd_size=1048576 max_part=0 2>/dev/null ||
 			[ -b /dev/ram3 ] || echo "# no ram disks: brd did not load"
 		mkdir -p "/tmp/t/$name" && cd "/tmp/t/$name" || return 1
-		echo "# $name: start $(date +%T)" > /dev/kmsg
 		local start=$SECONDS
 		timeout -k 10 "$TEST_TIMEOUT" bash "$t" > "$OUT/$name.log" 2>&1
 		rc=$?
 		cd / && rm -rf "/tmp/t/$name"
 		teardown
 		local splat
-		splat=$(dmesg | tail -n +$((before + 1)) | grep -aE -B3 -A25 -f "$SRC/tests/vm/splat-patterns")
+		splat=$(dmesg_since "$mark" | grep -aE -B3 -A25 -f "$SRC/tests/vm/splat-patterns")
 		local dur=$((SECONDS - start))
 		if [ $rc = 0 ] && [ -z "$splat" ]; then
 			echo "ok $n $name # ${dur}s"
@@ -76,7 +82,7 @@ run_suite() {
 				echo "# kernel splat during $name:"
 				echo "$splat" | head -n 60 | sed 's/^/#   /'
 			fi
-			dmesg | tail -n +$((before + 1)) > "$OUT/$name.dmesg"
+			dmesg_since "$mark" > "$OUT/$name.dmesg"
 			failed=$((failed + 1))
 		fi
 	done

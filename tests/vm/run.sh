@@ -43,7 +43,7 @@ done
 
 # --- boot ---
 cmdline="console=ttyS0 loglevel=4 panic=-1 oops=panic panic_on_warn=1 softlockup_panic=1"
-cmdline+=" hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=120 mitigations=off"
+cmdline+=" log_buf_len=16M hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=120 mitigations=off"
 # Ram disks for a kernel with brd built in (the debug kernel).
 cmdline+=" brd.rd_nr=4 brd.rd_size=1048576"
 cmdline+=" fleece.src=$src fleece.kver=$kver fleece.modroot=$kmodroot fleece.module=$module"
