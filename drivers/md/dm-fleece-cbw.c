@@ -24,6 +24,7 @@
 #define FLEECE_MIN_REGIONS	64
 #define FLEECE_COPY_BYTES	(64 << 20)	/* bound on copies in flight */
 #define FLEECE_MAX_COPIES	256
+#define FLEECE_CACHE_BYTES	(8 << 20)	/* idle chunk buffers kept */
 
 /*
  * A copy has two phases: the old chunk is read from the origin into a
@@ -93,12 +94,14 @@ static struct fleece_region *fleece_region_new(struct fleece_ctx *ctx,
 	return r;
 }
 
+static void fleece_map_again(struct bio *bio);
+
 /*
- * Let go of the waiting bios: failed origin writes end here, everything
- * else is mapped again by the worker.
+ * Let go of waiting bios, in process context: failed origin writes end
+ * here, everything else is mapped again at once (not through the worker: a
+ * writer waiting for a copy should not also wait for another work item).
  */
-static void fleece_dispatch(struct fleece_ctx *ctx, struct bio_list *bios,
-			    bool fail_writes)
+static void fleece_dispatch(struct bio_list *bios, bool fail_writes)
 {
 	struct bio *bio;
 
@@ -106,7 +109,7 @@ static void fleece_dispatch(struct fleece_ctx *ctx, struct bio_list *bios,
 		if (fail_writes && !fleece_bio(bio)->is_view)
 			bio_io_error(bio);
 		else
-			fleece_ctx_defer(ctx, bio);
+			fleece_map_again(bio);
 	}
 }
 
@@ -274,7 +277,7 @@ static void fleece_copy_step(struct work_struct *work)
 				 r->abandoned ? ", after its timeout" : "");
 	if (invalidate)
 		fleece_ctx_invalidate(ctx, "copy-before-write failed");
-	fleece_dispatch(ctx, &out, fail_writes);
+	fleece_dispatch(&out, fail_writes);
 
 	if (!ended) {
 		fleece_copy_io(r, REQ_OP_WRITE, ctx->fleece_bdev);
@@ -320,7 +323,7 @@ static void fleece_copy_timeout(struct work_struct *work)
 			 r->chunk, ctx->cbw_timeout_ms);
 	if (!fail)
 		fleece_ctx_invalidate(ctx, "copy-before-write timed out");
-	fleece_dispatch(ctx, &out, fail);
+	fleece_dispatch(&out, fail);
 }
 
 static void fleece_copy_start(struct fleece_region *r)
@@ -479,6 +482,7 @@ out:
 void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio)
 {
 	struct fleece_bio *fb = fleece_bio(bio);
+	struct bio *waiter;
 	struct fleece_region *r = fb->reader_of;
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
 	struct bio_list waiters;
@@ -492,7 +496,9 @@ void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio)
 	gone = fleece_region_settle(r, &waiters);
 	spin_unlock_irqrestore(&b->lock, flags);
 
-	fleece_dispatch(ctx, &waiters, false);
+	/* Possibly in interrupt context: the worker maps them. */
+	while ((waiter = bio_list_pop(&waiters)))
+		fleece_ctx_defer(ctx, waiter);
 	if (gone)
 		mempool_free(r, &ctx->region_pool);
 	if (atomic_dec_and_test(&ctx->origin_reads))
@@ -537,6 +543,29 @@ int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
 
 /* --- the worker -------------------------------------------------------- */
 
+/* Map a bio that waited, and submit it unless it waits again. */
+static void fleece_map_again(struct bio *bio)
+{
+	struct fleece_bio *fb = fleece_bio(bio);
+	int r;
+
+	if (fb->is_view)
+		r = fleece_view_map_bio(fb->ti, bio);
+	else
+		r = fleece_origin_map_bio(fb->ti, bio);
+
+	switch (r) {
+	case DM_MAPIO_REMAPPED:
+		dm_submit_bio_remap(bio, NULL);
+		break;
+	case DM_MAPIO_KILL:
+		bio_io_error(bio);
+		break;
+	default:
+		break;	/* waits again, or was completed */
+	}
+}
+
 /**
  * fleece_worker() - map deferred bios again and submit them
  * @work: the context's worker
@@ -553,38 +582,60 @@ void fleece_worker(struct work_struct *work)
 	bio_list_init(&ctx->deferred);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 
-	while ((bio = bio_list_pop(&bios))) {
-		struct fleece_bio *fb = fleece_bio(bio);
-		int r;
-
-		if (fb->is_view)
-			r = fleece_view_map_bio(fb->ti, bio);
-		else
-			r = fleece_origin_map_bio(fb->ti, bio);
-
-		switch (r) {
-		case DM_MAPIO_REMAPPED:
-			dm_submit_bio_remap(bio, NULL);
-			break;
-		case DM_MAPIO_KILL:
-			bio_io_error(bio);
-			break;
-		default:
-			break;	/* waits again, or was completed */
-		}
-	}
+	while ((bio = bio_list_pop(&bios)))
+		fleece_map_again(bio);
 }
 
 /* --- setup ------------------------------------------------------------- */
 
-static void *fleece_buf_alloc(gfp_t gfp, void *size)
+/*
+ * Chunk buffers.  Every copy needs one, and allocating it (vmalloc for large
+ * chunks) can cost more than the copy itself, so freed buffers are kept for
+ * the next copies, up to FLEECE_CACHE_BYTES; the rest go back to the system.
+ * Each free buffer's first bytes link it into the cache.  The mempool above
+ * this adds the one buffer in reserve that guarantees progress.
+ */
+static void *fleece_buf_alloc(gfp_t gfp, void *data)
 {
-	return kvmalloc((unsigned long)size, gfp);
+	struct fleece_ctx *ctx = data;
+	struct list_head *buf = NULL;
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->buf_lock, flags);
+	if (!list_empty(&ctx->buf_cache)) {
+		buf = ctx->buf_cache.next;
+		list_del(buf);
+		ctx->buf_cached--;
+	}
+	spin_unlock_irqrestore(&ctx->buf_lock, flags);
+	if (buf)
+		return buf;
+	return kvmalloc(ctx->chunk_sectors << SECTOR_SHIFT, gfp);
 }
 
-static void fleece_buf_free(void *buf, void *size)
+static void fleece_buf_free(void *buf, void *data)
 {
+	struct fleece_ctx *ctx = data;
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->buf_lock, flags);
+	if (ctx->buf_cached < ctx->buf_cache_max) {
+		list_add(buf, &ctx->buf_cache);
+		ctx->buf_cached++;
+		buf = NULL;
+	}
+	spin_unlock_irqrestore(&ctx->buf_lock, flags);
 	kvfree(buf);
+}
+
+static void fleece_buf_cache_drain(struct fleece_ctx *ctx)
+{
+	struct list_head *buf, *next;
+
+	list_for_each_safe(buf, next, &ctx->buf_cache)
+		kvfree(buf);
+	INIT_LIST_HEAD(&ctx->buf_cache);
+	ctx->buf_cached = 0;
 }
 
 int fleece_cbw_init(struct fleece_ctx *ctx)
@@ -603,9 +654,12 @@ int fleece_cbw_init(struct fleece_ctx *ctx)
 	if (r)
 		return r;
 
-	/* One chunk buffer in reserve guarantees progress. */
-	r = mempool_init(&ctx->buf_pool, 1, fleece_buf_alloc, fleece_buf_free,
-			 (void *)(unsigned long)(ctx->chunk_sectors << SECTOR_SHIFT));
+	spin_lock_init(&ctx->buf_lock);
+	INIT_LIST_HEAD(&ctx->buf_cache);
+	ctx->buf_cached = 0;
+	ctx->buf_cache_max = min_t(unsigned int, slots,
+				   FLEECE_CACHE_BYTES / (ctx->chunk_sectors << SECTOR_SHIFT));
+	r = mempool_init(&ctx->buf_pool, 1, fleece_buf_alloc, fleece_buf_free, ctx);
 	if (r)
 		goto bad_buf;
 
@@ -626,6 +680,7 @@ bad_io:
 	destroy_workqueue(ctx->wq);
 bad_wq:
 	mempool_exit(&ctx->buf_pool);
+	fleece_buf_cache_drain(ctx);
 bad_buf:
 	mempool_exit(&ctx->region_pool);
 	return r;
@@ -636,6 +691,7 @@ void fleece_cbw_exit(struct fleece_ctx *ctx)
 	dm_io_client_destroy(ctx->io_client);
 	destroy_workqueue(ctx->wq);
 	mempool_exit(&ctx->buf_pool);
+	fleece_buf_cache_drain(ctx);
 	mempool_exit(&ctx->region_pool);
 }
 

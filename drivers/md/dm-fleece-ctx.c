@@ -429,6 +429,7 @@ void fleece_ctx_defer(struct fleece_ctx *ctx, struct bio *bio)
 
 	spin_lock_irqsave(&ctx->lock, flags);
 	bio_list_add(&ctx->deferred, bio);
-	spin_unlock_irqrestore(&ctx->lock, flags);
+	/* Under the lock: once the worker has run, @ctx may be gone. */
 	queue_work(ctx->wq, &ctx->worker);
+	spin_unlock_irqrestore(&ctx->lock, flags);
 }

@@ -113,6 +113,10 @@ struct fleece_ctx {
 	struct dm_io_client *io_client;
 	struct semaphore copy_slots;	/* bounds the memory of copies */
 	mempool_t buf_pool;		/* chunk buffers of copies */
+	spinlock_t buf_lock;		/* protects the three below */
+	struct list_head buf_cache;	/* free chunk buffers kept for reuse */
+	unsigned int buf_cached;
+	unsigned int buf_cache_max;
 	mempool_t region_pool;
 	struct fleece_bucket buckets[];
 };
