@@ -50,11 +50,7 @@ for d in fleece-64k-cp fleece-64k-rel fleece-1m-cp; do
 done
 
 {
-	fio_global
-	echo "size=${MIB}M"
-	echo "time_based=1"
-	echo "runtime=$RT"
-	echo "ramp_time=500ms"
+	fio_timed_global
 	for round in $(seq 1 "$ROUNDS"); do
 		for c in $(rotate "$round" "${CASES[@]}"); do
 			cat <<-EOF
@@ -80,19 +76,7 @@ done
 		done
 	done
 } > fastpath.fio
-cp fastpath.fio "$RAW/"
-
-log "fio: $(grep -c '^\[.*\.r' fastpath.fio) jobs of ${RT}s, one after the other"
-json=$RAW/fastpath.json
-fio --output-format=json --output="$json" fastpath.fio
-log "fio done"
-for round in $(seq 1 "$ROUNDS"); do
-	for c in "${CASES[@]}"; do
-		for w in randwrite-4k-qd16 write-1m-qd4; do
-			record_fio "$c" "$w" "$round" "$json" "$c.$w.r$round"
-		done
-	done
-done
+run_jobfile fastpath randwrite-4k-qd16 write-1m-qd4
 
 for d in fleece-64k-cp fleece-64k-rel fleece-1m-cp; do
 	log "$d after: $(fleece_json $d)"

@@ -78,11 +78,7 @@ reader() { # case round dev [--no-discard]
 
 CASES=(raw-origin view-64k view-1m view-64k-copied split-64k)
 {
-	fio_global
-	echo "size=${MIB}M"
-	echo "time_based=1"
-	echo "runtime=$RT"
-	echo "ramp_time=500ms"
+	fio_timed_global
 	echo "rw=read"
 	echo "bs=1M"
 	echo "iodepth=1"
@@ -92,16 +88,7 @@ CASES=(raw-origin view-64k view-1m view-64k-copied split-64k)
 		done
 	done
 } > read.fio
-cp read.fio "$RAW/"
-log "fio: $(grep -c '^\[.*\.r' read.fio) jobs of ${RT}s, one after the other"
-json=$RAW/read.json
-fio --output-format=json --output="$json" read.fio
-log "fio done"
-for round in $(seq 1 "$ROUNDS"); do
-	for c in "${CASES[@]}"; do
-		record_fio "$c" read-1m-qd1 "$round" "$json" "$c.read-1m-qd1.r$round"
-	done
-done
+run_jobfile read read-1m-qd1
 
 for round in $(seq 1 "$ROUNDS"); do
 	for c in $(rotate "$round" raw-origin-reader view-64k-backup); do
