@@ -91,6 +91,14 @@ status_field() { # dm-name N
 	dmsetup status "$1" | awk -v n="$2" '{ print $(n + 4) }'
 }
 
+# The /sys/block name of a block device (dm-N for /dev/mapper/NAME), from its
+# device number: without udev, /dev/mapper/NAME is a node, not a symlink.
+sysfs_name() { # device
+	local mm
+	mm=$(stat -Lc '%t %T' "$1") || return 1
+	basename "$(readlink -f "/sys/dev/block/$((16#${mm% *})):$((16#${mm#* }))")"
+}
+
 # fleece status as "pending copied released cbw errors state"
 fleece_counts() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
 

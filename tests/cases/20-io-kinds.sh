@@ -41,7 +41,7 @@ cp old expect		# what the origin must hold, updated step by step
 fo=$(fleece_create fo "$lo" "$fl" 128)
 view=$(view_create fv "$lo" "$fl")
 udevadm settle
-fodev=$(basename "$(readlink -f "$fo")")
+fodev=$(sysfs_name "$fo")
 assert_eq "$(fleece_counts fo)" "$NCH 0 0 0 0 active" "status after start"
 
 cbw=0
@@ -207,7 +207,7 @@ cmp <(dd if="$o2" bs=2k iflag=direct,skip_bytes skip=$region status=none) \
 	fail "the origin beyond the region changed"
 
 log "brd origin: the fleece device advertises discard exactly when the origin does"
-fo2dev=$(basename "$(readlink -f /dev/mapper/fo2)")
+fo2dev=$(sysfs_name /dev/mapper/fo2)
 ram=$(cat /sys/block/ram2/queue/discard_max_bytes)
 d2=$(cat "/sys/block/$fo2dev/queue/discard_max_bytes")
 log "brd discard_max_bytes=$ram, fleece on it: $d2"

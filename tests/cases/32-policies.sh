@@ -71,10 +71,10 @@ check_waiters() {
 # Writes a dm device has completed (its I/O statistics; its in-flight counts
 # stay 0 while dm-delay holds a bio, so they cannot tell).
 iostats_on() { # dm-name
-	echo 1 > "/sys/block/$(basename "$(readlink -f "/dev/mapper/$1")")/queue/iostats"
+	echo 1 > "/sys/block/$(sysfs_name "/dev/mapper/$1")/queue/iostats"
 }
 writes_done() { # dm-name
-	awk '{ print $5 }' "/sys/block/$(basename "$(readlink -f "/dev/mapper/$1")")/stat"
+	awk '{ print $5 }' "/sys/block/$(sysfs_name "/dev/mapper/$1")/stat"
 }
 wait_writes_done() { # dm-name count: polls for up to 30 s
 	local i

@@ -100,7 +100,7 @@ setsid fio --name=w --filename=/mnt/data/fio.dat --size=8M --rw=randwrite --bs=4
 	--direct=1 --ioengine=psync --time_based --runtime=600 --randrepeat=0 \
 	> fio.log 2>&1 &
 fio_pid=$!
-dmname=$(basename "$(readlink -f "$data")")
+dmname=$(sysfs_name "$data")
 writes() { awk '{ print $5 }' /sys/block/$dmname/stat; }
 # fio must be writing before the point in time.
 w0=$(writes)
@@ -174,7 +174,7 @@ put pat "$raw"
 setsid fio --name=w --filename="$raw" --rw=randwrite --bs=4k --direct=1 \
 	--ioengine=psync --time_based --runtime=600 --randrepeat=0 > fio2.log 2>&1 &
 fio_pid=$!
-dmname=$(basename "$(readlink -f "$raw")")
+dmname=$(sysfs_name "$raw")
 w0=$(writes)
 for i in $(seq 1 300); do
 	[ "$(writes)" -gt $((w0 + 100)) ] && break
