@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The reader, shared by "fleece backup" and "fleece read": reads a
- * fleece-view with O_DIRECT in large chunk-aligned blocks, writes the image
- * (holes for all-zero chunks in a regular file, a plain stream otherwise),
- * and discards each block on the view once it is safely written, which
- * releases its chunks: no more copy-before-write for them, and their fleece
- * space is freed.
+ * fleece-view with O_DIRECT in large chunk-aligned blocks, one block ahead
+ * (readahead.c), writes the image (holes for all-zero chunks in a regular
+ * file, a plain stream otherwise), and discards each block on the view once
+ * it is safely written, which releases its chunks: no more copy-before-write
+ * for them, and their fleece space is freed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +23,7 @@
 #include "fleece.h"
 #include "opts.h"
 #include "output.h"
+#include "readahead.h"
 #include "sha256.h"
 #include "util.h"
 
@@ -187,7 +188,8 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 {
 	uint64_t size, chunk = 0, block, off = 0;
 	struct progress prog_state = { 0 };
-	unsigned char *buf = NULL, digest[32];
+	struct readahead *ra = NULL;
+	unsigned char digest[32];
 	bool discard = o->discard;
 	struct sha256 sha;
 	struct stat st;
@@ -214,8 +216,10 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 	if (block < chunk)
 		block = chunk;
 	block -= block % chunk;
-	if (posix_memalign((void **)&buf, 4096, block)) {
-		msg_error("out of memory for a %llu-byte buffer", (unsigned long long)block);
+	ra = readahead_start(fd, size, block);
+	if (!ra) {
+		msg_errno("cannot start reading with two %llu-byte buffers",
+			  (unsigned long long)block);
 		goto out;
 	}
 	res->size = size;
@@ -232,33 +236,24 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 
 	while (off < size) {
 		size_t n = (size - off) < block ? (size_t)(size - off) : (size_t)block;
-		size_t got = 0, i;
+		const unsigned char *buf;
+		uint64_t error_off;
+		size_t i;
 
 		if (stop_requested(res))
 			goto out;
-		while (got < n) {
-			ssize_t k = pread(fd, buf + got, n - got, (off_t)(off + got));
-
-			if (k < 0 && errno == EINTR) {
-				if (stop_requested(res))
-					goto out;
-				continue;
+		buf = readahead_next(ra, off, &error_off);
+		if (!buf) {
+			if (view_is_invalid(st.st_rdev)) {
+				res->view_invalid = true;
+				msg_error("%s: the view became invalid at %llu bytes (a copy-before-write failed or timed out): the image is incomplete",
+					  o->label, (unsigned long long)error_off);
+				ret = EX_FLEECE_INVALID;
+			} else {
+				msg_errno("%s: read error at %llu bytes", o->label,
+					  (unsigned long long)error_off);
 			}
-			if (k <= 0) {
-				if (k == 0)
-					errno = EIO;
-				if (view_is_invalid(st.st_rdev)) {
-					res->view_invalid = true;
-					msg_error("%s: the view became invalid at %llu bytes (a copy-before-write failed or timed out): the image is incomplete",
-						  o->label, (unsigned long long)(off + got));
-					ret = EX_FLEECE_INVALID;
-				} else {
-					msg_errno("%s: read error at %llu bytes", o->label,
-						  (unsigned long long)(off + got));
-				}
-				goto out;
-			}
-			got += k;
+			goto out;
 		}
 		res->bytes_read += n;
 		if (o->sha256)
@@ -306,6 +301,7 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 				discard = false;
 			}
 		}
+		readahead_done(ra, off);
 		off += n;
 		progress_show(&prog_state, off, false);
 
@@ -337,7 +333,7 @@ out:
 	if (ret && res->interrupted)
 		ret = EX_FLEECE_SIGNAL + fleece_signal;
 	res->seconds = now_mono() - prog_state.t0;
-	free(buf);
+	readahead_stop(ra);
 	close(fd);
 	return ret;
 }
