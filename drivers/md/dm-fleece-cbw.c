@@ -113,6 +113,15 @@ static void fleece_dispatch(struct bio_list *bios, bool fail_writes)
 	}
 }
 
+/* Move every bio waiting on @r to @out.  Called with the bucket lock held. */
+static void fleece_region_take_bios(struct fleece_region *r, struct bio_list *out)
+{
+	bio_list_merge(out, &r->writes);
+	bio_list_merge(out, &r->waiters);
+	bio_list_init(&r->writes);
+	bio_list_init(&r->waiters);
+}
+
 /* May origin writes to the chunk go on?  Called with the bucket lock held. */
 static bool fleece_region_writable(struct fleece_region *r)
 {
@@ -145,10 +154,7 @@ static bool fleece_region_settle(struct fleece_region *r, struct bio_list *out)
 	if (r->copied)
 		fleece_chunk_set_copied(r->ctx, r->chunk);
 	hlist_del(&r->node);
-	bio_list_merge(out, &r->writes);
-	bio_list_merge(out, &r->waiters);
-	bio_list_init(&r->writes);
-	bio_list_init(&r->waiters);
+	fleece_region_take_bios(r, out);
 	return true;
 }
 
@@ -219,10 +225,7 @@ static bool fleece_copy_failed(struct fleece_region *r, struct bio_list *out,
 		return false;
 	atomic64_inc(&ctx->cbw_errors);
 	/* Failed writes end, or pass once invalid; reads map again. */
-	bio_list_merge(out, &r->writes);
-	bio_list_merge(out, &r->waiters);
-	bio_list_init(&r->writes);
-	bio_list_init(&r->waiters);
+	fleece_region_take_bios(r, out);
 	if (READ_ONCE(ctx->fail_origin_writes))
 		return true;
 	*invalidate = true;
@@ -312,10 +315,7 @@ static void fleece_copy_timeout(struct work_struct *work)
 		return;
 	}
 	r->abandoned = true;
-	bio_list_merge(&out, &r->writes);
-	bio_list_merge(&out, &r->waiters);
-	bio_list_init(&r->writes);
-	bio_list_init(&r->waiters);
+	fleece_region_take_bios(r, &out);
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	atomic64_inc(&ctx->cbw_errors);
