@@ -81,6 +81,17 @@ static void *readahead_thread(void *arg)
 	return NULL;
 }
 
+static void readahead_free(struct readahead *ra)
+{
+	int i;
+
+	for (i = 0; i < RA_SLOTS; i++)
+		free(ra->buf[i]);
+	pthread_mutex_destroy(&ra->lock);
+	pthread_cond_destroy(&ra->cond);
+	free(ra);
+}
+
 struct readahead *readahead_start(int fd, uint64_t size, size_t block)
 {
 	struct readahead *ra = calloc(1, sizeof(*ra));
@@ -92,17 +103,15 @@ struct readahead *readahead_start(int fd, uint64_t size, size_t block)
 	ra->fd = fd;
 	ra->size = size;
 	ra->block = block;
+	pthread_mutex_init(&ra->lock, NULL);
+	pthread_cond_init(&ra->cond, NULL);
 	for (i = 0; i < RA_SLOTS; i++) {
 		if (posix_memalign((void **)&ra->buf[i], 4096, block)) {
-			while (i--)
-				free(ra->buf[i]);
-			free(ra);
+			readahead_free(ra);
 			errno = ENOMEM;
 			return NULL;
 		}
 	}
-	pthread_mutex_init(&ra->lock, NULL);
-	pthread_cond_init(&ra->cond, NULL);
 
 	/* Signals are for the caller's thread, which checks for a stop. */
 	sigfillset(&all);
@@ -110,11 +119,7 @@ struct readahead *readahead_start(int fd, uint64_t size, size_t block)
 	r = pthread_create(&ra->thread, NULL, readahead_thread, ra);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (r) {
-		for (i = 0; i < RA_SLOTS; i++)
-			free(ra->buf[i]);
-		pthread_mutex_destroy(&ra->lock);
-		pthread_cond_destroy(&ra->cond);
-		free(ra);
+		readahead_free(ra);
 		errno = r;
 		return NULL;
 	}
@@ -150,8 +155,6 @@ void readahead_done(struct readahead *ra, uint64_t off)
 
 void readahead_stop(struct readahead *ra)
 {
-	int i;
-
 	if (!ra)
 		return;
 	pthread_mutex_lock(&ra->lock);
@@ -159,9 +162,5 @@ void readahead_stop(struct readahead *ra)
 	pthread_cond_broadcast(&ra->cond);
 	pthread_mutex_unlock(&ra->lock);
 	pthread_join(ra->thread, NULL);
-	for (i = 0; i < RA_SLOTS; i++)
-		free(ra->buf[i]);
-	pthread_mutex_destroy(&ra->lock);
-	pthread_cond_destroy(&ra->cond);
-	free(ra);
+	readahead_free(ra);
 }
