@@ -176,11 +176,11 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 	}
 	fo->ctx = ctx;
 
-	r = dm_set_target_max_io_len(ti, fo->chunk_sectors);
-	if (r) {
-		fleece_ctx_unbind(ctx, &fo->link, true);
-		goto bad_ctx;
-	}
+	/*
+	 * No max_io_len: dm core would then cut every bio at chunk
+	 * boundaries, which costs the fast path as much as a stripe split.
+	 * fleece_origin_trim() cuts only where a pending chunk starts or ends.
+	 */
 	ti->num_flush_bios = 1;
 	ti->num_discard_bios = 1;
 	ti->num_write_zeroes_bios = 1;
@@ -214,7 +214,7 @@ static void fleece_origin_dtr(struct dm_target *ti)
 /**
  * fleece_origin_map_bio() - map an origin bio, first time or again
  * @ti: the fleece target
- * @bio: a bio within one chunk
+ * @bio: a read, a bio over done chunks only, or a bio within one chunk
  *
  * Return: a DM_MAPIO_* value.
  */
@@ -256,6 +256,37 @@ remap:
 	return DM_MAPIO_REMAPPED;
 }
 
+/**
+ * fleece_origin_trim() - cut a bio where copy-before-write starts to matter
+ * @ctx: the shared context
+ * @ti: the fleece target
+ * @bio: a bio with data that is not a read
+ *
+ * Done chunks (copied or released) never become pending again, and neither
+ * does an invalid context, so a bio over done chunks only goes down whole:
+ * the fast path pays no split.  A bio that starts in a pending chunk is cut
+ * at that chunk's end, so the copy-before-write engine sees bios within one
+ * chunk only; one that reaches a pending chunk later is cut where that chunk
+ * starts.  dm core maps the rest as a new bio.
+ */
+static void fleece_origin_trim(struct fleece_ctx *ctx, struct dm_target *ti,
+			       struct bio *bio)
+{
+	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	unsigned long chunk = off >> ctx->chunk_shift;
+	unsigned long last = (off + bio_sectors(bio) - 1) >> ctx->chunk_shift;
+
+	if (chunk == last || fleece_ctx_invalid(ctx))
+		return;
+	if (fleece_chunk_done(ctx, chunk)) {
+		while (chunk < last && fleece_chunk_done(ctx, chunk + 1))
+			chunk++;
+		if (chunk == last)
+			return;
+	}
+	dm_accept_partial_bio(bio, fleece_chunk_start(ctx, chunk + 1) - off);
+}
+
 static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_origin *fo = ti->private;
@@ -264,8 +295,9 @@ static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
 	fb->ti = ti;
 	fb->reader_of = NULL;
 	fb->is_view = false;
-	if (bio_sectors(bio))
-		fleece_trim_to_chunk(fo->ctx, ti, bio);
+	/* Reads need no chunk state: they go down whole. */
+	if (bio_op(bio) != REQ_OP_READ && bio_sectors(bio))
+		fleece_origin_trim(fo->ctx, ti, bio);
 	return fleece_origin_map_bio(ti, bio);
 }
 

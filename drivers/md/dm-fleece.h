@@ -196,8 +196,8 @@ void fleece_chunk_set_copied(struct fleece_ctx *ctx, unsigned long chunk);
 bool fleece_chunk_set_released(struct fleece_ctx *ctx, unsigned long chunk);
 
 /*
- * Trim @bio to the chunk it starts in (dm core splits reads and writes at
- * max_io_len, but not every kernel splits discards and write-zeroes).
+ * Trim @bio to the chunk it starts in (for the view, dm core splits reads
+ * at max_io_len, but not every kernel splits discards).
  */
 static inline void fleece_trim_to_chunk(struct fleece_ctx *ctx,
 					struct dm_target *ti, struct bio *bio)

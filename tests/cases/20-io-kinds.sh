@@ -5,7 +5,9 @@
 #  - plain writes copy a pending chunk once, never a copied one again;
 #  - 512-byte writes at odd sectors change only those bytes and copy the
 #    whole chunk (the fleece device holds the whole old chunk);
-#  - writes straddling two or three chunks copy each of them;
+#  - writes straddling two or three chunks copy each of them, also when
+#    pending chunks sit between or after copied ones in the same bio (the
+#    target cuts a bio only where a pending chunk starts or ends);
 #  - write-zeroes (fallocate --punch-hole, which may not fall back to plain
 #    writes, then blkdiscard -z and fallocate --zero-range) copy first: the
 #    view keeps the old data, the origin reads zeros;
@@ -158,6 +160,15 @@ log "origin flushes $f1 -> $f2"
 [ "$f2" -gt "$f1" ] || fail "fsync on the fleece device sent no flush to the origin (flushes $f1 -> $f2)"
 check "flush/FUA" 24 27
 in_fleece "flush/FUA" 25 26
+
+log "one bio over copied and pending chunks: 30|31, then 30|31|32, then 34|35|36 around copied 35"
+wr $((30 * CH)) $((2 * CH)); cbw=18; counts "write over pending chunks 30|31"
+wr $((30 * CH + 16 * K)) $((2 * CH)); cbw=19; counts "write over copied 30|31 into pending 32"
+wr $((35 * CH + 4 * K)) $((4 * K)); cbw=20; counts "4 KiB write to pending chunk 35"
+wr $((34 * CH + 60 * K)) $((CH + 8 * K)); cbw=22; counts "write from pending 34 over copied 35 into pending 36"
+wr $((29 * CH)) $((10 * CH)); cbw=26; counts "1 MiB write over chunks 29-38 (29, 33, 37, 38 pending)"
+check "mixed writes" 28 39
+in_fleece "mixed writes" 29 30 31 32 33 34 35 36 37 38
 
 log "whole devices: origin == expected content, view == point-in-time image"
 same "$fo" expect "origin"

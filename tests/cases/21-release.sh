@@ -100,10 +100,16 @@ vdiscard $((5 * CH)) $((CH + CH / 2))
 counts $((NCH - 10)) 5 5 8 "after releasing chunk 5"
 assert_eq "$(mapped)" $((5 * 256)) "thin LV mapped sectors after releasing chunk 5"
 
-log "origin writes to released chunks 0, 1, 5, 10, 11: no copy"
+log "origin writes to released chunks 0, 1, 5, 10, 11 (and copied 4, 6, 7): no copy"
 wr 0 2
 wr 5 1
 wr 10 2
+# one O_DIRECT bio each over released and copied chunks: 4-7 and 10|11
+dd if=new of="$fo" bs=$((4 * CH)) iflag=skip_bytes oflag=direct,seek_bytes \
+	skip=$((4 * CH)) seek=$((4 * CH)) count=1 conv=notrunc status=none
+dd if=new of="$fo" bs=$((2 * CH)) iflag=skip_bytes oflag=direct,seek_bytes \
+	skip=$((10 * CH)) seek=$((10 * CH)) count=1 conv=notrunc status=none
+dd if=new of=expect bs=128k skip=4 seek=4 count=4 conv=notrunc status=none
 counts $((NCH - 10)) 5 5 8 "after writing released chunks"
 assert_eq "$(mapped)" $((5 * 256)) "thin LV mapped sectors after writing released chunks"
 same "$fo" expect "origin after writing released chunks"
