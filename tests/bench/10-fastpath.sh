@@ -8,8 +8,9 @@
 #   fleece-64k-rel  fleece  /dev/ram0 /dev/ram2 128   every chunk released
 #   fleece-1m-cp    fleece  /dev/ram0 /dev/ram3 2048  every chunk copied
 #   split-64k       striped 1 128 /dev/ram0 0: dm-stripe with one stripe,
-#                   i.e. dm-linear that dm core splits at every 64 KiB, as it
-#                   splits fleece I/O at every chunk (max_io_len): a control
+#                   i.e. dm-linear that dm core splits at every 64 KiB: a
+#                   control, the price of cutting 1 MiB bios at every chunk
+#                   (the fleece target cuts bios only at pending chunks)
 #                   that tells the cost of the splitting from fleece's own work
 #
 # Workloads (libaio, O_DIRECT, over the whole $MIB MiB region, $RT s after
@@ -22,7 +23,8 @@
 
 MIB=512
 RT=2
-ROUNDS=6	# short runs, more rounds: the ratios pair neighbouring runs
+ROUNDS=10	# short runs, many rounds: the ratios pair neighbouring runs,
+		# and runs a few seconds apart differ by up to 2x under TCG
 len=$((MIB * 2048))
 CASES=(linear fleece-64k-cp fleece-64k-rel fleece-1m-cp split-64k)
 

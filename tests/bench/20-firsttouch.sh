@@ -16,6 +16,11 @@
 # Every round starts each case afresh (a new point in time), round-robin
 # over the cases in a rotated order; the same random order of chunks is
 # used by every case of a round.
+#
+# On the virtio disk each record also holds the requests the disk completed
+# during the job (disk_ios): every case needs the same three per write
+# (read the old chunk, write it to the copy, write the new data), so equal
+# disk requests per second mean the disk, not the target, sets the pace.
 . "$SRC/tests/lib.sh"
 . "$SRC/tests/bench/bench.lib"
 
@@ -60,11 +65,21 @@ setup() { # case chunk_sectors -> prints the device to write
 	udevadm settle
 }
 
-status_of() { # case
+status_of() { # case disk_ios
 	case $1 in
 	fleece-*) fleece_json ft ;;
 	snap-*) dmsetup status snap | awk '{ printf "{\"snapshot_status\": \"%s %s\"}", $4, $5 }' ;;
-	esac
+	esac | sed "s/}\$/, \"disk_ios\": $2}/"
+}
+
+# Reads and writes the virtio disk completed so far (null on ram disks,
+# whose stat counts nothing).
+disk_ios() {
+	if [ -n "$BENCH_DISK" ]; then
+		awk '{ print $1 + $5 }' "/sys/block/$BENCH_DISK/stat"
+	else
+		echo null
+	fi
 }
 
 teardown_case() { # case
@@ -87,10 +102,13 @@ for round in $(seq 1 "$ROUNDS"); do
 			dev=$(setup "$c" $sectors)
 			log "round $round: $c ($nchunks chunks) on $dev"
 			json=$RAW/$c.firsttouch-4k-qd$QD.r$round.json
+			ios0=$(disk_ios)
 			fio "${FIO_COMMON[@]}" --output="$json" --name=firsttouch \
 				--read_iolog="iolog.$cs.$round" --replay_redirect="$dev" \
 				--iodepth=$QD
-			extra=$(status_of "$c")
+			ios1=$(disk_ios)
+			[ "$ios0" = null ] || ios1=$((ios1 - ios0))
+			extra=$(status_of "$c" "$ios1")
 			log "$c: $extra"
 			record_fio "$c" firsttouch-4k-qd$QD "$round" "$json" "" "$extra"
 			if [[ $c == fleece-* ]]; then

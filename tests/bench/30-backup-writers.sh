@@ -3,8 +3,14 @@
 # writes, iodepth 16, libaio, O_DIRECT, $RT s) while a backup reads the view
 # from start to end (O_DIRECT), writes it out, and discards on the view
 # what it wrote (releasing those chunks).  64 KiB chunks, $MIB MiB origin
-# "base" (dm-linear on ram0), fleece device /dev/ram1.  Cases, each round
-# from a new point in time:
+# "base" (dm-linear on ram0), fleece device /dev/ram1.  Two workloads:
+#
+#   randwrite-4k-qd16       uniform over the whole origin: the worst case,
+#                           nearly every chunk gets its first touch
+#   randwrite-4k-qd16-zipf  zipf(1.1): a hot set that takes most writes,
+#                           as in most real workloads
+#
+# Cases, each round from a new point in time:
 #
 #   backup-10MBps     the backup's output runs at 10 MB/s: a slow target
 #   backup-unlimited  the output takes whatever comes (/dev/null)
@@ -38,13 +44,15 @@ find_fleece_tool backup
 
 WRITERS=(--name=writers --rw=randwrite --bs=4k --iodepth=16 --norandommap=1
 	--randrepeat=0 --size=${MIB}M --time_based=1 --runtime=$RT)
+declare -A DIST=([randwrite-4k-qd16]=random [randwrite-4k-qd16-zipf]=zipf:1.1)
 
 # One round of one case with tools/fleece.
-run_tool() { # case round json
-	local c=$1 round=$2 json=$3 bpid= brc=none st
+run_tool() { # case workload round json
+	local c=$1 w=$2 round=$3 json=$4 bpid= brc=none st
 	local view=/dev/mapper/base-fleece-view
 	rm -f ready
 	fio "${FIO_COMMON[@]}" --output="$json" "${WRITERS[@]}" --filename=/dev/mapper/base \
+		--random_distribution="${DIST[$w]}" \
 		--exec_prerun="sh -c 'touch $PWD/ready; i=0; while [ ! -e $view ] && [ \$i -lt 6000 ]; do sleep 0.01; i=\$((i + 1)); done'" &
 	local fpid=$!
 	while [ ! -e ready ] && kill -0 "$fpid" 2>/dev/null; do sleep 0.05; done
@@ -80,12 +88,14 @@ run_tool() { # case round json
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-	for c in $(rotate "$round" backup-10MBps backup-unlimited no-backup); do
-		log "round $round: $c"
-		json=$RAW/$c.randwrite-4k-qd16.r$round.json
-		run_tool "$c" "$round" "$json"
-		udevadm settle
-		log "$c: $EXTRA"
-		record_fio "$c" randwrite-4k-qd16 "$round" "$json" "" "$EXTRA"
+	for w in randwrite-4k-qd16 randwrite-4k-qd16-zipf; do
+		for c in $(rotate "$round" backup-10MBps backup-unlimited no-backup); do
+			log "round $round: $c $w"
+			json=$RAW/$c.$w.r$round.json
+			run_tool "$c" "$w" "$round" "$json"
+			udevadm settle
+			log "$c: $EXTRA"
+			record_fio "$c" "$w" "$round" "$json" "" "$EXTRA"
+		done
 	done
 done

@@ -74,6 +74,9 @@ def normalize(rec, d):
             lines = [l.strip() for l in f if l.strip()]
         rec["vmallocinfo_lines"] = lines
         rec["vmallocinfo_bytes"] = sum(int(l.split()[1]) for l in lines)
+    disk_ios = (rec.get("extra") or {}).get("disk_ios")
+    if isinstance(disk_ios, int) and rec.get("runtime_ms"):
+        rec["disk_iops"] = disk_ios / (rec["runtime_ms"] / 1000.0)
     samples = (rec.get("extra") or {}).get("memfree_samples")
     if samples:
         # MemFree in kB, one sample per line; "start" marks fio's start:
@@ -226,7 +229,11 @@ def build(res):
                                "baseline": f"{snap}-{cs}", "metric": "lat_pct_us/99.0",
                                "ratio": p99r})
                 if snap == "snap-N":
-                    goal(goals, f"first touch {cs}: fleece / dm-snapshot N IOPS", st, 1.5)
+                    dio = {c: res.s(ft, w, c, "disk_iops") for c in (fl, f"{snap}-{cs}")}
+                    goal(goals, f"first touch {cs}: fleece / dm-snapshot N IOPS", st, 1.5,
+                         detail="disk requests/s: " + ", ".join(
+                             f"{c} {fmt(v)}" for c, v in dio.items())
+                         if all(dio.values()) else "")
                     goal(goals, f"first touch {cs}: fleece p99 / dm-snapshot N p99 (lower)",
                          p99r, 1.0, better="lower",
                          detail=f"fleece p99 {fmt(p99f, ' us')}, snap-N p99 {fmt(p99s, ' us')}")
@@ -240,7 +247,7 @@ def build(res):
         add_ratio(f"backup-10MBps / no-backup ({w})", bk, w, "backup-10MBps", "no-backup")
         cbw = {c: res.s(bk, w, c, "extra/fleece_at_end/cbw_count") for c in
                ("backup-10MBps", "backup-unlimited", "no-backup")}
-        goal(goals, "writers during a backup: 10 MB/s target / unthrottled target IOPS", st, 0.9,
+        goal(goals, f"writers during a backup ({w}): 10 MB/s target / unthrottled target IOPS", st, 0.9,
              detail="copies (cbw_count) when the writers stopped: " +
              ", ".join(f"{c} {fmt(v)}" for c, v in cbw.items()) +
              " (unthrottled: the fleece is usually stopped by then)")
