@@ -11,17 +11,13 @@
 #                   i.e. dm-linear that dm core splits at every 64 KiB: a
 #                   control, the price of cutting 1 MiB bios at every chunk
 #                   (the fleece target cuts bios only at pending chunks)
+#                   that tells the cost of the splitting from fleece's own work
 #
 # Workloads (libaio, O_DIRECT, over the whole $MIB MiB region, $RT s after
 # 0.5 s of ramp): 4 KiB random writes at iodepth 16; 1 MiB sequential writes
-# at iodepth 4.  Two fio runs:
-#  - one job after the other (stonewall): for each round, for each
-#    workload, the cases in an order rotated each round;
-#  - paired (workloads *-paired): each case at the same time as a dm-linear
-#    job, one on each vCPU, so that whatever slows the host down slows both
-#    alike; which of the two is listed first alternates.  Runs a few seconds
-#    apart differ by up to 2x under TCG, runs side by side much less.
-# At the end no copy may have happened.
+# at iodepth 4.  One fio run holds every job, one after the other
+# (stonewall): for each round, for each workload, the cases in an order
+# rotated each round.  At the end no copy may have happened.
 . "$SRC/tests/lib.sh"
 . "$SRC/tests/bench/bench.lib"
 
@@ -55,65 +51,34 @@ for d in fleece-64k-cp fleece-64k-rel fleece-1m-cp; do
 	assert_eq "$(status_field $d 2)" 0 "$d: chunks pending"
 done
 
-workload_opts() { # workload
-	case $1 in
-	randwrite-4k-qd16) printf 'rw=randwrite\nbs=4k\niodepth=16\nnorandommap=1\nrandrepeat=0\n' ;;
-	write-1m-qd4) printf 'rw=write\nbs=1M\niodepth=4\n' ;;
-	esac
-}
 {
 	fio_timed_global
 	for round in $(seq 1 "$ROUNDS"); do
-		for w in randwrite-4k-qd16 write-1m-qd4; do
-			for c in $(rotate "$round" "${CASES[@]}"); do
-				printf '[%s.%s.r%d]\nstonewall\nfilename=/dev/mapper/%s\n' \
-					"$c" "$w" "$round" "$c"
-				workload_opts "$w"
-			done
+		for c in $(rotate "$round" "${CASES[@]}"); do
+			cat <<-EOF
+			[$c.randwrite-4k-qd16.r$round]
+			stonewall
+			filename=/dev/mapper/$c
+			rw=randwrite
+			bs=4k
+			iodepth=16
+			norandommap=1
+			randrepeat=0
+			EOF
+		done
+		for c in $(rotate "$round" "${CASES[@]}"); do
+			cat <<-EOF
+			[$c.write-1m-qd4.r$round]
+			stonewall
+			filename=/dev/mapper/$c
+			rw=write
+			bs=1M
+			iodepth=4
+			EOF
 		done
 	done
 } > fastpath.fio
 run_jobfile fastpath randwrite-4k-qd16 write-1m-qd4
-
-# Pair k of round P is round 10P+k of both its jobs: the report divides
-# the case by the dm-linear job of the same round, i.e. the one beside it.
-PAIRED=(fleece-64k-cp fleece-64k-rel fleece-1m-cp split-64k)
-PROUNDS=5
-{
-	fio_timed_global
-	for round in $(seq 1 "$PROUNDS"); do
-		k=0
-		for c in $(rotate "$round" "${PAIRED[@]}"); do
-			k=$((k + 1))
-			for w in randwrite-4k-qd16 write-1m-qd4; do
-				pair=(linear "$c")
-				[ $(((round + k) % 2)) = 0 ] || pair=("$c" linear)
-				printf '[%s.%s-paired.r%d]\nstonewall\nfilename=/dev/mapper/%s\n' \
-					"${pair[0]}" "$w" $((round * 10 + k)) "${pair[0]}"
-				workload_opts "$w"
-				printf '[%s.%s-paired.r%d]\nfilename=/dev/mapper/%s\n' \
-					"${pair[1]}" "$w" $((round * 10 + k)) "${pair[1]}"
-				workload_opts "$w"
-			done
-		done
-	done
-} > paired.fio
-cp paired.fio "$RAW/"
-log "fio: $(grep -c '^\[.*\.r' paired.fio) jobs of ${RT}s, two at a time"
-fio --output-format=json --output="$RAW/paired.json" paired.fio
-log "fio done"
-for round in $(seq 1 "$PROUNDS"); do
-	k=0
-	for c in $(rotate "$round" "${PAIRED[@]}"); do
-		k=$((k + 1))
-		for w in randwrite-4k-qd16 write-1m-qd4; do
-			for x in linear "$c"; do
-				record_fio "$x" "$w-paired" $((round * 10 + k)) "$RAW/paired.json" \
-					"$x.$w-paired.r$((round * 10 + k))"
-			done
-		done
-	done
-done
 
 for d in fleece-64k-cp fleece-64k-rel fleece-1m-cp; do
 	log "$d after: $(fleece_json $d)"
