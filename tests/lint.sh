@@ -20,7 +20,7 @@ for kver in "$KVER_6_1" "$KVER_6_12"; do
 	mkdir -p "$b"
 	rsync -a --delete --include='drivers/***' --include='include/***' \
 		--include=Kbuild --exclude='*' "$src/" "$b/"
-	out=$(make -s -C "/usr/src/linux-headers-$kver" M="$b" C=2 \
+	out=$(make -s --no-print-directory -C "/usr/src/linux-headers-$kver" M="$b" C=2 \
 		KCFLAGS="-Werror" modules 2>&1 | grep -v 'Skipping BTF generation' || true)
 	if [ -n "$out" ]; then
 		echo "$out"
