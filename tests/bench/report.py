@@ -473,7 +473,11 @@ def main():
         if os.path.exists(os.path.join(d, "storage")):
             with open(os.path.join(d, "storage")) as f:
                 storage = f.read().strip()
-        title = (f"dm-fleece benchmarks: kernel {kver}, qemu TCG (2 vCPUs), {storage}, "
+        vcpus = "?"
+        if os.path.exists(os.path.join(d, "vcpus")):
+            with open(os.path.join(d, "vcpus")) as f:
+                vcpus = f.read().strip()
+        title = (f"dm-fleece benchmarks: kernel {kver}, qemu TCG ({vcpus} vCPUs), {storage}, "
                  f"{min(rounds.values(), default=0)} to {max(rounds.values(), default=0)} "
                  f"interleaved rounds; median [min..max]\n"
                  f"run ended {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}")
