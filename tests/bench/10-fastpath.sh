@@ -11,7 +11,6 @@
 #                   i.e. dm-linear that dm core splits at every 64 KiB: a
 #                   control, the price of cutting 1 MiB bios at every chunk
 #                   (the fleece target cuts bios only at pending chunks)
-#                   that tells the cost of the splitting from fleece's own work
 #
 # Workloads (libaio, O_DIRECT, over the whole $MIB MiB region, $RT s after
 # 0.5 s of ramp): 4 KiB random writes at iodepth 16; 1 MiB sequential writes

@@ -95,6 +95,15 @@ def normalize(rec, d):
     return rec
 
 
+def read_note(d, name, default):
+    """A one-line file the guest wrote about the run (storage, vcpus)."""
+    path = os.path.join(d, name)
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return f.read().strip()
+
+
 def stat(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -469,14 +478,8 @@ def main():
         for r in records:
             rounds[r["group"]] = max(rounds.get(r["group"], 0), r["round"])
         kver = os.path.basename(os.path.normpath(d)).removeprefix("bench-")
-        storage = "brd ram disks"
-        if os.path.exists(os.path.join(d, "storage")):
-            with open(os.path.join(d, "storage")) as f:
-                storage = f.read().strip()
-        vcpus = "?"
-        if os.path.exists(os.path.join(d, "vcpus")):
-            with open(os.path.join(d, "vcpus")) as f:
-                vcpus = f.read().strip()
+        storage = read_note(d, "storage", "brd ram disks")
+        vcpus = read_note(d, "vcpus", "?")
         title = (f"dm-fleece benchmarks: kernel {kver}, qemu TCG ({vcpus} vCPUs), {storage}, "
                  f"{min(rounds.values(), default=0)} to {max(rounds.values(), default=0)} "
                  f"interleaved rounds; median [min..max]\n"
