@@ -180,6 +180,20 @@ int fleece_view_map_bio(struct dm_target *ti, struct bio *bio)
 	}
 }
 
+/*
+ * Trim @bio to the chunk it starts in: dm core splits reads at max_io_len,
+ * but not every kernel splits discards.
+ */
+static void fleece_view_trim(struct fleece_ctx *ctx, struct dm_target *ti,
+			     struct bio *bio)
+{
+	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	sector_t left = ctx->chunk_sectors - (off & (ctx->chunk_sectors - 1));
+
+	if (bio_sectors(bio) > left)
+		dm_accept_partial_bio(bio, left);
+}
+
 static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_view *fv = ti->private;
@@ -192,7 +206,7 @@ static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 		bio_endio(bio);	/* nothing to flush: the view is read-only */
 		return DM_MAPIO_SUBMITTED;
 	}
-	fleece_trim_to_chunk(fv->ctx, ti, bio);
+	fleece_view_trim(fv->ctx, ti, bio);
 	return fleece_view_map_bio(ti, bio);
 }
 

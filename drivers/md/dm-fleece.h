@@ -195,20 +195,6 @@ static inline bool fleece_chunk_released(struct fleece_ctx *ctx,
 void fleece_chunk_set_copied(struct fleece_ctx *ctx, unsigned long chunk);
 bool fleece_chunk_set_released(struct fleece_ctx *ctx, unsigned long chunk);
 
-/*
- * Trim @bio to the chunk it starts in (for the view, dm core splits reads
- * at max_io_len, but not every kernel splits discards).
- */
-static inline void fleece_trim_to_chunk(struct fleece_ctx *ctx,
-					struct dm_target *ti, struct bio *bio)
-{
-	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	sector_t left = ctx->chunk_sectors - (off & (ctx->chunk_sectors - 1));
-
-	if (bio_sectors(bio) > left)
-		dm_accept_partial_bio(bio, left);
-}
-
 /* dm-fleece-cbw.c */
 int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
 			unsigned long chunk);
