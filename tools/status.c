@@ -117,8 +117,9 @@ static void print_human(const struct fleece_report *r)
 		       (unsigned long long)f[FLEECE_ST_CHUNKS_PENDING],
 		       (unsigned long long)f[FLEECE_ST_CHUNKS_COPIED],
 		       (unsigned long long)f[FLEECE_ST_CHUNKS_RELEASED], percent_done(r));
-		printf("  copies:     %llu copy-before-write, %llu failed\n",
+		printf("  copies:     %llu copy-before-write, %llu in flight, %llu failed\n",
 		       (unsigned long long)f[FLEECE_ST_CBW_COUNT],
+		       (unsigned long long)f[FLEECE_ST_COPIES_IN_FLIGHT],
 		       (unsigned long long)f[FLEECE_ST_CBW_ERRORS]);
 		printf("  fleece:     %s%s%s%s%s, %s%s in use\n", r->fleece_path,
 		       r->fleece_file[0] ? " (" : "", r->fleece_file,
@@ -166,8 +167,9 @@ static void print_json(struct sbuf *sb, const struct fleece_report *r)
 			  (unsigned long long)f[FLEECE_ST_CHUNKS_PENDING],
 			  (unsigned long long)f[FLEECE_ST_CHUNKS_COPIED],
 			  (unsigned long long)f[FLEECE_ST_CHUNKS_RELEASED]);
-		sb_printf(sb, ",\"cbw_count\":%llu,\"cbw_errors\":%llu,\"percent_done\":%.2f",
+		sb_printf(sb, ",\"cbw_count\":%llu,\"cbw_in_flight\":%llu,\"cbw_errors\":%llu,\"percent_done\":%.2f",
 			  (unsigned long long)f[FLEECE_ST_CBW_COUNT],
+			  (unsigned long long)f[FLEECE_ST_COPIES_IN_FLIGHT],
 			  (unsigned long long)f[FLEECE_ST_CBW_ERRORS], percent_done(r));
 		sb_printf(sb, ",\"fleece_device\":");
 		sb_json_str(sb, r->fleece_path);

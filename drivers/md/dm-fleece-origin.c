@@ -333,19 +333,24 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 	struct fleece_ctx *ctx = fo->ctx;
 	unsigned int sz = 0;
 	u64 copied, released;
+	unsigned int in_flight;
+	unsigned long flags;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
 		copied = atomic64_read(&ctx->nr_copied);
 		released = atomic64_read(&ctx->nr_released);
-		DMEMIT("%u %lu %llu %llu %llu %llu %llu %s",
+		spin_lock_irqsave(&ctx->lock, flags);
+		in_flight = ctx->nr_copies;
+		spin_unlock_irqrestore(&ctx->lock, flags);
+		DMEMIT("%u %lu %llu %llu %llu %llu %llu %s %u",
 		       ctx->chunk_sectors, ctx->nr_chunks,
 		       (unsigned long long)(ctx->nr_chunks - copied - released),
 		       (unsigned long long)copied, (unsigned long long)released,
 		       (unsigned long long)atomic64_read(&ctx->cbw_count),
 		       (unsigned long long)atomic64_read(&ctx->cbw_errors),
 		       fleece_ctx_invalid(ctx) ? FLEECE_STATE_INVALID :
-						 FLEECE_STATE_ACTIVE);
+						 FLEECE_STATE_ACTIVE, in_flight);
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s %u", fo->origin->name, fo->fleece->name,
@@ -377,7 +382,7 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 
 static struct target_type fleece_origin_target = {
 	.name = FLEECE_TARGET_NAME,
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,
 	.dtr = fleece_origin_dtr,
