@@ -25,8 +25,13 @@ expect_fail() {
 # Kernel log lines written since the test started.
 dmesg_since_start() { dmesg | tail -n +$((T_DMESG_START + 1)); }
 
+# grep -q for the end of a pipe: grep -q exits at the first match, and a
+# writer still writing then dies of SIGPIPE, which pipefail turns into a
+# failed pipeline.  This one reads its input to the end.
+grep_q() { grep "$@" > /dev/null; }
+
 expect_dmesg() { # extended regex
-	dmesg_since_start | grep -qE "$1" || fail "no kernel message matching '$1'"
+	dmesg_since_start | grep_q -E "$1" || fail "no kernel message matching '$1'"
 }
 
 # --- block devices ---------------------------------------------------------
@@ -99,8 +104,24 @@ sysfs_name() { # device
 	basename "$(readlink -f "/sys/dev/block/$((16#${mm% *})):$((16#${mm#* }))")"
 }
 
-# fleece status as "pending copied released cbw errors state"
-fleece_counts() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
+# fleece status as "pending copied released cbw errors state", as it is now
+fleece_counts_now() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
+copies_in_flight() { status_field "$1" 8; }
+
+# Waits up to 30 s until no copy is in flight.  Without fail_origin_writes
+# an origin write completes once the old chunk is in memory, before its
+# copy reaches the fleece device and the chunk counts as copied.
+copies_settle() { # dm-name
+	local i
+	for ((i = 0; i < 300; i++)); do
+		[ "$(copies_in_flight "$1")" = 0 ] && return
+		sleep 0.1
+	done
+	fail "$1: copies still in flight after 30 s: $(dmsetup status "$1")"
+}
+
+# The same, once every copy started so far has ended.
+fleece_counts() { copies_settle "$1"; fleece_counts_now "$1"; }
 
 # --- kernel messages since a mark (added with tests 30-32) -----------------
 # dmesg_mark writes a numbered mark into the kernel log; the others look only
@@ -116,7 +137,7 @@ dmesg_since_mark() {
 	dmesg | awk -v m="$T_DMESG_MARK" 'seen { print } index($0, m) { seen = 1 }'
 }
 expect_dmesg_since_mark() { # extended regex
-	dmesg_since_mark | grep -qE "$1" || fail "no kernel message matching '$1' since the mark"
+	dmesg_since_mark | grep_q -E "$1" || fail "no kernel message matching '$1' since the mark"
 }
 
 # --- the fleece command (added with tests 40-cli) --------------------------

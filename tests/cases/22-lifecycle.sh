@@ -77,7 +77,7 @@ wr "$fo" 1 1
 assert_eq "$(fleece_counts fo)" "$((NCH - 18)) 16 2 18 0 active" "status after writes following the reload"
 view_ok "$view" 2 $((NCH - 1))
 same "$fo" expect "origin after the reload"
-if dmesg_since_start | grep -q "view invalidated"; then
+if dmesg_since_start | grep_q "view invalidated"; then
 	fail "the reload invalidated the view"
 fi
 
@@ -224,7 +224,7 @@ log "a normal stop (view first, then the fleece table) logs nothing"
 dmesg_mark
 dmsetup remove fv2
 dmsetup remove fo2
-if dmesg_since_mark | grep -q "fleece"; then
+if dmesg_since_mark | grep_q "fleece"; then
 	dmesg_since_mark
 	fail "removing a view, then its fleece table, logged a message"
 fi

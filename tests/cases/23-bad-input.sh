@@ -191,15 +191,16 @@ log "reloads of the live fleece that cannot hand its state over"
 dmsetup create lv --table "0 $((N / 2)) fleece-view $o $f"
 udevadm settle
 dd if=new of=/dev/mapper/live bs=4k count=1 oflag=direct conv=notrunc status=none
+copies_settle live
 table=$(dmsetup table live)
 before=$(dmsetup status live)
 refused "reload with another chunk size" fleece -EINVAL "Chunk size differs from the live fleece of these devices" \
 	dmsetup load live --table "0 $((N / 2)) fleece $o $f 16"
-dmesg_since_start | grep -q "chunk size 16 differs from the live fleece of these devices (8)" ||
+dmesg_since_start | grep_q "chunk size 16 differs from the live fleece of these devices (8)" ||
 	problem "reload with another chunk size" "no kernel message naming both chunk sizes"
 refused "reload with another length" fleece -EINVAL "Length differs from the live fleece of these devices" \
 	dmsetup load live --table "0 $((N / 4)) fleece $o $f 8"
-dmsetup info live | grep -q "Tables present: *LIVE$" || fail "the refused reloads left an inactive table"
+dmsetup info live | grep_q "Tables present: *LIVE$" || fail "the refused reloads left an inactive table"
 assert_eq "$(dmsetup table live)" "$table" "table after the refused reloads"
 assert_eq "$(dmsetup status live)" "$before" "status after the refused reloads"
 log "the old table still works: a write copies, the view keeps the old data"
@@ -237,7 +238,7 @@ dmsetup create z1 --table "0 $((1 << 40)) zero"
 dmsetup create z2 --table "0 $((1 << 40)) zero"
 reject "origin too large for memory" fleece -ENOMEM "Origin too large for memory at this chunk size" \
 	"0 $((1 << 40)) fleece /dev/mapper/z1 /dev/mapper/z2 8"
-dmesg_since_start | grep -qE "cannot allocate [0-9]+ bytes of chunk state" ||
+dmesg_since_start | grep_q -E "cannot allocate [0-9]+ bytes of chunk state" ||
 	problem "origin too large for memory" "no kernel message saying how much memory it needed"
 dmsetup remove z1 z2
 

@@ -127,6 +127,6 @@ for c in start stop status backup read; do
 	$F $c --help > help.txt || fail "fleece $c --help failed"
 	grep -q "^Usage: fleece $c" help.txt || fail "fleece $c --help: $(head -1 help.txt)"
 done
-$F --help | grep -q "^Usage: fleece COMMAND" || fail "fleece --help"
-$F --version | grep -q "^fleece " || fail "fleece --version"
+$F --help | grep_q "^Usage: fleece COMMAND" || fail "fleece --help"
+$F --version | grep_q "^fleece " || fail "fleece --version"
 step "ok"

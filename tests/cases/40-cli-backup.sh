@@ -75,7 +75,7 @@ PY
 wait_view() {
 	local i
 	for i in $(seq 1 600); do
-		[ -b "/dev/mapper/$1-fleece-view" ] && dmsetup status "$1" | grep -q ' fleece ' && return 0
+		[ -b "/dev/mapper/$1-fleece-view" ] && dmsetup status "$1" | grep_q ' fleece ' && return 0
 		kill -0 "$2" 2>/dev/null || { cat "$3"; fail "the backup ended before its view appeared"; }
 		sleep 0.1
 	done

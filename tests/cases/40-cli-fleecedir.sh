@@ -34,7 +34,7 @@ grep -q "fleece:     $loop ($f, direct I/O), 0 B in use" status.out || fail "sta
 
 step "copy-before-write grows the file"
 put new /dev/mapper/data		# the first 16 MiB: 256 chunks of 64 KiB
-sync
+copies_settle data	# the last copies land after the writes complete
 grown=$(kib $f)
 echo "allocated after writing 16 MiB: $grown KiB"
 [ "$grown" -ge $((16 * 1024)) ] && [ "$grown" -lt $((17 * 1024)) ] ||
@@ -43,7 +43,8 @@ $F status --json data | python3 -c '
 import json, sys
 d = json.load(sys.stdin)["devices"][0]
 assert d["fleece_bytes_used_exact"] and d["fleece_bytes_used"] >= 16 << 20, d
-assert d["chunks_copied"] == 256 and d["fleece_file"] == "/mnt/fdir/data.fleece", d'
+assert d["chunks_copied"] == 256 and d["cbw_in_flight"] == 0, d
+assert d["fleece_file"] == "/mnt/fdir/data.fleece", d'
 
 step "on a terminal: a progress bar (read --no-discard releases nothing)"
 script -qec "$F read --no-discard --rate 8M --block-size 1M /dev/mapper/data-fleece-view -o tty.img" typescript > /dev/null
@@ -82,11 +83,11 @@ cmp <(dd if="$data" bs=1M count=16 iflag=direct status=none) new || fail "data l
 
 step "read refuses what is not a fleece view; a stale fleece file is refused"
 expect_exit 3 $F read "$data" -o x.img
-echo "$T_ERR" | grep -q "not a fleece view" || fail "read of a non-view: $T_ERR"
+echo "$T_ERR" | grep_q "not a fleece view" || fail "read of a non-view: $T_ERR"
 [ ! -e x.img ] && [ ! -e x.img.partial ] || fail "read of a non-view created output"
 touch /mnt/fdir/data.fleece
 expect_exit 3 $F start --fleece-dir /mnt/fdir data
-echo "$T_ERR" | grep -q "already exists" || fail "existing fleece file: $T_ERR"
+echo "$T_ERR" | grep_q "already exists" || fail "existing fleece file: $T_ERR"
 rm /mnt/fdir/data.fleece
 [ -z "$(dmsetup info -c --noheadings -o uuid | grep FLEECE- || true)" ] || fail "refused start left devices"
 
@@ -94,7 +95,7 @@ step "a fleece dir on the device itself is refused"
 mkfs.ext4 -q -F "$data"
 mkdir -p /mnt/self && mount "$data" /mnt/self
 expect_exit 3 $F start --fleece-dir /mnt/self data
-echo "$T_ERR" | grep -q "on data itself" || fail "fleece dir on the device: $T_ERR"
+echo "$T_ERR" | grep_q "on data itself" || fail "fleece dir on the device: $T_ERR"
 umount /mnt/self
 umount /mnt/fdir
 step "ok"

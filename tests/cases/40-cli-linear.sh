@@ -34,9 +34,11 @@ put new /dev/mapper/data
 same /dev/mapper/data new "origin after overwrite"
 same /dev/mapper/data-fleece-view old "view after overwrite"
 
+copies_settle data
 $F status data > status.out; cat status.out
 grep -q "^data: active" status.out || fail "status: not active"
 grep -q "256 copied" status.out || fail "status: copies not counted"
+grep -q "copies: *256 copy-before-write, 0 in flight, 0 failed" status.out || fail "status: copy counts"
 $F status --json > status.json; cat status.json
 python3 - status.json <<'EOF'
 import json, sys

@@ -38,8 +38,8 @@ mount -o ro,noload /dev/mapper/vgf-lv-fleece-view /mnt/view
 [ ! -e /mnt/view/new ] || fail "a file created after the point is in the view"
 umount /mnt/view
 fsck.ext4 -n -f /dev/mapper/vgf-lv-fleece-view > fsck.out 2>&1 || { cat fsck.out; fail "fsck of the view"; }
-$F status vgf-lv | grep -q "vgf-lv: active" || fail "LV status"
-lvs --noheadings -o lv_active vgf/lv | grep -q active || fail "lvs does not see the LV active"
+$F status vgf-lv | grep_q "vgf-lv: active" || fail "LV status"
+lvs --noheadings -o lv_active vgf/lv | grep_q active || fail "lvs does not see the LV active"
 
 $F stop /dev/vgf/lv
 no_fleece_devices

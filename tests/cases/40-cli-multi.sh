@@ -70,7 +70,7 @@ step "a refusal for the second device changes nothing for the first"
 small=$(mkdev small 8 1)
 expect_exit 3 $F start --fleece-dev "$fa,$small" da db
 echo "$T_ERR"
-echo "$T_ERR" | grep -q "too small" || fail "no 'too small' message"
+echo "$T_ERR" | grep_q "too small" || fail "no 'too small' message"
 assert_eq "$(dmsetup table da)" "$ta" "da unchanged"
 [ -z "$(dmsetup info -c --noheadings -o uuid | grep FLEECE- || true)" ] || fail "FLEECE- devices left"
 step "ok"

@@ -60,7 +60,7 @@ assert_eq "$(real /dev/fleece/data/origin)" "$(real $origin)" "/dev/fleece/data/
 assert_eq "$(real /dev/fleece/data/fleece)" "$(real "$loop")" "/dev/fleece/data/fleece"
 assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid with a view"
 assert_eq "$(real /dev/disk/by-label/fleecetest)" "$(real "$data")" "by-label with a view"
-ls /dev/disk/by-id/ | grep -q 'FLEECE-\|fleece' && fail "by-id links for fleece devices: $(ls /dev/disk/by-id)"
+ls /dev/disk/by-id/ | grep_q 'FLEECE-\|fleece' && fail "by-id links for fleece devices: $(ls /dev/disk/by-id)"
 for d in $view $origin "$loop"; do
 	no_links_to "$d"
 	props=$'\n'$(udevadm info --query=property --name="$d")$'\n'
