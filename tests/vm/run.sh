@@ -3,7 +3,8 @@
 #
 # usage: run.sh KVER KIMAGE KMODROOT MODULE OUTDIR SUITE [PATTERN]
 #   SUITE is a folder under tests/ (cases, selftest, bench, demo).
-#   VM_MEM, VM_CPUS, VM_TIMEOUT, VM_KVM=1: the VM; VM_UDEV=0: no udevd in
+#   VM_MEM, VM_CPUS, VM_TIMEOUT, VM_KVM=1, VM_ICOUNT=N (instruction-counted
+#   guest clock): the VM; VM_UDEV=0: no udevd in
 #   the guest (DM_DISABLE_UDEV=1 instead); TEST_TIMEOUT: seconds a test
 #   may take (default 900); VM_DISK=FILE adds a
 #   virtio disk backed by FILE (VM_DISK_SIZE if it is created, default 5G).
@@ -60,9 +61,19 @@ if [ -n "${VM_DISK:-}" ]; then
 fi
 accel=tcg
 [ "${VM_KVM:-0}" = 1 ] && accel=kvm
+# VM_ICOUNT=N: the guest's clock counts instructions (2^N ns each) instead
+# of following the host's, so a benchmark's timings measure the work done
+# per I/O, not how busy the host was.  One vCPU: under icount the vCPUs
+# take turns on one host thread anyway, and 6.1 hangs bringing up a second.
+icount=()
+if [ -n "${VM_ICOUNT:-}" ]; then
+	icount=(-icount "shift=$VM_ICOUNT,sleep=off")
+	VM_CPUS=1
+	cmdline+=" fleece.icount=$VM_ICOUNT"
+fi
 
 set +e
-timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -machine q35 -accel "$accel" \
+timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -machine q35 -accel "$accel" "${icount[@]}" \
 	-cpu max -smp "$VM_CPUS" -m "$VM_MEM" -nographic -no-reboot \
 	-kernel "$kimage" -initrd "$initrd" -append "$cmdline" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
