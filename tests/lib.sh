@@ -104,8 +104,9 @@ sysfs_name() { # device
 	basename "$(readlink -f "/sys/dev/block/$((16#${mm% *})):$((16#${mm#* }))")"
 }
 
-# fleece status as "pending copied released cbw errors state", as it is now
-fleece_counts_now() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
+# fleece status as "pending copied released cbw errors state in_flight",
+# from one status line, as it is now
+fleece_counts_now() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11, $12 }'; }
 copies_in_flight() { status_field "$1" 8; }
 
 # Waits up to 30 s until no copy is in flight.  Without fail_origin_writes
@@ -120,8 +121,9 @@ copies_settle() { # dm-name
 	fail "$1: copies still in flight after 30 s: $(dmsetup status "$1")"
 }
 
-# The same, once every copy started so far has ended.
-fleece_counts() { copies_settle "$1"; fleece_counts_now "$1"; }
+# "pending copied released cbw errors state", once every copy started so
+# far has ended.
+fleece_counts() { copies_settle "$1"; dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
 
 # --- kernel messages since a mark (added with tests 30-32) -----------------
 # dmesg_mark writes a numbered mark into the kernel log; the others look only
