@@ -63,11 +63,11 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 	fv->ctx = ctx;
 
-	r = dm_set_target_max_io_len(ti, ctx->chunk_sectors);
-	if (r) {
-		fleece_ctx_unbind(ctx, &fv->link, false);
-		goto bad_ctx;
-	}
+	/*
+	 * No max_io_len: dm core would then also cap every bio at the
+	 * queue's max_sectors (127 KiB on a ram disk), cutting a 1 MiB chunk
+	 * read in nine.  fleece_view_trim() cuts at chunk ends instead.
+	 */
 	ti->num_flush_bios = 0;
 	ti->num_discard_bios = 1;
 	ti->discards_supported = true;	/* whatever the fleece device does */
@@ -180,10 +180,7 @@ int fleece_view_map_bio(struct dm_target *ti, struct bio *bio)
 	}
 }
 
-/*
- * Trim @bio to the chunk it starts in: dm core splits reads at max_io_len,
- * but not every kernel splits discards.
- */
+/* Trim @bio to the chunk it starts in: a view bio is about one chunk. */
 static void fleece_view_trim(struct fleece_ctx *ctx, struct dm_target *ti,
 			     struct bio *bio)
 {
