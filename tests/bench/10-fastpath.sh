@@ -23,7 +23,8 @@
 MIB=512
 RT=2
 ROUNDS=10	# short runs, many rounds: the ratios pair neighbouring runs,
-		# and runs a few seconds apart differ by up to 2x under TCG
+		# and on the host's clock runs a few seconds apart differ by
+		# up to 2x under TCG (make bench ICOUNT=)
 len=$((MIB * 2048))
 CASES=(linear fleece-64k-cp fleece-64k-rel fleece-1m-cp split-64k)
 

@@ -25,7 +25,7 @@
 
 MIB=1024
 RT=3
-ROUNDS=6	# more rounds than elsewhere: under TCG, runs a few seconds
+ROUNDS=6	# more rounds than elsewhere: on the host's clock, runs a few seconds
 		# apart differ by up to 30%, and the ratios pair neighbours
 len=$((MIB * 2048))
 
