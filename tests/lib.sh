@@ -123,7 +123,7 @@ copies_settle() { # dm-name
 
 # "pending copied released cbw errors state", once every copy started so
 # far has ended.
-fleece_counts() { copies_settle "$1"; dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11 }'; }
+fleece_counts() { copies_settle "$1"; fleece_counts_now "$1" | cut -d' ' -f1-6; }
 
 # --- kernel messages since a mark (added with tests 30-32) -----------------
 # dmesg_mark writes a numbered mark into the kernel log; the others look only

@@ -29,6 +29,14 @@ here=$PWD
 modprobe loop
 
 # fs size_MiB chunk_sectors mkfs... -- view mount options -- fsck...
+# fleece_counts with the filesystem frozen: ext4's lazy inode table init
+# writes in the background, and every write may start a copy.
+frozen_counts() { # mountpoint dm-name
+	fsfreeze -f "$1"
+	fleece_counts "$2"
+	fsfreeze -u "$1"
+}
+
 run_fs() {
 	local fs=$1 mib=$2 chunk=$3
 	shift 3
@@ -78,11 +86,7 @@ run_fs() {
 	assert_eq "$(dmsetup table base-$fs | awk '{ print $3 }')" fleece "base's target"
 	local total=$(((sectors + chunk - 1) / chunk))
 	# The thaw may already write (ext4 writes its superblock): copies.
-	# Frozen while the counts are read: ext4's lazy inode table init
-	# writes in the background, and every write may start a copy.
-	fsfreeze -f $o
-	read -r pending copied released cbw errors state <<< "$(fleece_counts base-$fs)"
-	fsfreeze -u $o
+	read -r pending copied released cbw errors state <<< "$(frozen_counts $o base-$fs)"
 	assert_eq "$((pending + copied)) $copied $released $errors $state" \
 		"$total $cbw 0 0 active" "status at the start"
 	dmesg_mark
@@ -103,10 +107,8 @@ run_fs() {
 	fstrim -v $o
 	(cd $o && find . -type f | sort | xargs sha256sum) > manifest-after-$fs
 
-	fsfreeze -f $o
 	local st
-	st=$(fleece_counts base-$fs)
-	fsfreeze -u $o
+	st=$(frozen_counts $o base-$fs)
 	read -r pending copied released cbw errors state <<< "$st"
 	log "$fs: $cbw copies of $total chunks"
 	[ "$cbw" -gt 0 ] && [ "$copied" = "$cbw" ] || fail "$fs: expected copies, status: $st"
