@@ -2,13 +2,19 @@
 /*
  * dm-fleece: the copy-before-write engine.
  *
- * A chunk that is pending and busy has one in-flight region descriptor,
- * hashed by chunk number.  It records the one copy of the chunk (never two),
- * the view reads that are reading the chunk from the origin, and the bios
- * that must wait: origin writes until the copy is done and no view read is
- * on the origin any more, view reads until the copy is done, view discards
- * until the descriptor is gone.  When the descriptor completes, its waiting
- * bios go to the worker, which maps them again against the new chunk state.
+ * A pending chunk with a copy under way, or with bios waiting, has one
+ * in-flight region descriptor, hashed by chunk number.  It records the one
+ * copy of the chunk (never two) and the bios that must wait: origin writes
+ * until the copy is done and no view read is on the origin over the chunk
+ * any more, view reads until the copy is done, view discards until the
+ * descriptor is gone.  When the descriptor completes, its waiting bios are
+ * mapped again against the new chunk state.
+ *
+ * View reads of pending chunks go to the origin whole, over a run of
+ * chunks, and are tracked per bio on the context's list of origin readers
+ * rather than per chunk: a backup reads every chunk once, and a descriptor
+ * per chunk read would cost more than the read.  Origin writes look at that
+ * list only when they would otherwise go on, which is after a copy.
  *
  * Chunks that are not pending never reach this file.
  */
@@ -44,7 +50,6 @@ struct fleece_region {
 	unsigned long chunk;
 	struct bio_list writes;		/* origin writes waiting */
 	struct bio_list waiters;	/* view reads and discards waiting */
-	unsigned int readers;	/* view reads on the origin */
 	bool copying;		/* a copy has not ended, in either phase */
 	bool in_memory;		/* the old data is in @buf */
 	bool copied;		/* the old data is in the fleece device */
@@ -122,13 +127,68 @@ static void fleece_region_take_bios(struct fleece_region *r, struct bio_list *ou
 	bio_list_init(&r->waiters);
 }
 
+/**
+ * fleece_origin_read_covers() - is a view read on the origin over @chunk?
+ * @ctx: the context
+ * @chunk: a chunk whose bucket lock the caller holds
+ *
+ * Marks the reads found as blocking, so that their end settles the chunk.
+ *
+ * The list is tested without @ctx->lock first.  That is enough: a view read
+ * is on the list before it looks at its chunks, each under the chunk's
+ * bucket lock, and cuts itself short of a chunk with a region or a release;
+ * callers are about a chunk with a region, or about to release it, both
+ * set up under the same bucket lock.
+ *
+ * Return: true if such a read was found.
+ */
+static bool fleece_origin_read_covers(struct fleece_ctx *ctx,
+				      unsigned long chunk)
+{
+	struct fleece_bio *fb;
+	bool found = false;
+
+	if (list_empty(&ctx->origin_readers))
+		return false;
+	spin_lock(&ctx->lock);
+	list_for_each_entry(fb, &ctx->origin_readers, reading) {
+		if (chunk >= fb->first && chunk <= fb->last) {
+			fb->blocking = true;
+			found = true;
+		}
+	}
+	spin_unlock(&ctx->lock);
+	return found;
+}
+
+/* Does the copy let origin writes go on?  Called with the bucket lock held. */
+static bool fleece_region_copy_safe(struct fleece_region *r)
+{
+	return r->copied ||
+	       (r->in_memory && !READ_ONCE(r->ctx->fail_origin_writes));
+}
+
 /* May origin writes to the chunk go on?  Called with the bucket lock held. */
 static bool fleece_region_writable(struct fleece_region *r)
 {
-	if (r->readers)
-		return false;	/* a view read is on the origin */
-	return r->copied ||
-	       (r->in_memory && !READ_ONCE(r->ctx->fail_origin_writes));
+	return fleece_region_copy_safe(r) &&
+	       !fleece_origin_read_covers(r->ctx, r->chunk);
+}
+
+/*
+ * May a view read take @chunk from the origin?  Not once it is done, nor
+ * while a copy of it is under way: that copy may have let writes go on.  An
+ * abandoned copy lets none go on.  Called with the bucket lock held.
+ */
+static bool fleece_origin_readable(struct fleece_ctx *ctx,
+				   struct fleece_bucket *b, unsigned long chunk)
+{
+	struct fleece_region *r;
+
+	if (fleece_chunk_done(ctx, chunk))
+		return false;
+	r = fleece_region_find(b, chunk);
+	return !r || (!r->copied && (!r->copying || r->abandoned));
 }
 
 /**
@@ -136,19 +196,22 @@ static bool fleece_region_writable(struct fleece_region *r)
  * @r: the region, whose bucket lock the caller holds
  * @out: receives the bios that may go on
  *
- * Once neither a copy nor a view read is under way, the chunk becomes
- * copied if the copy succeeded (only now, so that no origin write passes
- * while a view read is on the origin), and the region leaves the hash.
+ * Once neither a copy nor a view read of the origin is under way, the chunk
+ * becomes copied if the copy succeeded (only now, so that no origin write
+ * passes while a view read is on the origin), and the region leaves the
+ * hash.
  *
  * Return: true if the region left the hash; the caller frees it.
  */
 static bool fleece_region_settle(struct fleece_region *r, struct bio_list *out)
 {
-	if (fleece_region_writable(r)) {
+	bool reading = fleece_origin_read_covers(r->ctx, r->chunk);
+
+	if (!reading && fleece_region_copy_safe(r)) {
 		bio_list_merge(out, &r->writes);
 		bio_list_init(&r->writes);
 	}
-	if (r->copying || r->readers)
+	if (r->copying || reading)
 		return false;
 
 	if (r->copied)
@@ -242,8 +305,11 @@ static void fleece_copy_step(struct work_struct *work)
 	struct fleece_ctx *ctx = r->ctx;
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
 	bool fail_writes = false, invalidate = false, gone = false, ended;
+	bool abandoned;
+	unsigned long chunk;
 	enum fleece_copy_phase phase = r->phase;
 	unsigned long error = r->io_error;
+	void *buf = r->buf;
 	struct bio_list out;
 	unsigned long flags;
 
@@ -268,16 +334,19 @@ static void fleece_copy_step(struct work_struct *work)
 		if (!r->abandoned || READ_ONCE(ctx->fail_origin_writes))
 			r->copied = true;
 	}
+	/* Once the copy has ended, the end of a view read may free @r. */
+	chunk = r->chunk;
+	abandoned = r->abandoned;
 	gone = fleece_region_settle(r, &out);
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	if (error)
 		fleece_ctx_error(ctx, true,
 				 "copy-before-write of chunk %lu failed %s the %s%s",
-				 r->chunk,
+				 chunk,
 				 phase == FLEECE_COPY_READ ? "reading" : "writing",
 				 phase == FLEECE_COPY_READ ? "origin" : "fleece",
-				 r->abandoned ? ", after its timeout" : "");
+				 abandoned ? ", after its timeout" : "");
 	if (invalidate)
 		fleece_ctx_invalidate(ctx, "copy-before-write failed");
 	fleece_dispatch(&out, fail_writes);
@@ -286,7 +355,7 @@ static void fleece_copy_step(struct work_struct *work)
 		fleece_copy_io(r, REQ_OP_WRITE, ctx->fleece_bdev);
 		return;
 	}
-	mempool_free(r->buf, &ctx->buf_pool);
+	mempool_free(buf, &ctx->buf_pool);
 	if (gone)
 		mempool_free(r, &ctx->region_pool);
 	up(&ctx->copy_slots);
@@ -408,44 +477,109 @@ int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
 }
 
 /**
- * fleece_view_read_pending() - a view read of a chunk that looked pending
+ * fleece_origin_read_ended() - a view read left chunks @first to @last
  * @ctx: the context
- * @bio: a read within @chunk
- * @chunk: the chunk
+ * @first: the first chunk
+ * @last: the last chunk
  *
- * The read goes to the origin as a reader of the chunk's region, which keeps
- * origin writes to the chunk waiting until it ends; or to the fleece device
- * if the chunk got copied meanwhile; or waits for a copy under way; or, if
- * no origin target is live (a suspend, perhaps a table swap), for a resume.
+ * Settles the regions of these chunks, which may have waited for the read.
+ * May run in interrupt context: the bios that may go on go to the worker.
+ */
+static void fleece_origin_read_ended(struct fleece_ctx *ctx,
+				     unsigned long first, unsigned long last)
+{
+	struct fleece_region *r;
+	struct fleece_bucket *b;
+	struct bio_list out;
+	unsigned long chunk, flags;
+	struct bio *bio;
+	bool gone;
+
+	for (chunk = first; chunk <= last; chunk++) {
+		b = fleece_bucket(ctx, chunk);
+		bio_list_init(&out);
+		spin_lock_irqsave(&b->lock, flags);
+		r = fleece_region_find(b, chunk);
+		gone = r && fleece_region_settle(r, &out);
+		spin_unlock_irqrestore(&b->lock, flags);
+
+		while ((bio = bio_list_pop(&out)))
+			fleece_ctx_defer(ctx, bio);
+		if (gone)
+			mempool_free(r, &ctx->region_pool);
+	}
+}
+
+/*
+ * Look at the chunks after @fb's first, which it read from the origin; cut
+ * @bio short of the first that is no longer pending, or has a copy under
+ * way: its data may no longer be on the origin.
+ */
+static void fleece_origin_read_check_run(struct fleece_ctx *ctx,
+					 struct bio *bio, struct fleece_bio *fb)
+{
+	unsigned long chunk, last = fb->last, flags;
+	struct fleece_bucket *b;
+	bool blocking, ok = true;
+
+	for (chunk = fb->first + 1; ok && chunk <= last; chunk++) {
+		b = fleece_bucket(ctx, chunk);
+		spin_lock_irqsave(&b->lock, flags);
+		ok = fleece_origin_readable(ctx, b, chunk);
+		spin_unlock_irqrestore(&b->lock, flags);
+	}
+	if (ok)
+		return;
+
+	chunk -= 2;	/* the last one that was readable */
+	fleece_bio_cut(ctx, bio, chunk);
+	spin_lock_irqsave(&ctx->lock, flags);
+	fb->last = chunk;
+	blocking = fb->blocking;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	if (blocking)
+		fleece_origin_read_ended(ctx, chunk + 1, last);
+}
+
+/**
+ * fleece_view_read_pending() - a view read of chunks that looked pending
+ * @ctx: the context
+ * @bio: a read of chunks @first to @last; of one chunk if mapped again
+ * @first: the first chunk
+ * @last: the last chunk
  *
- * Return: a DM_MAPIO_* value; REMAPPED to the origin sets @bio's reader_of.
+ * If @first is still pending, with no copy under way, the read goes to the
+ * origin, cut short of the first chunk after it that is not so: it is on
+ * the list of origin readers until it ends, which keeps origin writes to
+ * its chunks waiting.  Otherwise it is cut to @first, which goes to the
+ * fleece device if it got copied meanwhile, or waits for a copy under way,
+ * or, if no origin target is live (a suspend, perhaps a table swap), for a
+ * resume.
+ *
+ * Return: a DM_MAPIO_* value; REMAPPED to the origin sets @bio's on_origin.
  */
 int fleece_view_read_pending(struct fleece_ctx *ctx, struct bio *bio,
-			     unsigned long chunk)
+			     unsigned long first, unsigned long last)
 {
-	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
-	struct fleece_region *r, *spare;
+	struct fleece_bucket *b = fleece_bucket(ctx, first);
+	struct fleece_bio *fb = fleece_bio(bio);
+	struct fleece_region *r;
 	int ret = DM_MAPIO_SUBMITTED;
+	bool on_origin = false;
 	unsigned long flags;
 
-	spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
-
 	spin_lock_irqsave(&b->lock, flags);
-	if (fleece_ctx_invalid(ctx) || fleece_chunk_released(ctx, chunk)) {
+	if (fleece_ctx_invalid(ctx) || fleece_chunk_released(ctx, first)) {
 		ret = DM_MAPIO_KILL;
 		goto out;
 	}
-	if (fleece_chunk_done(ctx, chunk)) {
-		ret = DM_MAPIO_REMAPPED;	/* the caller maps it to the fleece */
-		goto out;
-	}
-	r = fleece_region_find(b, chunk);
-	if (r && r->copied) {
-		ret = DM_MAPIO_REMAPPED;	/* the data is in the fleece */
-		goto out;
-	}
-	if (r && r->copying && !r->abandoned) {
-		bio_list_add(&r->waiters, bio);
+	if (!fleece_origin_readable(ctx, b, first)) {
+		fleece_bio_cut(ctx, bio, first);
+		r = fleece_region_find(b, first);	/* if not done, there is one */
+		if (fleece_chunk_done(ctx, first) || r->copied)
+			ret = DM_MAPIO_REMAPPED;	/* the data is in the fleece */
+		else
+			bio_list_add(&r->waiters, bio);	/* a copy under way */
 		goto out;
 	}
 
@@ -453,54 +587,48 @@ int fleece_view_read_pending(struct fleece_ctx *ctx, struct bio *bio,
 	if (ctx->invalid) {
 		ret = DM_MAPIO_KILL;
 	} else if (!ctx->nr_live) {
+		fleece_bio_cut(ctx, bio, first);
 		bio_list_add(&ctx->held, bio);
 	} else {
+		fb->first = first;
+		fb->last = last;
+		fb->blocking = false;
+		fb->on_origin = true;
+		list_add_tail(&fb->reading, &ctx->origin_readers);
 		atomic_inc(&ctx->origin_reads);
-		if (!r) {
-			r = fleece_region_new(ctx, b, spare, chunk);
-			spare = NULL;
-		}
-		r->readers++;
-		fleece_bio(bio)->reader_of = r;
+		on_origin = true;
 		ret = DM_MAPIO_REMAPPED;
 	}
 	spin_unlock(&ctx->lock);
 out:
 	spin_unlock_irqrestore(&b->lock, flags);
-	if (spare)
-		mempool_free(spare, &ctx->region_pool);
+	/* Not @fb->on_origin: a bio that waits may already be mapped again. */
+	if (on_origin && first < last)
+		fleece_origin_read_check_run(ctx, bio, fb);
 	return ret;
 }
 
 /**
  * fleece_view_read_done() - a view read of the origin ended
  * @ctx: the context
- * @bio: the read; its reader_of is cleared
+ * @bio: the read; it leaves the list of origin readers
  *
  * May run in interrupt context.
  */
 void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio)
 {
 	struct fleece_bio *fb = fleece_bio(bio);
-	struct bio *waiter;
-	struct fleece_region *r = fb->reader_of;
-	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
-	struct bio_list waiters;
 	unsigned long flags;
-	bool gone;
+	bool blocking;
 
-	fb->reader_of = NULL;
-	bio_list_init(&waiters);
-	spin_lock_irqsave(&b->lock, flags);
-	r->readers--;
-	gone = fleece_region_settle(r, &waiters);
-	spin_unlock_irqrestore(&b->lock, flags);
+	spin_lock_irqsave(&ctx->lock, flags);
+	list_del(&fb->reading);
+	blocking = fb->blocking;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	fb->on_origin = false;
 
-	/* Possibly in interrupt context: the worker maps them. */
-	while ((waiter = bio_list_pop(&waiters)))
-		fleece_ctx_defer(ctx, waiter);
-	if (gone)
-		mempool_free(r, &ctx->region_pool);
+	if (blocking)
+		fleece_origin_read_ended(ctx, fb->first, fb->last);
 	if (atomic_dec_and_test(&ctx->origin_reads))
 		wake_up(&ctx->wait);
 }
@@ -513,6 +641,9 @@ void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio)
  * @released_now: set when this discard released the chunk
  * @was_copied: set when the chunk's fleece range holds data to discard
  *
+ * A chunk is released only when no copy of it and no view read of it on
+ * the origin is under way: once released, origin writes pass it unseen.
+ *
  * Return: a DM_MAPIO_* value; SUBMITTED when @bio waits for a busy chunk.
  */
 int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
@@ -520,12 +651,13 @@ int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
 			bool *was_copied)
 {
 	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
-	struct fleece_region *r;
+	struct fleece_region *r, *spare = NULL;
 	unsigned long flags;
 	int ret = DM_MAPIO_REMAPPED;
 
 	*released_now = false;
 	*was_copied = false;
+again:
 	spin_lock_irqsave(&b->lock, flags);
 	r = fleece_region_find(b, chunk);
 	if (fleece_ctx_invalid(ctx)) {
@@ -533,11 +665,26 @@ int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
 	} else if (r) {
 		bio_list_add(&r->waiters, bio);
 		ret = DM_MAPIO_SUBMITTED;
-	} else if (!fleece_chunk_released(ctx, chunk)) {
+	} else if (fleece_chunk_released(ctx, chunk)) {
+		;	/* nothing left to do */
+	} else if (fleece_origin_read_covers(ctx, chunk)) {
+		/* Wait in a region of its own, settled when the read ends. */
+		if (!spare) {
+			spin_unlock_irqrestore(&b->lock, flags);
+			spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
+			goto again;
+		}
+		r = fleece_region_new(ctx, b, spare, chunk);
+		spare = NULL;
+		bio_list_add(&r->waiters, bio);
+		ret = DM_MAPIO_SUBMITTED;
+	} else {
 		*released_now = true;
 		*was_copied = fleece_chunk_set_released(ctx, chunk);
 	}
 	spin_unlock_irqrestore(&b->lock, flags);
+	if (spare)
+		mempool_free(spare, &ctx->region_pool);
 	return ret;
 }
 

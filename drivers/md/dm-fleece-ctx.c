@@ -117,6 +117,7 @@ static struct fleece_ctx *fleece_ctx_create(struct dm_target *ti,
 	spin_lock_init(&ctx->lock);
 	bio_list_init(&ctx->held);
 	bio_list_init(&ctx->deferred);
+	INIT_LIST_HEAD(&ctx->origin_readers);
 	init_waitqueue_head(&ctx->wait);
 	INIT_WORK(&ctx->event_work, fleece_ctx_raise_event);
 	for (i = 0; i < FLEECE_HASH_BUCKETS; i++) {

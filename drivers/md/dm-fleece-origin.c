@@ -293,8 +293,8 @@ static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
 	struct fleece_bio *fb = fleece_bio(bio);
 
 	fb->ti = ti;
-	fb->reader_of = NULL;
 	fb->is_view = false;
+	fb->on_origin = false;
 	/* Reads need no chunk state: they go down whole. */
 	if (bio_op(bio) != REQ_OP_READ && bio_sectors(bio))
 		fleece_origin_trim(fo->ctx, ti, bio);

@@ -6,7 +6,8 @@
  *
  * Reads of a copied chunk come from the fleece device, of a pending chunk
  * from the origin (kept out of the way of origin writes to that chunk), of
- * a released chunk nowhere: they fail.  A discard that covers a whole chunk
+ * a released chunk nowhere: they fail.  A read over a run of copied chunks,
+ * or of pending ones, goes down whole.  A discard that covers a whole chunk
  * releases it, ending copy-before-write for it and freeing its fleece range.
  * The view cannot be written.
  */
@@ -66,7 +67,7 @@ static int fleece_view_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	/*
 	 * No max_io_len: dm core would then also cap every bio at the
 	 * queue's max_sectors (127 KiB on a ram disk), cutting a 1 MiB chunk
-	 * read in nine.  fleece_view_trim() cuts at chunk ends instead.
+	 * read in nine.  Bios are cut where the chunk state asks for it.
 	 */
 	ti->num_flush_bios = 0;
 	ti->num_discard_bios = 1;
@@ -104,24 +105,51 @@ static int fleece_view_remap(struct dm_target *ti, struct bio *bio,
 	return DM_MAPIO_REMAPPED;
 }
 
+/*
+ * The end of the run from @chunk, up to @last, of chunks that are all
+ * copied (@done) or all pending.  Pending chunks are never released.
+ */
+static unsigned long fleece_view_run_end(struct fleece_ctx *ctx,
+					 unsigned long chunk,
+					 unsigned long last, bool done)
+{
+	while (chunk < last && fleece_chunk_done(ctx, chunk + 1) == done &&
+	       !fleece_chunk_released(ctx, chunk + 1))
+		chunk++;
+	return chunk;
+}
+
+/*
+ * A read goes down whole over a run of copied chunks (to the fleece device)
+ * or of pending ones (to the origin, cut shorter if one of them is being
+ * copied meanwhile); dm core maps the rest of it as a new bio.  A read that
+ * waits is cut to one chunk first, so a read mapped again is never cut.
+ */
 static int fleece_view_read(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_view *fv = ti->private;
 	struct fleece_ctx *ctx = fv->ctx;
 	unsigned long chunk = fleece_chunk_of(ctx, ti, bio);
+	unsigned long last = fleece_last_chunk_of(ctx, ti, bio);
 	int r;
 
 	if (fleece_ctx_invalid(ctx) || fleece_chunk_released(ctx, chunk))
 		goto refuse;
-	if (likely(fleece_chunk_done(ctx, chunk)))
+	if (likely(fleece_chunk_done(ctx, chunk))) {
+		/* Done chunks never become pending again. */
+		fleece_bio_cut(ctx, bio,
+			       fleece_view_run_end(ctx, chunk, last, true));
 		goto from_fleece;
+	}
 
-	r = fleece_view_read_pending(ctx, bio, chunk);
+	last = fleece_view_run_end(ctx, chunk, last, false);
+	fleece_bio_cut(ctx, bio, last);
+	r = fleece_view_read_pending(ctx, bio, chunk, last);
 	if (r == DM_MAPIO_KILL)
 		goto refuse;
 	if (r != DM_MAPIO_REMAPPED)
 		return r;
-	if (!fleece_bio(bio)->reader_of)
+	if (!fleece_bio(bio)->on_origin)
 		goto from_fleece;
 	atomic64_inc(&fv->reads_origin);
 	return fleece_view_remap(ti, bio, fv->origin);
@@ -164,7 +192,7 @@ static int fleece_view_discard(struct dm_target *ti, struct bio *bio)
 /**
  * fleece_view_map_bio() - map a view bio, first time or again
  * @ti: the fleece-view target
- * @bio: a bio within one chunk
+ * @bio: a read, or a bio within one chunk
  *
  * Return: a DM_MAPIO_* value.
  */
@@ -180,30 +208,21 @@ int fleece_view_map_bio(struct dm_target *ti, struct bio *bio)
 	}
 }
 
-/* Trim @bio to the chunk it starts in: a view bio is about one chunk. */
-static void fleece_view_trim(struct fleece_ctx *ctx, struct dm_target *ti,
-			     struct bio *bio)
-{
-	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	sector_t left = ctx->chunk_sectors - (off & (ctx->chunk_sectors - 1));
-
-	if (bio_sectors(bio) > left)
-		dm_accept_partial_bio(bio, left);
-}
-
 static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_view *fv = ti->private;
 	struct fleece_bio *fb = fleece_bio(bio);
 
 	fb->ti = ti;
-	fb->reader_of = NULL;
 	fb->is_view = true;
+	fb->on_origin = false;
 	if (!bio_sectors(bio)) {
 		bio_endio(bio);	/* nothing to flush: the view is read-only */
 		return DM_MAPIO_SUBMITTED;
 	}
-	fleece_view_trim(fv->ctx, ti, bio);
+	/* A discard releases one chunk; reads are cut as they are mapped. */
+	if (bio_op(bio) != REQ_OP_READ)
+		fleece_bio_cut(fv->ctx, bio, fleece_chunk_of(fv->ctx, ti, bio));
 	return fleece_view_map_bio(ti, bio);
 }
 
@@ -217,7 +236,7 @@ static int fleece_view_end_io(struct dm_target *ti, struct bio *bio,
 	struct fleece_view *fv = ti->private;
 	struct fleece_bio *fb = fleece_bio(bio);
 
-	if (fb->reader_of)
+	if (fb->on_origin)
 		fleece_view_read_done(fv->ctx, bio);
 	if (bio_op(bio) == REQ_OP_READ && !*error &&
 	    fleece_ctx_invalid(fv->ctx)) {

@@ -95,14 +95,15 @@ struct fleece_ctx {
 	unsigned int nr_origins;	/* bound origin targets, registry lock */
 
 	/*
-	 * @lock protects @nr_live, @held, @deferred and @nr_copies.  Lock order: a
-	 * bucket lock, then @lock.
+	 * @lock protects @nr_live, @held, @deferred, @nr_copies and
+	 * @origin_readers.  Lock order: a bucket lock, then @lock.
 	 */
 	spinlock_t lock;
 	unsigned int nr_live;		/* resumed origin targets */
 	struct bio_list held;		/* view reads waiting for a live origin */
 	struct bio_list deferred;	/* bios the worker maps again */
 	unsigned int nr_copies;		/* copies in flight, abandoned ones too */
+	struct list_head origin_readers; /* fleece_bios of view reads on it */
 	atomic_t origin_reads;		/* view reads in flight on the origin */
 	wait_queue_head_t wait;
 
@@ -124,11 +125,18 @@ struct fleece_ctx {
 /*
  * Every bio of both targets carries this (per_io_data_size), so that the
  * worker can map deferred bios again and the view knows what it reads.
+ *
+ * A view read of pending chunks that goes to the origin is on
+ * ctx->origin_readers, under ctx->lock, with the chunks it reads: origin
+ * writes to those chunks wait until it ends.
  */
 struct fleece_bio {
 	struct dm_target *ti;
-	struct fleece_region *reader_of;	/* view read of a pending chunk */
 	bool is_view;
+	bool on_origin;			/* on ctx->origin_readers */
+	bool blocking;			/* something waits for it to end */
+	struct list_head reading;
+	unsigned long first, last;	/* the chunks it reads */
 };
 
 static inline struct fleece_bio *fleece_bio(struct bio *bio)
@@ -165,6 +173,16 @@ static inline unsigned long fleece_chunk_of(struct fleece_ctx *ctx,
 	return dm_target_offset(ti, bio->bi_iter.bi_sector) >> ctx->chunk_shift;
 }
 
+/* The chunk of @bio's last sector. */
+static inline unsigned long fleece_last_chunk_of(struct fleece_ctx *ctx,
+						 struct dm_target *ti,
+						 struct bio *bio)
+{
+	sector_t end = dm_target_offset(ti, bio_end_sector(bio));
+
+	return (end - 1) >> ctx->chunk_shift;
+}
+
 static inline sector_t fleece_chunk_start(struct fleece_ctx *ctx,
 					  unsigned long chunk)
 {
@@ -195,11 +213,30 @@ static inline bool fleece_chunk_released(struct fleece_ctx *ctx,
 void fleece_chunk_set_copied(struct fleece_ctx *ctx, unsigned long chunk);
 bool fleece_chunk_set_released(struct fleece_ctx *ctx, unsigned long chunk);
 
+/**
+ * fleece_bio_cut() - end @bio with chunk @last
+ * @ctx: the context
+ * @bio: a bio of the context's targets, in its first mapping: dm core maps
+ *	the rest as a new bio.  Bios that wait are cut to one chunk first,
+ *	so a bio mapped again is never cut.
+ * @last: the chunk to end with
+ */
+static inline void fleece_bio_cut(struct fleece_ctx *ctx, struct bio *bio,
+				  unsigned long last)
+{
+	struct dm_target *ti = fleece_bio(bio)->ti;
+	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	sector_t end = fleece_chunk_start(ctx, last + 1);
+
+	if (off + bio_sectors(bio) > end)
+		dm_accept_partial_bio(bio, end - off);
+}
+
 /* dm-fleece-cbw.c */
 int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
 			unsigned long chunk);
 int fleece_view_read_pending(struct fleece_ctx *ctx, struct bio *bio,
-			     unsigned long chunk);
+			     unsigned long first, unsigned long last);
 int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
 			unsigned long chunk, bool *released_now,
 			bool *was_copied);

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Basic: a known pattern, fleece + view, overwrite the origin; the view holds
-# the old pattern, the origin the new one.
+# the old pattern, the origin the new one.  Reads of the view over runs of
+# pending chunks, then of copied ones, each go down as one bio.
 . "$SRC/tests/lib.sh"
 
 origin=$(mkdev origin 64)
@@ -15,11 +16,19 @@ udevadm settle
 origin_reads=$(status_field fv 0)	# udev's probe of the new view
 assert_eq "$(fleece_counts fo)" "1024 0 0 0 0 active" "status after start"
 
+# A read over a run of pending chunks, or of copied ones, goes down whole:
+# each 1 MiB read of `same` (16 chunks) is one read of the origin, then of
+# the fleece device.
+same "$view" old "view before any write"
+assert_eq "$(dmsetup status fv | cut -d' ' -f4-)" "$((origin_reads + 64)) 0 0 0 active" \
+	"view status after reading pending chunks"
+
 put new /dev/mapper/fo
 same /dev/mapper/fo new "origin after overwrite"
 same "$view" old "view after overwrite"
 assert_eq "$(fleece_counts fo)" "0 1024 0 1024 0 active" "status after overwrite"
-assert_eq "$(dmsetup status fv | cut -d' ' -f4-)" "$origin_reads 1024 0 0 active" "view status"
+assert_eq "$(dmsetup status fv | cut -d' ' -f4-)" "$((origin_reads + 64)) 64 0 0 active" \
+	"view status after reading copied chunks"
 assert_eq "$(dmsetup table fo)" "0 131072 fleece $(dmsetup info -c --noheadings -o major,minor --separator : origin) $(dmsetup info -c --noheadings -o major,minor --separator : fl) 128" "table"
 
 dmsetup remove fv
