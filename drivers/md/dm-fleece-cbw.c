@@ -634,55 +634,75 @@ void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio)
 }
 
 /**
- * fleece_view_release() - a view discard covers all of @chunk
+ * fleece_view_release() - a view discard covers chunks @first to @last whole
  * @ctx: the context
- * @bio: the discard
- * @chunk: the chunk
- * @released_now: set when this discard released the chunk
- * @was_copied: set when the chunk's fleece range holds data to discard
+ * @bio: the discard; of one chunk if mapped again
+ * @first: the first chunk
+ * @last: the last chunk
+ * @released: set to the number of chunks this discard released
+ * @was_copied: set when one of them had its data in the fleece device
  *
  * A chunk is released only when no copy of it and no view read of it on
  * the origin is under way: once released, origin writes pass it unseen.
+ * The chunks are released in order up to the first that is busy: @bio is
+ * cut short of it, or, if it is @first, cut to @first and waits.
  *
  * Return: a DM_MAPIO_* value; SUBMITTED when @bio waits for a busy chunk.
  */
 int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
-			unsigned long chunk, bool *released_now,
-			bool *was_copied)
+			unsigned long first, unsigned long last,
+			unsigned long *released, bool *was_copied)
 {
-	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
 	struct fleece_region *r, *spare = NULL;
-	unsigned long flags;
+	unsigned long chunk, flags;
+	struct fleece_bucket *b;
 	int ret = DM_MAPIO_REMAPPED;
+	bool busy;
 
-	*released_now = false;
+	*released = 0;
 	*was_copied = false;
+	for (chunk = first; chunk <= last; chunk++) {
+		b = fleece_bucket(ctx, chunk);
 again:
-	spin_lock_irqsave(&b->lock, flags);
-	r = fleece_region_find(b, chunk);
-	if (fleece_ctx_invalid(ctx)) {
-		ret = DM_MAPIO_KILL;
-	} else if (r) {
-		bio_list_add(&r->waiters, bio);
-		ret = DM_MAPIO_SUBMITTED;
-	} else if (fleece_chunk_released(ctx, chunk)) {
-		;	/* nothing left to do */
-	} else if (fleece_origin_read_covers(ctx, chunk)) {
-		/* Wait in a region of its own, settled when the read ends. */
-		if (!spare) {
+		spin_lock_irqsave(&b->lock, flags);
+		if (fleece_ctx_invalid(ctx)) {
 			spin_unlock_irqrestore(&b->lock, flags);
-			spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
-			goto again;
+			ret = DM_MAPIO_KILL;
+			break;
 		}
-		r = fleece_region_new(ctx, b, spare, chunk);
-		spare = NULL;
+		r = fleece_region_find(b, chunk);
+		busy = r || (!fleece_chunk_released(ctx, chunk) &&
+			     fleece_origin_read_covers(ctx, chunk));
+		if (!busy) {
+			if (!fleece_chunk_released(ctx, chunk)) {
+				(*released)++;
+				if (fleece_chunk_set_released(ctx, chunk))
+					*was_copied = true;
+			}
+			spin_unlock_irqrestore(&b->lock, flags);
+			continue;
+		}
+		if (chunk > first) {
+			spin_unlock_irqrestore(&b->lock, flags);
+			fleece_bio_cut(ctx, bio, chunk - 1);
+			break;
+		}
+		/* Wait for the chunk alone, in a region of its own if need be. */
+		if (!r) {
+			if (!spare) {
+				spin_unlock_irqrestore(&b->lock, flags);
+				spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
+				goto again;
+			}
+			r = fleece_region_new(ctx, b, spare, chunk);
+			spare = NULL;
+		}
+		fleece_bio_cut(ctx, bio, chunk);
 		bio_list_add(&r->waiters, bio);
+		spin_unlock_irqrestore(&b->lock, flags);
 		ret = DM_MAPIO_SUBMITTED;
-	} else {
-		*released_now = true;
-		*was_copied = fleece_chunk_set_released(ctx, chunk);
+		break;
 	}
-	spin_unlock_irqrestore(&b->lock, flags);
 	if (spare)
 		mempool_free(spare, &ctx->region_pool);
 	return ret;

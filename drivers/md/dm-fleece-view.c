@@ -162,29 +162,40 @@ refuse:
 	return DM_MAPIO_KILL;
 }
 
-/* Only discards that cover a whole chunk release it; the rest is ignored. */
+/*
+ * A discard releases the chunks it covers whole, as one bio (cut short of a
+ * busy chunk); a chunk it covers only in part is left alone.
+ */
 static int fleece_view_discard(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_view *fv = ti->private;
 	struct fleece_ctx *ctx = fv->ctx;
-	unsigned long chunk = fleece_chunk_of(ctx, ti, bio);
-	sector_t offset = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	bool released_now, was_copied;
+	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	sector_t end = off + bio_sectors(bio);
+	unsigned long first = fleece_chunk_of(ctx, ti, bio);
+	unsigned long last = fleece_last_chunk_of(ctx, ti, bio);
+	unsigned long released;
+	bool was_copied;
 	int r;
 
-	if (offset != fleece_chunk_start(ctx, chunk) ||
-	    bio_sectors(bio) < fleece_chunk_len(ctx, chunk)) {
-		bio_endio(bio);
-		return DM_MAPIO_SUBMITTED;
+	if (off != fleece_chunk_start(ctx, first)) {
+		fleece_bio_cut(ctx, bio, first);
+		goto ignore;
+	}
+	if (end < fleece_chunk_start(ctx, last) + fleece_chunk_len(ctx, last)) {
+		if (last == first)
+			goto ignore;
+		fleece_bio_cut(ctx, bio, --last);
 	}
 
-	r = fleece_view_release(ctx, bio, chunk, &released_now, &was_copied);
+	r = fleece_view_release(ctx, bio, first, last, &released, &was_copied);
 	if (r != DM_MAPIO_REMAPPED)
 		return r;
-	if (released_now)
-		atomic64_inc(&fv->chunks_released);
+	atomic64_add(released, &fv->chunks_released);
+	/* Pending chunks released with it have nothing there: no harm. */
 	if (was_copied && bdev_max_discard_sectors(fv->fleece->bdev))
 		return fleece_view_remap(ti, bio, fv->fleece);
+ignore:
 	bio_endio(bio);
 	return DM_MAPIO_SUBMITTED;
 }
@@ -192,7 +203,7 @@ static int fleece_view_discard(struct dm_target *ti, struct bio *bio)
 /**
  * fleece_view_map_bio() - map a view bio, first time or again
  * @ti: the fleece-view target
- * @bio: a read, or a bio within one chunk
+ * @bio: a read or a discard; of one chunk if mapped again
  *
  * Return: a DM_MAPIO_* value.
  */
@@ -210,7 +221,6 @@ int fleece_view_map_bio(struct dm_target *ti, struct bio *bio)
 
 static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 {
-	struct fleece_view *fv = ti->private;
 	struct fleece_bio *fb = fleece_bio(bio);
 
 	fb->ti = ti;
@@ -220,9 +230,7 @@ static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 		bio_endio(bio);	/* nothing to flush: the view is read-only */
 		return DM_MAPIO_SUBMITTED;
 	}
-	/* A discard releases one chunk; reads are cut as they are mapped. */
-	if (bio_op(bio) != REQ_OP_READ)
-		fleece_bio_cut(fv->ctx, bio, fleece_chunk_of(fv->ctx, ti, bio));
+	/* Reads and discards are cut as they are mapped, where needed. */
 	return fleece_view_map_bio(ti, bio);
 }
 

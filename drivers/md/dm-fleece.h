@@ -238,8 +238,8 @@ int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
 int fleece_view_read_pending(struct fleece_ctx *ctx, struct bio *bio,
 			     unsigned long first, unsigned long last);
 int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
-			unsigned long chunk, bool *released_now,
-			bool *was_copied);
+			unsigned long first, unsigned long last,
+			unsigned long *released, bool *was_copied);
 void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio);
 void fleece_worker(struct work_struct *work);
 int fleece_cbw_module_init(void);
