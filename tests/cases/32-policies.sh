@@ -8,8 +8,9 @@
 #   (b) fleece device a thin LV (lvm2) whose pool, created with
 #       --errorwhenfull y (error_if_no_space), holds 2 MiB of the 8 MiB of
 #       copies; under fail_origin_writes the pool is then extended;
-#   (c) fleece device a dm-delay table whose writes take 12 s, with
-#       cbw_timeout_ms 500.
+#   (c) fleece device a dm-delay table that holds writes 60 s, with
+#       cbw_timeout_ms 500; once the copy has been checked in flight, a
+#       suspend of the dm-delay device lets its write go.
 #
 # Default policy, checked: the origin write succeeds (in (c): long before
 # the delay) and reaches the origin; status `invalid`, cbw_errors counted;
@@ -234,7 +235,15 @@ dmsetup remove fo-bf
 
 # === (c) a fleece device slower than cbw_timeout_ms ==========================
 
-DELAY=12000
+# Long enough that the copy is surely still held while the test checks it in
+# flight (a debug kernel on a loaded host took 2.2 s for a 500 ms timeout);
+# once checked, a suspend of the dm-delay device lets the write go at once.
+DELAY=60000
+
+release_delayed() { # dm-delay name: submits the bios it holds
+	dmsetup suspend "$1"
+	dmsetup resume "$1"
+}
 
 log "(c) default policy, fleece writes delayed ${DELAY} ms, cbw_timeout_ms 500"
 dmesg_mark
@@ -262,6 +271,7 @@ patch_chunk exp 5
 same "$origin" exp "origin"
 expect_dmesg_since_mark "copy-before-write of chunk 5 timed out after 500 ms"
 log "the abandoned copy ends"
+release_delayed fl-delay-d
 wait_writes_done fl-delay-d 1
 assert_eq "$(fleece_counts fo-cd)" "128 0 0 1 1 invalid" "status after the copy ended"
 wr /dev/mapper/fo-cd 7
@@ -296,6 +306,7 @@ same "$origin" old "origin after the failed writes"
 same "$view" old "view after the failed writes"
 expect_dmesg_since_mark "copy-before-write of chunk 5 timed out after 500 ms"
 log "the abandoned copy ends"
+release_delayed fl-delay-f
 wait_writes_done fl-delay-f 1
 read -r pending copied released cbw errors state <<< "$(fleece_counts fo-cf)"
 log "after the copy ended: $pending pending, $copied copied"
