@@ -418,5 +418,14 @@ int cmd_read(int argc, char **argv)
 	r = output_finish(&out, r);
 	if (!r && o.sha256)
 		output_print_sha256(&out, res.sha256);
+	if (!r) {
+		char a[32], b[32];
+
+		/* Seconds to 1/100: benchmarks compare this with dd's time. */
+		msg_info("%s: read complete: %s in %.2f s (%s/s)", name,
+			 fmt_size(res.size, a, sizeof(a)), res.seconds,
+			 fmt_size(res.seconds > 0 ? (uint64_t)(res.size / res.seconds) :
+				  res.size, b, sizeof(b)));
+	}
 	return r;
 }

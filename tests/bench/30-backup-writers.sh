@@ -36,6 +36,21 @@
 # waits in exec_prerun for the view to appear.
 #
 # Wanted: writer IOPS with the 10 MB/s target / with the unthrottled one.
+#
+# Then the same question for the module alone (uniform writers only), so
+# that the tool's own costs show apart: `fleece start` moves NAME's table to
+# a new device NAME-fleece-origin and puts the fleece target over it, which
+# adds one dm layer under every write for as long as the fleece runs, and
+# every start and stop makes udev events.  Here a fleece and its view are
+# made by hand directly on ram0, the writers write that fleece, and
+# `tools/fleece read` reads the view (10 MB/s, or unthrottled), releasing
+# what it read; nothing is swapped, no layer added.  Controls:
+#
+#   bare              the writers on "base" (dm-linear on ram0), no fleece
+#   linear-on-base    the writers on a dm-linear over "base": the price of
+#                     the layer that `fleece start` adds
+#   view-read-10MBps  hand-made fleece, `fleece read --rate 10000000`
+#   view-read-unlimited  the same, unthrottled
 . "$SRC/tests/lib.sh"
 . "$SRC/tests/bench/bench.lib"
 
@@ -107,3 +122,59 @@ for round in $(seq 1 "$ROUNDS"); do
 		done
 	done
 done
+
+# The module alone: see the header.
+dmsetup create linear-on-base --table "0 $len linear /dev/mapper/base 0"
+udevadm settle
+find_fleece_tool read
+[ -n "$FLEECE" ] || fail "tools/fleece has no read command"
+run_module() { # case round json
+	local c=$1 round=$2 json=$3 dev rpid= copies=null
+	case $c in
+	bare) dev=/dev/mapper/base ;;
+	linear-on-base) dev=/dev/mapper/linear-on-base ;;
+	view-read-*)
+		dmsetup create fo --table "0 $len fleece $D0 $D1 128"
+		dmsetup create fv --table "0 $len fleece-view $D0 $D1"
+		udevadm settle
+		dev=/dev/mapper/fo ;;
+	esac
+	# fio sets up, then waits for "go": the reader starts with the writers.
+	rm -f ready go
+	fio "${FIO_COMMON[@]}" --output="$json" "${WRITERS[@]}" --filename=$dev \
+		--random_distribution=random \
+		--exec_prerun="sh -c 'touch $PWD/ready; i=0; while [ ! -e $PWD/go ] && [ \$i -lt 6000 ]; do sleep 0.01; i=\$((i + 1)); done'" &
+	local fpid=$!
+	while [ ! -e ready ] && kill -0 "$fpid" 2>/dev/null; do sleep 0.05; done
+	case $c in
+	view-read-10MBps)
+		"$FLEECE" read -p none --rate 10000000 /dev/mapper/fv -o - > /dev/null 2> read.err &
+		rpid=$! ;;
+	view-read-unlimited)
+		"$FLEECE" read -p none /dev/mapper/fv -o - > /dev/null 2> read.err &
+		rpid=$! ;;
+	esac
+	touch go
+	wait "$fpid"
+	EXTRA='{}'
+	if [ -n "$rpid" ]; then
+		kill -0 "$rpid" 2>/dev/null && fail "$c: the reader did not finish within the $RT s window"
+		wait "$rpid" || { cat read.err; fail "$c: fleece read failed"; }
+		assert_eq "$(status_field fo 4)" $((len / 128)) "$c: every chunk released"
+		copies=$(status_field fo 5)
+		EXTRA="{\"tool\": \"fleece read\", \"fleece_at_end\": $(fleece_json fo), \"backup_copies\": $copies}"
+		dm_remove fv fo
+	fi
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+	for c in $(rotate "$round" bare linear-on-base view-read-10MBps view-read-unlimited); do
+		log "round $round: $c (module alone) randwrite-4k-qd16"
+		json=$RAW/$c.randwrite-4k-qd16.r$round.json
+		run_module "$c" "$round" "$json"
+		udevadm settle
+		log "$c: $EXTRA"
+		record_fio "$c" randwrite-4k-qd16 "$round" "$json" "" "$EXTRA"
+	done
+done
+dm_remove linear-on-base

@@ -260,6 +260,16 @@ def build(res):
         goal(goals, f"writers during a backup ({w}): 10 MB/s target / unthrottled target IOPS", st, 0.9,
              detail="copies in the window (the backup's summary; no-backup: cbw_count): " +
              ", ".join(f"{c} {fmt(v)}" for c, v in cbw.items()))
+        if (bk, w, "view-read-10MBps") in res.by:
+            st = add_ratio(f"view-read-10MBps / view-read-unlimited ({w}, module alone)", bk, w,
+                           "view-read-10MBps", "view-read-unlimited")
+            add_ratio(f"linear-on-base / bare ({w}: the layer fleece start adds)", bk, w,
+                      "linear-on-base", "bare")
+            cbw = {c: res.s(bk, w, c, "extra/backup_copies") for c in
+                   ("view-read-10MBps", "view-read-unlimited")}
+            goal(goals, f"writers during a view read ({w}), module alone: 10 MB/s / unthrottled IOPS",
+                 st, 0.9, detail="copies in the window: " +
+                 ", ".join(f"{c} {fmt(v)}" for c, v in cbw.items()))
 
     # 4. Backup read
     rd = "40-backup-read"

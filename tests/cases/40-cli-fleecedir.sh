@@ -56,11 +56,16 @@ assert_eq "$(status_field data 4)" 0 "--no-discard released chunks"
 rm tty.img
 
 step "the reader discards: the file shrinks"
-$F read --rate 4M --block-size 1M -p none /dev/mapper/data-fleece-view -o view.img &
+$F read --rate 4M --block-size 1M -p none /dev/mapper/data-fleece-view -o view.img 2> read.err &
 rpid=$!
 samples=()
 while kill -0 $rpid 2>/dev/null; do samples+=("$(kib $f)"); sleep 0.3; done
-wait $rpid || fail "fleece read failed"
+wait $rpid || { cat read.err; fail "fleece read failed"; }
+cat read.err
+# The summary: 32 MiB at 4 MiB/s take 8 s.
+secs=$(sed -n 's/^.*data-fleece-view: read complete: 32\.0 MiB in \([0-9]*\.[0-9][0-9]\) s ([0-9.]* [KM]iB\/s)$/\1/p' read.err)
+[ -n "$secs" ] || fail "no summary from fleece read"
+awk -v s="$secs" 'BEGIN { exit !(s >= 7.5 && s < 60) }' || fail "read took $secs s: at 4 MiB/s it takes 8 s or more"
 samples+=("$(kib $f)")
 echo "allocated KiB while reading: ${samples[*]}"
 prev=$grown between=0
