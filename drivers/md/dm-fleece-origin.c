@@ -272,9 +272,8 @@ remap:
 static void fleece_origin_trim(struct fleece_ctx *ctx, struct dm_target *ti,
 			       struct bio *bio)
 {
-	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	unsigned long chunk = off >> ctx->chunk_shift;
-	unsigned long last = (off + bio_sectors(bio) - 1) >> ctx->chunk_shift;
+	unsigned long chunk = fleece_chunk_of(ctx, ti, bio);
+	unsigned long last = fleece_last_chunk_of(ctx, ti, bio);
 
 	if (chunk == last || fleece_ctx_invalid(ctx))
 		return;
@@ -284,7 +283,7 @@ static void fleece_origin_trim(struct fleece_ctx *ctx, struct dm_target *ti,
 		if (chunk == last)
 			return;
 	}
-	dm_accept_partial_bio(bio, fleece_chunk_start(ctx, chunk + 1) - off);
+	fleece_bio_cut(ctx, bio, chunk);
 }
 
 static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
