@@ -72,16 +72,24 @@ WRITERS=(--name=writers --rw=randwrite --bs=4k --iodepth=16 --norandommap=1
 	--randrepeat=0 --size=${MIB}M --time_based=1 --runtime=$RT)
 declare -A DIST=([randwrite-4k-qd16]=random [randwrite-4k-qd16-zipf]=zipf:1.1)
 
+# Start the writers on DEV and wait until fio has set up: it then waits in
+# exec_prerun until GATE exists (at most 60 s) before its clock starts.
+# Sets WPID.
+writers_start() { # dev distribution json gate
+	rm -f ready
+	fio "${FIO_COMMON[@]}" --output="$3" "${WRITERS[@]}" --filename="$1" \
+		--random_distribution="$2" \
+		--exec_prerun="sh -c 'touch $PWD/ready; i=0; while [ ! -e $4 ] && [ \$i -lt 6000 ]; do sleep 0.01; i=\$((i + 1)); done'" &
+	WPID=$!
+	while [ ! -e ready ] && kill -0 "$WPID" 2>/dev/null; do sleep 0.05; done
+}
+
 # One round of one case with tools/fleece.
 run_tool() { # case workload round json
 	local c=$1 w=$2 round=$3 json=$4 bpid= brc=none st
 	local view=/dev/mapper/base-fleece-view
-	rm -f ready
-	fio "${FIO_COMMON[@]}" --output="$json" "${WRITERS[@]}" --filename=/dev/mapper/base \
-		--random_distribution="${DIST[$w]}" \
-		--exec_prerun="sh -c 'touch $PWD/ready; i=0; while [ ! -e $view ] && [ \$i -lt 6000 ]; do sleep 0.01; i=\$((i + 1)); done'" &
-	local fpid=$!
-	while [ ! -e ready ] && kill -0 "$fpid" 2>/dev/null; do sleep 0.05; done
+	writers_start /dev/mapper/base "${DIST[$w]}" "$json" "$view"
+	local fpid=$WPID
 	case $c in
 	backup-10MBps)
 		"$FLEECE" backup -p none -d $D1 --rate 10000000 base -o - > /dev/null 2> backup.err &
@@ -139,13 +147,10 @@ run_module() { # case round json
 		udevadm settle
 		dev=/dev/mapper/fo ;;
 	esac
-	# fio sets up, then waits for "go": the reader starts with the writers.
-	rm -f ready go
-	fio "${FIO_COMMON[@]}" --output="$json" "${WRITERS[@]}" --filename=$dev \
-		--random_distribution=random \
-		--exec_prerun="sh -c 'touch $PWD/ready; i=0; while [ ! -e $PWD/go ] && [ \$i -lt 6000 ]; do sleep 0.01; i=\$((i + 1)); done'" &
-	local fpid=$!
-	while [ ! -e ready ] && kill -0 "$fpid" 2>/dev/null; do sleep 0.05; done
+	# The writers wait for "go": the reader starts with them.
+	rm -f go
+	writers_start "$dev" random "$json" "$PWD/go"
+	local fpid=$WPID
 	case $c in
 	view-read-10MBps)
 		"$FLEECE" read -p none --rate 10000000 /dev/mapper/fv -o - > /dev/null 2> read.err &
