@@ -17,6 +17,7 @@
 /* Feature arguments of the fleece target. */
 #define FLEECE_FEATURE_FAIL_ORIGIN_WRITES	"fail_origin_writes"
 #define FLEECE_FEATURE_CBW_TIMEOUT_MS		"cbw_timeout_ms"
+#define FLEECE_FEATURE_ORIGIN_OFFSET		"origin_offset"
 
 /* Fields of the fleece target's status line, in order. */
 enum fleece_status_field {

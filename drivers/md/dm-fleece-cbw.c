@@ -243,13 +243,14 @@ static void fleece_copy_io_end(unsigned long error, void *context)
 	queue_work(r->ctx->wq, &r->step);
 }
 
+/* @base: where the region starts on @bdev (the origin's may not be at 0). */
 static void fleece_copy_io(struct fleece_region *r, blk_opf_t opf,
-			   struct block_device *bdev)
+			   struct block_device *bdev, sector_t base)
 {
 	struct fleece_ctx *ctx = r->ctx;
 	struct dm_io_region where = {
 		.bdev = bdev,
-		.sector = fleece_chunk_start(ctx, r->chunk),
+		.sector = base + fleece_chunk_start(ctx, r->chunk),
 		.count = fleece_chunk_len(ctx, r->chunk),
 	};
 	struct dm_io_request req = {
@@ -352,7 +353,7 @@ static void fleece_copy_step(struct work_struct *work)
 	fleece_dispatch(&out, fail_writes);
 
 	if (!ended) {
-		fleece_copy_io(r, REQ_OP_WRITE, ctx->fleece_bdev);
+		fleece_copy_io(r, REQ_OP_WRITE, ctx->fleece_bdev, 0);
 		return;
 	}
 	mempool_free(buf, &ctx->buf_pool);
@@ -416,7 +417,7 @@ static void fleece_copy_start(struct fleece_region *r)
 	if (timeout_ms)
 		queue_delayed_work(ctx->wq, &r->timeout,
 				   msecs_to_jiffies(timeout_ms));
-	fleece_copy_io(r, REQ_OP_READ, ctx->origin_bdev);
+	fleece_copy_io(r, REQ_OP_READ, ctx->origin_bdev, ctx->origin_offset);
 }
 
 /* --- entry points from the targets -------------------------------------- */

@@ -90,6 +90,7 @@ static void fleece_ctx_raise_event(struct work_struct *work)
 static struct fleece_ctx *fleece_ctx_create(struct dm_target *ti,
 					    struct dm_dev *origin,
 					    struct dm_dev *fleece,
+					    sector_t origin_offset,
 					    unsigned int chunk_sectors)
 {
 	struct fleece_ctx *ctx;
@@ -109,6 +110,7 @@ static struct fleece_ctx *fleece_ctx_create(struct dm_target *ti,
 	ctx->fleece_dev = fleece->bdev->bd_dev;
 	ctx->origin_bdev = origin->bdev;
 	ctx->fleece_bdev = fleece->bdev;
+	ctx->origin_offset = origin_offset;
 	ctx->region_sectors = ti->len;
 	ctx->chunk_sectors = chunk_sectors;
 	ctx->chunk_shift = ilog2(chunk_sectors);
@@ -186,15 +188,18 @@ static const char *fleece_registry_role(dev_t dev)
  * @link: the target's link; @link->ti is the target being constructed
  * @origin: the origin device
  * @fleece: the fleece device
+ * @origin_offset: where the region starts on the origin device
  * @chunk_sectors: chunk size of the new table
  *
  * A table for a pair that already has a context takes it over (a reload
- * keeps the state); the chunk size and length must then be the same.
+ * keeps the state); the chunk size, length and origin offset must then be
+ * the same: the fleece device holds the region's chunks at their offsets.
  *
  * Return: the context with a reference held, or an ERR_PTR with ti->error set.
  */
 struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
 				   struct dm_dev *origin, struct dm_dev *fleece,
+				   sector_t origin_offset,
 				   unsigned int chunk_sectors)
 {
 	struct dm_target *ti = link->ti;
@@ -219,6 +224,14 @@ struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
 			ctx = ERR_PTR(-EINVAL);
 			goto out;
 		}
+		if (ctx->origin_offset != origin_offset) {
+			DMERR("origin offset %llu differs from the live fleece's (%llu sectors)",
+			      (unsigned long long)origin_offset,
+			      (unsigned long long)ctx->origin_offset);
+			ti->error = "Origin offset differs from the live fleece of these devices";
+			ctx = ERR_PTR(-EINVAL);
+			goto out;
+		}
 		kref_get(&ctx->kref);
 	} else {
 		const char *role = fleece_registry_role(o);
@@ -236,7 +249,8 @@ struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
 			ctx = ERR_PTR(-EBUSY);
 			goto out;
 		}
-		ctx = fleece_ctx_create(ti, origin, fleece, chunk_sectors);
+		ctx = fleece_ctx_create(ti, origin, fleece, origin_offset,
+					chunk_sectors);
 		if (IS_ERR(ctx))
 			goto out;
 		list_add(&ctx->registry_node, &fleece_registry);

@@ -5,6 +5,9 @@
  *   <start> <len> fleece <origin_dev> <fleece_dev> <chunk_sectors>
  *                        [<#feature_args> <feature_arg>...]
  *
+ * Features: fail_origin_writes, cbw_timeout_ms <ms>, origin_offset <sectors>
+ * (where the target's region starts on the origin device; 0 by default).
+ *
  * Reads pass straight to the origin.  Writes to a pending chunk first copy
  * the chunk to the fleece device at the same offset (copy-before-write);
  * writes to any other chunk pass without a lock.
@@ -19,6 +22,7 @@ struct fleece_origin {
 	struct dm_dev *origin;
 	struct dm_dev *fleece;
 	struct fleece_ctx *ctx;
+	sector_t origin_offset;
 	unsigned int chunk_sectors;
 	bool fail_origin_writes;
 	unsigned int cbw_timeout_ms;
@@ -26,7 +30,7 @@ struct fleece_origin {
 };
 
 /*
- * Numbers are parsed with kstrtouint(), not dm_read_arg(): sscanf() would
+ * Numbers are parsed with kstrtou*(), not dm_read_arg(): sscanf() would
  * silently wrap a value such as 4294967796 to 500.
  */
 static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo,
@@ -34,10 +38,11 @@ static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo
 {
 	unsigned int argc, ms;
 	const char *name;
+	u64 sectors;
 
 	if (!as->argc)
 		return 0;
-	if (kstrtouint(dm_shift_arg(as), 10, &argc) || argc > 3 || argc > as->argc) {
+	if (kstrtouint(dm_shift_arg(as), 10, &argc) || argc > 5 || argc > as->argc) {
 		ti->error = "Invalid number of feature arguments";
 		return -EINVAL;
 	}
@@ -58,6 +63,17 @@ static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo
 			}
 			argc--;
 			fo->cbw_timeout_ms = ms;
+		} else if (!strcasecmp(name, FLEECE_FEATURE_ORIGIN_OFFSET)) {
+			if (!argc) {
+				ti->error = "Feature origin_offset needs a value";
+				return -EINVAL;
+			}
+			if (kstrtou64(dm_shift_arg(as), 10, &sectors)) {
+				ti->error = "Invalid origin_offset: not a number of sectors";
+				return -EINVAL;
+			}
+			argc--;
+			fo->origin_offset = sectors;
 		} else {
 			ti->error = "Unknown feature argument";
 			return -EINVAL;
@@ -94,24 +110,39 @@ static int fleece_parse_chunk_sectors(const char *arg, unsigned int *chunk,
 	return 0;
 }
 
-/* Both devices must hold the region and have blocks that divide a chunk. */
+/*
+ * Both devices must hold the region (the origin from origin_offset on) and
+ * have blocks that divide a chunk and, on the origin, the offset.
+ */
 static int fleece_check_devices(struct fleece_origin *fo, struct dm_target *ti)
 {
 	unsigned int bytes = fo->chunk_sectors << SECTOR_SHIFT;
+	sector_t origin_sectors = bdev_nr_sectors(fo->origin->bdev);
+	unsigned int origin_lbs = bdev_logical_block_size(fo->origin->bdev);
 
 	if (fo->origin->bdev == fo->fleece->bdev) {
 		ti->error = "Origin and fleece devices must differ";
 		return -EINVAL;
 	}
-	if (bdev_nr_sectors(fo->origin->bdev) < ti->len) {
-		ti->error = "Origin device is smaller than the target";
+	if (fo->origin_offset >= origin_sectors) {
+		ti->error = "Origin offset is beyond the end of the origin device";
+		return -EINVAL;
+	}
+	if (origin_sectors - fo->origin_offset < ti->len) {
+		ti->error = fo->origin_offset ?
+			"Origin device is smaller than origin_offset plus the target" :
+			"Origin device is smaller than the target";
+		return -EINVAL;
+	}
+	if (fo->origin_offset & ((origin_lbs >> SECTOR_SHIFT) - 1)) {
+		ti->error = "Origin offset is not a multiple of the origin's logical block size";
 		return -EINVAL;
 	}
 	if (bdev_nr_sectors(fo->fleece->bdev) < ti->len) {
 		ti->error = "Fleece device is smaller than the target";
 		return -EINVAL;
 	}
-	if (bytes % bdev_logical_block_size(fo->origin->bdev)) {
+	if (bytes % origin_lbs) {
 		ti->error = "Chunk size is not a multiple of the origin's logical block size";
 		return -EINVAL;
 	}
@@ -169,7 +200,7 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 		goto bad_ctx;
 
 	ctx = fleece_ctx_bind(&fo->link, fo->origin, fo->fleece,
-			      fo->chunk_sectors);
+			      fo->origin_offset, fo->chunk_sectors);
 	if (IS_ERR(ctx)) {
 		r = PTR_ERR(ctx);
 		goto bad_ctx;
@@ -252,7 +283,8 @@ int fleece_origin_map_bio(struct dm_target *ti, struct bio *bio)
 
 remap:
 	bio_set_dev(bio, fo->origin->bdev);
-	bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	bio->bi_iter.bi_sector = fo->origin_offset +
+		dm_target_offset(ti, bio->bi_iter.bi_sector);
 	return DM_MAPIO_REMAPPED;
 }
 
@@ -330,7 +362,7 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 {
 	struct fleece_origin *fo = ti->private;
 	struct fleece_ctx *ctx = fo->ctx;
-	unsigned int sz = 0;
+	unsigned int sz = 0, nr_features;
 	u64 copied, released;
 	unsigned int in_flight;
 	unsigned long flags;
@@ -354,15 +386,19 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s %u", fo->origin->name, fo->fleece->name,
 		       fo->chunk_sectors);
-		if (fo->fail_origin_writes || fo->cbw_timeout_ms) {
-			DMEMIT(" %u", (fo->fail_origin_writes ? 1 : 0) +
-			       (fo->cbw_timeout_ms ? 2 : 0));
-			if (fo->fail_origin_writes)
-				DMEMIT(" " FLEECE_FEATURE_FAIL_ORIGIN_WRITES);
-			if (fo->cbw_timeout_ms)
-				DMEMIT(" " FLEECE_FEATURE_CBW_TIMEOUT_MS " %u",
-				       fo->cbw_timeout_ms);
-		}
+		nr_features = (fo->fail_origin_writes ? 1 : 0) +
+			      (fo->cbw_timeout_ms ? 2 : 0) +
+			      (fo->origin_offset ? 2 : 0);
+		if (nr_features)
+			DMEMIT(" %u", nr_features);
+		if (fo->fail_origin_writes)
+			DMEMIT(" " FLEECE_FEATURE_FAIL_ORIGIN_WRITES);
+		if (fo->cbw_timeout_ms)
+			DMEMIT(" " FLEECE_FEATURE_CBW_TIMEOUT_MS " %u",
+			       fo->cbw_timeout_ms);
+		if (fo->origin_offset)
+			DMEMIT(" " FLEECE_FEATURE_ORIGIN_OFFSET " %llu",
+			       (unsigned long long)fo->origin_offset);
 		break;
 	default:
 		result[0] = '\0';
@@ -376,12 +412,12 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 {
 	struct fleece_origin *fo = ti->private;
 
-	return fn(ti, fo->origin, 0, ti->len, data);
+	return fn(ti, fo->origin, fo->origin_offset, ti->len, data);
 }
 
 static struct target_type fleece_origin_target = {
 	.name = FLEECE_TARGET_NAME,
-	.version = {1, 1, 0},
+	.version = {1, 2, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,
 	.dtr = fleece_origin_dtr,

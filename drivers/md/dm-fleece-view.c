@@ -97,11 +97,13 @@ static void fleece_view_dtr(struct dm_target *ti)
 	kfree(fv);
 }
 
+/* @base: where the fleece region starts on @dev. */
 static int fleece_view_remap(struct dm_target *ti, struct bio *bio,
-			     struct dm_dev *dev)
+			     struct dm_dev *dev, sector_t base)
 {
 	bio_set_dev(bio, dev->bdev);
-	bio->bi_iter.bi_sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	bio->bi_iter.bi_sector = base +
+		dm_target_offset(ti, bio->bi_iter.bi_sector);
 	return DM_MAPIO_REMAPPED;
 }
 
@@ -152,11 +154,11 @@ static int fleece_view_read(struct dm_target *ti, struct bio *bio)
 	if (!fleece_bio(bio)->on_origin)
 		goto from_fleece;
 	atomic64_inc(&fv->reads_origin);
-	return fleece_view_remap(ti, bio, fv->origin);
+	return fleece_view_remap(ti, bio, fv->origin, ctx->origin_offset);
 
 from_fleece:
 	atomic64_inc(&fv->reads_fleece);
-	return fleece_view_remap(ti, bio, fv->fleece);
+	return fleece_view_remap(ti, bio, fv->fleece, 0);
 refuse:
 	atomic64_inc(&fv->reads_refused);
 	return DM_MAPIO_KILL;
@@ -194,7 +196,7 @@ static int fleece_view_discard(struct dm_target *ti, struct bio *bio)
 	atomic64_add(released, &fv->chunks_released);
 	/* Pending chunks released with it have nothing there: no harm. */
 	if (was_copied && bdev_max_discard_sectors(fv->fleece->bdev))
-		return fleece_view_remap(ti, bio, fv->fleece);
+		return fleece_view_remap(ti, bio, fv->fleece, 0);
 ignore:
 	bio_endio(bio);
 	return DM_MAPIO_SUBMITTED;
@@ -287,7 +289,7 @@ static int fleece_view_iterate_devices(struct dm_target *ti,
 	struct fleece_view *fv = ti->private;
 	int r;
 
-	r = fn(ti, fv->origin, 0, ti->len, data);
+	r = fn(ti, fv->origin, fv->ctx->origin_offset, ti->len, data);
 	if (!r)
 		r = fn(ti, fv->fleece, 0, ti->len, data);
 	return r;

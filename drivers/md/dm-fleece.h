@@ -73,6 +73,7 @@ struct fleece_ctx {
 	struct block_device *origin_bdev;
 	struct block_device *fleece_bdev;
 
+	sector_t origin_offset;		/* where the region starts on the origin */
 	sector_t region_sectors;
 	unsigned int chunk_sectors;
 	unsigned int chunk_shift;
@@ -147,6 +148,7 @@ static inline struct fleece_bio *fleece_bio(struct bio *bio)
 /* dm-fleece-ctx.c */
 struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
 				   struct dm_dev *origin, struct dm_dev *fleece,
+				   sector_t origin_offset,
 				   unsigned int chunk_sectors);
 struct fleece_ctx *fleece_ctx_find_live(struct fleece_target_link *link,
 					struct dm_dev *origin,

@@ -5,11 +5,13 @@
 # leave nothing behind: no new dm device, no new holder of any device.
 # Covered: argument counts; chunk size not a number, with trailing garbage,
 # negative, overflowing 32 bits, not a power of two, too small, too large;
-# unknown, miscounted and incomplete feature arguments; devices too small,
+# unknown, miscounted and incomplete feature arguments; origin offsets not
+# a number, overflowing, beyond the origin, not leaving room for the region,
+# not a multiple of the origin's logical block size; devices too small,
 # equal, missing; views with no live fleece, with swapped or wrong devices,
 # longer than the region, of a fleece that was loaded but never resumed, of
 # an invalid fleece; a second fleece sharing a device of a live pair;
-# reloads of a live fleece with another chunk size or length (refused,
+# reloads of a live fleece with another chunk size, length or origin offset (refused,
 # the old table keeps working); an origin too large for memory at its chunk
 # size.  Then valid tables (with feature arguments) are accepted and work.
 # Every case runs; the failures are listed at the end.
@@ -115,8 +117,8 @@ reject "unknown feature after a valid one" fleece -EINVAL "Unknown feature argum
 reject "feature count larger than the arguments" fleece -EINVAL "$F" "$FL $o $f 8 2 fail_origin_writes"
 reject "feature count not a number" fleece -EINVAL "$F" "$FL $o $f 8 x fail_origin_writes"
 reject "feature count negative" fleece -EINVAL "$F" "$FL $o $f 8 -1"
-reject "feature count above 3" fleece -EINVAL "$F" \
-	"$FL $o $f 8 4 fail_origin_writes cbw_timeout_ms 5 fail_origin_writes"
+reject "feature count above 5" fleece -EINVAL "$F" \
+	"$FL $o $f 8 6 fail_origin_writes cbw_timeout_ms 5 origin_offset 0 fail_origin_writes"
 reject "cbw_timeout_ms without its value" fleece -EINVAL "Feature cbw_timeout_ms needs a value" \
 	"$FL $o $f 8 1 cbw_timeout_ms"
 reject "cbw_timeout_ms not a number" fleece -EINVAL "Invalid cbw_timeout_ms: not a number of milliseconds" \
@@ -129,6 +131,29 @@ reject "cbw_timeout_ms 2^32+500 (must not wrap to 500)" fleece -EINVAL \
 	"Invalid cbw_timeout_ms: not a number of milliseconds" "$FL $o $f 8 2 cbw_timeout_ms 4294967796"
 reject "cbw_timeout_ms with a unit" fleece -EINVAL "Invalid cbw_timeout_ms: not a number of milliseconds" \
 	"$FL $o $f 8 2 cbw_timeout_ms 100ms"
+
+log "fleece: origin offset"
+OO="Invalid origin_offset: not a number of sectors"
+H="0 $((N / 2)) fleece"
+reject "origin_offset without its value" fleece -EINVAL "Feature origin_offset needs a value" \
+	"$H $o $f 8 1 origin_offset"
+reject "origin_offset not a number" fleece -EINVAL "$OO" "$H $o $f 8 2 origin_offset far"
+reject "origin_offset negative" fleece -EINVAL "$OO" "$H $o $f 8 2 origin_offset -8"
+reject "origin_offset with a unit" fleece -EINVAL "$OO" "$H $o $f 8 2 origin_offset 4k"
+reject "origin_offset 2^64+8 (must not wrap to 8)" fleece -EINVAL "$OO" \
+	"$H $o $f 8 2 origin_offset 18446744073709551624"
+reject "origin_offset at the origin's end" fleece -EINVAL \
+	"Origin offset is beyond the end of the origin device" "$H $o $f 8 2 origin_offset $N"
+reject "origin_offset leaving no room for the region" fleece -EINVAL \
+	"Origin device is smaller than origin_offset plus the target" \
+	"$H $o $f 8 2 origin_offset $((N / 2 + 8))"
+modprobe loop
+truncate -s 8M lbs4k.img
+lbs4k=$(losetup -f --show -b 4096 lbs4k.img)
+held+=("/sys/block/$(sysfs_name "$lbs4k")/holders")
+reject "origin_offset not a multiple of the origin's 4 KiB blocks" fleece -EINVAL \
+	"Origin offset is not a multiple of the origin's logical block size" \
+	"$H $lbs4k $f 8 2 origin_offset 4"
 
 log "fleece: devices"
 # A missing path: dm core says ENODEV (6.1) or ENOENT (6.12).
@@ -200,6 +225,11 @@ dmesg_since_start | grep_q "chunk size 16 differs from the live fleece of these 
 	problem "reload with another chunk size" "no kernel message naming both chunk sizes"
 refused "reload with another length" fleece -EINVAL "Length differs from the live fleece of these devices" \
 	dmsetup load live --table "0 $((N / 4)) fleece $o $f 8"
+refused "reload with another origin offset" fleece -EINVAL \
+	"Origin offset differs from the live fleece of these devices" \
+	dmsetup load live --table "0 $((N / 2)) fleece $o $f 8 2 origin_offset 8"
+dmesg_since_start | grep_q "origin offset 8 differs from the live fleece's (0 sectors)" ||
+	problem "reload with another origin offset" "no kernel message naming both offsets"
 dmsetup info live | grep_q "Tables present: *LIVE$" || fail "the refused reloads left an inactive table"
 assert_eq "$(dmsetup table live)" "$table" "table after the refused reloads"
 assert_eq "$(dmsetup status live)" "$before" "status after the refused reloads"
@@ -217,6 +247,15 @@ for feat in "1 fail_origin_writes" "2 cbw_timeout_ms 250" "3 fail_origin_writes 
 	assert_eq "$(dmsetup table ok)" "$FL $(devno o2) $(devno f2) 8 $feat" "table line with features '$feat'"
 	dmsetup remove ok
 done
+for feat in "2 origin_offset 8" "5 fail_origin_writes cbw_timeout_ms 250 origin_offset 4096" \
+	    "2 origin_offset 8192"; do
+	dmsetup create ok --table "$H $o2 $f2 8 $feat"
+	assert_eq "$(dmsetup table ok)" "$H $(devno o2) $(devno f2) 8 $feat" "table line with features '$feat'"
+	dmsetup remove ok
+done
+dmsetup create ok --table "$H $lbs4k $f2 8 2 origin_offset 8"
+dmsetup remove ok
+losetup -d "$lbs4k"
 
 log "sanity: a valid fleece and view still work"
 fo=$(fleece_create fo "$o" "$f" 128)
