@@ -8,7 +8,10 @@
  *   NAME-fleece-view     DM UUID FLEECE-VIEW-<NAME>     the frozen image
  *
  * and loads NAME itself with "fleece NAME-fleece-origin <fleece dev>".
- * With --fleece-dir, the fleece device is a loop device over the sparse
+ * When NAME's table is one linear target over all of it, there is no
+ * NAME-fleece-origin: NAME is loaded with "fleece <that device> <fleece dev>
+ * ... origin_offset <its offset>", which costs its writers no extra layer,
+ * and the state file keeps the linear table for "stop".  With --fleece-dir, the fleece device is a loop device over the sparse
  * file DIR/NAME.fleece.  What "stop" must undo that the devices cannot
  * tell (the fleece file, an unfinished backup's output) is kept in the
  * state file $FLEECE_STATE_DIR/NAME (default /var/lib/fleece/NAME).
@@ -72,6 +75,9 @@ struct fleece_state {
 	char partial[PATH_MAX];		/* output of a running backup */
 	dev_t loop_dev;			/* 0: none */
 	dev_t fleece_dev;
+	/* NAME's linear table, when the fleece table takes its place: */
+	dev_t linear_dev;		/* 0: NAME-fleece-origin keeps it */
+	uint64_t linear_offset;
 	long pid;
 };
 
@@ -87,11 +93,19 @@ struct fleece_params {
 	unsigned int chunk_sectors;
 	bool fail_origin_writes;
 	unsigned int cbw_timeout_ms;
+	uint64_t origin_offset;
 };
 int parse_fleece_params(const char *params, struct fleece_params *p);
 int parse_devno(const char *s, dev_t *dev);
 /* A whole-device table of one fleece target on our origin? */
 bool table_is_fleece(const struct dmw_table *t, struct fleece_params *p);
+/*
+ * Did "fleece start" load this fleece table?  Its origin is NAME's hidden
+ * origin @hidden (0: none), or the device and offset of the linear table
+ * the state file @st records.
+ */
+bool fleece_table_ours(const struct fleece_params *p, dev_t hidden,
+		       const struct fleece_state *st);
 
 struct fleece_status {
 	uint64_t f[FLEECE_ST_NR_FIELDS];
@@ -142,6 +156,7 @@ struct fleece_report {
 	struct fleece_status st;
 	struct fleece_params params;
 	char view_path[PATH_MAX];
+	char origin_path[PATH_MAX];	/* hidden origin, or the linear's device */
 	char fleece_path[PATH_MAX];
 	char fleece_file[PATH_MAX];
 	uint64_t size_bytes;

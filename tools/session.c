@@ -189,7 +189,16 @@ int state_read(const char *name, struct fleece_state *st)
 			parse_devno(v, &st->loop_dev);
 		else if (!strcmp(line, "fleece_dev"))
 			parse_devno(v, &st->fleece_dev);
-		else if (!strcmp(line, "pid"))
+		else if (!strcmp(line, "linear")) {
+			unsigned int ma, mi;
+			unsigned long long off;
+			char c;
+
+			if (sscanf(v, "%u:%u %llu%c", &ma, &mi, &off, &c) == 3) {
+				st->linear_dev = makedev(ma, mi);
+				st->linear_offset = off;
+			}
+		} else if (!strcmp(line, "pid"))
 			st->pid = strtol(v, NULL, 10);
 	}
 	fclose(f);
@@ -223,6 +232,9 @@ int state_write(const char *name, const struct fleece_state *st)
 		fprintf(f, "loop_dev=%u:%u\n", major(st->loop_dev), minor(st->loop_dev));
 	if (st->fleece_dev)
 		fprintf(f, "fleece_dev=%u:%u\n", major(st->fleece_dev), minor(st->fleece_dev));
+	if (st->linear_dev)
+		fprintf(f, "linear=%u:%u %llu\n", major(st->linear_dev), minor(st->linear_dev),
+			(unsigned long long)st->linear_offset);
 	fprintf(f, "pid=%ld\n", (long)getpid());
 	if (fflush(f) || fsync(fileno(f))) {
 		r = -errno;
@@ -373,6 +385,12 @@ int parse_fleece_params(const char *params, struct fleece_params *p)
 				if (!tok)
 					goto out;
 				p->cbw_timeout_ms = strtoul(tok, NULL, 10);
+			} else if (!strcmp(tok, FLEECE_FEATURE_ORIGIN_OFFSET)) {
+				tok = strtok_r(NULL, " ", &save);
+				i++;
+				if (!tok)
+					goto out;
+				p->origin_offset = strtoull(tok, NULL, 10);
 			}
 		}
 	}
@@ -387,6 +405,15 @@ bool table_is_fleece(const struct dmw_table *t, struct fleece_params *p)
 {
 	return t->n == 1 && !strcmp(t->t[0].type, FLEECE_TARGET_NAME) &&
 	       !parse_fleece_params(t->t[0].params, p);
+}
+
+bool fleece_table_ours(const struct fleece_params *p, dev_t hidden,
+		       const struct fleece_state *st)
+{
+	if (hidden)
+		return p->origin == hidden && !p->origin_offset;
+	return st->linear_dev && p->origin == st->linear_dev &&
+	       p->origin_offset == st->linear_offset;
 }
 
 int parse_fleece_status(const char *params, struct fleece_status *s)

@@ -4,8 +4,12 @@
  *
  * For each NAME, in this order:
  *   1. (--fleece-dir) create DIR/NAME.fleece, sparse, and a loop device on it;
- *   2. create NAME-fleece-origin with NAME's current table;
- *   3. load NAME's inactive table: fleece NAME-fleece-origin <fleece dev>.
+ *   2. create NAME-fleece-origin with NAME's current table, unless that table
+ *      is one linear target over all of NAME: then the fleece target goes
+ *      straight onto that device, at its offset, and writers pay no extra
+ *      dm layer (the state file keeps the linear table for "stop");
+ *   3. load NAME's inactive table: fleece NAME-fleece-origin <fleece dev>,
+ *      or fleece <linear dev> <fleece dev> ... origin_offset <offset>.
  * Then suspend every NAME (flushing and freezing file systems), resume them
  * all (each resume swaps in the fleece table: the point in time), and create
  * each view NAME-fleece-view.  Writers only wait during the suspend/resume.
@@ -48,6 +52,8 @@ struct plan {
 	int loop_fd;
 	bool dio;
 	dev_t origin_dev;
+	uint64_t origin_offset;
+	bool direct;			/* no hidden origin: see above */
 };
 
 int start_opts_init(struct start_opts *o)
@@ -161,6 +167,22 @@ static bool table_uses(const struct dmw_table *t, dev_t dev)
 	return false;
 }
 
+/* One linear target over all of NAME: its device and offset. */
+static bool table_is_whole_linear(const struct dmw_table *t, dev_t *dev,
+				  uint64_t *offset)
+{
+	unsigned int ma, mi;
+	unsigned long long off;
+	char c;
+
+	if (t->n != 1 || t->t[0].start || strcmp(t->t[0].type, "linear") ||
+	    sscanf(t->t[0].params, "%u:%u %llu%c", &ma, &mi, &off, &c) != 3)
+		return false;
+	*dev = makedev(ma, mi);
+	*offset = off;
+	return true;
+}
+
 /* Everything about NAME that can be checked without changing anything. */
 static int check_name(struct plan *p, const struct start_opts *o)
 {
@@ -234,6 +256,7 @@ static int check_name(struct plan *p, const struct start_opts *o)
 		}
 	}
 	p->sectors = dmw_table_len(&p->table);
+	p->direct = table_is_whole_linear(&p->table, &p->origin_dev, &p->origin_offset);
 	lbs = devno_logical_block_size(p->dev);
 	if (o->chunk_bytes % lbs) {
 		msg_error("%s: the chunk size (%llu) is not a multiple of its logical block size (%u)",
@@ -387,12 +410,14 @@ static int make_fleece_file(struct plan *p)
 static void fleece_table(const struct plan *p, const struct start_opts *o,
 			 struct dmw_table *t)
 {
-	char params[256], feat[96] = "";
+	char params[256], feat[128] = "";
 	unsigned int nfeat = 0;
 
 	if (o->fail_origin_writes)
 		nfeat += 1;
 	if (o->cbw_timeout_ms)
+		nfeat += 2;
+	if (p->origin_offset)
 		nfeat += 2;
 	if (nfeat) {
 		int k = snprintf(feat, sizeof(feat), " %u", nfeat);
@@ -401,8 +426,12 @@ static void fleece_table(const struct plan *p, const struct start_opts *o,
 			k += snprintf(feat + k, sizeof(feat) - k, " %s",
 				      FLEECE_FEATURE_FAIL_ORIGIN_WRITES);
 		if (o->cbw_timeout_ms)
-			snprintf(feat + k, sizeof(feat) - k, " %s %u",
-				 FLEECE_FEATURE_CBW_TIMEOUT_MS, o->cbw_timeout_ms);
+			k += snprintf(feat + k, sizeof(feat) - k, " %s %u",
+				      FLEECE_FEATURE_CBW_TIMEOUT_MS, o->cbw_timeout_ms);
+		if (p->origin_offset)
+			snprintf(feat + k, sizeof(feat) - k, " %s %llu",
+				 FLEECE_FEATURE_ORIGIN_OFFSET,
+				 (unsigned long long)p->origin_offset);
 	}
 	snprintf(params, sizeof(params), "%u:%u %u:%u %llu%s",
 		 major(p->origin_dev), minor(p->origin_dev),
@@ -523,6 +552,10 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		memset(&st, 0, sizeof(st));
 		snprintf(st.phase, sizeof(st.phase), "starting");
 		snprintf(st.fleece_file, sizeof(st.fleece_file), "%s", plans[i].fleece_file);
+		if (plans[i].direct) {
+			st.linear_dev = plans[i].origin_dev;
+			st.linear_offset = plans[i].origin_offset;
+		}
 		if (o->partial)
 			snprintf(st.partial, sizeof(st.partial), "%s", o->partial);
 		if (state_write(plans[i].fn.name, &st)) {
@@ -551,17 +584,20 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 					goto fail;
 			}
 		}
-		r = dmw_create(p->fn.origin, p->fn.origin_uuid, &p->table, FLEECE_UDEV_FLAGS);
-		if (r) {
-			errno = -r;
-			msg_errno("%s: cannot create %s", p->fn.name, p->fn.origin);
-			goto fail;
+		if (!p->direct) {
+			r = dmw_create(p->fn.origin, p->fn.origin_uuid, &p->table,
+				       FLEECE_UDEV_FLAGS);
+			if (r) {
+				errno = -r;
+				msg_errno("%s: cannot create %s", p->fn.name, p->fn.origin);
+				goto fail;
+			}
+			if (dmw_info(p->fn.origin, &oi) || !oi.exists) {
+				msg_error("%s: %s vanished", p->fn.name, p->fn.origin);
+				goto fail;
+			}
+			p->origin_dev = makedev(oi.major, oi.minor);
 		}
-		if (dmw_info(p->fn.origin, &oi) || !oi.exists) {
-			msg_error("%s: %s vanished", p->fn.name, p->fn.origin);
-			goto fail;
-		}
-		p->origin_dev = makedev(oi.major, oi.minor);
 		fleece_table(p, o, &t);
 		msg_debug("%s: loading %s", p->fn.name, t.t[0].params);
 		kmsg = kmsg_mark();

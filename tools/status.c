@@ -35,8 +35,9 @@ int fleece_report(const char *name, struct fleece_report *r)
 		oi.exists = false;
 	if (!dmw_info(name, &ni) && ni.exists && ni.live_table &&
 	    !dmw_get_table(name, false, &t)) {
-		ours = table_is_fleece(&t, &r->params) && oi.exists &&
-		       r->params.origin == makedev(oi.major, oi.minor);
+		ours = table_is_fleece(&t, &r->params) &&
+		       fleece_table_ours(&r->params,
+					 oi.exists ? makedev(oi.major, oi.minor) : 0, &st);
 		r->size_bytes = dmw_table_len(&t) * 512;
 		dmw_table_free(&t);
 	}
@@ -49,6 +50,7 @@ int fleece_report(const char *name, struct fleece_report *r)
 		    !parse_fleece_status(s.t[0].params, &r->st))
 			r->have_status = true;
 		dmw_table_free(&s);
+		devno_display(r->params.origin, r->origin_path, sizeof(r->origin_path));
 		devno_display(r->params.fleece, r->fleece_path, sizeof(r->fleece_path));
 		if (r->fleece_file[0]) {
 			struct stat fs;
@@ -121,6 +123,11 @@ static void print_human(const struct fleece_report *r)
 		       (unsigned long long)f[FLEECE_ST_CBW_COUNT],
 		       (unsigned long long)f[FLEECE_ST_COPIES_IN_FLIGHT],
 		       (unsigned long long)f[FLEECE_ST_CBW_ERRORS]);
+		if (r->params.origin_offset)
+			printf("  origin:     %s from sector %llu (in place of the linear table)\n",
+			       r->origin_path, (unsigned long long)r->params.origin_offset);
+		else
+			printf("  origin:     %s\n", r->origin_path);
 		printf("  fleece:     %s%s%s%s%s, %s%s in use\n", r->fleece_path,
 		       r->fleece_file[0] ? " (" : "", r->fleece_file,
 		       r->fleece_file[0] && r->loop_dio ? ", direct I/O" : "",
@@ -171,6 +178,10 @@ static void print_json(struct sbuf *sb, const struct fleece_report *r)
 			  (unsigned long long)f[FLEECE_ST_CBW_COUNT],
 			  (unsigned long long)f[FLEECE_ST_COPIES_IN_FLIGHT],
 			  (unsigned long long)f[FLEECE_ST_CBW_ERRORS], percent_done(r));
+		sb_printf(sb, ",\"origin_device\":");
+		sb_json_str(sb, r->origin_path);
+		sb_printf(sb, ",\"origin_offset_sectors\":%llu",
+			  (unsigned long long)r->params.origin_offset);
 		sb_printf(sb, ",\"fleece_device\":");
 		sb_json_str(sb, r->fleece_path);
 		sb_printf(sb, ",\"fleece_bytes_used\":%llu,\"fleece_bytes_used_exact\":%s",

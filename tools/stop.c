@@ -6,10 +6,11 @@
  * was interrupted (a killed process, a crash) and does nothing when there is
  * nothing left:
  *   1. remove the view NAME-fleece-view;
- *   2. if NAME runs a fleece table on NAME-fleece-origin: load the hidden
- *      origin's table (NAME's original one) into NAME, suspend, resume;
- *      if NAME only has a fleece table loaded (inactive), clear it, and
- *      resume NAME if a start left it suspended;
+ *   2. if NAME runs the fleece table "start" loaded: load NAME's original
+ *      table (the hidden origin's, or the linear one the state file keeps)
+ *      into NAME, suspend, resume; if NAME only has such a fleece table
+ *      loaded (inactive), clear it, and resume NAME if a start left it
+ *      suspended;
  *   3. remove NAME-fleece-origin;
  *   4. detach the loop device and remove the fleece file, the state file,
  *      and an unfinished backup's output.
@@ -29,18 +30,41 @@
 #include "opts.h"
 #include "util.h"
 
-static int restore_table(const char *name, const struct dmw_info *oi)
+/*
+ * NAME's original table: the hidden origin's, or the linear one over
+ * @sectors that the state file keeps.
+ */
+static int original_table(const char *name, const struct dmw_info *oi,
+			  const struct fleece_state *st, uint64_t sectors,
+			  struct dmw_table *ot)
+{
+	char params[64];
+
+	memset(ot, 0, sizeof(*ot));
+	if (!oi->exists) {
+		snprintf(params, sizeof(params), "%u:%u %llu", major(st->linear_dev),
+			 minor(st->linear_dev), (unsigned long long)st->linear_offset);
+		dmw_table_add(ot, 0, sectors, "linear", params);
+		return 0;
+	}
+	if (dmw_get_table(oi->name, false, ot) || !ot->n) {
+		msg_error("%s: cannot read the original table from %s", name, oi->name);
+		dmw_table_free(ot);
+		return EX_FLEECE_FAIL;
+	}
+	return 0;
+}
+
+static int restore_table(const char *name, const struct dmw_info *oi,
+			 const struct fleece_state *st, uint64_t sectors)
 {
 	struct dmw_table ot;
 	sigset_t oldmask;
 	int r;
 
-	r = dmw_get_table(oi->name, false, &ot);
-	if (r || !ot.n) {
-		msg_error("%s: cannot read the original table from %s", name, oi->name);
-		dmw_table_free(&ot);
-		return EX_FLEECE_FAIL;
-	}
+	r = original_table(name, oi, st, sectors, &ot);
+	if (r)
+		return r;
 	r = dmw_load(name, &ot);
 	dmw_table_free(&ot);
 	if (r) {
@@ -108,27 +132,31 @@ int fleece_stop(const char *name, bool keep_partial)
 	}
 
 	/* 2. NAME itself. */
-	if (!dmw_info_uuid(fn.origin_uuid, &oi) && oi.exists) {
+	if (dmw_info_uuid(fn.origin_uuid, &oi) || !oi.exists) {
+		oi.exists = false;
+	} else {
 		origin_dev = makedev(oi.major, oi.minor);
 		did = true;
 	}
 	if (!dmw_info(name, &ni) && ni.exists) {
 		memset(&t, 0, sizeof(t));
 		if (ni.live_table && !dmw_get_table(name, false, &t) && table_is_fleece(&t, &fp)) {
+			uint64_t sectors = dmw_table_len(&t);
+
 			dmw_table_free(&t);
-			if (!origin_dev || fp.origin != origin_dev) {
+			if (!fleece_table_ours(&fp, origin_dev, &st)) {
 				msg_error("%s: runs a fleece table on %u:%u that fleece(8) did not make: leaving it alone",
 					  name, major(fp.origin), minor(fp.origin));
 				return EX_FLEECE_REFUSED;
 			}
-			r = restore_table(name, &oi);
+			r = restore_table(name, &oi, &st, sectors);
 			if (r)
 				return r;
 			msg_debug("%s: original table back", name);
 		} else {
 			dmw_table_free(&t);
 			if (ni.inactive_table && !dmw_get_table(name, true, &t) &&
-			    table_is_fleece(&t, &fp) && origin_dev && fp.origin == origin_dev) {
+			    table_is_fleece(&t, &fp) && fleece_table_ours(&fp, origin_dev, &st)) {
 				r = dmw_clear(name);
 				if (r) {
 					errno = -r;

@@ -9,6 +9,11 @@ export FLEECE_STATE_DIR=$PWD/state
 data=$(mkdev data 16)
 fl=$(mkdev fl 16 1)
 small=$(mkdev small 8 1)
+# A table of two targets, which "start" moves to a hidden origin.
+two0=$(mkdev two0 2)
+two1=$(mkdev two1 2)
+dmsetup create two --table "0 4096 linear $two0 0
+4096 4096 linear $two1 0"
 mkdir -p fdir
 
 # Under TCG every program started costs a good fraction of a second: these
@@ -90,19 +95,20 @@ check 3 "not a fleece view" $F read /dev/mapper/data -o out.img
 check 3 "not a device-mapper device" $F read /dev/ram3 -o out.img
 
 step "already fleeced"
-$F start -q --fleece-dev "$fl" data
+$F start -q --fleece-dev "$fl,$small" data two
 snapshot
-assert_eq "$(dmsetup info -c --noheadings -o uuid | grep -c '^FLEECE-')" 2 "devices of a fleece"
+assert_eq "$(dmsetup info -c --noheadings -o uuid | grep -c '^FLEECE-')" 3 \
+	"devices of two fleeces: two views, one hidden origin"
 check_fleeced() { check "$@"; }	# the same: nothing changes
 check_fleeced 3 "data: already fleeced" $F start --fleece-dev "$small" data
 check_fleeced 3 "already fleeced" $F backup --fleece-dir fdir data -o out.img
 check_fleeced 3 "created by fleece" $F start --fleece-dev "$small" data-fleece-view
-check_fleeced 3 "created by fleece" $F start --fleece-dev "$small" /dev/mapper/data-fleece-origin
+check_fleeced 3 "created by fleece" $F start --fleece-dev "$small" /dev/mapper/two-fleece-origin
 check_fleeced 3 "a device created by fleece cannot be a fleece device" \
 	$F start --fleece-dev /dev/mapper/data-fleece-view small
 check_fleeced 3 "in use" $F start --fleece-dev "$fl" small
 [ ! -e out.img ] && [ ! -e out.img.partial ] || fail "a refused backup left output"
-$F stop -q data
+$F stop -q data two
 tables=$tables_before files=$files_before
 unchanged "after stop"
 

@@ -28,6 +28,12 @@ sleep 1
 $F start --fleece-dev "$fl2" /dev/vgf/lv
 kill $busy; wait $busy 2>/dev/null || true
 [ -b /dev/mapper/vgf-lv-fleece-view ] || fail "no view for the LV"
+# One segment: the fleece target takes the place of its linear target.
+read -r _ len type pv pe_start <<< "$lv_table"
+assert_eq "$type" linear "the LV's target"
+fmm=$(dmsetup info -c --noheadings -o major,minor --separator : fl2)
+assert_eq "$(dmsetup table vgf-lv)" "0 $len fleece $pv $fmm 128 4 cbw_timeout_ms 45000 origin_offset $pe_start" \
+	"the LV's fleece table: on the PV at the LV's offset"
 # The mounted file system keeps changing.
 for i in $(seq 1 20); do head -c 50000 /dev/urandom > /mnt/lv/f$i; done
 rm /mnt/lv/f1 /mnt/lv/f2

@@ -2,10 +2,13 @@
 # The states a crash can leave in the middle of "fleece start" or "fleece
 # stop", made by hand with dmsetup: "fleece stop" finishes each of them and
 # leaves the device as it was; a fleece table fleece(8) did not make is left
-# alone.
+# alone.  Both layouts: a hidden origin under the fleece target (any table),
+# and the fleece target in place of a linear table, which only the state
+# file records.
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
+mkdev pad 1 > /dev/null		# data at an offset into ram0
 cli_fixture 16 24
 
 # --- states left by a crash in the middle of start or stop --------------------
@@ -66,8 +69,63 @@ grep -q "did not make" stop.err || fail "no explanation for the foreign fleece"
 dmsetup load data --table "$table"; dmsetup suspend data; dmsetup resume data
 dmsetup remove other-origin
 as_before "foreign fleece"
+# --- the fleece target in place of data's linear table ------------------------
+lin=$(dmsetup table data | cut -d' ' -f4-)	# "1:0 2048"
+assert_eq "$lin" "1:0 2048" "data's linear target"
+state_like_start() { # phase
+	mkdir -p state
+	printf 'phase=%s\nlinear=%s\n' "$1" "$lin" > state/data
+}
+direct_line() { echo "0 32768 fleece ${lin% *} $(mm fl) 128 2 origin_offset ${lin#* }"; }
+swap_in() { dmsetup load data --table "$1"; dmsetup suspend data; dmsetup resume data; }
+
+step "linear: crash after the state file was written"
+state_like_start starting
+$F stop data
+as_before "linear: state file only"
+
+step "linear: crash after the fleece table was loaded (inactive)"
+state_like_start starting
+dmsetup load data --table "$(direct_line)"
+$F stop data
+as_before "linear: fleece table loaded"
+
+step "linear: crash with data suspended and the fleece table loaded"
+state_like_start starting
+dmsetup load data --table "$(direct_line)"
+dmsetup suspend data
+$F stop data 2>&1 | tee stop.out
+grep -q "resumed" stop.out || fail "stop does not say it resumed data"
+as_before "linear: suspended with the fleece table loaded"
+
+step "linear: crash after the resume, before the view"
+state_like_start starting
+swap_in "$(direct_line)"
+rc=0; $F status data > status.out || rc=$?
+cat status.out
+grep -q "^data: incomplete" status.out || fail "status does not call it incomplete"
+assert_eq "$rc" 1 "exit status of status for an incomplete fleece"
+$F stop data
+as_before "linear: fleece live, no view"
+
+step "linear: a fleece table in place of the linear is left alone without a matching state"
+swap_in "$(direct_line)"
+rc=0; $F stop data 2> stop.err || rc=$?
+cat stop.err
+assert_eq "$rc" 3 "stop of a fleece table with no state file"
+grep -q "did not make" stop.err || fail "no explanation for the foreign fleece"
+printf 'phase=running\nlinear=%s 0\n' "${lin% *}" > state/data	# another offset
+rc=0; $F stop data 2> stop.err || rc=$?
+cat stop.err
+assert_eq "$rc" 3 "stop of a fleece table at another offset than the state file's"
+assert_eq "$(dmsetup table data)" "$(direct_line)" "the foreign fleece table, left alone"
+rm state/data
+swap_in "$table"
+as_before "linear: foreign fleece"
+
 step "crash after the fleece file and its loop device were made"
 truncate -s 16M /mnt/fdir/data.fleece
+modprobe loop	# run alone, no test before has loaded it
 loop=$(losetup -f --show /mnt/fdir/data.fleece)
 mkdir -p state
 printf 'phase=starting\nfleece_file=/mnt/fdir/data.fleece\nloop_dev=%s\n' \
