@@ -38,17 +38,18 @@
 # Wanted: writer IOPS with the 10 MB/s target / with the unthrottled one.
 #
 # Then the same question for the module alone (uniform writers only), so
-# that the tool's own costs show apart: `fleece start` moves NAME's table to
-# a new device NAME-fleece-origin and puts the fleece target over it, which
-# adds one dm layer under every write for as long as the fleece runs, and
-# every start and stop makes udev events.  Here a fleece and its view are
-# made by hand directly on ram0, the writers write that fleece, and
-# `tools/fleece read` reads the view (10 MB/s, or unthrottled), releasing
-# what it read; nothing is swapped, no layer added.  Controls:
+# that the tool's own costs show apart.  "base" is one linear target, so
+# `fleece start` puts the fleece target in its place, on ram0 at the same
+# offset: no dm layer is added (a table of any other shape moves to a
+# hidden origin NAME-fleece-origin under the fleece target: one more
+# layer).  Every start and stop still swaps a table and makes udev events.
+# Here a fleece and its view are made by hand directly on ram0, the writers
+# write that fleece, and `tools/fleece read` reads the view (10 MB/s, or
+# unthrottled), releasing what it read; nothing is swapped.  Controls:
 #
 #   bare              the writers on "base" (dm-linear on ram0), no fleece
 #   linear-on-base    the writers on a dm-linear over "base": the price of
-#                     the layer that `fleece start` adds
+#                     the layer a hidden origin adds
 #   view-read-10MBps  hand-made fleece, `fleece read --rate 10000000`
 #   view-read-unlimited  the same, unthrottled
 . "$SRC/tests/lib.sh"

@@ -263,7 +263,7 @@ def build(res):
         if (bk, w, "view-read-10MBps") in res.by:
             st = add_ratio(f"view-read-10MBps / view-read-unlimited ({w}, module alone)", bk, w,
                            "view-read-10MBps", "view-read-unlimited")
-            add_ratio(f"linear-on-base / bare ({w}: the layer fleece start adds)", bk, w,
+            add_ratio(f"linear-on-base / bare ({w}: the layer a hidden origin adds)", bk, w,
                       "linear-on-base", "bare")
             cbw = {c: res.s(bk, w, c, "extra/backup_copies") for c in
                    ("view-read-10MBps", "view-read-unlimited")}
