@@ -14,41 +14,59 @@ cli_fixture 16 24
 # --- states left by a crash in the middle of start or stop --------------------
 fl=$(mkdev fl 16 1)
 mm() { dmsetup info -c --noheadings -o major,minor --separator : "$1"; }
-origin_like_start() {
+# Layout "hidden origin": start first creates data-fleece-origin with data's
+# table, and the fleece table stands on it.
+hidden_origin_first() {
 	dmsetup create data-fleece-origin --uuid FLEECE-ORIGIN-data --table "$table"
 }
-fleece_line() { echo "0 32768 fleece $(mm data-fleece-origin) $(mm fl) 128"; }
+hidden_origin_line() { echo "0 32768 fleece $(mm data-fleece-origin) $(mm fl) 128"; }
+# Layout "linear": data's table is one linear target; start first writes the
+# state file, which keeps it, and the fleece table takes its place.
+lin=$(dmsetup table data | cut -d' ' -f4-)	# "1:0 2048"
+assert_eq "$lin" "1:0 2048" "data's linear target"
+linear_first() {
+	mkdir -p state
+	printf 'phase=starting\nlinear=%s\n' "$lin" > state/data
+}
+linear_line() { echo "0 32768 fleece ${lin% *} $(mm fl) 128 2 origin_offset ${lin#* }"; }
+swap_in() { dmsetup load data --table "$1"; dmsetup suspend data; dmsetup resume data; }
 
-step "crash after the hidden origin was created"
-origin_like_start
-$F stop data
-as_before "hidden origin only"
+# The states a crash in "start" can leave, in one layout: "fleece stop"
+# finishes each, and data is as it was.
+crash_states() { # layout first-step-function fleece-line-function
+	local l=$1 first=$2 line=$3 rc
 
-step "crash after the fleece table was loaded (inactive)"
-origin_like_start
-dmsetup load data --table "$(fleece_line)"
-$F stop data
-as_before "fleece table loaded"
+	step "$l: crash after the first step"
+	$first
+	$F stop data
+	as_before "$l: first step only"
 
-step "crash with data suspended and the fleece table loaded"
-origin_like_start
-dmsetup load data --table "$(fleece_line)"
-dmsetup suspend data
-$F stop data 2>&1 | tee stop.out
-grep -q "resumed" stop.out || fail "stop does not say it resumed data"
-as_before "suspended with the fleece table loaded"
+	step "$l: crash after the fleece table was loaded (inactive)"
+	$first
+	dmsetup load data --table "$($line)"
+	$F stop data
+	as_before "$l: fleece table loaded"
 
-step "crash after the resume, before the view"
-origin_like_start
-dmsetup load data --table "$(fleece_line)"
-dmsetup suspend data
-dmsetup resume data
-rc=0; $F status data > status.out || rc=$?
-cat status.out
-grep -q "^data: incomplete" status.out || fail "status does not call it incomplete"
-assert_eq "$rc" 1 "exit status of status for an incomplete fleece"
-$F stop data
-as_before "fleece live, no view"
+	step "$l: crash with data suspended and the fleece table loaded"
+	$first
+	dmsetup load data --table "$($line)"
+	dmsetup suspend data
+	$F stop data 2>&1 | tee stop.out
+	grep -q "resumed" stop.out || fail "$l: stop does not say it resumed data"
+	as_before "$l: suspended with the fleece table loaded"
+
+	step "$l: crash after the resume, before the view"
+	$first
+	swap_in "$($line)"
+	rc=0; $F status data > status.out || rc=$?
+	cat status.out
+	grep -q "^data: incomplete" status.out || fail "$l: status does not call it incomplete"
+	assert_eq "$rc" 1 "$l: exit status of status for an incomplete fleece"
+	$F stop data
+	as_before "$l: fleece live, no view"
+}
+crash_states "hidden origin" hidden_origin_first hidden_origin_line
+crash_states linear linear_first linear_line
 
 step "crash in stop after the original table was loaded, data suspended"
 $F start -q --fleece-dev "$fl" data
@@ -69,47 +87,9 @@ grep -q "did not make" stop.err || fail "no explanation for the foreign fleece"
 dmsetup load data --table "$table"; dmsetup suspend data; dmsetup resume data
 dmsetup remove other-origin
 as_before "foreign fleece"
-# --- the fleece target in place of data's linear table ------------------------
-lin=$(dmsetup table data | cut -d' ' -f4-)	# "1:0 2048"
-assert_eq "$lin" "1:0 2048" "data's linear target"
-state_like_start() { # phase
-	mkdir -p state
-	printf 'phase=%s\nlinear=%s\n' "$1" "$lin" > state/data
-}
-direct_line() { echo "0 32768 fleece ${lin% *} $(mm fl) 128 2 origin_offset ${lin#* }"; }
-swap_in() { dmsetup load data --table "$1"; dmsetup suspend data; dmsetup resume data; }
-
-step "linear: crash after the state file was written"
-state_like_start starting
-$F stop data
-as_before "linear: state file only"
-
-step "linear: crash after the fleece table was loaded (inactive)"
-state_like_start starting
-dmsetup load data --table "$(direct_line)"
-$F stop data
-as_before "linear: fleece table loaded"
-
-step "linear: crash with data suspended and the fleece table loaded"
-state_like_start starting
-dmsetup load data --table "$(direct_line)"
-dmsetup suspend data
-$F stop data 2>&1 | tee stop.out
-grep -q "resumed" stop.out || fail "stop does not say it resumed data"
-as_before "linear: suspended with the fleece table loaded"
-
-step "linear: crash after the resume, before the view"
-state_like_start starting
-swap_in "$(direct_line)"
-rc=0; $F status data > status.out || rc=$?
-cat status.out
-grep -q "^data: incomplete" status.out || fail "status does not call it incomplete"
-assert_eq "$rc" 1 "exit status of status for an incomplete fleece"
-$F stop data
-as_before "linear: fleece live, no view"
 
 step "linear: a fleece table in place of the linear is left alone without a matching state"
-swap_in "$(direct_line)"
+swap_in "$(linear_line)"
 rc=0; $F stop data 2> stop.err || rc=$?
 cat stop.err
 assert_eq "$rc" 3 "stop of a fleece table with no state file"
@@ -118,7 +98,7 @@ printf 'phase=running\nlinear=%s 0\n' "${lin% *}" > state/data	# another offset
 rc=0; $F stop data 2> stop.err || rc=$?
 cat stop.err
 assert_eq "$rc" 3 "stop of a fleece table at another offset than the state file's"
-assert_eq "$(dmsetup table data)" "$(direct_line)" "the foreign fleece table, left alone"
+assert_eq "$(dmsetup table data)" "$(linear_line)" "the foreign fleece table, left alone"
 rm state/data
 swap_in "$table"
 as_before "linear: foreign fleece"
