@@ -91,6 +91,11 @@ view_create() { # name origin fleece
 	echo "/dev/mapper/$1"
 }
 
+# "major:minor" of a dm device, as table lines show devices.
+devno() { # dm-name
+	dmsetup info -c --noheadings -o major,minor --separator : "$1"
+}
+
 # Field N (0-based) of a target's status, after "<start> <len> <type>".
 status_field() { # dm-name N
 	dmsetup status "$1" | awk -v n="$2" '{ print $(n + 4) }'

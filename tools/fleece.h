@@ -97,6 +97,8 @@ struct fleece_params {
 };
 int parse_fleece_params(const char *params, struct fleece_params *p);
 int parse_devno(const char *s, dev_t *dev);
+/* A linear target's parameters, "<major:minor> <offset>". */
+int parse_linear_params(const char *s, dev_t *dev, uint64_t *offset);
 /* A whole-device table of one fleece target on our origin? */
 bool table_is_fleece(const struct dmw_table *t, struct fleece_params *p);
 /*

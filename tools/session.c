@@ -189,16 +189,9 @@ int state_read(const char *name, struct fleece_state *st)
 			parse_devno(v, &st->loop_dev);
 		else if (!strcmp(line, "fleece_dev"))
 			parse_devno(v, &st->fleece_dev);
-		else if (!strcmp(line, "linear")) {
-			unsigned int ma, mi;
-			unsigned long long off;
-			char c;
-
-			if (sscanf(v, "%u:%u %llu%c", &ma, &mi, &off, &c) == 3) {
-				st->linear_dev = makedev(ma, mi);
-				st->linear_offset = off;
-			}
-		} else if (!strcmp(line, "pid"))
+		else if (!strcmp(line, "linear"))
+			parse_linear_params(v, &st->linear_dev, &st->linear_offset);
+		else if (!strcmp(line, "pid"))
 			st->pid = strtol(v, NULL, 10);
 	}
 	fclose(f);
@@ -357,6 +350,19 @@ int parse_devno(const char *s, dev_t *dev)
 	if (sscanf(s, "%u:%u%c", &ma, &mi, &c) != 2)
 		return -EINVAL;
 	*dev = makedev(ma, mi);
+	return 0;
+}
+
+int parse_linear_params(const char *s, dev_t *dev, uint64_t *offset)
+{
+	unsigned int ma, mi;
+	unsigned long long off;
+	char c;
+
+	if (sscanf(s, "%u:%u %llu%c", &ma, &mi, &off, &c) != 3)
+		return -EINVAL;
+	*dev = makedev(ma, mi);
+	*offset = off;
 	return 0;
 }
 

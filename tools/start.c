@@ -171,16 +171,8 @@ static bool table_uses(const struct dmw_table *t, dev_t dev)
 static bool table_is_whole_linear(const struct dmw_table *t, dev_t *dev,
 				  uint64_t *offset)
 {
-	unsigned int ma, mi;
-	unsigned long long off;
-	char c;
-
-	if (t->n != 1 || t->t[0].start || strcmp(t->t[0].type, "linear") ||
-	    sscanf(t->t[0].params, "%u:%u %llu%c", &ma, &mi, &off, &c) != 3)
-		return false;
-	*dev = makedev(ma, mi);
-	*offset = off;
-	return true;
+	return t->n == 1 && !t->t[0].start && !strcmp(t->t[0].type, "linear") &&
+	       !parse_linear_params(t->t[0].params, dev, offset);
 }
 
 /* Everything about NAME that can be checked without changing anything. */

@@ -29,7 +29,7 @@ same "$view" old "view after overwrite"
 assert_eq "$(fleece_counts fo)" "0 1024 0 1024 0 active" "status after overwrite"
 assert_eq "$(dmsetup status fv | cut -d' ' -f4-)" "$((origin_reads + 64)) 64 0 0 active" \
 	"view status after reading copied chunks"
-assert_eq "$(dmsetup table fo)" "0 131072 fleece $(dmsetup info -c --noheadings -o major,minor --separator : origin) $(dmsetup info -c --noheadings -o major,minor --separator : fl) 128" "table"
+assert_eq "$(dmsetup table fo)" "0 131072 fleece $(devno origin) $(devno fl) 128" "table"
 
 dmsetup remove fv
 dmsetup remove fo

@@ -22,7 +22,6 @@ TABLE="0 $LEN fleece $disk $fl 128 2 origin_offset $OFF"
 dmsetup create fo --table "$TABLE"
 dmsetup create fv --table "0 $LEN fleece-view $disk $fl"
 udevadm settle
-devno() { dmsetup info -c --noheadings -o major,minor --separator : "$1"; }
 assert_eq "$(dmsetup table fo)" "0 $LEN fleece $(devno disk) $(devno fl) 128 2 origin_offset $OFF" "table"
 same /dev/mapper/fo old "origin through the fleece target: the slice at the offset"
 same /dev/mapper/fv old "view before any write (pending chunks, from the origin at the offset)"

@@ -238,7 +238,6 @@ put small "$o3"
 # kfleeced: the rescuer thread of each fleece context's workqueue
 workers() { cat /proc/[0-9]*/comm 2>/dev/null | grep -cx kfleeced || true; }
 workers0=$(workers)
-devno() { dmsetup info -c --noheadings -o major,minor --separator : "$1"; }
 # dmsetup costs a process start per call (slow in the VM): the cycles talk to
 # /dev/mapper/control directly (struct dm_ioctl from linux/dm-ioctl.h).
 python3 -S - "$(devno o3)" "$(devno f3)" "$(sectors "$o3")" 200 <<'PY'

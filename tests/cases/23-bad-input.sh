@@ -27,7 +27,6 @@ mkpattern old 8 old
 mkpattern new 8 new
 put old "$o"
 
-devno() { dmsetup info -c --noheadings -o major,minor --separator : "$1"; }
 held=()
 for d in "$o" "$f" "$small" "$o2" "$f2"; do held+=("/sys/block/$(sysfs_name "$d")/holders"); done
 # Holders of the five devices, and the dm devices that exist (no process

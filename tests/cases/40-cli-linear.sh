@@ -8,7 +8,6 @@
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
-mm() { dmsetup info -c --noheadings -o major,minor --separator : "$1"; }
 
 # --- a plain linear device, 1 MiB into ram0 ----------------------------------
 mkdev pad 1 > /dev/null
@@ -27,7 +26,7 @@ grep -q "view /dev/mapper/data-fleece-view" start.out || fail "start does not na
 [ -b /dev/mapper/data-fleece-view ] || fail "no /dev/mapper/data-fleece-view"
 ! dmsetup info data-fleece-origin > /dev/null 2>&1 || fail "a hidden origin for a linear table"
 assert_eq "$(dmsetup info -c --noheadings -o uuid data-fleece-view)" "FLEECE-VIEW-data" "view uuid"
-fmm=$(mm fl)
+fmm=$(devno fl)
 assert_eq "$(dmsetup table data)" "0 32768 fleece 1:0 $fmm 128 4 cbw_timeout_ms 45000 origin_offset 2048" \
 	"fleece table (defaults: 64K chunks, 45 s timeout; the linear's device and offset)"
 assert_eq "$(dmsetup table data-fleece-view)" "0 32768 fleece-view 1:0 $fmm" "view table"
@@ -95,7 +94,7 @@ $F start -q --fleece-dev "$fl" two
 [ -b /dev/mapper/two-fleece-origin ] || fail "no /dev/mapper/two-fleece-origin"
 assert_eq "$(dmsetup info -c --noheadings -o uuid two-fleece-origin)" "FLEECE-ORIGIN-two" "origin uuid"
 assert_eq "$(dmsetup table two-fleece-origin)" "$two_before" "hidden origin carries the original table"
-omm=$(mm two-fleece-origin)
+omm=$(devno two-fleece-origin)
 assert_eq "$(dmsetup table two)" "0 32768 fleece $omm $fmm 128 2 cbw_timeout_ms 45000" "fleece table on the hidden origin"
 assert_eq "$(dmsetup table two-fleece-view)" "0 32768 fleece-view $omm $fmm" "view table"
 grep -q "^linear=" state/two && fail "a linear table kept in the state file with a hidden origin"

@@ -31,7 +31,7 @@ kill $busy; wait $busy 2>/dev/null || true
 # One segment: the fleece target takes the place of its linear target.
 read -r _ len type pv pe_start <<< "$lv_table"
 assert_eq "$type" linear "the LV's target"
-fmm=$(dmsetup info -c --noheadings -o major,minor --separator : fl2)
+fmm=$(devno fl2)
 assert_eq "$(dmsetup table vgf-lv)" "0 $len fleece $pv $fmm 128 4 cbw_timeout_ms 45000 origin_offset $pe_start" \
 	"the LV's fleece table: on the PV at the LV's offset"
 # The mounted file system keeps changing.

@@ -13,13 +13,12 @@ cli_fixture 16 24
 
 # --- states left by a crash in the middle of start or stop --------------------
 fl=$(mkdev fl 16 1)
-mm() { dmsetup info -c --noheadings -o major,minor --separator : "$1"; }
 # Layout "hidden origin": start first creates data-fleece-origin with data's
 # table, and the fleece table stands on it.
 hidden_origin_first() {
 	dmsetup create data-fleece-origin --uuid FLEECE-ORIGIN-data --table "$table"
 }
-hidden_origin_line() { echo "0 32768 fleece $(mm data-fleece-origin) $(mm fl) 128"; }
+hidden_origin_line() { echo "0 32768 fleece $(devno data-fleece-origin) $(devno fl) 128"; }
 # Layout "linear": data's table is one linear target; start first writes the
 # state file, which keeps it, and the fleece table takes its place.
 lin=$(dmsetup table data | cut -d' ' -f4-)	# "1:0 2048"
@@ -28,13 +27,30 @@ linear_first() {
 	mkdir -p state
 	printf 'phase=starting\nlinear=%s\n' "$lin" > state/data
 }
-linear_line() { echo "0 32768 fleece ${lin% *} $(mm fl) 128 2 origin_offset ${lin#* }"; }
+linear_line() { echo "0 32768 fleece ${lin% *} $(devno fl) 128 2 origin_offset ${lin#* }"; }
 swap_in() { dmsetup load data --table "$1"; dmsetup suspend data; dmsetup resume data; }
+# "fleece status data" must call it incomplete, with exit status 1.
+status_incomplete() { # what
+	local rc=0
+	$F status data > status.out || rc=$?
+	cat status.out
+	grep -q "^data: incomplete" status.out || fail "$1: status does not call it incomplete"
+	assert_eq "$rc" 1 "$1: exit status of status for an incomplete fleece"
+}
+# "fleece stop data" must leave a fleece table it did not make alone: exit
+# status 3, and the reason.
+stop_refuses() { # what
+	local rc=0
+	$F stop data 2> stop.err || rc=$?
+	cat stop.err
+	assert_eq "$rc" 3 "$1: exit status of stop"
+	grep -q "did not make" stop.err || fail "$1: no explanation for the foreign fleece"
+}
 
 # The states a crash in "start" can leave, in one layout: "fleece stop"
 # finishes each, and data is as it was.
 crash_states() { # layout first-step-function fleece-line-function
-	local l=$1 first=$2 line=$3 rc
+	local l=$1 first=$2 line=$3
 
 	step "$l: crash after the first step"
 	$first
@@ -58,10 +74,7 @@ crash_states() { # layout first-step-function fleece-line-function
 	step "$l: crash after the resume, before the view"
 	$first
 	swap_in "$($line)"
-	rc=0; $F status data > status.out || rc=$?
-	cat status.out
-	grep -q "^data: incomplete" status.out || fail "$l: status does not call it incomplete"
-	assert_eq "$rc" 1 "$l: exit status of status for an incomplete fleece"
+	status_incomplete "$l: fleece live, no view"
 	$F stop data
 	as_before "$l: fleece live, no view"
 }
@@ -78,26 +91,17 @@ as_before "stop interrupted while suspended"
 
 step "a fleece table fleece(8) did not make is left alone"
 dmsetup create other-origin --table "$table"
-dmsetup load data --table "0 32768 fleece $(mm other-origin) $(mm fl) 128"
-dmsetup suspend data; dmsetup resume data
-rc=0; $F stop data 2> stop.err || rc=$?
-cat stop.err
-assert_eq "$rc" 3 "stop of a foreign fleece"
-grep -q "did not make" stop.err || fail "no explanation for the foreign fleece"
-dmsetup load data --table "$table"; dmsetup suspend data; dmsetup resume data
+swap_in "0 32768 fleece $(devno other-origin) $(devno fl) 128"
+stop_refuses "a fleece on another origin"
+swap_in "$table"
 dmsetup remove other-origin
 as_before "foreign fleece"
 
 step "linear: a fleece table in place of the linear is left alone without a matching state"
 swap_in "$(linear_line)"
-rc=0; $F stop data 2> stop.err || rc=$?
-cat stop.err
-assert_eq "$rc" 3 "stop of a fleece table with no state file"
-grep -q "did not make" stop.err || fail "no explanation for the foreign fleece"
+stop_refuses "a fleece in the linear's place, no state file"
 printf 'phase=running\nlinear=%s 0\n' "${lin% *}" > state/data	# another offset
-rc=0; $F stop data 2> stop.err || rc=$?
-cat stop.err
-assert_eq "$rc" 3 "stop of a fleece table at another offset than the state file's"
+stop_refuses "a fleece in the linear's place, the state file at another offset"
 assert_eq "$(dmsetup table data)" "$(linear_line)" "the foreign fleece table, left alone"
 rm state/data
 swap_in "$table"
@@ -117,10 +121,7 @@ step "after a reboot: the fleece file and the state are left"
 truncate -s 16M /mnt/fdir/data.fleece
 printf 'phase=running\nfleece_file=/mnt/fdir/data.fleece\npartial=%s/out.img.partial\n' "$PWD" > state/data
 touch out.img.partial
-rc=0; $F status data > status.out || rc=$?
-cat status.out
-grep -q "^data: incomplete" status.out || fail "status after a reboot"
-assert_eq "$rc" 1 "exit status of status after a reboot"
+status_incomplete "after a reboot"
 $F stop data
 as_before "after a reboot"
 umount /mnt/fdir
