@@ -205,3 +205,35 @@ as_before() { # what
 	[ "${f[*]}" = /mnt/fdir/lost+found ] || fail "$1: files left: ${f[*]}"
 	same "$data" pat "$1: data's content"
 }
+
+# --- slow, stalled and failing devices (tests 32-policies, 33-faults) -------
+
+ms() { date +%s%3N; }
+
+expect_eio() { # command...
+	expect_fail "$@"
+	[[ $T_ERR == *"Input/output error"* ]] || fail "$*: expected an I/O error, got: $T_ERR"
+}
+
+# Writes a dm device has completed (its I/O statistics; its in-flight counts
+# stay 0 while dm-delay holds a bio, so they cannot tell).
+iostats_on() { # dm-name
+	echo 1 > "/sys/block/$(sysfs_name "/dev/mapper/$1")/queue/iostats"
+}
+writes_done() { # dm-name
+	awk '{ print $5 }' "/sys/block/$(sysfs_name "/dev/mapper/$1")/stat"
+}
+wait_writes_done() { # dm-name count: polls for up to 30 s
+	local i
+	for ((i = 0; i < 300; i++)); do
+		[ "$(writes_done "$1")" -ge "$2" ] && return 0
+		sleep 0.1
+	done
+	fail "$1: $(writes_done "$1") writes done after 30 s, expected $2"
+}
+
+# A dm-delay device submits the bios it holds when it is suspended.
+release_delayed() { # dm-delay name
+	dmsetup suspend "$1"
+	dmsetup resume "$1"
+}

@@ -2,19 +2,36 @@
 /*
  * dm-fleece: the copy-before-write engine.
  *
- * A pending chunk with a copy under way, or with bios waiting, has one
+ * A pending chunk with a copy asked for, or with bios waiting, has one
  * in-flight region descriptor, hashed by chunk number.  It records the one
  * copy of the chunk (never two) and the bios that must wait: origin writes
- * until the copy is done and no view read is on the origin over the chunk
- * any more, view reads until the copy is done, view discards until the
- * descriptor is gone.  When the descriptor completes, its waiting bios are
- * mapped again against the new chunk state.
+ * until the copy lets them go and no view read is on the origin over the
+ * chunk any more, view reads until the copy is done, view discards until
+ * the descriptor is gone.  When the descriptor completes, its waiting bios
+ * are mapped again against the new chunk state.
  *
  * View reads of pending chunks go to the origin whole, over a run of
  * chunks, and are tracked per bio on the context's list of origin readers
  * rather than per chunk: a backup reads every chunk once, and a descriptor
  * per chunk read would cost more than the read.  Origin writes look at that
  * list only when they would otherwise go on, which is after a copy.
+ *
+ * The invariant that keeps the view right, enforced in
+ * fleece_origin_readable() and in every path that ends or abandons a copy:
+ *
+ *   A chunk may be read from the origin by the view only while no origin
+ *   write to it has passed since the point in time.
+ *
+ * So a copy's policy is fixed when the copy is asked for (a reload does not
+ * change it), a region records when a write passed ahead of its unfinished
+ * copy (@writes_passed), and once one has, the copy's failure or timeout
+ * marks the view invalid under the bucket lock, before the chunk can look
+ * readable from the origin, whatever policy is now in force.
+ *
+ * Nothing here sleeps in .map: a copy is started by a work item, after it
+ * got one of a bounded number of slots (the bound on the copies' memory);
+ * until then its region waits on a queue.  Its timeout counts from the
+ * first write that asked for it, whether or not it has a slot yet.
  *
  * Chunks that are not pending never reach this file.
  */
@@ -33,38 +50,60 @@
 #define FLEECE_CACHE_BYTES	(8 << 20)	/* idle chunk buffers kept */
 
 /*
- * A copy has two phases: the old chunk is read from the origin into a
- * buffer, then written from there to the fleece device.  Under the default
- * policy the origin writes go on as soon as the old data is in memory: a
- * failure of the fleece write then breaks the snapshot, as any CBW failure
- * does.  Under fail_origin_writes they wait until the data is in the fleece.
+ * A copy waits for a slot, then reads the old chunk from the origin into a
+ * buffer, then writes it from there to the fleece device.  Under the
+ * default policy the origin writes go on as soon as the old data is in
+ * memory: a failure of the fleece write then breaks the snapshot, as any
+ * CBW failure does.  Under fail_origin_writes they wait until the data is
+ * in the fleece.
  */
 enum fleece_copy_phase {
+	FLEECE_COPY_START,	/* waiting for a slot, or for its start work */
 	FLEECE_COPY_READ,
 	FLEECE_COPY_WRITE,
+};
+
+/* How a copy ended. */
+enum fleece_copy_outcome {
+	FLEECE_COPY_OK,		/* the old data is in the fleece device */
+	FLEECE_COPY_FAILED,	/* an I/O error */
+	FLEECE_COPY_TIMED_OUT,	/* its timeout fired before it got a slot */
+	FLEECE_COPY_DROPPED,	/* no longer wanted: view invalid, or abandoned */
 };
 
 struct fleece_region {
 	struct hlist_node node;
 	struct fleece_ctx *ctx;
 	unsigned long chunk;
+
+	/* Under the bucket lock: */
 	struct bio_list writes;		/* origin writes waiting */
 	struct bio_list waiters;	/* view reads and discards waiting */
-	bool copying;		/* a copy has not ended, in either phase */
+	bool copying;		/* a copy was asked for and has not ended */
 	bool in_memory;		/* the old data is in @buf */
 	bool copied;		/* the old data is in the fleece device */
-	bool abandoned;		/* timed out: its waiters were dealt with */
+	bool writes_passed;	/* an origin write went on before @copied */
+	bool abandoned;		/* timed out under way: its bios were let go */
+	bool fail_writes;	/* the copy's policy: fail_origin_writes */
+	bool has_deadline;
+	unsigned long deadline;	/* jiffies: the copy's timeout */
+
+	/* Under ctx->lock: */
+	struct list_head slot_wait;	/* on ctx->slot_waiters */
+	bool has_slot;
+
+	/* Only the copy's own work items: */
 	enum fleece_copy_phase phase;
 	unsigned long io_error;	/* of the phase that just ended */
 	void *buf;
 	struct work_struct step;	/* the copy's next phase */
-	struct delayed_work timeout;
+	struct delayed_work timeout;	/* also: a kick on invalidation */
 };
 
 static struct kmem_cache *fleece_region_cache;
 
 static void fleece_copy_step(struct work_struct *work);
-static void fleece_copy_timeout(struct work_struct *work);
+static void fleece_copy_expire(struct work_struct *work);
 
 static struct fleece_bucket *fleece_bucket(struct fleece_ctx *ctx,
 					   unsigned long chunk)
@@ -93,8 +132,9 @@ static struct fleece_region *fleece_region_new(struct fleece_ctx *ctx,
 	r->chunk = chunk;
 	bio_list_init(&r->writes);
 	bio_list_init(&r->waiters);
+	INIT_LIST_HEAD(&r->slot_wait);
 	INIT_WORK(&r->step, fleece_copy_step);
-	INIT_DELAYED_WORK(&r->timeout, fleece_copy_timeout);
+	INIT_DELAYED_WORK(&r->timeout, fleece_copy_expire);
 	hlist_add_head(&r->node, &b->regions);
 	return r;
 }
@@ -161,11 +201,13 @@ static bool fleece_origin_read_covers(struct fleece_ctx *ctx,
 	return found;
 }
 
-/* Does the copy let origin writes go on?  Called with the bucket lock held. */
+/*
+ * Does the copy let origin writes go on?  By the copy's own policy, not the
+ * one in force now.  Called with the bucket lock held.
+ */
 static bool fleece_region_copy_safe(struct fleece_region *r)
 {
-	return r->copied ||
-	       (r->in_memory && !READ_ONCE(r->ctx->fail_origin_writes));
+	return r->copied || (r->in_memory && !r->fail_writes);
 }
 
 /* May origin writes to the chunk go on?  Called with the bucket lock held. */
@@ -176,9 +218,12 @@ static bool fleece_region_writable(struct fleece_region *r)
 }
 
 /*
- * May a view read take @chunk from the origin?  Not once it is done, nor
- * while a copy of it is under way: that copy may have let writes go on.  An
- * abandoned copy lets none go on.  Called with the bucket lock held.
+ * May a view read take @chunk from the origin?  This is where the invariant
+ * is enforced: not once the chunk is done, nor once a write to it has
+ * passed, nor while a copy is under way that may yet let one pass.  A copy
+ * abandoned by its timeout without a write passing lets none pass: it
+ * could only be under fail_origin_writes, which fails them.  The caller
+ * has checked that the context is not invalid, under the same bucket lock.
  */
 static bool fleece_origin_readable(struct fleece_ctx *ctx,
 				   struct fleece_bucket *b, unsigned long chunk)
@@ -188,7 +233,8 @@ static bool fleece_origin_readable(struct fleece_ctx *ctx,
 	if (fleece_chunk_done(ctx, chunk))
 		return false;
 	r = fleece_region_find(b, chunk);
-	return !r || (!r->copied && (!r->copying || r->abandoned));
+	return !r || (!r->copied && !r->writes_passed &&
+		      (!r->copying || r->abandoned));
 }
 
 /**
@@ -199,7 +245,8 @@ static bool fleece_origin_readable(struct fleece_ctx *ctx,
  * Once neither a copy nor a view read of the origin is under way, the chunk
  * becomes copied if the copy succeeded (only now, so that no origin write
  * passes while a view read is on the origin), and the region leaves the
- * hash.
+ * hash.  Writes let go before the copy is done are recorded: from then on
+ * the chunk must not be read from the origin.
  *
  * Return: true if the region left the hash; the caller frees it.
  */
@@ -207,7 +254,10 @@ static bool fleece_region_settle(struct fleece_region *r, struct bio_list *out)
 {
 	bool reading = fleece_origin_read_covers(r->ctx, r->chunk);
 
-	if (!reading && fleece_region_copy_safe(r)) {
+	if (!reading && fleece_region_copy_safe(r) &&
+	    !bio_list_empty(&r->writes)) {
+		if (!r->copied)
+			r->writes_passed = true;
 		bio_list_merge(out, &r->writes);
 		bio_list_init(&r->writes);
 	}
@@ -221,18 +271,91 @@ static bool fleece_region_settle(struct fleece_region *r, struct bio_list *out)
 	return true;
 }
 
-static void fleece_copies_dec(struct fleece_ctx *ctx)
-{
-	unsigned long flags;
+/* --- slots ------------------------------------------------------------- */
 
-	/* Under the lock: the waiter in fleece_ctx_unbind() may free @ctx. */
-	spin_lock_irqsave(&ctx->lock, flags);
-	if (!--ctx->nr_copies)
-		wake_up(&ctx->wait);
-	spin_unlock_irqrestore(&ctx->lock, flags);
+/*
+ * A copy holds a slot from its start until its I/O really ends, abandoned
+ * or not.  Copies that find none wait on @ctx->slot_waiters, in order; a
+ * freed slot goes to the first of them.  Called with @ctx->lock held.
+ */
+static void fleece_slot_put(struct fleece_ctx *ctx)
+{
+	struct fleece_region *next;
+
+	lockdep_assert_held(&ctx->lock);
+	next = list_first_entry_or_null(&ctx->slot_waiters,
+					struct fleece_region, slot_wait);
+	if (!next) {
+		ctx->copy_slots++;
+		return;
+	}
+	/* A waiting region is freed only by whoever takes it off the list. */
+	list_del_init(&next->slot_wait);
+	next->has_slot = true;
+	queue_work(ctx->start_wq, &next->step);
+}
+
+/**
+ * fleece_cbw_quiet() - has every copy that is not abandoned ended?
+ * @ctx: the context
+ *
+ * After a suspend the target must do no I/O of its own: postsuspend waits
+ * for this.  Copies abandoned by their timeout are not waited for: that
+ * wait would have no bound.
+ *
+ * Return: true if so.
+ */
+bool fleece_cbw_quiet(struct fleece_ctx *ctx)
+{
+	bool quiet;
+
+	spin_lock_irq(&ctx->lock);
+	quiet = ctx->nr_copies == ctx->nr_abandoned;
+	spin_unlock_irq(&ctx->lock);
+	return quiet;
 }
 
 /* --- the copy ---------------------------------------------------------- */
+
+/*
+ * Ask for a copy of @r's chunk: take a slot and start it from a work item,
+ * or wait for a slot.  Its policy and timeout are taken now.  Called from
+ * .map with the bucket lock held: nothing here sleeps.
+ */
+static void fleece_copy_request(struct fleece_region *r)
+{
+	struct fleece_ctx *ctx = r->ctx;
+	unsigned int timeout_ms = READ_ONCE(ctx->cbw_timeout_ms);
+	bool start;
+
+	r->copying = true;
+	r->in_memory = false;
+	r->copied = false;
+	r->abandoned = false;
+	r->fail_writes = READ_ONCE(ctx->fail_origin_writes);
+	r->phase = FLEECE_COPY_START;
+	r->has_deadline = timeout_ms != 0;
+	if (timeout_ms) {
+		r->deadline = jiffies + msecs_to_jiffies(timeout_ms);
+		queue_delayed_work(ctx->wq, &r->timeout,
+				   msecs_to_jiffies(timeout_ms));
+	}
+
+	spin_lock(&ctx->lock);
+	ctx->nr_copies++;
+	start = ctx->copy_slots > 0;
+	if (start) {
+		ctx->copy_slots--;
+		r->has_slot = true;
+	} else {
+		list_add_tail(&r->slot_wait, &ctx->slot_waiters);
+	}
+	spin_unlock(&ctx->lock);
+	atomic64_inc(&ctx->cbw_count);
+
+	if (start)
+		queue_work(ctx->start_wq, &r->step);
+}
 
 /* dm-io completion, possibly in interrupt context: go on in the workqueue. */
 static void fleece_copy_io_end(unsigned long error, void *context)
@@ -272,152 +395,297 @@ static void fleece_copy_io(struct fleece_region *r, blk_opf_t opf,
 	fleece_dm_io(&req, 1, &where);
 }
 
-/*
- * The copy failed (@abandoned: or it ended after its timeout, which already
- * counted as the failure).  Called with the bucket lock held.
+/**
+ * fleece_copy_end() - a copy is over
+ * @r: the region; freed here if it leaves the hash
+ * @outcome: how it ended
+ * @in_timeout: called from @r's own timeout work, which cannot wait for
+ *	itself; the region is then off the slot queue, so no kick can
+ *	requeue that work
  *
- * Return: whether the waiting origin writes must fail.
+ * A copy ends when its I/O has ended, or when it never started: dropped,
+ * or timed out while it waited for a slot.  A failure that was not already
+ * dealt with by the timeout either invalidates the view or fails the
+ * waiting writes: the former whenever a write has passed ahead of the
+ * copy, whatever the policy now in force.
+ *
+ * The copy counters drop last: after that, fleece_ctx_unbind() may free
+ * the context.
  */
-static bool fleece_copy_failed(struct fleece_region *r, struct bio_list *out,
-			       bool *invalidate)
+static void fleece_copy_end(struct fleece_region *r,
+			    enum fleece_copy_outcome outcome, bool in_timeout)
 {
-	struct fleece_ctx *ctx = r->ctx;
-
-	r->copying = false;
-	r->in_memory = false;
-	if (r->abandoned)
-		return false;
-	atomic64_inc(&ctx->cbw_errors);
-	/* Failed writes end, or pass once invalid; reads map again. */
-	fleece_region_take_bios(r, out);
-	if (READ_ONCE(ctx->fail_origin_writes))
-		return true;
-	*invalidate = true;
-	return false;
-}
-
-/*
- * The next phase of a copy, in process context: after the read, write the
- * buffer to the fleece device; after the write, the copy is over.
- */
-static void fleece_copy_step(struct work_struct *work)
-{
-	struct fleece_region *r = container_of(work, struct fleece_region, step);
 	struct fleece_ctx *ctx = r->ctx;
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
-	bool fail_writes = false, invalidate = false, gone = false, ended;
-	bool abandoned;
-	unsigned long chunk;
+	bool failed = outcome == FLEECE_COPY_FAILED ||
+		      outcome == FLEECE_COPY_TIMED_OUT;
+	bool report, invalidate = false, fail_writes = false, had_slot, gone;
 	enum fleece_copy_phase phase = r->phase;
-	unsigned long error = r->io_error;
+	unsigned long chunk = r->chunk;
 	void *buf = r->buf;
 	struct bio_list out;
 	unsigned long flags;
 
-	ended = error || phase == FLEECE_COPY_WRITE;
-	/* After this, the timeout handler is neither running nor pending. */
-	if (ended)
+	if (!in_timeout)
 		cancel_delayed_work_sync(&r->timeout);
 	bio_list_init(&out);
 
 	spin_lock_irqsave(&b->lock, flags);
-	if (error) {
-		fail_writes = fleece_copy_failed(r, &out, &invalidate);
-	} else if (phase == FLEECE_COPY_READ) {
-		r->in_memory = true;
-	} else {
-		r->copying = false;
-		r->in_memory = false;
+	report = failed && !r->abandoned;
+	r->copying = false;
+	r->in_memory = false;
+	r->buf = NULL;
+	if (outcome == FLEECE_COPY_OK) {
 		/*
-		 * A copy that ended after its timeout is still good under
-		 * fail_origin_writes: no write reached the chunk meanwhile.
+		 * Abandoned under fail_origin_writes, the copy is still
+		 * good: no write reached the chunk meanwhile.
 		 */
-		if (!r->abandoned || READ_ONCE(ctx->fail_origin_writes))
+		if (!r->abandoned || r->fail_writes)
 			r->copied = true;
+	} else if (report) {
+		if (r->writes_passed || !r->fail_writes) {
+			fleece_ctx_set_invalid(ctx);
+			invalidate = true;
+		} else {
+			fail_writes = true;
+		}
+		fleece_region_take_bios(r, &out);
 	}
-	/* Once the copy has ended, the end of a view read may free @r. */
-	chunk = r->chunk;
-	abandoned = r->abandoned;
+	spin_lock(&ctx->lock);
+	had_slot = r->has_slot;
+	r->has_slot = false;
+	if (r->abandoned)
+		ctx->nr_abandoned--;
+	spin_unlock(&ctx->lock);
+	r->abandoned = false;
 	gone = fleece_region_settle(r, &out);
 	spin_unlock_irqrestore(&b->lock, flags);
 
-	if (error)
-		fleece_ctx_error(ctx, true,
-				 "copy-before-write of chunk %lu failed %s the %s%s",
-				 chunk,
-				 phase == FLEECE_COPY_READ ? "reading" : "writing",
-				 phase == FLEECE_COPY_READ ? "origin" : "fleece",
-				 abandoned ? ", after its timeout" : "");
+	if (report) {
+		atomic64_inc(&ctx->cbw_errors);
+		if (outcome == FLEECE_COPY_TIMED_OUT)
+			fleece_ctx_error(ctx, true,
+					 "copy-before-write of chunk %lu timed out after %u ms waiting for a copy slot",
+					 chunk, READ_ONCE(ctx->cbw_timeout_ms));
+		else
+			fleece_ctx_error(ctx, true,
+					 "copy-before-write of chunk %lu failed %s the %s",
+					 chunk,
+					 phase == FLEECE_COPY_READ ? "reading" : "writing",
+					 phase == FLEECE_COPY_READ ? "origin" : "fleece");
+	}
 	if (invalidate)
 		fleece_ctx_invalidate(ctx, "copy-before-write failed");
 	fleece_dispatch(&out, fail_writes);
 
-	if (!ended) {
-		fleece_copy_io(r, REQ_OP_WRITE, ctx->fleece_bdev, 0);
-		return;
-	}
-	mempool_free(buf, &ctx->buf_pool);
+	if (buf)
+		mempool_free(buf, &ctx->buf_pool);
 	if (gone)
 		mempool_free(r, &ctx->region_pool);
-	up(&ctx->copy_slots);
-	fleece_copies_dec(ctx);
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (had_slot)
+		fleece_slot_put(ctx);
+	ctx->nr_copies--;
+	/* Under the lock: the waiter in fleece_ctx_unbind() may free @ctx. */
+	wake_up(&ctx->wait);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+}
+
+/* The copy has a slot: allocate its buffer and read the old data. */
+static void fleece_copy_begin(struct fleece_region *r)
+{
+	struct fleece_ctx *ctx = r->ctx;
+	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
+	unsigned long flags;
+	unsigned int noio;
+	bool wanted;
+
+	spin_lock_irqsave(&b->lock, flags);
+	wanted = !r->abandoned && !fleece_ctx_invalid(ctx);
+	spin_unlock_irqrestore(&b->lock, flags);
+	if (!wanted) {
+		fleece_copy_end(r, FLEECE_COPY_DROPPED, false);
+		return;
+	}
+
+	/*
+	 * From start_wq, which does nothing else: waiting here for a buffer
+	 * that a copy ending on ctx->wq frees cannot hold that copy up.  The
+	 * scope lets a large buffer come from vmalloc without I/O.
+	 */
+	noio = memalloc_noio_save();
+	r->buf = mempool_alloc(&ctx->buf_pool, GFP_KERNEL);
+	memalloc_noio_restore(noio);
+	fleece_copy_io(r, REQ_OP_READ, ctx->origin_bdev, ctx->origin_offset);
 }
 
 /*
- * The copy took longer than cbw_timeout_ms: it counts as failed.  The region
- * stays hashed until the copy really ends, so that no second copy of the
- * chunk starts while the first may still write the fleece device.
+ * The old data is in memory: let the writes go if the copy's policy
+ * allows, then write the buffer to the fleece device.  Once the view is
+ * invalid there is nothing left to keep.
  */
-static void fleece_copy_timeout(struct work_struct *work)
+static void fleece_copy_read_done(struct fleece_region *r)
 {
-	struct fleece_region *r = container_of(to_delayed_work(work),
-					       struct fleece_region, timeout);
 	struct fleece_ctx *ctx = r->ctx;
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
-	bool fail = READ_ONCE(ctx->fail_origin_writes);
 	struct bio_list out;
 	unsigned long flags;
+	bool wanted;
 
 	bio_list_init(&out);
 	spin_lock_irqsave(&b->lock, flags);
-	if (!r->copying || r->abandoned) {
-		spin_unlock_irqrestore(&b->lock, flags);
+	wanted = !fleece_ctx_invalid(ctx);
+	if (wanted) {
+		r->in_memory = true;
+		fleece_region_settle(r, &out);	/* copying: @r stays */
+	}
+	spin_unlock_irqrestore(&b->lock, flags);
+	if (!wanted) {
+		fleece_copy_end(r, FLEECE_COPY_DROPPED, false);
 		return;
 	}
+	fleece_dispatch(&out, false);
+	fleece_copy_io(r, REQ_OP_WRITE, ctx->fleece_bdev, 0);
+}
+
+/* The copy's next phase, in process context. */
+static void fleece_copy_step(struct work_struct *work)
+{
+	struct fleece_region *r = container_of(work, struct fleece_region, step);
+
+	switch (r->phase) {
+	case FLEECE_COPY_START:
+		fleece_copy_begin(r);
+		break;
+	case FLEECE_COPY_READ:
+		if (r->io_error)
+			fleece_copy_end(r, FLEECE_COPY_FAILED, false);
+		else
+			fleece_copy_read_done(r);
+		break;
+	case FLEECE_COPY_WRITE:
+		fleece_copy_end(r, r->io_error ? FLEECE_COPY_FAILED :
+						 FLEECE_COPY_OK, false);
+		break;
+	}
+}
+
+/*
+ * A copy under way took longer than its timeout: it counts as failed.  Its
+ * bios go (writes fail under the copy's fail_origin_writes, else the view
+ * is invalid and they pass), but the region stays hashed until the copy
+ * really ends, so that no second copy of the chunk starts while the first
+ * may still write the fleece device.  Called with the bucket lock held,
+ * which it drops.
+ */
+static void fleece_copy_abandon(struct fleece_region *r, unsigned long flags)
+	__releases(&fleece_bucket(r->ctx, r->chunk)->lock)
+{
+	struct fleece_ctx *ctx = r->ctx;
+	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
+	bool fail_writes = false, invalidate = false;
+	unsigned long chunk = r->chunk;
+	struct bio_list out;
+
+	bio_list_init(&out);
 	r->abandoned = true;
+	spin_lock(&ctx->lock);
+	ctx->nr_abandoned++;
+	/* Postsuspend waits for copies that are not abandoned. */
+	wake_up(&ctx->wait);
+	spin_unlock(&ctx->lock);
+	if (r->writes_passed || !r->fail_writes) {
+		fleece_ctx_set_invalid(ctx);
+		invalidate = true;
+	} else {
+		fail_writes = true;
+	}
 	fleece_region_take_bios(r, &out);
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	atomic64_inc(&ctx->cbw_errors);
 	fleece_ctx_error(ctx, true, "copy-before-write of chunk %lu timed out after %u ms",
-			 r->chunk, ctx->cbw_timeout_ms);
-	if (!fail)
+			 chunk, READ_ONCE(ctx->cbw_timeout_ms));
+	if (invalidate)
 		fleece_ctx_invalidate(ctx, "copy-before-write timed out");
-	fleece_dispatch(&out, fail);
+	fleece_dispatch(&out, fail_writes);
 }
 
-static void fleece_copy_start(struct fleece_region *r)
+/*
+ * The copy's timeout, or a kick from fleece_cbw_release_all() for a copy
+ * still waiting for a slot once the view is invalid.  A copy that never
+ * got a slot simply ends; one under way is abandoned.
+ */
+static void fleece_copy_expire(struct work_struct *work)
 {
+	struct fleece_region *r = container_of(to_delayed_work(work),
+					       struct fleece_region, timeout);
 	struct fleece_ctx *ctx = r->ctx;
-	unsigned int timeout_ms = READ_ONCE(ctx->cbw_timeout_ms);
-	unsigned int noio;
+	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
+	bool timed_out, invalid, queued = false;
 	unsigned long flags;
 
-	down(&ctx->copy_slots);
-	spin_lock_irqsave(&ctx->lock, flags);
-	ctx->nr_copies++;
-	spin_unlock_irqrestore(&ctx->lock, flags);
-	atomic64_inc(&ctx->cbw_count);
+	spin_lock_irqsave(&b->lock, flags);
+	if (!r->copying || r->abandoned) {
+		spin_unlock_irqrestore(&b->lock, flags);
+		return;
+	}
+	timed_out = r->has_deadline && time_after_eq(jiffies, r->deadline);
+	invalid = fleece_ctx_invalid(ctx);
 
-	/* The scope lets a large buffer come from vmalloc without I/O. */
-	noio = memalloc_noio_save();
-	r->buf = mempool_alloc(&ctx->buf_pool, GFP_KERNEL);
-	memalloc_noio_restore(noio);
+	spin_lock(&ctx->lock);
+	if (!list_empty(&r->slot_wait) && (timed_out || invalid)) {
+		list_del_init(&r->slot_wait);
+		/* A kick may have queued this work again meanwhile. */
+		cancel_delayed_work(&r->timeout);
+		queued = true;
+	}
+	spin_unlock(&ctx->lock);
 
-	if (timeout_ms)
-		queue_delayed_work(ctx->wq, &r->timeout,
-				   msecs_to_jiffies(timeout_ms));
-	fleece_copy_io(r, REQ_OP_READ, ctx->origin_bdev, ctx->origin_offset);
+	if (queued) {
+		spin_unlock_irqrestore(&b->lock, flags);
+		fleece_copy_end(r, invalid ? FLEECE_COPY_DROPPED :
+					     FLEECE_COPY_TIMED_OUT, true);
+		return;
+	}
+	if (timed_out) {
+		fleece_copy_abandon(r, flags);	/* drops the bucket lock */
+		return;
+	}
+	spin_unlock_irqrestore(&b->lock, flags);
+}
+
+/**
+ * fleece_cbw_release_all() - the view became invalid: let every bio go
+ * @ctx: the context, already marked invalid
+ *
+ * Writes waiting for a copy pass (nothing is protected any more), view
+ * bios fail, both through the worker.  Copies still waiting for a slot end
+ * at once, from their timeout work; copies under way end as they do.
+ */
+void fleece_cbw_release_all(struct fleece_ctx *ctx)
+{
+	struct fleece_region *r;
+	struct fleece_bucket *b;
+	struct bio_list out;
+	unsigned long flags;
+	unsigned int i;
+
+	bio_list_init(&out);
+	for (i = 0; i < BIT(FLEECE_HASH_BITS); i++) {
+		b = &ctx->buckets[i];
+		spin_lock_irqsave(&b->lock, flags);
+		hlist_for_each_entry(r, &b->regions, node) {
+			fleece_region_take_bios(r, &out);
+			spin_lock(&ctx->lock);
+			if (!list_empty(&r->slot_wait))
+				mod_delayed_work(ctx->wq, &r->timeout, 0);
+			spin_unlock(&ctx->lock);
+		}
+		spin_unlock_irqrestore(&b->lock, flags);
+	}
+	fleece_ctx_defer_list(ctx, &out);
 }
 
 /* --- entry points from the targets -------------------------------------- */
@@ -428,53 +696,63 @@ static void fleece_copy_start(struct fleece_region *r)
  * @bio: a write, write-zeroes or secure erase within @chunk
  * @chunk: the chunk
  *
+ * Called from .map: it may wait for a region descriptor from the mempool
+ * (GFP_NOIO), never for a copy.
+ *
  * Return: a DM_MAPIO_* value; SUBMITTED when @bio waits for the copy.
  */
 int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
 			unsigned long chunk)
 {
 	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
-	struct fleece_region *r, *spare;
-	bool start = false;
+	struct fleece_region *r, *spare = NULL;
+	int ret = DM_MAPIO_SUBMITTED;
 	unsigned long flags;
 
-	spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
-
+again:
 	spin_lock_irqsave(&b->lock, flags);
 	if (fleece_chunk_done(ctx, chunk) || fleece_ctx_invalid(ctx)) {
-		spin_unlock_irqrestore(&b->lock, flags);
-		mempool_free(spare, &ctx->region_pool);
-		return DM_MAPIO_REMAPPED;
+		ret = DM_MAPIO_REMAPPED;
+		goto out;
 	}
 	r = fleece_region_find(b, chunk);
 	if (r && r->abandoned) {
-		/* Only under fail_origin_writes: the copy is stuck. */
-		spin_unlock_irqrestore(&b->lock, flags);
-		mempool_free(spare, &ctx->region_pool);
+		/*
+		 * The copy is stuck past its timeout.  Unless it passed a
+		 * write, which made the view invalid (tested above), it is
+		 * under fail_origin_writes: writes fail until it ends.
+		 */
+		if (WARN_ON_ONCE(!r->fail_writes)) {
+			ret = DM_MAPIO_REMAPPED;
+			goto out;
+		}
 		atomic64_inc(&ctx->cbw_errors);
-		return DM_MAPIO_KILL;
+		ret = DM_MAPIO_KILL;
+		goto out;
 	}
 	if (r && fleece_region_writable(r)) {
-		spin_unlock_irqrestore(&b->lock, flags);
-		mempool_free(spare, &ctx->region_pool);
-		return DM_MAPIO_REMAPPED;
+		if (!r->copied)
+			r->writes_passed = true;
+		ret = DM_MAPIO_REMAPPED;
+		goto out;
 	}
 	if (!r) {
+		if (!spare) {
+			spin_unlock_irqrestore(&b->lock, flags);
+			spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
+			goto again;
+		}
 		r = fleece_region_new(ctx, b, spare, chunk);
 		spare = NULL;
 	}
 	bio_list_add(&r->writes, bio);
-	if (!r->copying && !r->copied) {
-		r->copying = true;
-		start = true;
-	}
+	if (!r->copying && !r->copied)
+		fleece_copy_request(r);
+out:
 	spin_unlock_irqrestore(&b->lock, flags);
-
 	if (spare)
 		mempool_free(spare, &ctx->region_pool);
-	if (start)
-		fleece_copy_start(r);
-	return DM_MAPIO_SUBMITTED;
+	return ret;
 }
 
 /**
@@ -585,7 +863,7 @@ int fleece_view_read_pending(struct fleece_ctx *ctx, struct bio *bio,
 	}
 
 	spin_lock(&ctx->lock);
-	if (ctx->invalid) {
+	if (fleece_ctx_invalid(ctx)) {
 		ret = DM_MAPIO_KILL;
 	} else if (!ctx->nr_live) {
 		fleece_bio_cut(ctx, bio, first);
@@ -814,7 +1092,8 @@ int fleece_cbw_init(struct fleece_ctx *ctx)
 	slots = clamp_t(unsigned int,
 			FLEECE_COPY_BYTES / (ctx->chunk_sectors << SECTOR_SHIFT),
 			1, FLEECE_MAX_COPIES);
-	sema_init(&ctx->copy_slots, slots);
+	ctx->copy_slots = slots;
+	INIT_LIST_HEAD(&ctx->slot_waiters);
 	INIT_WORK(&ctx->worker, fleece_worker);
 
 	r = mempool_init_slab_pool(&ctx->region_pool, FLEECE_MIN_REGIONS,
@@ -836,6 +1115,11 @@ int fleece_cbw_init(struct fleece_ctx *ctx)
 		r = -ENOMEM;
 		goto bad_wq;
 	}
+	ctx->start_wq = alloc_workqueue("kfleeced_start", WQ_MEM_RECLAIM, 0);
+	if (!ctx->start_wq) {
+		r = -ENOMEM;
+		goto bad_start_wq;
+	}
 
 	ctx->io_client = dm_io_client_create();
 	if (IS_ERR(ctx->io_client)) {
@@ -845,6 +1129,8 @@ int fleece_cbw_init(struct fleece_ctx *ctx)
 	return 0;
 
 bad_io:
+	destroy_workqueue(ctx->start_wq);
+bad_start_wq:
 	destroy_workqueue(ctx->wq);
 bad_wq:
 	mempool_exit(&ctx->buf_pool);
@@ -857,6 +1143,7 @@ bad_buf:
 void fleece_cbw_exit(struct fleece_ctx *ctx)
 {
 	dm_io_client_destroy(ctx->io_client);
+	destroy_workqueue(ctx->start_wq);
 	destroy_workqueue(ctx->wq);
 	mempool_exit(&ctx->buf_pool);
 	fleece_buf_cache_drain(ctx);

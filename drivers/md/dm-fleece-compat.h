@@ -29,14 +29,6 @@ static inline void fleece_set_max_discard(struct queue_limits *limits,
 #endif
 }
 
-/* Ask dm core to split discards on max_discard_sectors boundaries. */
-static inline void fleece_split_discards(struct dm_target *ti)
-{
-#ifdef FLEECE_HAVE_TI_MAX_DISCARD_GRANULARITY
-	ti->max_discard_granularity = true;
-#endif
-}
-
 /* dm_io() gained an I/O priority argument, in 6.1.y stable too. */
 #ifdef FLEECE_HAVE_DM_IO_IOPRIO
 #define fleece_dm_io(req, n, where) dm_io(req, n, where, NULL, IOPRIO_DEFAULT)

@@ -208,6 +208,14 @@ struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
 
 	mutex_lock(&fleece_registry_lock);
 	ctx = fleece_registry_find(o, f);
+	if (ctx && ctx->dying) {
+		/* A new point in time must not meet the old one's late writes. */
+		DMERR("the previous fleece of these devices has %u copies in flight",
+		      READ_ONCE(ctx->nr_copies));
+		ti->error = "The previous fleece of these devices still has copies in flight";
+		ctx = ERR_PTR(-EBUSY);
+		goto out;
+	}
 	if (ctx) {
 		if (ctx->chunk_sectors != chunk_sectors) {
 			DMERR("chunk size %u differs from the live fleece of these devices (%u)",
@@ -289,6 +297,9 @@ struct fleece_ctx *fleece_ctx_find_live(struct fleece_target_link *link,
 		else
 			ti->error = "No live fleece target for these origin and fleece devices";
 		ctx = ERR_PTR(-ENODEV);
+	} else if (ctx->dying) {
+		ti->error = "The fleece for these devices is invalid";
+		ctx = ERR_PTR(-EIO);
 	} else if (!ctx->started) {
 		ti->error = "The fleece target for these devices has not been resumed yet";
 		ctx = ERR_PTR(-EAGAIN);
@@ -313,10 +324,14 @@ struct fleece_ctx *fleece_ctx_find_live(struct fleece_target_link *link,
  * @is_origin: whether the target is a "fleece" (origin) target
  *
  * When the last origin target goes, nothing protects the origin any more:
- * the context is invalidated and leaves the registry.  That is only worth
- * a kernel message when views are still there to notice; with none left it
- * is the normal end of fleecing.  The origin device must stay open until
- * copies still in flight (abandoned by a timeout) end.
+ * the context is invalidated.  That is only worth a kernel message when
+ * views are still there to notice; with none left it is the normal end of
+ * fleecing.  The devices must stay open until the copies still in flight
+ * end: after a suspend these can only be copies abandoned by their
+ * timeout, which end when the fleece device completes or fails their I/O.
+ * This waits for them (uninterruptibly: a destructor cannot fail), and
+ * meanwhile the context stays in the registry, dying, so that no new
+ * fleece of the same devices starts while they may still write.
  */
 void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
 		       bool is_origin)
@@ -326,7 +341,7 @@ void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
 	mutex_lock(&fleece_registry_lock);
 	list_del(&link->node);
 	if (is_origin && !--ctx->nr_origins) {
-		list_del_init(&ctx->registry_node);
+		ctx->dying = true;
 		orphaned = true;
 		/* No origin target is left: the remaining links are views. */
 		views_left = !list_empty(&ctx->targets);
@@ -340,6 +355,9 @@ void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
 		spin_lock_irq(&ctx->lock);
 		wait_event_lock_irq(ctx->wait, !ctx->nr_copies, ctx->lock);
 		spin_unlock_irq(&ctx->lock);
+		mutex_lock(&fleece_registry_lock);
+		list_del_init(&ctx->registry_node);
+		mutex_unlock(&fleece_registry_lock);
 	}
 	kref_put(&ctx->kref, fleece_ctx_release);
 }
@@ -373,7 +391,12 @@ void fleece_ctx_origin_resume(struct fleece_ctx *ctx)
  *
  * The table may now be swapped for one that does not protect the origin.
  * From here until an origin target resumes, view reads of pending chunks
- * wait; those already reading the origin are waited for.
+ * wait; those already reading the origin are waited for.  So are copies,
+ * so that the target does no I/O of its own once suspended (dm core has
+ * already waited for the origin bios, which includes every write held
+ * for a copy); not copies abandoned by their timeout, for which no wait
+ * would have a bound.  The wait is bounded by cbw_timeout_ms (none with
+ * 0, the admin guide says so).
  */
 void fleece_ctx_origin_suspend(struct fleece_ctx *ctx)
 {
@@ -383,6 +406,7 @@ void fleece_ctx_origin_suspend(struct fleece_ctx *ctx)
 	ctx->nr_live--;
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	wait_event(ctx->wait, !atomic_read(&ctx->origin_reads));
+	wait_event(ctx->wait, fleece_cbw_quiet(ctx));
 }
 
 /**
@@ -414,27 +438,45 @@ void fleece_ctx_error(struct fleece_ctx *ctx, bool limit, const char *fmt, ...)
  * @why: for the kernel log; NULL for none
  *
  * From now on origin writes go through without copy-before-write and every
- * view read fails.  Raises a dm event on every table of the pair.
+ * view read fails.  Bios waiting for a copy or for a live origin go on (or
+ * fail) at once, copies still waiting for a slot end.  Raises a dm event on
+ * every table of the pair.  Runs once, whoever marked the context invalid
+ * first (fleece_ctx_set_invalid()).  Process context, no locks held.
  */
 void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why)
 {
 	unsigned long flags;
 
+	fleece_ctx_set_invalid(ctx);
 	spin_lock_irqsave(&ctx->lock, flags);
-	if (ctx->invalid) {
+	if (ctx->announced) {
 		spin_unlock_irqrestore(&ctx->lock, flags);
 		return;
 	}
-	/* Pairs with smp_load_acquire() in fleece_ctx_invalid(). */
-	smp_store_release(&ctx->invalid, true);
+	ctx->announced = true;
 	bio_list_merge(&ctx->deferred, &ctx->held);
 	bio_list_init(&ctx->held);
 	spin_unlock_irqrestore(&ctx->lock, flags);
+	fleece_cbw_release_all(ctx);
 
 	if (ctx->started && why)
 		fleece_ctx_error(ctx, false, "view invalidated: %s", why);
 	queue_work(ctx->wq, &ctx->event_work);
 	queue_work(ctx->wq, &ctx->worker);
+}
+
+/* Hand @bios to the worker, which maps them again. */
+void fleece_ctx_defer_list(struct fleece_ctx *ctx, struct bio_list *bios)
+{
+	unsigned long flags;
+
+	if (bio_list_empty(bios))
+		return;
+	spin_lock_irqsave(&ctx->lock, flags);
+	bio_list_merge(&ctx->deferred, bios);
+	bio_list_init(bios);
+	queue_work(ctx->wq, &ctx->worker);
+	spin_unlock_irqrestore(&ctx->lock, flags);
 }
 
 /* Hand @bio to the worker, which maps it again. */

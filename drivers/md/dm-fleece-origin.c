@@ -150,6 +150,11 @@ static int fleece_check_devices(struct fleece_origin *fo, struct dm_target *ti)
 		ti->error = "Chunk size is not a multiple of the fleece's logical block size";
 		return -EINVAL;
 	}
+	/* The last chunk's copy is as long as what is left of the region. */
+	if (ti->len & ((bdev_logical_block_size(fo->fleece->bdev) >> SECTOR_SHIFT) - 1)) {
+		ti->error = "Target length is not a multiple of the fleece's logical block size";
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -363,7 +368,7 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 	struct fleece_origin *fo = ti->private;
 	struct fleece_ctx *ctx = fo->ctx;
 	unsigned int sz = 0, nr_features;
-	u64 copied, released;
+	u64 copied, released, done;
 	unsigned int in_flight;
 	unsigned long flags;
 
@@ -371,12 +376,17 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_INFO:
 		copied = atomic64_read(&ctx->nr_copied);
 		released = atomic64_read(&ctx->nr_released);
+		/*
+		 * A release between the two reads counts a chunk in both:
+		 * pending is a snapshot that must not wrap below zero.
+		 */
+		done = min_t(u64, copied + released, ctx->nr_chunks);
 		spin_lock_irqsave(&ctx->lock, flags);
 		in_flight = ctx->nr_copies;
 		spin_unlock_irqrestore(&ctx->lock, flags);
 		DMEMIT("%u %lu %llu %llu %llu %llu %llu %s %u",
 		       ctx->chunk_sectors, ctx->nr_chunks,
-		       (unsigned long long)(ctx->nr_chunks - copied - released),
+		       (unsigned long long)(ctx->nr_chunks - done),
 		       (unsigned long long)copied, (unsigned long long)released,
 		       (unsigned long long)atomic64_read(&ctx->cbw_count),
 		       (unsigned long long)atomic64_read(&ctx->cbw_errors),
@@ -417,7 +427,7 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 
 static struct target_type fleece_origin_target = {
 	.name = FLEECE_TARGET_NAME,
-	.version = {1, 2, 0},
+	.version = {1, 3, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,
 	.dtr = fleece_origin_dtr,

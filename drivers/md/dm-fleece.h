@@ -16,7 +16,6 @@
 #include <linux/kref.h>
 #include <linux/mempool.h>
 #include <linux/ratelimit.h>
-#include <linux/semaphore.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -87,33 +86,49 @@ struct fleece_ctx {
 	/* Per pair, so that one failing fleece device cannot mute another's. */
 	struct ratelimit_state error_rs;
 
-	/* Policy of the origin table that resumed last. */
+	/*
+	 * Policy of the origin table that resumed last.  Each copy takes its
+	 * own copy of it when it is asked for (struct fleece_region): a reload
+	 * never changes the rules of a copy under way.
+	 */
 	bool fail_origin_writes;
 	unsigned int cbw_timeout_ms;
 
-	bool invalid;			/* smp_store_release/smp_load_acquire */
+	/*
+	 * Set once, never cleared: smp_store_release() in
+	 * fleece_ctx_set_invalid(), smp_load_acquire() in fleece_ctx_invalid().
+	 * The copy engine sets it under a bucket lock, before a chunk that an
+	 * origin write has reached can be taken from the origin by the view.
+	 */
+	bool invalid;
+	bool announced;			/* fleece_ctx_invalidate() ran; @lock */
 	bool started;			/* the point in time has been taken */
+	bool dying;			/* no origin target left; registry lock */
 	unsigned int nr_origins;	/* bound origin targets, registry lock */
 
 	/*
-	 * @lock protects @nr_live, @held, @deferred, @nr_copies and
-	 * @origin_readers.  Lock order: a bucket lock, then @lock.
+	 * @lock protects @nr_live, @held, @deferred, the copy counters and
+	 * slots, @slot_waiters and @origin_readers.  Lock order: a bucket
+	 * lock, then @lock.
 	 */
 	spinlock_t lock;
 	unsigned int nr_live;		/* resumed origin targets */
 	struct bio_list held;		/* view reads waiting for a live origin */
 	struct bio_list deferred;	/* bios the worker maps again */
-	unsigned int nr_copies;		/* copies in flight, abandoned ones too */
+	unsigned int nr_copies;		/* copies asked for and not ended */
+	unsigned int nr_abandoned;	/* of those, abandoned by their timeout */
+	unsigned int copy_slots;	/* free slots: bound the copies' memory */
+	struct list_head slot_waiters;	/* regions whose copy waits for a slot */
 	struct list_head origin_readers; /* fleece_bios of view reads on it */
 	atomic_t origin_reads;		/* view reads in flight on the origin */
 	wait_queue_head_t wait;
 
-	struct workqueue_struct *wq;
+	struct workqueue_struct *wq;	/* copy steps, timeouts, the worker */
+	struct workqueue_struct *start_wq; /* copy starts, which allocate */
 	struct work_struct worker;
 	struct work_struct event_work;
 
 	struct dm_io_client *io_client;
-	struct semaphore copy_slots;	/* bounds the memory of copies */
 	mempool_t buf_pool;		/* chunk buffers of copies */
 	spinlock_t buf_lock;		/* protects the three below */
 	struct list_head buf_cache;	/* free chunk buffers kept for reuse */
@@ -161,11 +176,23 @@ __printf(3, 4)
 void fleece_ctx_error(struct fleece_ctx *ctx, bool limit, const char *fmt, ...);
 void fleece_ctx_invalidate(struct fleece_ctx *ctx, const char *why);
 void fleece_ctx_defer(struct fleece_ctx *ctx, struct bio *bio);
+void fleece_ctx_defer_list(struct fleece_ctx *ctx, struct bio_list *bios);
 
 static inline bool fleece_ctx_invalid(struct fleece_ctx *ctx)
 {
-	/* Pairs with smp_store_release() in fleece_ctx_invalidate(). */
+	/* Pairs with smp_store_release() in fleece_ctx_set_invalid(). */
 	return smp_load_acquire(&ctx->invalid);
+}
+
+/*
+ * The view can no longer be trusted: from here on origin writes pass and
+ * view reads fail.  Any context, any lock; fleece_ctx_invalidate() must
+ * follow, outside the locks, to let waiting bios go and to tell userspace.
+ */
+static inline void fleece_ctx_set_invalid(struct fleece_ctx *ctx)
+{
+	/* Pairs with smp_load_acquire() in fleece_ctx_invalid(). */
+	smp_store_release(&ctx->invalid, true);
 }
 
 static inline unsigned long fleece_chunk_of(struct fleece_ctx *ctx,
@@ -244,6 +271,8 @@ int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
 			unsigned long *released, bool *was_copied);
 void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio);
 void fleece_worker(struct work_struct *work);
+void fleece_cbw_release_all(struct fleece_ctx *ctx);
+bool fleece_cbw_quiet(struct fleece_ctx *ctx);
 int fleece_cbw_module_init(void);
 void fleece_cbw_module_exit(void);
 int fleece_cbw_init(struct fleece_ctx *ctx);

@@ -40,11 +40,6 @@ patch_chunk() { # file chunk
 rd() { # dev chunk
 	dd if="$1" of=/dev/null bs=64k skip=$2 count=1 iflag=direct status=none
 }
-expect_eio() { # command...
-	expect_fail "$@"
-	[[ $T_ERR == *"Input/output error"* ]] || fail "$*: expected an I/O error, got: $T_ERR"
-}
-ms() { date +%s%3N; }
 
 # dmsetup wait on each device, from its current event number; checked to
 # be blocked, so that its return shows an event raised after this point.
@@ -67,23 +62,6 @@ check_waiters() {
 	for p in "${WAITERS[@]}"; do
 		wait "$p" || fail "dmsetup wait did not wake on the invalidation (exit $?)"
 	done
-}
-
-# Writes a dm device has completed (its I/O statistics; its in-flight counts
-# stay 0 while dm-delay holds a bio, so they cannot tell).
-iostats_on() { # dm-name
-	echo 1 > "/sys/block/$(sysfs_name "/dev/mapper/$1")/queue/iostats"
-}
-writes_done() { # dm-name
-	awk '{ print $5 }' "/sys/block/$(sysfs_name "/dev/mapper/$1")/stat"
-}
-wait_writes_done() { # dm-name count: polls for up to 30 s
-	local i
-	for ((i = 0; i < 300; i++)); do
-		[ "$(writes_done "$1")" -ge "$2" ] && return 0
-		sleep 0.1
-	done
-	fail "$1: $(writes_done "$1") writes done after 30 s, expected $2"
 }
 
 # lvm2 is slow under TCG: the thin pools for (b) are made meanwhile.
@@ -239,11 +217,6 @@ dmsetup remove fo-bf
 # flight (a debug kernel on a loaded host took 2.2 s for a 500 ms timeout);
 # once checked, a suspend of the dm-delay device lets the write go at once.
 DELAY=60000
-
-release_delayed() { # dm-delay name: submits the bios it holds
-	dmsetup suspend "$1"
-	dmsetup resume "$1"
-}
 
 log "(c) default policy, fleece writes delayed ${DELAY} ms, cbw_timeout_ms 500"
 dmesg_mark

@@ -1,0 +1,316 @@
+#!/bin/bash
+# Faults of the fleece device while copies are in flight, under both
+# policies: what writers wait for, what the view returns, that suspend
+# completes and that the target is quiet once suspended.
+#
+#   (a) a stalled fleece device (dm-delay holding writes 60 s) fills every
+#       copy slot (16 MiB chunks: 4 slots); the next first write to a
+#       chunk waits for a slot.  Default policy: it goes on once the view is
+#       invalid, within the timeout; fail_origin_writes: it fails with EIO
+#       at its timeout.  A suspend of the origin while such a write waits
+#       completes within the timeout too.
+#   (b) the policy changed by a table reload (default -> fail_origin_writes)
+#       while a copy that already let its write pass is in its fleece write;
+#       then the copy times out, or its fleece write fails: the view must
+#       become invalid, never serve the new data.
+#   (c) a suspend returns only once the copies that are not abandoned have
+#       ended: no fleece write after it.
+#   (d) swapping the origin back to linear while an abandoned copy is stuck:
+#       the swap waits for it (documented), and meanwhile no new fleece of
+#       the same devices can start (its late write would land in the new
+#       point in time).
+#
+# Every view read is checked to return the point-in-time data or an error,
+# never data written after the point in time.
+. "$SRC/tests/lib.sh"
+
+BIG=32768		# chunk sectors: 16 MiB, so 4 copy slots (64 MiB)
+CHUNK_KIB=16384
+NCHUNKS=5
+MIB=$((NCHUNKS * 16))
+DELAY=60000		# ms: "stalled"; a suspend of the delay device ends it
+MARGIN=15000		# ms a bound may be overrun by under TCG / a debug kernel
+
+mkpattern old $MIB old
+mkpattern new $MIB new
+
+# 4 KiB of "new", O_DIRECT, at the start of chunk N.
+wr() { # dev chunk
+	dd if=new of="$1" bs=4k seek=$(($2 * CHUNK_KIB / 4)) skip=$(($2 * CHUNK_KIB / 4)) \
+		count=1 oflag=direct conv=notrunc status=none
+}
+# The view's 4 KiB at the start of chunk N must be the point-in-time data,
+# or (if "eio" is allowed) an I/O error; never the new data.
+view_check() { # view chunk old|eio what
+	if dev_range "$1" $(($2 * CHUNK_KIB)) 4 > blk 2> err; then
+		if cmp -s blk <(file_range new $(($2 * CHUNK_KIB)) 4); then
+			fail "$4: the view served data written after the point in time (chunk $2)"
+		fi
+		cmp -s blk <(file_range old $(($2 * CHUNK_KIB)) 4) ||
+			fail "$4: the view served data that is neither old nor new (chunk $2)"
+		[ "$3" = old ] || [ "$3" = eio ] || fail "bad expectation $3"
+		return 0
+	fi
+	[ "$3" = eio ] || fail "$4: view read of chunk $2 failed: $(cat err)"
+	grep_q "Input/output error" err || fail "$4: view read of chunk $2: $(cat err)"
+}
+# The origin's 4 KiB at the start of chunk N.
+origin_check() { # dev chunk old|new what
+	cmp -s <(dev_range "$1" $(($2 * CHUNK_KIB)) 4) <(file_range "$3" $(($2 * CHUNK_KIB)) 4) ||
+		fail "$4: origin chunk $2 is not the $3 data"
+}
+
+# origin, fleece slice and a delay device over it: $1 names the case.
+setup() { # case
+	origin=$(mkdev "origin-$1" $MIB)
+	put old "$origin"
+	slice=$(mkdev "slice-$1" $MIB 1)
+	dmsetup create "delay-$1" --table "0 $((MIB * 2048)) delay $slice 0 0 $slice 0 $DELAY"
+	iostats_on "delay-$1"
+	fleece=/dev/mapper/delay-$1
+}
+
+# === (a) a stalled fleece device fills every copy slot =====================
+
+log "(a) default policy: stalled fleece device, cbw_timeout_ms 5000"
+dmesg_mark
+setup ad
+fleece_create fo-ad "$origin" "$fleece" $BIG cbw_timeout_ms 5000 >/dev/null
+view=$(view_create fv-ad "$origin" "$fleece")
+t0=$(ms)
+for n in 0 1 2 3; do
+	wr /dev/mapper/fo-ad $n
+done
+t=$(($(ms) - t0))
+log "4 writes that fill the 4 slots took $t ms"
+assert_eq "$(copies_in_flight fo-ad)" 4 "copies in flight once the slots are full"
+t0=$(ms)
+wr /dev/mapper/fo-ad 4 &
+wpid=$!
+sleep 1
+log "suspend of the origin while the fifth write waits for a slot"
+dmsetup suspend fo-ad
+ts=$(($(ms) - t0))
+wait $wpid || fail "the fifth write failed under the default policy"
+t=$(($(ms) - t0))
+log "the fifth write took <= $t ms, the suspend returned after $ts ms"
+[ $t -le $((5000 + MARGIN)) ] || fail "the fifth write was held $t ms (timeout 5000 ms)"
+[ $ts -le $((5000 + MARGIN)) ] || fail "the suspend took $ts ms (timeout 5000 ms)"
+dmsetup resume fo-ad
+assert_eq "$(status_field fo-ad 7)" invalid "state once a copy timed out"
+for n in 0 1 2 3 4; do
+	origin_check "$origin" $n new "(a) default"
+	view_check "$view" $n eio "(a) default"
+done
+expect_dmesg_since_mark "timed out after 5000 ms"
+expect_dmesg_since_mark "view invalidated: copy-before-write timed out"
+log "later first writes pass at once"
+t0=$(ms)
+dd if=new of=/dev/mapper/fo-ad bs=4k seek=100 skip=100 count=1 oflag=direct conv=notrunc status=none
+[ $(($(ms) - t0)) -le 5000 ] || fail "a write after the invalidation waited $(($(ms) - t0)) ms"
+release_delayed delay-ad
+copies_settle fo-ad
+dmsetup remove fv-ad fo-ad delay-ad
+
+log "(a) fail_origin_writes: stalled fleece device, cbw_timeout_ms 2000"
+dmesg_mark
+setup af
+fleece_create fo-af "$origin" "$fleece" $BIG fail_origin_writes cbw_timeout_ms 2000 >/dev/null
+view=$(view_create fv-af "$origin" "$fleece")
+for n in 0 1 2 3; do
+	t0=$(ms)
+	expect_eio wr /dev/mapper/fo-af $n
+	t=$(($(ms) - t0))
+	log "write to chunk $n: EIO after $t ms"
+	[ $t -ge 1900 ] || fail "the write failed after $t ms, before its timeout"
+	[ $t -le $((2000 + MARGIN)) ] || fail "the write was held $t ms (timeout 2000 ms)"
+done
+assert_eq "$(copies_in_flight fo-af)" 4 "abandoned copies in flight: every slot"
+log "the fifth chunk's copy waits for a slot: its write fails at the timeout"
+t0=$(ms)
+expect_eio wr /dev/mapper/fo-af 4
+t=$(($(ms) - t0))
+log "write to chunk 4: EIO after $t ms"
+[ $t -ge 1900 ] && [ $t -le $((2000 + MARGIN)) ] || fail "the queued write was held $t ms (timeout 2000 ms)"
+expect_dmesg_since_mark "chunk 4 timed out after 2000 ms waiting for a copy slot"
+log "a write to a chunk whose copy is stuck fails at once"
+t0=$(ms)
+expect_eio wr /dev/mapper/fo-af 1
+[ $(($(ms) - t0)) -lt 1900 ] || fail "a write to an abandoned chunk waited $(($(ms) - t0)) ms"
+log "suspend of the origin while a write waits for a slot"
+wr /dev/mapper/fo-af 4 2> /dev/null &
+wpid=$!
+sleep 0.5
+t0=$(ms)
+dmsetup suspend fo-af
+ts=$(($(ms) - t0))
+! wait $wpid || fail "the write that waited for a slot succeeded under fail_origin_writes"
+log "the suspend returned after $ts ms"
+[ $ts -le $((2000 + MARGIN)) ] || fail "the suspend took $ts ms (timeout 2000 ms)"
+dmsetup resume fo-af
+read -r pending copied released cbw errors state <<< "$(fleece_counts_now fo-af)"
+assert_eq "$state $cbw" "active 6" "state, copies asked for"
+[ "$errors" -ge 7 ] || fail "copy errors: $errors, expected at least 7"
+for n in 0 1 2 3 4; do
+	origin_check "$origin" $n old "(a) fail_origin_writes"
+	view_check "$view" $n old "(a) fail_origin_writes"
+done
+log "the fleece device completes the abandoned copies: they count as copied"
+dmsetup load delay-af --table "0 $((MIB * 2048)) linear $slice 0"
+dmsetup resume delay-af
+copies_settle fo-af
+read -r pending copied released cbw errors state <<< "$(fleece_counts_now fo-af)"
+assert_eq "$pending $copied $state" "1 4 active" "status after the copies ended"
+wr /dev/mapper/fo-af 4
+origin_check "$origin" 4 new "(a) fail_origin_writes, after repair"
+for n in 0 1 2 3 4; do
+	view_check "$view" $n old "(a) fail_origin_writes, after repair"
+done
+same "$view" old "(a) fail_origin_writes: the whole view"
+dmsetup remove fv-af fo-af delay-af
+
+# === (b) the policy changed by a reload while a copy is in flight ==========
+
+log "(b) default -> fail_origin_writes by a reload; the copy then times out"
+dmesg_mark
+setup bt
+fleece_create fo-bt "$origin" "$fleece" $BIG cbw_timeout_ms 3000 >/dev/null
+view=$(view_create fv-bt "$origin" "$fleece")
+wr /dev/mapper/fo-bt 1	# passes once the old data is in memory
+t0=$(ms)
+dmsetup load fo-bt --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG 3 fail_origin_writes cbw_timeout_ms 3000"
+dmsetup suspend fo-bt
+dmsetup resume fo-bt
+log "reloaded after $(($(ms) - t0)) ms"
+while [ $(($(ms) - t0)) -lt 4000 ]; do sleep 0.2; done
+view_check "$view" 1 eio "(b) timeout after the reload"
+assert_eq "$(status_field fo-bt 7)" invalid "state after the copy that passed a write timed out"
+release_delayed delay-bt
+copies_settle fo-bt
+view_check "$view" 1 eio "(b) timeout after the reload, copy ended"
+dmsetup remove fv-bt fo-bt delay-bt
+
+log "(b) default -> fail_origin_writes by a reload; the copy's fleece write then fails"
+dmesg_mark
+origin=$(mkdev origin-bf $MIB)
+put old "$origin"
+slice=$(mkdev slice-bf $MIB 1)
+dmsetup create mid-bf --table "0 $((MIB * 2048)) linear $slice 0"
+dmsetup create delay-bf --table "0 $((MIB * 2048)) delay /dev/mapper/mid-bf 0 0 /dev/mapper/mid-bf 0 $DELAY"
+fleece=/dev/mapper/delay-bf
+fleece_create fo-bf "$origin" "$fleece" $BIG cbw_timeout_ms 30000 >/dev/null
+view=$(view_create fv-bf "$origin" "$fleece")
+wr /dev/mapper/fo-bf 1
+dmsetup load fo-bf --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG 3 fail_origin_writes cbw_timeout_ms 30000"
+( dmsetup suspend fo-bf && dmsetup resume fo-bf ) &
+rpid=$!
+sleep 1
+log "the fleece device fails the delayed write"
+dmsetup load mid-bf --table "0 $((MIB * 2048)) error"
+dmsetup resume mid-bf
+release_delayed delay-bf
+wait $rpid || fail "the reload failed"
+copies_settle fo-bf
+view_check "$view" 1 eio "(b) failed fleece write after the reload"
+assert_eq "$(status_field fo-bf 7)" invalid "state after the copy that passed a write failed"
+expect_dmesg_since_mark "chunk 1 failed writing the fleece"
+log "a later write to the chunk must not copy the new data in"
+dmsetup load mid-bf --table "0 $((MIB * 2048)) linear $slice 0"
+dmsetup resume mid-bf
+dmsetup load delay-bf --table "0 $((MIB * 2048)) linear /dev/mapper/mid-bf 0"
+dmsetup resume delay-bf
+wr /dev/mapper/fo-bf 1
+view_check "$view" 1 eio "(b) after a later write"
+dmsetup remove fv-bf fo-bf delay-bf mid-bf
+
+# === (c) no I/O of the target's own after a suspend ========================
+
+log "(c) suspend waits for the copy's fleece write (delayed 3 s)"
+dmesg_mark
+origin=$(mkdev origin-c $MIB)
+put old "$origin"
+slice=$(mkdev slice-c $MIB 1)
+dmsetup create delay-c --table "0 $((MIB * 2048)) delay $slice 0 0 $slice 0 3000"
+iostats_on delay-c
+fleece_create fo-c "$origin" /dev/mapper/delay-c $BIG >/dev/null
+view=$(view_create fv-c "$origin" /dev/mapper/delay-c)
+wr /dev/mapper/fo-c 2
+assert_eq "$(writes_done delay-c)" 0 "fleece writes done before the suspend"
+dmsetup suspend fo-c
+assert_eq "$(copies_in_flight fo-c)" 0 "copies in flight once suspended"
+n=$(writes_done delay-c)
+assert_eq "$n" 1 "fleece writes done once suspended"
+sleep 3.5
+assert_eq "$(writes_done delay-c)" "$n" "fleece writes done while suspended"
+dmsetup resume fo-c
+view_check "$view" 2 old "(c) after the suspend"
+assert_eq "$(status_field fo-c 7)" active "state"
+dmsetup remove fv-c fo-c delay-c
+
+# === (d) a swap to linear while an abandoned copy is stuck =================
+
+log "(d) swap to linear with an abandoned copy stuck on the fleece device"
+dmesg_mark
+setup d
+fleece_create fo-d "$origin" "$fleece" $BIG cbw_timeout_ms 500 >/dev/null
+wr /dev/mapper/fo-d 3
+sleep 1.5
+assert_eq "$(status_field fo-d 7) $(copies_in_flight fo-d)" "invalid 1" "state, the abandoned copy in flight"
+dmsetup load fo-d --table "0 $((MIB * 2048)) linear $origin 0"
+dmsetup resume fo-d &
+spid=$!
+sleep 2
+kill -0 $spid 2>/dev/null || fail "the swap did not wait for the abandoned copy"
+log "a new fleece of the same devices is refused meanwhile"
+expect_fail dmsetup create fo-d2 --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG"
+expect_dmesg_since_mark "has 1 copies in flight"
+release_delayed delay-d
+wait $spid || fail "the swap to linear failed"
+[[ $(dmsetup table fo-d) == *" linear "* ]] || fail "fo-d is not linear: $(dmsetup table fo-d)"
+log "once the copy ended, a new fleece of the same devices starts"
+fleece_create fo-d2 "$origin" "$fleece" $BIG >/dev/null
+assert_eq "$(status_field fo-d2 7)" active "state of the new fleece"
+dmsetup remove fo-d2 fo-d delay-d
+
+# === (e) the origin fails the copy's read ===================================
+
+for pol in default fail_origin_writes; do
+	log "(e) $pol: the origin fails the copy's read"
+	dmesg_mark
+	ram=$(mkdev ram-e-$pol $MIB)
+	put old "$ram"
+	dmsetup create origin-e-$pol --table "0 $((MIB * 2048)) linear $ram 0"
+	origin=/dev/mapper/origin-e-$pol
+	slice=$(mkdev slice-e-$pol $MIB 1)
+	feat=()
+	[ $pol = default ] || feat=(fail_origin_writes)
+	fleece_create fo-e "$origin" "$slice" $BIG "${feat[@]}" >/dev/null
+	view=$(view_create fv-e "$origin" "$slice")
+	dmsetup load origin-e-$pol --table "0 $((MIB * 2048)) flakey $ram 0 0 3600"
+	dmsetup resume origin-e-$pol
+	# Down, dm-flakey fails reads only: the write itself may pass.
+	if [ $pol = default ]; then
+		wr /dev/mapper/fo-e 1
+	else
+		expect_eio wr /dev/mapper/fo-e 1
+	fi
+	expect_dmesg_since_mark "copy-before-write of chunk 1 failed reading the origin"
+	read -r pending copied released cbw errors state <<< "$(fleece_counts fo-e)"
+	dmsetup load origin-e-$pol --table "0 $((MIB * 2048)) linear $ram 0"
+	dmsetup resume origin-e-$pol
+	if [ $pol = default ]; then
+		assert_eq "$cbw $errors $state" "1 1 invalid" "(e) default: status"
+		expect_dmesg_since_mark "view invalidated: copy-before-write failed"
+		origin_check "$origin" 1 new "(e) default"
+		view_check "$view" 1 eio "(e) default"
+	else
+		assert_eq "$pending $cbw $errors $state" "$NCHUNKS 1 1 active" "(e) fail_origin_writes: status"
+		origin_check "$origin" 1 old "(e) fail_origin_writes"
+		view_check "$view" 1 old "(e) fail_origin_writes"
+		wr /dev/mapper/fo-e 1
+		origin_check "$origin" 1 new "(e) fail_origin_writes, origin repaired"
+		view_check "$view" 1 old "(e) fail_origin_writes, origin repaired"
+		assert_eq "$(fleece_counts fo-e)" "$((NCHUNKS - 1)) 1 0 2 1 active" "(e) status after the repaired write"
+	fi
+	dmsetup remove fv-e fo-e origin-e-$pol
+done
