@@ -1,0 +1,24 @@
+#!/bin/bash
+# Randomized, model-checked stress: tests/stress/fleece-stress.py drives
+# origin writes, write-zeroes and discards, view reads and releases,
+# suspends, policy reloads and fleece-device faults (slow, stalled,
+# failing writes) at once, against a model of the point-in-time content
+# and of the origin.  It prints its seed: FLEECE_STRESS_SEED=<seed> on the
+# kernel command line (fleece.stress_seed=) repeats a run;
+# fleece.stress_seconds= makes it longer (default 60 s, the CI tier).
+. "$SRC/tests/lib.sh"
+
+arg() { sed -n "s/.*\\<$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
+seconds=$(arg fleece.stress_seconds)
+seed=$(arg fleece.stress_seed)
+[ -n "$seed" ] && export FLEECE_STRESS_SEED=$seed
+
+origin=$(mkdev st-origin 16)
+mkpattern pat 16 stress
+put pat "$origin"
+slice=$(mkdev st-slice 16 1)
+python3 "$SRC/tests/stress/fleece-stress.py" --origin "$origin" --slice "$slice" \
+	--name st --mib 16 --seconds "${seconds:-60}" --round 15
+for d in st-fo st-fv st-fl; do
+	! dmsetup info "$d" > /dev/null 2>&1 || fail "$d left behind"
+done
