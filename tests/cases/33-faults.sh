@@ -5,9 +5,9 @@
 #
 #   (a) a stalled fleece device (dm-delay holding writes 60 s) fills every
 #       copy slot (16 MiB chunks: 4 slots); the next first write to a
-#       chunk waits for a slot (checked: copies_in_flight counts it).  Default policy: it goes on once the view is
-#       invalid, within the timeout; fail_origin_writes: it fails with EIO
-#       at its timeout.  A suspend of the origin while such a write waits
+#       chunk waits for a slot (checked: copies_in_flight counts it).
+#       Default policy: it goes on once the view is invalid, within the
+#       timeout; fail_origin_writes: it fails with EIO at its timeout.  A suspend of the origin while such a write waits
 #       completes within the timeout too.
 #   (b) the policy changed by a table reload (default -> fail_origin_writes)
 #       while a copy that already let its write pass is in its fleece write;
@@ -19,6 +19,10 @@
 #       the swap waits for it (documented), and meanwhile no new fleece of
 #       the same devices can start (its late write would land in the new
 #       point in time).
+#   (e) the origin failing the copy's read (dm-flakey, down: every bio
+#       fails): the default policy invalidates the view and lets the write
+#       go on (to fail on the origin), fail_origin_writes fails it and keeps
+#       the view, which reads the old data once the origin works again.
 #
 # Every view read is checked to return the point-in-time data or an error,
 # never data written after the point in time.
@@ -190,18 +194,21 @@ dmsetup remove fv-af fo-af delay-af
 
 # === (b) the policy changed by a reload while a copy is in flight ==========
 
+# The reload must be done before the copy times out: on the unfixed
+# module the new policy was then read by the timeout.
+TOB=15000
 log "(b) default -> fail_origin_writes by a reload; the copy then times out"
 dmesg_mark
 setup bt
-fleece_create fo-bt "$origin" "$fleece" $BIG cbw_timeout_ms 3000 >/dev/null
+fleece_create fo-bt "$origin" "$fleece" $BIG cbw_timeout_ms $TOB >/dev/null
 view=$(view_create fv-bt "$origin" "$fleece")
 wr /dev/mapper/fo-bt 1	# passes once the old data is in memory
 t0=$(ms)
-dmsetup load fo-bt --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG 3 fail_origin_writes cbw_timeout_ms 3000"
+dmsetup load fo-bt --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG 3 fail_origin_writes cbw_timeout_ms $TOB"
 dmsetup suspend fo-bt
 dmsetup resume fo-bt
 log "reloaded after $(($(ms) - t0)) ms"
-while [ $(($(ms) - t0)) -lt 4000 ]; do sleep 0.2; done
+while [ $(($(ms) - t0)) -lt $((TOB + 1000)) ]; do sleep 0.2; done
 view_check "$view" 1 eio "(b) timeout after the reload"
 assert_eq "$(status_field fo-bt 7)" invalid "state after the copy that passed a write timed out"
 release_delayed delay-bt
@@ -307,12 +314,9 @@ for pol in default fail_origin_writes; do
 	view=$(view_create fv-e "$origin" "$slice")
 	dmsetup load origin-e-$pol --table "0 $((MIB * 2048)) flakey $ram 0 0 3600"
 	dmsetup resume origin-e-$pol
-	# Down, dm-flakey fails reads only: the write itself may pass.
-	if [ $pol = default ]; then
-		wr /dev/mapper/fo-e 1
-	else
-		expect_eio wr /dev/mapper/fo-e 1
-	fi
+	# Down, dm-flakey fails every bio: under the default policy the write
+	# goes on once the view is invalid, and fails on the origin itself.
+	expect_eio wr /dev/mapper/fo-e 1
 	expect_dmesg_since_mark "copy-before-write of chunk 1 failed reading the origin"
 	read -r pending copied released cbw errors state <<< "$(fleece_counts fo-e)"
 	dmsetup load origin-e-$pol --table "0 $((MIB * 2048)) linear $ram 0"
@@ -320,7 +324,7 @@ for pol in default fail_origin_writes; do
 	if [ $pol = default ]; then
 		assert_eq "$cbw $errors $state" "1 1 invalid" "(e) default: status"
 		expect_dmesg_since_mark "view invalidated: copy-before-write failed"
-		origin_check "$origin" 1 new "(e) default"
+		origin_check "$origin" 1 old "(e) default"
 		view_check "$view" 1 eio "(e) default"
 	else
 		assert_eq "$pending $cbw $errors $state" "$NCHUNKS 1 1 active" "(e) fail_origin_writes: status"

@@ -193,11 +193,12 @@ class Round:
     def reader(self):
         rng = random.Random(self.rng.random())
         fd = os.open(self.a.fv, os.O_RDONLY | os.O_DIRECT)
+        dfd = os.open(self.a.fv, os.O_RDWR)     # BLKDISCARD needs write mode
         buf = aligned(4 * self.chunk + 4096)
         try:
             while not self.stop.is_set():
                 if rng.random() < 0.1:
-                    self.release(fd, rng)
+                    self.release(dfd, rng)
                     continue
                 n = rng.choice([4096, self.chunk, 3 * self.chunk])
                 n = max(4096, n - n % 4096)
@@ -226,6 +227,7 @@ class Round:
                 self.check_time(f"view read at {off}+{n}", time.monotonic() - t0)
         finally:
             os.close(fd)
+            os.close(dfd)
 
     def release(self, fd, rng):
         c = rng.randrange(self.nchunks)
@@ -373,6 +375,13 @@ class Round:
 
 def main():
     import argparse
+    # It creates and removes dm devices: only ever in the test VM.
+    with open("/proc/cmdline") as f:
+        if "fleece_test_guest=1" not in f.read().split():
+            print("fleece-stress: not in the dm-fleece test VM (fleece_test_guest=1 "
+                  "missing from /proc/cmdline): refusing to run; use make check",
+                  file=sys.stderr)
+            return 1
     p = argparse.ArgumentParser()
     p.add_argument("--origin", required=True)
     p.add_argument("--slice", required=True, help="backing of the fleece device")
