@@ -24,7 +24,8 @@
 #    discard is passed down on a copied chunk and dropped on a pending one.
 # The origin is a loop device on a file of the overlay's tmpfs: it supports
 # discard and write-zeroes (hole punching), so their effect is observable.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 
 K=1024
 CH=$((64 * K))		# chunk: 128 sectors

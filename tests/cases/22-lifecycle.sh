@@ -21,7 +21,8 @@
 #    chunk in between: the unload succeeds every time (no reference left)
 #    and the kernel does not complain (a region leaked would make
 #    kmem_cache_destroy warn; the debug kernel's kmemleak scans too).
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 
 CH=64			# chunk, KiB (128 sectors)
 NCH=128			# 8 MiB
