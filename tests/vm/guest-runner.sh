@@ -62,7 +62,7 @@ unmatched_words() { # dir pattern
 }
 
 run_suite() {
-	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 tests=() rc bad
+	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 skipped=0 tests=() rc bad reason
 	for t in "$dir"/*.sh; do
 		[ -f "$t" ] || continue
 		name=$(basename "$t" .sh)
@@ -102,9 +102,16 @@ run_suite() {
 		local splat
 		splat=$(dmesg_since "$mark" | grep -aE -B3 -A25 -f "$SRC/tests/vm/splat-patterns")
 		local dur=$((SECONDS - start))
+		# A test skips by exiting 77 after printing "SKIP: reason" (skip in
+		# lib.sh); 77 without such a line is a failure like any other.
+		reason=
+		[ $rc = 77 ] && reason=$(sed -n 's/^SKIP: //p' "$OUT/$name.log" | tail -n 1)
 		if [ $rc = 0 ] && [ -z "$splat" ]; then
 			echo "ok $n $name # ${dur}s"
 			passed=$((passed + 1))
+		elif [ -n "$reason" ] && [ -z "$splat" ]; then
+			echo "ok $n $name # SKIP $reason"
+			skipped=$((skipped + 1))
 		else
 			echo "not ok $n $name # exit $rc after ${dur}s"
 			[ $rc = 124 ] && echo "# timed out after ${TEST_TIMEOUT}s"
@@ -117,7 +124,11 @@ run_suite() {
 			failed=$((failed + 1))
 		fi
 	done
-	echo "# $passed passed, $failed failed"
+	if [ $skipped = 0 ]; then
+		echo "# $passed passed, $failed failed"
+	else
+		echo "# $passed passed, $failed failed, $skipped skipped"
+	fi
 	[ -z "$bad" ] || echo "# the run fails: T= has words that match no test: $bad"
 	[ $failed = 0 ] && [ -z "$bad" ]
 }

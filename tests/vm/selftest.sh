@@ -13,12 +13,15 @@
 #   selection  a T= word that matches no test fails before booting;
 #   qemu-start a qemu that cannot start (no such kernel image) fails the run.
 # In VMs (tests/selftest/*.sh, small ones: 1 GiB, no udevd):
-#   control    a passing test passes the run (exit 0);
-#   verdicts   a passing test, a kernel splat, a test exiting 1 and a test
-#              that hangs past TEST_TIMEOUT: the run fails, with the right
-#              blame for each;
+#   control    a passing test and a test that skips (with a reason) pass
+#              the run (exit 0);
+#   verdicts   a passing test, a kernel splat, a test exiting 1, a test
+#              that hangs past TEST_TIMEOUT, a skip and an exit 77 without
+#              a reason: the run fails, with the right verdict and blame
+#              for each;
 #   no-report  a guest that writes the "passed" code to isa-debug-exit before
 #              reporting anything: qemu exits "passed", the run must fail;
+#   all-skipped  a run whose only test skips fails: nothing was tested;
 #   guest-selection  the same empty selection, past the host's check: the
 #              guest itself fails the run.
 set -uo pipefail
@@ -122,21 +125,23 @@ else
 fi
 
 # --- VMs ---------------------------------------------------------------------
-vm control "$run" "$kver" "$kimage" "$kmodroot" "$module" "$out/control" selftest 10-passes
-if [ $rc = 0 ] && has control "ok 1 10-passes" && has control "1 passed, 0 failed"; then
-	ok "control: a run whose one test passes passes"
+vm control "$run" "$kver" "$kimage" "$kmodroot" "$module" "$out/control" selftest 10-passes,60-skips
+if [ $rc = 0 ] && has control "ok 1 10-passes" && has control "ok 2 60-skips # SKIP selftest: nothing to run here" &&
+   has control "# 1 passed, 0 failed, 1 skipped"; then
+	ok "control: a run whose tests pass or skip with a reason passes"
 else
 	no "control: a run whose one test passes: exit $rc"; tail -n 40 "$out/control.log"
 fi
 
 vm verdicts TEST_TIMEOUT=20 "$run" "$kver" "$kimage" "$kmodroot" "$module" "$out/verdicts" selftest \
-	10-passes,20-splat,30-exits-1,40-hangs
+	10-passes,20-splat,30-exits-1,40-hangs,60-skips,70-exits-77
 v=verdicts
 if [ $rc != 0 ] && has $v "ok 1 10-passes" && has $v "not ok 2 20-splat" &&
    has $v "# kernel splat during 20-splat" && has $v "not ok 3 30-exits-1 # exit 1 " &&
    has $v "not ok 4 40-hangs # exit 124 " && has $v "# timed out after 20s" &&
-   has $v "# 1 passed, 3 failed"; then
-	ok "verdicts: a splat, an exit 1 and a hang each fail their test and the run; the passing test passes"
+   has $v "ok 5 60-skips # SKIP selftest: nothing to run here" &&
+   has $v "not ok 6 70-exits-77 # exit 77 " && has $v "# 1 passed, 4 failed, 1 skipped"; then
+	ok "verdicts: a splat, an exit 1, a hang and an exit 77 without a reason each fail their test and the run; the passing test passes, the skip skips"
 else
 	no "verdicts: exit $rc, or a test's verdict or blame is wrong"; tail -n 60 "$out/$v.log"
 fi
@@ -146,6 +151,13 @@ if [ $rc != 0 ] && has no-report "report is incomplete"; then
 	ok "no-report: a guest that exits with the \"passed\" code without its report fails the run"
 else
 	no "no-report: exit $rc"; tail -n 40 "$out/no-report.log"
+fi
+
+vm all-skipped "$run" "$kver" "$kimage" "$kmodroot" "$module" "$out/all-skipped" selftest 60-skips
+if [ $rc != 0 ] && has all-skipped "ok 1 60-skips # SKIP" && has all-skipped "every test skipped"; then
+	ok "all-skipped: a run in which every test skipped fails"
+else
+	no "all-skipped: exit $rc"; tail -n 40 "$out/all-skipped.log"
 fi
 
 vm guest-selection FLEECE_SELFTEST_SKIP_HOST_SELECTION=1 "$run" "$kver" "$kimage" "$kmodroot" "$module" \
