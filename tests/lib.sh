@@ -1,6 +1,11 @@
 # Helpers for the tests in tests/cases: sourced at the top of each test.
 # A test is a bash script that runs inside the VM as root; it passes by
 # exiting 0.  Anything else, or a kernel splat while it runs, fails it.
+# Tests tear down loop, dm and lvm devices and unmount things: they refuse
+# to run anywhere but in the test VM, whose kernel command line run.sh gives
+# the token fleece_test_guest=1.  This line comes first here, and first in
+# every test script (before it sources this file):
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 
@@ -9,6 +14,10 @@ export DM_UDEV_DISABLE_LIBRARY_FALLBACK=1
 
 log() { echo "== $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# The test cannot run here, for a reason the report shows: "ok N name # SKIP
+# reason".  Only for a condition of the environment that the test checks
+# (no udevd in the debug guest, say), never for a failure.
+skip() { echo "SKIP: $*"; exit 77; }
 trap 'rc=$?; [ $rc = 0 ] || echo "FAIL: line $LINENO: exit $rc: $BASH_COMMAND" >&2' ERR
 
 assert_eq() { # actual expected what

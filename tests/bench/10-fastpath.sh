@@ -17,6 +17,7 @@
 # at iodepth 4.  One fio run holds every job, one after the other
 # (stonewall): for each round, for each workload, the cases in an order
 # rotated each round.  At the end no copy may have happened.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh"
 . "$SRC/tests/bench/bench.lib"
 

@@ -9,11 +9,15 @@
 #    pending chunks sit between or after copied ones in the same bio (the
 #    target cuts a bio only where a pending chunk starts or ends);
 #  - write-zeroes (fallocate --punch-hole, which may not fall back to plain
-#    writes, then blkdiscard -z and fallocate --zero-range) copy first: the
-#    view keeps the old data, the origin reads zeros;
+#    writes, then blkdiscard -z and fallocate --zero-range, which may) copy
+#    first: the view keeps the old data, the origin reads zeros; each one
+#    reached the origin as a write-zeroes, not as the kernel's fallback of
+#    plain writes: the backing file has a hole (punch-hole) or an unwritten
+#    extent (REQ_NOUNMAP: zero-range) exactly there, and no write-zeroes
+#    failed on the origin;
 #  - discards: dropped on pending chunks (origin data and its backing
 #    file's allocation unchanged, no copy), passed down on copied chunks
-#    (the origin reads zeros and its backing file shrinks);
+#    (the origin reads zeros and its backing file has a hole there);
 #  - FUA (O_DIRECT|O_SYNC) and flush (fsync) reach the origin device;
 #  - a region whose length is not a multiple of the chunk size: chunks_total
 #    is rounded up, the short last chunk is copied up to the region's end
@@ -22,17 +26,26 @@
 #    in Debian's 6.12) the fleece device advertises discard exactly when the
 #    origin does; without it a discard fails and changes nothing, with it a
 #    discard is passed down on a copied chunk and dropped on a pending one.
-# The origin is a loop device on a file of the overlay's tmpfs: it supports
-# discard and write-zeroes (hole punching), so their effect is observable.
-. "$SRC/tests/lib.sh"
+# The origin is a loop device on a file in an ext4 file system: loop turns
+# discards and write-zeroes into hole punching, and write-zeroes with
+# REQ_NOUNMAP into FALLOC_FL_ZERO_RANGE (unwritten extents), which ext4
+# supports (tmpfs does not: there the kernel fell back to plain writes), so
+# the effect of each is visible in the file's extent map.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 
 K=1024
 CH=$((64 * K))		# chunk: 128 sectors
 NCH=128			# 8 MiB
 
 modprobe loop
-truncate -s 8M origin.img
-lo=$(losetup -f --show origin.img)
+bdev=$(mkdev backing 48 2)
+mkfs.ext4 -q -F -b 4096 "$bdev"
+mkdir -p /mnt/io-kinds
+mount "$bdev" /mnt/io-kinds
+bfile=/mnt/io-kinds/origin.img
+truncate -s 8M "$bfile"
+lo=$(losetup -f --show "$bfile")
 lodev=$(basename "$lo")
 fl=$(mkdev fl 8 1)
 mkpattern old 8 old
@@ -79,7 +92,28 @@ in_fleece() { # what chunk...
 			fail "$what: the fleece device does not hold the old chunk $c"
 	done
 }
-blocks() { stat -c %b origin.img; }	# allocated 512-byte blocks of the backing file
+# How the backing file maps chunks [first, last]: "hole", "written",
+# "unwritten" (allocated, reads zeros) or "mixed", from its extent map
+# (FIEMAP, after a sync of the file).  4 KiB file system blocks, 16 a chunk.
+fmap() { # first_chunk last_chunk [first_block last_block, instead]
+	local a=$(($1 * 16)) b=$(($2 * 16 + 15))
+	[ $# = 4 ] && a=$3 b=$4
+	filefrag -s -v -b4096 "$bfile" | awk -v a=$a -v b=$b '
+		/^ *[0-9]+: *[0-9]+\.\. *[0-9]+:/ {
+			s = $0; sub(/^ *[0-9]+: */, "", s); split(s, f, /[^0-9]+/)
+			st = ($0 ~ /unwritten/) ? "unwritten" : "written"
+			for (i = f[1] + 0; i <= f[2] + 0; i++) if (i >= a && i <= b) m[i] = st
+		}
+		END { for (i = a; i <= b; i++) { x = (i in m) ? m[i] : "hole"
+			r = (r == "" || r == x) ? x : "mixed" } print r }'
+}
+# No write-zeroes failed on the origin since the mark (a failed one that the
+# kernel then did with plain writes: "operation not supported ... WRITE_ZEROES").
+wz_not_refused() { # what
+	if dmesg_since_mark | grep -E "error, dev $lodev, .*WRITE_ZEROES"; then
+		fail "$1: a write-zeroes failed on the origin (the kernel fell back to plain writes)"
+	fi
+}
 flushes() { awk '{ print $16 }' "/sys/block/$lodev/stat"; }	# flush requests completed
 
 log "plain writes: 4 KiB inside chunk 2, all of chunk 3, chunk 2 again"
@@ -108,35 +142,51 @@ in_fleece "straddling writes" 7 8 10 11 12 13 14
 log "write-zeroes: punch hole over chunks 16|17, then over copied chunk 3"
 wz=$(cat "/sys/block/$fodev/queue/write_zeroes_max_bytes")
 [ "$wz" -gt 0 ] || fail "the fleece device does not pass write-zeroes (origin: $(cat /sys/block/$lodev/queue/write_zeroes_max_bytes))"
+for c in 2 3 16 17 19 20; do
+	assert_eq "$(fmap $c $c)" written "backing file over chunk $c before the write-zeroes"
+done
+dmesg_mark
 # --punch-hole is a write-zeroes that may not fall back to writing zeros.
 fallocate --punch-hole --keep-size -o $((16 * CH + 16 * K)) -l $((80 * K)) "$fo"
 zero_expect $((16 * CH + 16 * K)) $((80 * K)); cbw=12; counts "write-zeroes over two pending chunks"
+assert_eq "$(fmap 0 0 $((16 * 16 + 4)) $((16 * 16 + 23)))" hole "backing file under the punched 80 KiB in chunks 16|17"
+assert_eq "$(fmap 0 0 $((16 * 16)) $((16 * 16 + 3)))" written "backing file before the punched range"
 fallocate --punch-hole --keep-size -o $((3 * CH)) -l $CH "$fo"
 zero_expect $((3 * CH)) $CH; counts "write-zeroes on a copied chunk: no copy"
+assert_eq "$(fmap 3 3)" hole "backing file under the punched copied chunk 3"
 check "write-zeroes" 2 18
 in_fleece "write-zeroes" 3 16 17
-log "write-zeroes: blkdiscard -z on chunk 19, fallocate --zero-range in chunk 20"
+log "write-zeroes with REQ_NOUNMAP: blkdiscard -z on chunk 19, fallocate --zero-range in chunk 20"
+# Both may fall back to plain writes of zeros, which would copy and zero
+# just the same: the extent map tells a write-zeroes from those.
 blkdiscard -z -o $((19 * CH)) -l $CH "$fo"
 zero_expect $((19 * CH)) $CH; cbw=13; counts "blkdiscard -z"
+assert_eq "$(fmap 19 19)" unwritten "backing file under chunk 19 after blkdiscard -z (a write-zeroes reaches it as ZERO_RANGE)"
 fallocate --zero-range --keep-size -o $((20 * CH + 4 * K)) -l $((8 * K)) "$fo"
 zero_expect $((20 * CH + 4 * K)) $((8 * K)); cbw=14; counts "fallocate --zero-range"
+assert_eq "$(fmap 0 0 $((20 * 16 + 1)) $((20 * 16 + 2)))" unwritten "backing file under the 8 KiB zero-range in chunk 20"
+assert_eq "$(fmap 0 0 $((20 * 16 + 3)) $((20 * 16 + 15)))" written "backing file after the zero-range in chunk 20"
+wz_not_refused "write-zeroes"
 check "zeroing" 18 21
 in_fleece "zeroing" 19 20
 
 log "discards: pending chunks 22|23 dropped, copied chunk 8 passed down, 14|15 mixed"
 dmax=$(cat "/sys/block/$fodev/queue/discard_max_bytes")
 [ "$dmax" -gt 0 ] || fail "the fleece device does not pass discards although its origin supports them"
-b0=$(blocks)
+for c in 8 14 15 22 23; do
+	assert_eq "$(fmap $c $c)" written "backing file over chunk $c before the discards"
+done
 blkdiscard -o $((22 * CH)) -l $((2 * CH)) "$fo"
 counts "discard of pending chunks: no copy"
-assert_eq "$(blocks)" "$b0" "backing file blocks after a discard of pending chunks"
+assert_eq "$(fmap 22 23)" written "backing file over pending chunks 22|23 after their discard"
 check "discard of pending chunks" 21 24
 blkdiscard -o $((8 * CH)) -l $CH "$fo"
 zero_expect $((8 * CH)) $CH; counts "discard of a copied chunk: no copy"
-assert_eq "$(blocks)" "$((b0 - CH / 512))" "backing file blocks after a discard of a copied chunk"
+assert_eq "$(fmap 8 8)" hole "backing file over copied chunk 8 after its discard"
 blkdiscard -o $((14 * CH)) -l $((2 * CH)) "$fo"	# 14 copied, 15 pending
 zero_expect $((14 * CH)) $CH; counts "discard over a copied and a pending chunk"
-assert_eq "$(blocks)" "$((b0 - 2 * CH / 512))" "backing file blocks after the mixed discard"
+assert_eq "$(fmap 14 14)" hole "backing file over copied chunk 14 after the mixed discard"
+assert_eq "$(fmap 15 15)" written "backing file over pending chunk 15 after the mixed discard"
 check "discards" 7 16
 in_fleece "discards on the origin" 8 14
 
@@ -178,7 +228,7 @@ assert_eq "$(status_field fo 6)" 0 "cbw_errors"
 dmsetup remove fv
 dmsetup remove fo
 losetup -d "$lo"
-cmp origin.img expect || fail "the origin's backing file differs from the expected content"
+cmp "$bfile" expect || fail "the origin's backing file differs from the expected content"
 
 log "last partial chunk: region of 4060 sectors (31 chunks + 92 sectors), chunk 128"
 o2=$(mkdev o2 2 2)

@@ -12,6 +12,7 @@
 #  - view reads of released chunks fail with EIO (O_DIRECT), also a read
 #    that only partly covers one, while neighbouring chunks read the old data;
 #  - releasing the whole view empties the thin LV.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh"
 
 K=1024

@@ -15,6 +15,7 @@
 # the old table keeps working); an origin too large for memory at its chunk
 # size.  Then valid tables (with feature arguments) are accepted and work.
 # Every case runs; the failures are listed at the end.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh"
 
 o=$(mkdev o 8)

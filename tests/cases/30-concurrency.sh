@@ -29,6 +29,7 @@
 #   - final status: no chunk pending or copied, all released, at least one
 #     copy and no more copies than chunks, no copy error, still active; no
 #     message from fleece in the kernel log.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh"
 
 MIB=64		# region per chunk size

@@ -8,13 +8,13 @@
 # the view the old, byte for byte, and failures were really injected.
 # Needs a kernel with fault injection (the debug kernel: make check
 # KERNEL=debug); others report the test as skipped.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh"
 
 dbg=/sys/kernel/debug
 mountpoint -q $dbg || mount -t debugfs none $dbg
 if [ ! -d $dbg/failslab ] || [ ! -d $dbg/fail_page_alloc ]; then
-	echo "SKIP: no failslab/fail_page_alloc in this kernel (the debug kernel has them)"
-	exit 77
+	skip "no failslab/fail_page_alloc in this kernel (the debug kernel has them)"
 fi
 
 TIMES=1000000

@@ -2,6 +2,9 @@
 # Each test is a bash script run in a fresh scratch directory with fresh ram
 # disks; after it, everything it left is torn down and the kernel log it
 # produced is scanned for splats.
+# Only ever in the test VM: its teardown unmounts everything below /mnt and
+# detaches every loop and dm device.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 
 TEST_TIMEOUT=$(arg fleece.test_timeout)
 : "${TEST_TIMEOUT:=900}"
@@ -50,9 +53,25 @@ name_matches() {
 	return 1
 }
 
+# The comma-separated words of $2 that match no test in $1 (an empty word
+# counts as one: it would select everything).
+unmatched_words() { # dir pattern
+	local p t n found
+	IFS=, read -ra pats <<< "$2,"
+	for p in "${pats[@]}"; do
+		found=
+		for t in "$1"/*.sh; do
+			n=${t##*/}
+			[ -n "$p" ] && [ -f "$t" ] && [[ ${n%.sh} == *"$p"* ]] && { found=1; break; }
+		done
+		[ -n "$found" ] || printf '%s ' "'$p'"
+	done
+}
+
 run_suite() {
-	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 skipped=0 tests=() rc
+	local dir=$1 pattern=$2 t name n=0 failed=0 passed=0 skipped=0 tests=() rc bad reason
 	for t in "$dir"/*.sh; do
+		[ -f "$t" ] || continue
 		name=$(basename "$t" .sh)
 		if [ "$pattern" != all ] && ! name_matches "$name" "$pattern"; then
 			continue
@@ -62,6 +81,18 @@ run_suite() {
 	echo
 	echo "KTAP version 1"
 	echo "1..${#tests[@]}"
+	# A selection that runs nothing, or a word of it that matches no test (a
+	# renamed test, a typo in T=), fails the run: it must not pass quietly.
+	if [ ${#tests[@]} = 0 ]; then
+		echo "# no test in $dir matches '$pattern'"
+		echo "# 0 passed, 0 failed"
+		return 1
+	fi
+	bad=
+	[ "$pattern" = all ] || bad=$(unmatched_words "$dir" "$pattern")
+	if [ -n "$bad" ]; then
+		echo "# words of T='$pattern' that match no test in $dir: $bad"
+	fi
 	for t in "${tests[@]}"; do
 		n=$((n + 1))
 		name=$(basename "$t" .sh)
@@ -78,13 +109,16 @@ run_suite() {
 		local splat
 		splat=$(dmesg_since "$mark" | grep -aE -B3 -A25 -f "$SRC/tests/vm/splat-patterns")
 		local dur=$((SECONDS - start))
-		if [ $rc = 77 ] && [ -z "$splat" ]; then
-			# A test that cannot run on this kernel says why (exit 77).
-			echo "ok $n $name # SKIP $(grep -m1 '^SKIP: ' "$OUT/$name.log" | cut -c7-)"
-			skipped=$((skipped + 1))
-		elif [ $rc = 0 ] && [ -z "$splat" ]; then
+		# A test skips by exiting 77 after printing "SKIP: reason" (skip in
+		# lib.sh); 77 without such a line is a failure like any other.
+		reason=
+		[ $rc = 77 ] && reason=$(sed -n 's/^SKIP: //p' "$OUT/$name.log" | tail -n 1)
+		if [ $rc = 0 ] && [ -z "$splat" ]; then
 			echo "ok $n $name # ${dur}s"
 			passed=$((passed + 1))
+		elif [ -n "$reason" ] && [ -z "$splat" ]; then
+			echo "ok $n $name # SKIP $reason"
+			skipped=$((skipped + 1))
 		else
 			echo "not ok $n $name # exit $rc after ${dur}s"
 			[ $rc = 124 ] && echo "# timed out after ${TEST_TIMEOUT}s"
@@ -97,6 +131,11 @@ run_suite() {
 			failed=$((failed + 1))
 		fi
 	done
-	echo "# $passed passed, $failed failed$([ $skipped = 0 ] || echo ", $skipped skipped")"
-	[ $failed = 0 ]
+	if [ $skipped = 0 ]; then
+		echo "# $passed passed, $failed failed"
+	else
+		echo "# $passed passed, $failed failed, $skipped skipped"
+	fi
+	[ -z "$bad" ] || echo "# the run fails: T= has words that match no test: $bad"
+	[ $failed = 0 ] && [ -z "$bad" ]
 }

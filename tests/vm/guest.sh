@@ -2,10 +2,14 @@
 # Runs inside the VM as PID 1 (after switch_root): prepares the system, loads
 # dm-fleece, runs every test of the chosen suite, prints KTAP, and tells the
 # host the verdict through isa-debug-exit (port 0xf4).
+# Only ever in the test VM: outside it, this mounts over the host's /proc,
+# /sys, /dev and /run.  run.sh puts fleece_test_guest=1 on the guest's
+# kernel command line.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 arg() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline 2>/dev/null; }
 
-mount -t proc proc /proc
+# /proc: moved here by the initramfs' /init, for the check above
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 ln -sf /proc/self/fd /dev/fd
@@ -24,8 +28,15 @@ MODULE=$(arg fleece.module) SUITE=$(arg fleece.suite) PATTERN=$(arg fleece.patte
 OUT=/fleece-out
 export SRC KVER OUT
 
-exit_vm() {
-	# isa-debug-exit: qemu exits with (byte << 1) | 1
+# The verdict, through isa-debug-exit: qemu then exits with (byte << 1) | 1.
+# "Passed" is a value qemu never returns by itself (it exits 1 when it
+# cannot start, 0 on a power-off or a panic with -no-reboot), and run.sh
+# also requires the complete KTAP report on the console before it believes
+# it.
+VM_EXIT_PASS=0x10	# qemu exit 33
+VM_EXIT_FAIL=0x11	# qemu exit 35
+export VM_EXIT_PASS VM_EXIT_FAIL
+exit_vm() { # byte
 	printf "\\x$(printf %02x "$1")" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc status=none
 	echo o > /proc/sysrq-trigger
 	sleep 10
@@ -66,12 +77,12 @@ modprobe dm-thin-pool 2>/dev/null
 if ! insmod "$MODULE"; then
 	echo "not ok 1 load-module # insmod $MODULE failed"
 	dmesg > "$OUT/dmesg.txt"
-	exit_vm 1
+	exit_vm $VM_EXIT_FAIL
 fi
 
 . "$SRC/tests/vm/guest-runner.sh"
 run_suite "$SRC/tests/$SUITE" "$PATTERN"
-verdict=$?
+verdict=$?	# 0: every selected test passed, and at least one was selected
 
 # Unloading frees everything the module still holds; kmemleak then tells
 # whether anything leaked over the whole run.
@@ -93,4 +104,4 @@ if grep -aqE -f "$SRC/tests/vm/splat-patterns" "$OUT/dmesg.txt"; then
 	verdict=1
 fi
 sync
-exit_vm "$verdict"
+if [ "$verdict" = 0 ]; then exit_vm $VM_EXIT_PASS; else exit_vm $VM_EXIT_FAIL; fi

@@ -8,11 +8,33 @@
 #   the guest (DM_DISABLE_UDEV=1 instead); TEST_TIMEOUT: seconds a test
 #   may take (default 900); VM_DISK=FILE adds a
 #   virtio disk backed by FILE (VM_DISK_SIZE if it is created, default 5G).
-# Exit: 0 when the guest reported that every test passed; 1 otherwise.
+# Exit: 0 only when qemu exited with the guest's "passed" code (33: the
+# guest wrote 0x10 to isa-debug-exit, a value qemu never returns by itself)
+# and the console holds the guest's complete KTAP report: a plan 1..N with
+# N >= 1, the N result lines numbered 1 to N, all "ok", and "# N passed,
+# 0 failed" (with S tests skipped: "# N-S passed, 0 failed, S skipped",
+# and N-S >= 1).  1 otherwise.
 set -euo pipefail
 kver=$1 kimage=$2 kmodroot=$3 module=$4 out=$5 suite=$6 pattern=${7:-}
 src=$(cd "$(dirname "$0")/../.." && pwd)
 : "${VM_MEM:=6G}" "${VM_CPUS:=2}" "${VM_TIMEOUT:=3000}"
+
+# A selection that matches no test, or a word of T= that matches none (a
+# renamed test, a typo), fails at once; the guest checks it again.
+[ -d "$src/tests/$suite" ] || { echo "# no suite tests/$suite"; exit 1; }
+# (FLEECE_SELFTEST_SKIP_HOST_SELECTION=1: only for make selftest, which
+# proves that the guest's check fails such a run too.)
+if [ -n "$pattern" ] && [ "$pattern" != all ] && [ -z "${FLEECE_SELFTEST_SKIP_HOST_SELECTION:-}" ]; then
+	IFS=, read -ra words <<< "$pattern,"
+	for w in "${words[@]}"; do
+		found=
+		for t in "$src/tests/$suite"/*.sh; do
+			n=${t##*/}
+			[ -n "$w" ] && [ -f "$t" ] && [[ ${n%.sh} == *"$w"* ]] && { found=1; break; }
+		done
+		[ -n "$found" ] || { echo "# T='$pattern': the word '$w' matches no test in tests/$suite"; echo "0 passed, 1 failed"; exit 1; }
+	done
+fi
 
 rm -rf "$out" && mkdir -p "$out"
 initrd="$out/initramfs.cpio.gz"
@@ -43,7 +65,9 @@ done
 (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd"
 
 # --- boot ---
-cmdline="console=ttyS0 loglevel=4 panic=-1 oops=panic panic_on_warn=1 softlockup_panic=1"
+# fleece_test_guest=1: the token every test script and the guest's scripts
+# check before doing anything; they refuse to run without it.
+cmdline="fleece_test_guest=1 console=ttyS0 loglevel=4 panic=-1 oops=panic panic_on_warn=1 softlockup_panic=1"
 cmdline+=" log_buf_len=16M hung_task_panic=1 sysctl.kernel.hung_task_timeout_secs=120 mitigations=off"
 # Ram disks for a kernel with brd built in (the debug kernel).
 cmdline+=" brd.rd_nr=4 brd.rd_size=1048576"
@@ -91,15 +115,50 @@ rc=$?
 sleep 0.5; kill $tpid 2>/dev/null; wait $tpid 2>/dev/null
 set -e
 
-# The guest writes 0 (all passed) or 1 (failures) to isa-debug-exit;
-# qemu exits with (v << 1) | 1. Anything else is a crash, panic or hang.
+# The guest writes 0x10 (all passed) or 0x11 (failures) to isa-debug-exit;
+# qemu exits with (v << 1) | 1: 33 or 35.  qemu exits 1 when it cannot
+# start (a missing kernel image, a bad option), 0 when the guest powers off
+# or panics (-no-reboot); timeout gives 124 or 137.
 verdict=1
 case $rc in
-1) verdict=0 ;;
-3) echo "# guest reported failures" ;;
+33) verdict=0 ;;
+35) echo "# guest reported failures" ;;
 124|137) echo "# guest timed out after ${VM_TIMEOUT}s: console log follows"; tail -n 60 "$out/console.log" ;;
-*) echo "# guest died (qemu exit $rc): a panic or crash; console log follows"; tail -n 60 "$out/console.log" ;;
+1) echo "# qemu failed to start or exited with an error (exit 1): console log follows"; tail -n 60 "$out/console.log" ;;
+*) echo "# guest died (qemu exit $rc): a panic, crash or power-off without a verdict; console log follows"; tail -n 60 "$out/console.log" ;;
 esac
+
+# Believe "passed" only with the guest's complete report on the console: a
+# plan 1..N with N >= 1, then exactly N result lines numbered 1..N, each
+# "ok", and the guest's "# N passed, 0 failed" (or, when S of them are
+# "ok ... # SKIP reason", "# N-S passed, 0 failed, S skipped").
+report=$(tr -d '\r' < "$out/console.log" | awk '
+	/^1\.\.[0-9]+$/ { plans++; n = substr($0, 4) + 0; next }
+	/^(not )?ok [0-9]+ / { r = $0; sub(/^not /, "", r); split(r, f, " ")
+		results++; if (f[2] + 0 != results) misnumbered++
+		if ($0 ~ /^not /) notok++
+		else if ($0 ~ /^ok [0-9]+ [^ ]+ # SKIP /) skips++
+		next }
+	/^# [0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$/ { summaries++; summary = $0 }
+	END {
+		if (plans != 1) { print "the console holds " plans + 0 " KTAP plans (1..N), not one"; exit }
+		if (n < 1) { print "the plan is 1.." n ": no test ran"; exit }
+		if (results != n) { print "the plan is 1.." n " but the console holds " results + 0 " result lines"; exit }
+		if (misnumbered) { print "the result lines are not numbered 1.." n; exit }
+		if (notok) { print notok " tests failed"; exit }
+		if (skips >= n) { print "every test skipped: nothing was tested"; exit }
+		want = "# " (n - skips) " passed, 0 failed" (skips ? ", " skips " skipped" : "")
+		if (summaries != 1 || summary != want) {
+			print "the guest did not report \"" want "\" (found " summaries + 0 ": \"" summary "\")"; exit }
+	}')
+if [ -n "$report" ]; then
+	if [ $verdict = 0 ]; then
+		echo "# qemu exited with the guest's \"passed\" code, but the guest's report is incomplete: $report"
+		verdict=1
+	else
+		echo "# $report"
+	fi
+fi
 
 # Belt and braces: scan the kernel log the guest saved at the end, in case
 # a splat slipped between the guest's per-test scans.
@@ -108,9 +167,14 @@ if [ -f "$out/dmesg.txt" ] && grep -aqE -f "$src/tests/vm/splat-patterns" "$out/
 	grep -aE -B2 -A20 -f "$src/tests/vm/splat-patterns" "$out/dmesg.txt" | head -n 80 | sed 's/^/#   /'
 	verdict=1
 fi
-passed=$(grep -acE '^ok [0-9]' "$out/console.log" || true)
+passed=$(grep -aE '^ok [0-9]' "$out/console.log" | grep -acv ' # SKIP ' || true)
+skipped=$(grep -acE '^ok [0-9]+ [^ ]+ # SKIP ' "$out/console.log" || true)
 failed=$(grep -acE '^not ok [0-9]' "$out/console.log" || true)
 [ $verdict = 0 ] || [ "$failed" -gt 0 ] || failed=1
 [ $verdict = 0 ] && rm -f "$initrd"
-echo "$passed passed, $failed failed"
+if [ "$skipped" = 0 ]; then
+	echo "$passed passed, $failed failed"
+else
+	echo "$passed passed, $failed failed, $skipped skipped"
+fi
 exit $verdict
