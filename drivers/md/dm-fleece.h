@@ -60,8 +60,9 @@ struct fleece_bucket {
  * Created by the first "fleece" table for a pair, found by later tables
  * (reloads hand the state over) and by views through the registry.  Views
  * and origin targets each hold a reference.  Once no origin target is left,
- * the context is invalidated and leaves the registry: a later "fleece"
- * table for the same pair starts a new point in time.
+ * the context is invalidated, and leaves the registry when its last copy
+ * has ended: a later "fleece" table for the same pair then starts a new
+ * point in time (before that it is refused).
  */
 struct fleece_ctx {
 	struct kref kref;
