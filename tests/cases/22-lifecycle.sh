@@ -11,7 +11,8 @@
 #    origin writer) never gives the reader wrong data and leaves the fleece
 #    active: the reader has read at least one whole pass of the view and is
 #    reading on when the view is removed, and then its reads fail with EIO;
-#    a deferred removal lets the reader finish with the right data;
+#    a deferred removal requested while a reader has the view open lets it
+#    read the whole view afterwards, with the right data;
 #  - suspend/resume loops of the fleece device while writers write it (and
 #    copies happen) and a reader compares the whole view with the
 #    point-in-time image;
@@ -192,9 +193,33 @@ view2=$(view_create fv2 "$o2" "$f2")
 udevadm settle
 sleep 600 < "$view2" &
 holder=$!
-dd if="$view2" of=got bs=4k iflag=direct status=none &
+# The reader opens the view, says so, and reads it all (O_DIRECT, 4 KiB at
+# a time) only once the removal has been requested: the removal is
+# deferred while the view is open and the reader reads after it.
+rm -f reader.opened reader.go
+python3 -S - "$view2" got reader.opened reader.go <<'PY' &
+import mmap, os, sys, time
+view, out, opened, go = sys.argv[1:5]
+fd = os.open(view, os.O_RDONLY | os.O_DIRECT)
+open(opened, 'w').close()
+while not os.path.exists(go):
+	time.sleep(0.05)
+buf = mmap.mmap(-1, 4096)
+with open(out, 'wb') as f:
+	off = 0
+	while True:
+		n = os.preadv(fd, [buf], off)
+		if n == 0:
+			break
+		f.write(buf[:n])
+		off += n
+PY
 reader=$!
+for i in $(seq 600); do [ -e reader.opened ] && break; kill -0 $reader 2>/dev/null || break; sleep 0.1; done
+[ -e reader.opened ] || fail "the reader did not open the view"
 dmsetup remove --deferred fv2
+dmsetup info fv2 >/dev/null 2>&1 || fail "the view went away while open (deferred removal)"
+touch reader.go
 wait $reader || fail "the reader of a view removed with --deferred failed"
 cmp got old || fail "the reader of a view removed with --deferred got wrong data"
 dmsetup info fv2 >/dev/null 2>&1 || fail "the view went away while still open"
