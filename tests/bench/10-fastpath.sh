@@ -18,7 +18,7 @@
 # (stonewall): for each round, for each workload, the cases in an order
 # rotated each round.  At the end no copy may have happened.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
 MIB=512

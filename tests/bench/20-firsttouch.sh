@@ -22,7 +22,7 @@
 # (read the old chunk, write it to the copy, write the new data), so equal
 # disk requests per second mean the disk, not the target, sets the pace.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
 QD=16

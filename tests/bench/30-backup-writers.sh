@@ -53,7 +53,7 @@
 #   view-read-10MBps  hand-made fleece, `fleece read --rate 10000000`
 #   view-read-unlimited  the same, unthrottled
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
 MIB=64

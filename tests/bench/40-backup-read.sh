@@ -23,7 +23,7 @@
 #                     block on the view once written, as `fleece backup` does
 # (`fleece read` only reads views, hence dd for the raw read).
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
 MIB=1024

@@ -24,7 +24,7 @@
 # and the same on a dm-linear (inflight-linear-qd256: fio's own memory),
 # which the report subtracts, round by round.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
 RT=3

@@ -3,7 +3,7 @@
 # the old pattern, the origin the new one.  Reads of the view over runs of
 # pending chunks, then of copied ones, each go down as one bio.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 origin=$(mkdev origin 64)
 fl=$(mkdev fl 64 1)

@@ -6,7 +6,7 @@
 # from the origin at the offset.  The origin device outside the slice is
 # never touched.  A reload with the same offset keeps the state.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 disk=$(mkdev disk 16)
 fl=$(mkdev fl 8 1)

@@ -13,7 +13,7 @@
 #    that only partly covers one, while neighbouring chunks read the old data;
 #  - releasing the whole view empties the thin LV.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 K=1024
 CH=$((128 * K))		# chunk: 256 sectors = two 64 KiB thin-pool blocks

@@ -16,7 +16,7 @@
 # size.  Then valid tables (with feature arguments) are accepted and work.
 # Every case runs; the failures are listed at the end.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 o=$(mkdev o 8)
 f=$(mkdev f 8 1)

@@ -30,7 +30,7 @@
 #     copy and no more copies than chunks, no copy error, still active; no
 #     message from fleece in the kernel log.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 MIB=64		# region per chunk size
 LOAD_S=20	# the reader's pace: seconds per chunk size, at least

@@ -24,7 +24,7 @@
 #     filesystem holds what was written after the point in time (its own
 #     manifest) and is clean for fsck.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 here=$PWD
 modprobe loop

@@ -23,7 +23,7 @@
 # Everywhere: the origin holds exactly what was written (byte compare); the
 # kernel log names the failure; removing the devices works.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 CH=128			# chunk sectors: 64 KiB
 mkpattern old 8 old

@@ -27,7 +27,7 @@
 # Every view read is checked to return the point-in-time data or an error,
 # never data written after the point in time.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 BIG=32768		# chunk sectors: 16 MiB, so 4 copy slots (64 MiB)
 CHUNK_KIB=16384

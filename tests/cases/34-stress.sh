@@ -7,7 +7,7 @@
 # kernel command line (fleece.stress_seed=) repeats a run;
 # fleece.stress_seconds= makes it longer (default 60 s, the CI tier).
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 arg() { sed -n "s/.*\\<$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
 seconds=$(arg fleece.stress_seconds)

@@ -9,7 +9,7 @@
 # Needs a kernel with fault injection (the debug kernel: make check
 # KERNEL=debug); others report the test as skipped.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
-. "$SRC/tests/lib.sh"
+. "$SRC/tests/lib.sh" || exit 1
 
 dbg=/sys/kernel/debug
 mountpoint -q $dbg || mount -t debugfs none $dbg
