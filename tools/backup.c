@@ -176,7 +176,7 @@ stop:
 	if (res.interrupted || (ret >= EX_FLEECE_SIGNAL && fleece_signal))
 		msg_error("%s: interrupted by signal %d: stopping", name, (int)fleece_signal);
 	ret = output_finish(&out, ret);
-	r = fleece_stop(name, !ret);
+	r = exit_code(fleece_stop(name, !ret));
 	if (r && !ret)
 		ret = r;
 	if (!ret) {

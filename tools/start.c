@@ -182,8 +182,14 @@ static int check_name(struct plan *p, const struct start_opts *o)
 	struct dmw_info other;
 	unsigned int i, lbs;
 	const char *name = p->fn.name;
+	int r;
 
-	if (dmw_info(name, &p->info) || !p->info.exists) {
+	r = dmw_info(name, &p->info);
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
+		return EX_FLEECE_FAIL;
+	}
+	if (!p->info.exists) {
 		msg_error("%s: no such device-mapper device", name);
 		return EX_FLEECE_REFUSED;
 	}
@@ -193,8 +199,9 @@ static int check_name(struct plan *p, const struct start_opts *o)
 			  name, p->info.uuid);
 		return EX_FLEECE_REFUSED;
 	}
-	if (dmw_get_table(name, false, &p->table)) {
-		msg_error("%s: cannot read its table", name);
+	r = dmw_get_table(name, false, &p->table);
+	if (r) {
+		msg_error("%s: cannot read its table: %s", name, dmw_strerror(r));
 		return EX_FLEECE_FAIL;
 	}
 	for (i = 0; i < p->table.n; i++) {
@@ -205,25 +212,42 @@ static int check_name(struct plan *p, const struct start_opts *o)
 			return EX_FLEECE_REFUSED;
 		}
 	}
-	if (!dmw_info_uuid(p->fn.origin_uuid, &other) && other.exists) {
+	r = dmw_info_uuid(p->fn.origin_uuid, &other);
+	if (!r && other.exists) {
 		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
 			  name, other.name, name);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!dmw_info_uuid(p->fn.view_uuid, &other) && other.exists) {
+	if (!r)
+		r = dmw_info_uuid(p->fn.view_uuid, &other);
+	if (!r && other.exists) {
 		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
 			  name, other.name, name);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!dmw_info(p->fn.origin, &other) && other.exists) {
+	if (!r)
+		r = dmw_info(p->fn.origin, &other);
+	if (!r && other.exists) {
 		msg_error("%s: a device named %s already exists", name, p->fn.origin);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!dmw_info(p->fn.view, &other) && other.exists) {
+	if (!r)
+		r = dmw_info(p->fn.view, &other);
+	if (!r && other.exists) {
 		msg_error("%s: a device named %s already exists", name, p->fn.view);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!state_read(name, &st) && st.present) {
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
+		return EX_FLEECE_FAIL;
+	}
+	r = state_read(name, &st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+		return EX_FLEECE_FAIL;
+	}
+	if (st.present) {
 		msg_error("%s: an earlier fleece of this device was not cleaned up (%s/%s): run 'fleece stop %s' first",
 			  name, state_dir(), name, name);
 		return EX_FLEECE_REFUSED;
@@ -291,10 +315,20 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			return EX_FLEECE_REFUSED;
 		}
 	}
-	if (dmw_is_dm_major(major(p->fleece_dev)) && !dmw_info_devno(p->fleece_dev, &info) &&
-	    info.exists && !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
-		msg_error("fleece device %s: a device created by fleece cannot be a fleece device", arg);
-		return EX_FLEECE_REFUSED;
+	if (dmw_is_dm_major(major(p->fleece_dev))) {
+		int r = dmw_info_devno(p->fleece_dev, &info);
+
+		if (r) {
+			msg_error("fleece device %s: cannot query device-mapper: %s", arg,
+				  dmw_strerror(r));
+			return EX_FLEECE_FAIL;
+		}
+		if (info.exists &&
+		    !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
+			msg_error("fleece device %s: a device created by fleece cannot be a fleece device",
+				  arg);
+			return EX_FLEECE_REFUSED;
+		}
 	}
 	fd = open(arg, O_RDONLY | O_EXCL | O_CLOEXEC);
 	if (fd < 0) {
@@ -498,8 +532,9 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 				ret = usage_error("%s given twice", name);
 				goto out;
 			}
-		if (fleece_lock(name)) {
-			ret = EX_FLEECE_REFUSED;
+		r = fleece_lock(name);
+		if (r) {
+			ret = r == -EBUSY ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
 			goto out;
 		}
 		plans[i].fleece_arg = o->nr_fleece_devs ? o->fleece_devs[i] : NULL;
@@ -578,7 +613,7 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		}
 		if (!p->direct) {
 			r = dmw_create(p->fn.origin, p->fn.origin_uuid, &p->table,
-				       FLEECE_UDEV_FLAGS);
+				       p->info.read_only, FLEECE_UDEV_FLAGS);
 			if (r) {
 				errno = -r;
 				msg_errno("%s: cannot create %s", p->fn.name, p->fn.origin);
@@ -593,7 +628,8 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		fleece_table(p, o, &t);
 		msg_debug("%s: loading %s", p->fn.name, t.t[0].params);
 		kmsg = kmsg_mark();
-		r = dmw_load(p->fn.name, &t);
+		/* A read-only NAME stays read-only: the resume takes the table's mode. */
+		r = dmw_load(p->fn.name, &t, p->info.read_only);
 		dmw_table_free(&t);
 		if (r) {
 			errno = -r;
@@ -649,7 +685,8 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 
 		view_table(p, &t);
 		kmsg = kmsg_mark();
-		r = dmw_create(p->fn.view, p->fn.view_uuid, &t, FLEECE_UDEV_FLAGS);
+		/* Writable: the reader's discards release chunks. */
+		r = dmw_create(p->fn.view, p->fn.view_uuid, &t, false, FLEECE_UDEV_FLAGS);
 		dmw_table_free(&t);
 		if (r) {
 			errno = -r;

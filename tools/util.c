@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +91,72 @@ void msg_debug(const char *fmt, ...)
 	va_start(ap, fmt);
 	vmsg("debug: ", fmt, ap, 0);
 	va_end(ap);
+}
+
+int exit_code(int err)
+{
+	if (!err)
+		return EX_FLEECE_OK;
+	if (err == -EFLEECE_REFUSED)
+		return EX_FLEECE_REFUSED;
+	return EX_FLEECE_FAIL;
+}
+
+static const struct {
+	const char *name;
+	int err;
+} fault_errnos[] = {
+	{ "EACCES", EACCES }, { "EPERM", EPERM }, { "EIO", EIO }, { "ENOENT", ENOENT },
+	{ "ENOMEM", ENOMEM }, { "EBUSY", EBUSY }, { "EINVAL", EINVAL }, { "ENOSPC", ENOSPC },
+};
+
+int fault_point(const char *point)
+{
+	static struct {
+		char point[32];
+		unsigned int passes;
+	} seen[32];
+	const char *spec = getenv("FLEECE_FAULT");
+	char *copy, *tok, *save = NULL;
+	unsigned int i, pass = 0;
+	int r = 0;
+
+	if (!spec || !*spec)
+		return 0;
+	for (i = 0; i < ARRAY_SIZE(seen) && seen[i].point[0]; i++)
+		if (!strcmp(seen[i].point, point))
+			break;
+	if (i < ARRAY_SIZE(seen)) {
+		if (!seen[i].point[0])
+			snprintf(seen[i].point, sizeof(seen[i].point), "%s", point);
+		pass = ++seen[i].passes;
+	}
+	copy = xstrdup(spec);
+	for (tok = strtok_r(copy, ",", &save); tok && !r; tok = strtok_r(NULL, ",", &save)) {
+		char *err = strchr(tok, '='), *at = strchr(tok, '@');
+		unsigned int j;
+
+		if (err)
+			*err++ = '\0';
+		if (at) {
+			*at++ = '\0';
+			if (strtoul(at, NULL, 10) != pass)
+				continue;
+		}
+		if (strcmp(tok, point))
+			continue;
+		if (err && !strcmp(err, "STOP")) {
+			fprintf(stderr, "%s: test fault point %s: stopping\n", prog, point);
+			raise(SIGSTOP);
+			break;
+		}
+		r = -EIO;
+		for (j = 0; err && j < ARRAY_SIZE(fault_errnos); j++)
+			if (!strcmp(err, fault_errnos[j].name))
+				r = -fault_errnos[j].err;
+	}
+	free(copy);
+	return r;
 }
 
 int usage_error(const char *fmt, ...)
@@ -527,6 +594,18 @@ unsigned int devno_logical_block_size(dev_t dev)
 	if (v < 512 || v > 65536)
 		return 512;
 	return (unsigned int)v;
+}
+
+int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		r = -errno;
+	close(fd);
+	return r;
 }
 
 bool write_all(int fd, const void *buf, size_t len)

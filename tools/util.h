@@ -22,6 +22,24 @@ enum {
 	EX_FLEECE_SIGNAL = 128,	/* + signal number: interrupted, cleaned up */
 };
 
+/*
+ * Internal functions return 0 or -errno; each command maps that to its exit
+ * code once, with exit_code().  -EFLEECE_REFUSED is "refused: the device or
+ * the system is not fit, nothing was changed" (exit 3).
+ */
+#define EFLEECE_REFUSED ECANCELED
+int exit_code(int err);
+
+/*
+ * Test-only fault injection, for the VM tests of failure paths.  With
+ * FLEECE_FAULT="POINT[@N][=ERR][,...]" the Nth (default: every) pass
+ * through fault point POINT fails with -ERR (an errno name such as EACCES,
+ * default EIO); ERR "STOP" instead stops the process there (SIGSTOP) until
+ * a test sends SIGCONT.  Returns 0 or the -errno to fail with.  Never set
+ * FLEECE_FAULT outside the test suite.
+ */
+int fault_point(const char *point);
+
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define ATTR_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
@@ -79,6 +97,9 @@ bool devno_has_holders(dev_t dev);
 /* Is @dev @base, or built on it (through its slaves, recursively)? */
 bool devno_depends_on(dev_t dev, dev_t base);
 unsigned int devno_logical_block_size(dev_t dev);
+
+/* fsync a directory (after a rename or unlink in it): 0 or -errno. */
+int fsync_dir(const char *dir);
 
 /* Write all of buf, retrying on short writes; false with errno on error. */
 bool write_all(int fd, const void *buf, size_t len);
