@@ -33,7 +33,9 @@ static void dmw_log(int level, const char *file, int line, int dm_errno_or_class
 		    const char *f, ...)
 {
 	int lvl = level & 7;	/* _LOG_ERR 3 ... _LOG_DEBUG 7 */
+	char buf[2048];
 	va_list ap;
+	int n;
 
 	(void)file;
 	(void)line;
@@ -42,11 +44,13 @@ static void dmw_log(int level, const char *file, int line, int dm_errno_or_class
 		return;
 	if (lvl <= 4 && dm_quiet_level > 0 && verbose < 2)
 		return;
-	fprintf(stderr, "%s: ", prog);
+	n = snprintf(buf, sizeof(buf), "%s: ", prog);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		n = 0;
 	va_start(ap, f);
-	vfprintf(stderr, f, ap);
+	vsnprintf(buf + n, sizeof(buf) - n, f, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	msg_line(buf);
 }
 
 int dmw_init(void)

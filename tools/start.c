@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -43,6 +44,7 @@ struct plan {
 	struct fleece_names fn;
 	struct dmw_info info;
 	struct dmw_table table;		/* NAME's live table */
+	struct dmw_table fleece;	/* the fleece table loaded (inactive) */
 	uint64_t sectors;
 	dev_t dev;
 	const char *fleece_arg;
@@ -478,6 +480,149 @@ static void view_table(const struct plan *p, struct dmw_table *t)
 	dmw_table_add(t, 0, p->sectors, FLEECE_VIEW_TARGET_NAME, params);
 }
 
+static bool tables_equal(const struct dmw_table *a, const struct dmw_table *b)
+{
+	unsigned int i;
+
+	if (a->n != b->n)
+		return false;
+	for (i = 0; i < a->n; i++)
+		if (a->t[i].start != b->t[i].start || a->t[i].len != b->t[i].len ||
+		    strcmp(a->t[i].type, b->t[i].type) || strcmp(a->t[i].params, b->t[i].params))
+			return false;
+	return true;
+}
+
+/*
+ * With NAME suspended: is its live table still the one the plan was made
+ * from, and its inactive table still the fleece table loaded?  An lvextend
+ * or the end of a pvmove in between would otherwise have the resume swap
+ * in a fleece table built from the old extents.
+ */
+static int check_unchanged(const struct plan *p)
+{
+	const char *name = p->fn.name;
+	struct dmw_table t;
+	int r;
+
+	r = fault_point("table-check");
+	if (!r)
+		r = dmw_get_table(name, false, &t);
+	if (r) {
+		msg_error("%s: cannot read its table again: %s", name, dmw_strerror(r));
+		return r;
+	}
+	if (!tables_equal(&t, &p->table)) {
+		dmw_table_free(&t);
+		msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): not fleecing it",
+			  name);
+		return -ESTALE;
+	}
+	dmw_table_free(&t);
+	r = dmw_get_table(name, true, &t);
+	if (r) {
+		msg_error("%s: cannot read its inactive table: %s", name, dmw_strerror(r));
+		return r;
+	}
+	if (!tables_equal(&t, &p->fleece)) {
+		dmw_table_free(&t);
+		msg_error("%s: another tool replaced the fleece table fleece loaded: not fleecing it",
+			  name);
+		return -ESTALE;
+	}
+	dmw_table_free(&t);
+	return 0;
+}
+
+static int suspend_one(const char *name)
+{
+	int r;
+
+	dmw_quiet(1);
+	r = dmw_suspend(name, true);
+	dmw_quiet(-1);
+	if (r == -EBUSY) {
+		/* A file system frozen already (fsfreeze) cannot be frozen again: it is consistent as it is. */
+		msg_debug("%s: its file system is frozen already: suspending without freezing it",
+			  name);
+		r = dmw_suspend(name, false);
+	}
+	if (r)
+		msg_error("%s: cannot suspend: %s", name, dmw_strerror(r));
+	return r;
+}
+
+/*
+ * 4. The point in time: suspend every NAME (flushing and freezing file
+ * systems), check that no NAME's tables changed since they were read, and
+ * resume them all: each resume swaps in the fleece table.  On any failure
+ * the fleece tables are cleared and every NAME suspended is resumed as it
+ * was.  As lvm2 does, memory is locked and messages are held back while a
+ * NAME is suspended: a page fault or a write to stderr served by a
+ * suspended device (the LV that holds / or the log) would never complete.
+ */
+static int swap_in(struct plan *plans, unsigned int n, double *frozen)
+{
+	char **names = xcalloc(n, sizeof(char *));
+	unsigned int i, suspended = 0, done;
+	sigset_t oldmask;
+	bool locked;
+	double t0;
+	int r, r2;
+
+	r = fault_point("before-suspend");	/* test: STOP, change a table */
+	if (r) {
+		free(names);
+		return r;
+	}
+	locked = !mlockall(MCL_CURRENT | MCL_FUTURE);
+	if (!locked)
+		msg_warn("cannot lock the memory of fleece (%s): a device holding its files must not be fleeced",
+			 strerror(errno));
+	for (i = 0; i < n; i++)
+		names[i] = plans[i].fn.name;
+	signals_block(&oldmask);
+	msg_hold(true);
+	t0 = now_mono();
+	for (i = 0; i < n && !r; i++) {
+		r = fault_point("suspend");
+		if (!r)
+			r = suspend_one(names[i]);
+		if (!r)
+			suspended++;
+	}
+	for (i = 0; i < suspended && !r; i++)
+		r = check_unchanged(&plans[i]);
+	if (r) {
+		/* Back as they were: nothing swapped in. */
+		for (i = 0; i < suspended; i++) {
+			r2 = dmw_clear(names[i]);
+			if (r2)
+				msg_error("%s: cannot clear the fleece table: %s", names[i],
+					  dmw_strerror(r2));
+		}
+		r2 = dmw_resume_many(names, suspended, 0, &done, frozen);
+		if (r2)
+			msg_error("%s: cannot resume: %s", names[done], dmw_strerror(r2));
+	} else {
+		r = fault_point("resume");
+		if (!r)
+			r = dmw_resume_many(names, n, 0, &done, frozen);
+		else
+			done = 0;
+		if (r)
+			msg_error("%s: cannot resume with the fleece table: %s", names[done],
+				  dmw_strerror(r));
+	}
+	*frozen -= t0;
+	msg_hold(false);
+	signals_restore(&oldmask);
+	if (locked)
+		munlockall();
+	free(names);
+	return r;
+}
+
 static void rollback(struct plan *plans, unsigned int n)
 {
 	unsigned int i;
@@ -497,10 +642,8 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 {
 	struct plan *plans = xcalloc(n, sizeof(*plans));
 	struct dmw_table t;
-	sigset_t oldmask;
-	char **dmnames = xcalloc(n, sizeof(char *));
-	unsigned int i, j, done;
-	double t0, frozen;
+	unsigned int i, j;
+	double frozen;
 	int r, ret = EX_FLEECE_OK, kmsg;
 
 	for (i = 0; i < n; i++)
@@ -630,7 +773,7 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		kmsg = kmsg_mark();
 		/* A read-only NAME stays read-only: the resume takes the table's mode. */
 		r = dmw_load(p->fn.name, &t, p->info.read_only);
-		dmw_table_free(&t);
+		p->fleece = t;
 		if (r) {
 			errno = -r;
 			msg_errno("%s: the kernel refused the fleece table", p->fn.name);
@@ -646,36 +789,10 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		}
 	}
 
-	/* 4. The point in time: suspend all, then resume all. */
-	signals_block(&oldmask);
-	t0 = now_mono();
-	for (i = 0; i < n; i++) {
-		dmw_quiet(1);
-		r = dmw_suspend(plans[i].fn.name, true);
-		dmw_quiet(-1);
-		if (r == -EBUSY) {
-			/* A file system frozen already (fsfreeze) cannot be frozen again: it is consistent as it is. */
-			msg_debug("%s: its file system is frozen already: suspending without freezing it",
-				  plans[i].fn.name);
-			r = dmw_suspend(plans[i].fn.name, false);
-		}
-		if (r) {
-			errno = -r;
-			msg_errno("%s: cannot suspend", plans[i].fn.name);
-			signals_restore(&oldmask);
-			goto fail;
-		}
-	}
-	for (i = 0; i < n; i++)
-		dmnames[i] = plans[i].fn.name;
-	r = dmw_resume_many(dmnames, n, 0, &done, &frozen);
-	frozen -= t0;
-	signals_restore(&oldmask);
-	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot resume with the fleece table", plans[done].fn.name);
+	/* 4. The point in time. */
+	r = swap_in(plans, n, &frozen);
+	if (r)
 		goto fail;
-	}
 	msg_debug("devices suspended for %.3f s", frozen);
 
 	/* 5. The views. */
@@ -727,8 +844,8 @@ out:
 		if (plans[i].loop_fd >= 0)
 			close(plans[i].loop_fd);
 		dmw_table_free(&plans[i].table);
+		dmw_table_free(&plans[i].fleece);
 	}
-	free(dmnames);
 	free(plans);
 	return ret;
 }

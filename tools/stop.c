@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -162,6 +163,7 @@ static int restore_table(struct stop_ctx *c)
 {
 	const char *name = c->fn.name;
 	sigset_t oldmask;
+	bool locked;
 	int r;
 
 	r = dmw_load(name, &c->orig, c->ni.read_only);
@@ -169,7 +171,10 @@ static int restore_table(struct stop_ctx *c)
 		msg_error("%s: cannot load its original table: %s", name, dmw_strerror(r));
 		return r;
 	}
+	/* Memory locked, messages held while NAME is suspended: see start.c. */
+	locked = !mlockall(MCL_CURRENT | MCL_FUTURE);
 	signals_block(&oldmask);
+	msg_hold(true);
 	dmw_quiet(1);
 	r = dmw_suspend(name, true);
 	dmw_quiet(-1);
@@ -178,15 +183,18 @@ static int restore_table(struct stop_ctx *c)
 	if (r) {
 		msg_error("%s: cannot suspend: %s", name, dmw_strerror(r));
 		dmw_clear(name);
-		signals_restore(&oldmask);
-		return r;
+	} else {
+		r = dmw_resume(name, 0);
+		if (r)
+			msg_error("%s: cannot resume with its original table: %s", name,
+				  dmw_strerror(r));
 	}
-	r = dmw_resume(name, 0);
+	msg_hold(false);
 	signals_restore(&oldmask);
-	if (r) {
-		msg_error("%s: cannot resume with its original table: %s", name, dmw_strerror(r));
+	if (locked)
+		munlockall();
+	if (r)
 		return r;
-	}
 	msg_debug("%s: original table back", name);
 	return 0;
 }

@@ -27,6 +27,28 @@ const char *prog = "fleece";
 int verbose;
 bool quiet;
 
+/* Messages held back while devices are suspended (msg_hold). */
+static struct sbuf held;
+static bool holding;
+
+void msg_hold(bool on)
+{
+	holding = on;
+	if (!on && held.len) {
+		fputs(held.s, stderr);
+		fflush(stderr);
+		sb_free(&held);
+	}
+}
+
+void msg_line(const char *line)
+{
+	if (holding)
+		sb_printf(&held, "%s\n", line);
+	else
+		fprintf(stderr, "%s\n", line);
+}
+
 static void vmsg(const char *level, const char *fmt, va_list ap, int err)
 {
 	char buf[4096];
@@ -35,11 +57,10 @@ static void vmsg(const char *level, const char *fmt, va_list ap, int err)
 	n = snprintf(buf, sizeof(buf), "%s: %s", prog, level);
 	if (n < 0 || (size_t)n >= sizeof(buf))
 		n = 0;
-	vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-	if (err)
-		fprintf(stderr, "%s: %s\n", buf, strerror(err));
-	else
-		fprintf(stderr, "%s\n", buf);
+	n += vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+	if (err && n >= 0 && (size_t)n < sizeof(buf))
+		snprintf(buf + n, sizeof(buf) - n, ": %s", strerror(err));
+	msg_line(buf);
 }
 
 void msg_error(const char *fmt, ...)

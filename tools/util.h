@@ -53,6 +53,13 @@ void msg_info(const char *fmt, ...) ATTR_PRINTF(1, 2);
 void msg_debug(const char *fmt, ...) ATTR_PRINTF(1, 2);
 /* Print "prog: <message>: <strerror(errno)>". */
 void msg_errno(const char *fmt, ...) ATTR_PRINTF(1, 2);
+/*
+ * While on, messages (ours and libdevmapper's) are kept in memory, and
+ * printed when it is turned off: nothing is written while a device that
+ * stderr's file or journald could sit on is suspended.
+ */
+void msg_hold(bool on);
+void msg_line(const char *line);	/* one line to stderr, or held */
 /* A usage error: message plus a hint to --help; returns EX_FLEECE_USAGE. */
 int usage_error(const char *fmt, ...) ATTR_PRINTF(1, 2);
 
