@@ -142,6 +142,7 @@ struct start_opts {
 	char **fleece_devs;		/* one per NAME, or NULL */
 	unsigned int nr_fleece_devs;
 	const char *fleece_dir;
+	bool force;			/* a --fleece-dev with a signature */
 	const char *partial;		/* recorded in the state (backup) */
 };
 /* Parse one start option (long option index / value); see start.c. */

@@ -27,6 +27,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <blkid/blkid.h>
 #include <libdevmapper.h>
 
 #include "fleece.h"
@@ -99,6 +100,9 @@ int start_parse_opt(struct start_opts *o, int opt, const char *arg)
 		return 0;
 	case 'F':
 		o->fail_origin_writes = true;
+		return 0;
+	case 'f':
+		o->force = true;
 		return 0;
 	case 't':
 		if (parse_seconds(arg, &secs))
@@ -284,6 +288,85 @@ static int check_name(struct plan *p, const struct start_opts *o)
 	return 0;
 }
 
+/*
+ * The first signature libblkid finds on @path (a file system, raid, PV,
+ * partition table): 1 with "TYPE" and its UUID filled in, 0 when there is
+ * none, -errno when the device cannot be probed.
+ */
+static int probe_signature(const char *path, char *type, size_t tlen, char *uuid,
+			   size_t ulen)
+{
+	const char *v;
+	blkid_probe pr;
+	int r;
+
+	type[0] = uuid[0] = '\0';
+	pr = blkid_new_probe_from_filename(path);
+	if (!pr)
+		return errno ? -errno : -EIO;
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID);
+	blkid_probe_enable_partitions(pr, 1);
+	blkid_probe_set_partitions_flags(pr, BLKID_PARTS_MAGIC);
+	r = blkid_do_safeprobe(pr);
+	if (r == 0) {
+		if (!blkid_probe_lookup_value(pr, "TYPE", &v, NULL) ||
+		    !blkid_probe_lookup_value(pr, "PTTYPE", &v, NULL))
+			snprintf(type, tlen, "%s", v);
+		else
+			snprintf(type, tlen, "unknown");
+		if (!blkid_probe_lookup_value(pr, "UUID", &v, NULL) ||
+		    !blkid_probe_lookup_value(pr, "PTUUID", &v, NULL))
+			snprintf(uuid, ulen, "%s", v);
+		r = 1;
+	} else if (r == -2) {
+		snprintf(type, tlen, "several signatures");
+		r = 1;
+	} else if (r == 1) {
+		r = 0;
+	} else {
+		r = -EIO;
+	}
+	blkid_free_probe(pr);
+	return r;
+}
+
+/*
+ * A --fleece-dev is overwritten and discarded: refuse one that holds a
+ * signature, as lvcreate and wipefs do, unless --force.  The copy of
+ * NAME's own signature that an earlier fleece of NAME left there (its
+ * copy-before-write of the chunk that holds it) is no reason to refuse.
+ */
+static int check_signature(const struct plan *p, const struct start_opts *o)
+{
+	char type[64], uuid[128], ntype[64], nuuid[128], npath[PATH_MAX];
+	int r;
+
+	r = probe_signature(p->fleece_arg, type, sizeof(type), uuid, sizeof(uuid));
+	if (r < 0) {
+		errno = -r;
+		msg_errno("fleece device %s: cannot look for signatures", p->fleece_arg);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!r)
+		return 0;
+	if (uuid[0] && !devno_path(p->dev, npath, sizeof(npath)) &&
+	    probe_signature(npath, ntype, sizeof(ntype), nuuid, sizeof(nuuid)) == 1 &&
+	    !strcmp(type, ntype) && !strcmp(uuid, nuuid)) {
+		msg_debug("fleece device %s: holds a copy of %s's %s signature (an earlier fleece): using it",
+			  p->fleece_arg, p->fn.name, type);
+		return 0;
+	}
+	if (o->force) {
+		msg_warn("fleece device %s: holds a %s signature: overwriting it (--force)",
+			 p->fleece_arg, type);
+		return 0;
+	}
+	msg_error("fleece device %s: holds a %s signature%s%s: its data would be overwritten and discarded (wipefs -a it, or give --force)",
+		  p->fleece_arg, type, uuid[0] ? " UUID " : "", uuid);
+	return EX_FLEECE_REFUSED;
+}
+
 static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			    const struct start_opts *o)
 {
@@ -363,7 +446,7 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			  arg, devno_logical_block_size(p->fleece_dev));
 		return EX_FLEECE_REFUSED;
 	}
-	return 0;
+	return check_signature(p, o);
 }
 
 static int check_fleece_dir(struct plan *p, const struct start_opts *o)
