@@ -23,6 +23,8 @@ int output_check(const char *name)
 	int r = 0;
 
 	if (!strcmp(name, "-")) {
+		if (stdout_closed)
+			return usage_error("-o -: standard output is closed");
 		if (isatty(1))
 			return usage_error("-o -: standard output is a terminal: redirect it, or give a file");
 		return 0;

@@ -204,11 +204,20 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 	 */
 	out_sync = out_is_file ||
 		   (!fstat(out_fd, &st) && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)));
-	fd = open(o->view, (discard ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+	/*
+	 * O_EXCL: one reader per view.  Two would each release chunks the
+	 * other has not read yet, and both fail.
+	 */
+	fd = open(o->view, (discard ? O_RDWR : O_RDONLY) | O_DIRECT | O_EXCL | O_CLOEXEC);
 	if (fd < 0 && discard && (errno == EROFS || errno == EACCES)) {
 		msg_warn("%s: the view is read-only: reading it without releasing chunks", o->label);
 		discard = false;
-		fd = open(o->view, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		fd = open(o->view, O_RDONLY | O_DIRECT | O_EXCL | O_CLOEXEC);
+	}
+	if (fd < 0 && errno == EBUSY) {
+		msg_error("%s: the view %s is in use (another reader has it open)", o->label,
+			  o->view);
+		return EX_FLEECE_REFUSED;
 	}
 	if (fd < 0) {
 		msg_errno("cannot open the view %s", o->view);

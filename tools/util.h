@@ -43,6 +43,7 @@ int fault_point(const char *point);
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define ATTR_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
+extern bool stdout_closed;	/* closed at exec: now /dev/null */
 extern const char *prog;	/* "fleece" or "fleece <subcommand>" */
 extern int verbose;
 extern bool quiet;
