@@ -535,7 +535,6 @@ int parse_fleece_status(const char *params, struct fleece_status *s)
 
 int fleece_need_module(void)
 {
-	static const char *const modprobe[] = { "modprobe", FLEECE_MODULE, NULL };
 	struct utsname u;
 	int r;
 
@@ -543,7 +542,7 @@ int fleece_need_module(void)
 	    !dmw_target_present(FLEECE_VIEW_TARGET_NAME))
 		return 0;
 	msg_debug("the fleece targets are not registered: running modprobe %s", FLEECE_MODULE);
-	r = run_program(modprobe, verbose < 1);
+	r = run_modprobe(FLEECE_MODULE, verbose < 1);
 	if (!dmw_target_present(FLEECE_TARGET_NAME) &&
 	    !dmw_target_present(FLEECE_VIEW_TARGET_NAME))
 		return 0;

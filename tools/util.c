@@ -567,14 +567,23 @@ bool devno_has_holders(dev_t dev)
 	return any;
 }
 
-bool devno_depends_on(dev_t dev, dev_t base)
+static bool depends_on(dev_t dev, dev_t base, unsigned int depth)
 {
 	char path[PATH_MAX], devstr[32];
 	struct dirent *de;
+	struct stat st;
 	bool found = false;
 	DIR *d;
 
 	if (dev == base)
+		return true;
+	if (depth > 16)
+		return false;
+	/* A loop device is built on the file system of its backing file. */
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/backing_file", major(dev),
+		 minor(dev));
+	if (!read_text_file(path, path, sizeof(path)) && !stat(path, &st) &&
+	    major(st.st_dev) && depends_on(st.st_dev, base, depth + 1))
 		return true;
 	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/slaves", major(dev), minor(dev));
 	d = opendir(path);
@@ -592,10 +601,15 @@ bool devno_depends_on(dev_t dev, dev_t base)
 		if (read_text_file(sys, devstr, sizeof(devstr)) ||
 		    sscanf(devstr, "%u:%u", &ma, &mi) != 2)
 			continue;
-		found = devno_depends_on(makedev(ma, mi), base);
+		found = depends_on(makedev(ma, mi), base, depth + 1);
 	}
 	closedir(d);
 	return found;
+}
+
+bool devno_depends_on(dev_t dev, dev_t base)
+{
+	return depends_on(dev, base, 0);
 }
 
 unsigned int devno_logical_block_size(dev_t dev)
@@ -663,10 +677,10 @@ bool pwrite_all(int fd, const void *buf, size_t len, off_t off)
 	return true;
 }
 
-int run_program(const char *const argv[], bool quiet_output)
+int run_program(const char *path, const char *const argv[], bool quiet_output)
 {
+	static char *const env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
 	posix_spawn_file_actions_t fa;
-	extern char **environ;
 	int status;
 	pid_t pid;
 
@@ -675,7 +689,7 @@ int run_program(const char *const argv[], bool quiet_output)
 		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 		posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
 	}
-	if (posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ)) {
+	if (posix_spawn(&pid, path, &fa, NULL, (char *const *)argv, env)) {
 		posix_spawn_file_actions_destroy(&fa);
 		return -1;
 	}
@@ -684,6 +698,16 @@ int run_program(const char *const argv[], bool quiet_output)
 		if (errno != EINTR)
 			return -1;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int run_modprobe(const char *module, bool quiet_output)
+{
+	/* By absolute path, as lvm2's MODPROBE_CMD: never through $PATH. */
+	const char *argv[] = { "/sbin/modprobe", module, NULL };
+
+	if (access(argv[0], X_OK))
+		argv[0] = "/usr/sbin/modprobe";
+	return run_program(argv[0], argv, quiet_output);
 }
 
 int kmsg_mark(void)

@@ -102,7 +102,10 @@ int blkdev_open_size(const char *path, uint64_t *bytes, dev_t *rdev);
 int devno_path(dev_t dev, char *buf, size_t len);
 /* Does the block device have holders (another device built on it)? */
 bool devno_has_holders(dev_t dev);
-/* Is @dev @base, or built on it (through its slaves, recursively)? */
+/*
+ * Is @dev @base, or built on it (through its slaves, and the file system
+ * of a loop device's backing file, recursively)?
+ */
 bool devno_depends_on(dev_t dev, dev_t base);
 unsigned int devno_logical_block_size(dev_t dev);
 
@@ -113,8 +116,13 @@ int fsync_dir(const char *dir);
 bool write_all(int fd, const void *buf, size_t len);
 bool pwrite_all(int fd, const void *buf, size_t len, off_t off);
 
-/* Run a program, wait for it, return its exit status (or -1). */
-int run_program(const char *const argv[], bool quiet_output);
+/*
+ * Run the program at absolute @path with a fixed environment (not the
+ * caller's PATH), wait for it, return its exit status (or -1).
+ */
+int run_program(const char *path, const char *const argv[], bool quiet_output);
+/* modprobe MODULE, by absolute path (/sbin or /usr/sbin). */
+int run_modprobe(const char *module, bool quiet_output);
 
 /* The kernel log: lines written by device-mapper since kmsg_mark(). */
 int kmsg_mark(void);

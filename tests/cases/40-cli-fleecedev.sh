@@ -2,7 +2,8 @@
 # A --fleece-dev is overwritten and discarded: one that holds a signature
 # (a file system, swap) is refused with exit 3, naming it, and
 # left as it was, unless --force; the copy of NAME's own signature that an
-# earlier fleece of NAME left on it is no reason to refuse.
+# earlier fleece of NAME left on it is no reason to refuse.  A loop device
+# whose backing file is on NAME is refused as NAME's own space.
 . "$SRC/tests/lib.sh"
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
@@ -66,4 +67,17 @@ table=$(dmsetup table data)
 expect_exit 3 $F start --fleece-dev "$fl" data
 [[ $T_ERR == *"holds a ext4 signature"* ]] || fail "no reason given: $T_ERR"
 nothing_changed "another file system's copy"
+
+step "a loop device over a file on NAME is NAME's own space"
+mkdir -p /mnt/d
+mount "$data" /mnt/d
+truncate -s 16M /mnt/d/fl.img
+modprobe loop
+loop=$(losetup -f --show /mnt/d/fl.img)
+expect_exit 3 $F start --fleece-dev "$loop" data
+echo "$T_ERR"
+[[ $T_ERR == *"it is data itself, or part of it"* ]] || fail "loop on NAME: $T_ERR"
+losetup -d "$loop"
+umount /mnt/d
+nothing_changed "loop on NAME"
 step "ok"
