@@ -64,7 +64,7 @@ static int backup_guard(const char *name, const struct start_opts *so,
 		return EX_FLEECE_FAIL;
 	}
 	if (st.present) {
-		msg_error("%s: an earlier fleece of this device was not cleaned up (%s/%s): run 'fleece stop %s' first",
+		msg_error("%s: already fleeced, or an earlier fleece was not cleaned up (%s/%s): run 'fleece stop %s' first",
 			  name, state_dir(), name, name);
 		return EX_FLEECE_REFUSED;
 	}
@@ -165,8 +165,12 @@ int cmd_backup(int argc, char **argv)
 	ret = output_check(output);
 	if (ret)
 		goto out_opts;
+	r = resolve_dm_name(argv[optind], name, sizeof(name));
+	ret = exit_code(r);
+	if (r)
+		goto out_opts;
 	ret = EX_FLEECE_REFUSED;
-	if (resolve_dm_name(argv[optind], name, sizeof(name)) || fleece_names(name, &fn))
+	if (fleece_names(name, &fn))
 		goto out_opts;
 	/*
 	 * The lock and the state first, the output after: a second backup of

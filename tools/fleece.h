@@ -59,7 +59,11 @@ struct fleece_names {
 /* Check that NAME can carry the derived names; fill them in. */
 int fleece_names(const char *name, struct fleece_names *fn);
 
-/* Resolve NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N to a dm name. */
+/*
+ * Resolve NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N to a dm name:
+ * 0, -EFLEECE_REFUSED (no such dm device, with a message) or the -errno of
+ * a failed query (with a message).
+ */
 int resolve_dm_name(const char *arg, char *name, size_t len);
 
 /*

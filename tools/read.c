@@ -413,8 +413,9 @@ int cmd_read(int argc, char **argv)
 	arg = argv[optind];
 
 	/* A fleece-view, nothing else: the reader discards what it reads. */
-	if (resolve_dm_name(arg, name, sizeof(name)))
-		return EX_FLEECE_REFUSED;
+	r = resolve_dm_name(arg, name, sizeof(name));
+	if (r)
+		return exit_code(r);
 	r = dmw_get_table(name, false, &t);
 	if (r) {
 		msg_error("%s: cannot read its table: %s", arg, dmw_strerror(r));

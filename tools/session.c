@@ -63,9 +63,8 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 	if (!strchr(arg, '/')) {
 		r = dmw_info(arg, &info);
 		if (r) {
-			errno = -r;
-			msg_errno("%s: cannot query device-mapper", arg);
-			return -EIO;
+			msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
+			return r;
 		}
 		if (info.exists) {
 			snprintf(name, len, "%s", info.name);
@@ -75,7 +74,7 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 		snprintf(path, sizeof(path), "/dev/%s", arg);
 		if (stat(path, &st) || !S_ISBLK(st.st_mode)) {
 			msg_error("%s: no such device-mapper device", arg);
-			return -ENODEV;
+			return -EFLEECE_REFUSED;
 		}
 		arg = path;
 	}
@@ -94,21 +93,25 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 	}
 	if (arg != path && stat(arg, &st)) {
 		msg_errno("%s", arg);
-		return -ENODEV;
+		return -EFLEECE_REFUSED;
 	}
 	if (!S_ISBLK(st.st_mode)) {
 		msg_error("%s: not a block device", arg);
-		return -ENOTBLK;
+		return -EFLEECE_REFUSED;
 	}
 	if (!dmw_is_dm_major(major(st.st_rdev))) {
 		msg_error("%s: not a device-mapper device: fleece works on LVM logical volumes and other dm devices",
 			  arg);
-		return -ENOTBLK;
+		return -EFLEECE_REFUSED;
 	}
 	r = dmw_info_devno(st.st_rdev, &info);
-	if (r || !info.exists) {
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
+		return r;
+	}
+	if (!info.exists) {
 		msg_error("%s: no such device-mapper device", arg);
-		return -ENODEV;
+		return -EFLEECE_REFUSED;
 	}
 	snprintf(name, len, "%s", info.name);
 	return 0;

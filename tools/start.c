@@ -745,8 +745,9 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 	for (i = 0; i < n; i++) {
 		char name[128];
 
-		if (resolve_dm_name(names[i], name, sizeof(name))) {
-			ret = EX_FLEECE_REFUSED;
+		r = resolve_dm_name(names[i], name, sizeof(name));
+		if (r) {
+			ret = exit_code(r);
 			goto out;
 		}
 		if (fleece_names(name, &plans[i].fn)) {

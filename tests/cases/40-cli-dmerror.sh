@@ -3,7 +3,8 @@
 # and stop --all say what failed and exit non-zero, and change nothing (the
 # state file, the unfinished backup and the devices stay).
 #  1. as an unprivileged user (a real EACCES from /dev/mapper/control):
-#     "must be run as root";
+#     "must be run as root", for stop, status, and start, backup and read
+#     (exit 1, not the "no such device" refusal);
 #  2. as root, queries failing with EIO or ENOENT through the test-only
 #     fault hook FLEECE_FAULT (tools/util.c), at each query stop makes.
 # Then the same stop as root, without faults, cleans up as usual.
@@ -55,6 +56,16 @@ refused 1 "must be run as root" "status data as nobody" -- as_nobody /tmp/fleece
 refused 1 "must be run as root" "status --json as nobody" -- as_nobody /tmp/fleece-nobody status --json
 refused 1 "must be run as root" "stop /dev/mapper/data as nobody" -- \
 	as_nobody /tmp/fleece-nobody stop /dev/mapper/data
+# start, backup and read: a failed query is no "no such device" (exit 3)
+refused 1 "must be run as root" "start /dev/mapper/data as nobody" -- \
+	as_nobody /tmp/fleece-nobody start --fleece-dir /tmp /dev/mapper/data
+refused 1 "must be run as root" "start data as nobody" -- \
+	as_nobody /tmp/fleece-nobody start --fleece-dir /tmp data
+refused 1 "must be run as root" "backup as nobody" -- \
+	as_nobody /tmp/fleece-nobody backup --fleece-dir /tmp data -o /tmp/nobody.img
+[ ! -e /tmp/nobody.img.partial ] && [ ! -e /tmp/nobody.img ] || fail "backup as nobody left output"
+refused 1 "must be run as root" "read as nobody" -- \
+	as_nobody /tmp/fleece-nobody read /dev/mapper/data-fleece-view -o /tmp/nobody.img
 
 step "2. root, queries failing (test fault hook)"
 # stop queries the view, the hidden origin, then NAME (info), then tables.
