@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -41,6 +42,42 @@ static void sample(void *arg)
 	s->exact = r.fleece_used_exact;
 	s->last = r;
 	s->have_last = true;
+}
+
+/*
+ * Before the output is opened: NAME is not fleeced already (its state file
+ * tells), and the devices the output must not touch: NAME, the fleece
+ * device.  An exit code.
+ */
+static int backup_guard(const char *name, const struct start_opts *so,
+			struct output_guard *g)
+{
+	struct fleece_state st;
+	struct dmw_info info;
+	struct stat sb;
+	int r;
+
+	r = state_read(name, &st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+		return EX_FLEECE_FAIL;
+	}
+	if (st.present) {
+		msg_error("%s: already fleeced, or an earlier fleece was not cleaned up (%s/%s): run 'fleece stop %s' first",
+			  name, state_dir(), name, name);
+		return EX_FLEECE_REFUSED;
+	}
+	r = dmw_info(name, &info);
+	if (r || !info.exists) {
+		msg_error("%s: cannot query device-mapper: %s", name,
+			  r ? dmw_strerror(r) : "no such device");
+		return EX_FLEECE_FAIL;
+	}
+	output_guard_add(g, makedev(info.major, info.minor), name);
+	if (so->nr_fleece_devs && !stat(so->fleece_devs[0], &sb) && S_ISBLK(sb.st_mode))
+		output_guard_add(g, sb.st_rdev, "the fleece device");
+	return 0;
 }
 
 static void backup_help(void)
@@ -89,6 +126,7 @@ int cmd_backup(int argc, char **argv)
 	struct dmw_info vi;
 	const char *output;
 	char name[128], view[PATH_MAX], *partial_abs = NULL, *names[1];
+	struct output_guard guard = { .n = 0 };
 	int r, ret;
 
 	prog = "fleece backup";
@@ -127,8 +165,24 @@ int cmd_backup(int argc, char **argv)
 	ret = output_check(output);
 	if (ret)
 		goto out_opts;
+	r = resolve_dm_name(argv[optind], name, sizeof(name));
+	ret = exit_code(r);
+	if (r)
+		goto out_opts;
 	ret = EX_FLEECE_REFUSED;
-	if (resolve_dm_name(argv[optind], name, sizeof(name)) || fleece_names(name, &fn))
+	if (fleece_names(name, &fn))
+		goto out_opts;
+	/*
+	 * The lock and the state first, the output after: a second backup of
+	 * NAME (a timer firing twice) must not touch the first one's output.
+	 */
+	r = fleece_lock(name);
+	if (r) {
+		ret = r == -EBUSY ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
+		goto out_opts;
+	}
+	ret = backup_guard(name, so, &guard);
+	if (ret)
 		goto out_opts;
 
 	/* "fleece stop" removes FILE.partial after a SIGKILL: record it. */
@@ -144,7 +198,7 @@ int cmd_backup(int argc, char **argv)
 		free(b);
 	}
 	signals_install();
-	ret = output_open(output, &out);
+	ret = output_open(output, &guard, &out);
 	if (ret)
 		goto out_opts;
 	so->partial = out.partial ? partial_abs : NULL;
@@ -176,7 +230,7 @@ stop:
 	if (res.interrupted || (ret >= EX_FLEECE_SIGNAL && fleece_signal))
 		msg_error("%s: interrupted by signal %d: stopping", name, (int)fleece_signal);
 	ret = output_finish(&out, ret);
-	r = fleece_stop(name, !ret);
+	r = exit_code(fleece_stop(name, !ret));
 	if (r && !ret)
 		ret = r;
 	if (!ret) {

@@ -9,10 +9,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <libdevmapper.h>
 
@@ -31,7 +33,9 @@ static void dmw_log(int level, const char *file, int line, int dm_errno_or_class
 		    const char *f, ...)
 {
 	int lvl = level & 7;	/* _LOG_ERR 3 ... _LOG_DEBUG 7 */
+	char buf[2048];
 	va_list ap;
+	int n;
 
 	(void)file;
 	(void)line;
@@ -40,11 +44,13 @@ static void dmw_log(int level, const char *file, int line, int dm_errno_or_class
 		return;
 	if (lvl <= 4 && dm_quiet_level > 0 && verbose < 2)
 		return;
-	fprintf(stderr, "%s: ", prog);
+	n = snprintf(buf, sizeof(buf), "%s: ", prog);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		n = 0;
 	va_start(ap, f);
-	vfprintf(stderr, f, ap);
+	vsnprintf(buf + n, sizeof(buf) - n, f, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	msg_line(buf);
 }
 
 int dmw_init(void)
@@ -104,19 +110,64 @@ uint64_t dmw_table_len(const struct dmw_table *t)
 	return len;
 }
 
-static struct dm_task *task_new(int type, const char *name)
+/*
+ * Why libdevmapper could not start a task: it opens /dev/mapper/control
+ * then, and keeps the reason to itself.  Opening the node again tells it:
+ * EACCES (not root), ENOENT or ENODEV (no device-mapper in this kernel or
+ * this container), anything else.
+ */
+static int control_errno(void)
 {
-	struct dm_task *dmt = dm_task_create(type);
+	int fd = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
 
+	if (fd < 0)
+		return -errno;
+	close(fd);
+	return -EIO;
+}
+
+/*
+ * A task for @type on @name, or NULL with *err set.  The test-only fault
+ * point "dm-<what>" (util.c: fault_point) makes it fail as if the kernel
+ * had answered with that errno.
+ */
+static struct dm_task *task_new(int type, const char *name, const char *what,
+				int *err)
+{
+	struct dm_task *dmt;
+
+	*err = fault_point(what);
+	if (*err)
+		return NULL;
+	dmw_quiet(1);	/* its "open failed" messages: ours say more */
+	dmt = dm_task_create(type);
+	dmw_quiet(-1);
 	if (!dmt) {
-		msg_error("cannot create a device-mapper task (is the dm-mod module loaded?)");
+		*err = control_errno();
 		return NULL;
 	}
 	if (name && !dm_task_set_name(dmt, name)) {
 		dm_task_destroy(dmt);
+		*err = -EINVAL;
 		return NULL;
 	}
 	return dmt;
+}
+
+const char *dmw_strerror(int err)
+{
+	switch (-err) {
+	case EACCES:
+	case EPERM:
+		return "permission denied: fleece must be run as root";
+	case ENOENT:
+	case ENODEV:
+		return "device-mapper is not available (no /dev/mapper/control; is the dm-mod module loaded?)";
+	case ENXIO:
+		return "no such device";
+	default:
+		return strerror(-err);
+	}
 }
 
 static int task_errno(struct dm_task *dmt)
@@ -149,16 +200,21 @@ static void fill_info(struct dm_task *dmt, const struct dm_info *di,
 	snprintf(info->uuid, sizeof(info->uuid), "%s", s ? s : "");
 }
 
+/*
+ * Only the kernel's "no such device" (ENXIO, which libdevmapper turns into
+ * a successful info with exists == 0) means absent: any other failure is
+ * an error the caller must not take for "absent".
+ */
 static int info_task(struct dm_task *dmt, struct dmw_info *info)
 {
 	struct dm_info di;
 	int r = 0;
 
+	memset(info, 0, sizeof(*info));
 	dmw_quiet(1);
 	if (!dm_task_run(dmt)) {
-		/* ENXIO: no such device */
-		r = dm_task_get_errno(dmt) == ENXIO ? 0 : task_errno(dmt);
-		memset(info, 0, sizeof(*info));
+		if (dm_task_get_errno(dmt) != ENXIO)
+			r = dm_task_get_errno(dmt) ? task_errno(dmt) : control_errno();
 	} else if (!dm_task_get_info(dmt, &di)) {
 		r = -EIO;
 	} else {
@@ -171,19 +227,25 @@ static int info_task(struct dm_task *dmt, struct dmw_info *info)
 
 int dmw_info(const char *name, struct dmw_info *info)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_INFO, name);
+	struct dm_task *dmt;
+	int r;
 
+	memset(info, 0, sizeof(*info));
+	dmt = task_new(DM_DEVICE_INFO, name, "dm-info", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	return info_task(dmt, info);
 }
 
 int dmw_info_devno(dev_t dev, struct dmw_info *info)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_INFO, NULL);
+	struct dm_task *dmt;
+	int r;
 
+	memset(info, 0, sizeof(*info));
+	dmt = task_new(DM_DEVICE_INFO, NULL, "dm-info", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	if (!dm_task_set_major(dmt, major(dev)) || !dm_task_set_minor(dmt, minor(dev))) {
 		dm_task_destroy(dmt);
 		return -EINVAL;
@@ -193,10 +255,13 @@ int dmw_info_devno(dev_t dev, struct dmw_info *info)
 
 int dmw_info_uuid(const char *uuid, struct dmw_info *info)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_INFO, NULL);
+	struct dm_task *dmt;
+	int r;
 
+	memset(info, 0, sizeof(*info));
+	dmt = task_new(DM_DEVICE_INFO, NULL, "dm-info", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	if (!dm_task_set_uuid(dmt, uuid)) {
 		dm_task_destroy(dmt);
 		return -EINVAL;
@@ -207,7 +272,7 @@ int dmw_info_uuid(const char *uuid, struct dmw_info *info)
 static int get_targets(int type, const char *name, bool inactive,
 		       struct dmw_table *out)
 {
-	struct dm_task *dmt = task_new(type, name);
+	struct dm_task *dmt;
 	uint64_t start, len;
 	char *ttype, *params;
 	struct dm_info di;
@@ -215,18 +280,21 @@ static int get_targets(int type, const char *name, bool inactive,
 	int r = 0;
 
 	memset(out, 0, sizeof(*out));
+	dmt = task_new(type, name, type == DM_DEVICE_TABLE ? "dm-table" : "dm-status", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	if (inactive && !dm_task_query_inactive_table(dmt)) {
 		dm_task_destroy(dmt);
 		return -EINVAL;
 	}
 	/* A table may hold keys (crypt): keep them out of freed memory. */
 	dm_task_secure_data(dmt);
-	if (!dm_task_run(dmt)) {
-		r = task_errno(dmt);
+	dmw_quiet(1);
+	if (!dm_task_run(dmt))
+		r = dm_task_get_errno(dmt) ? task_errno(dmt) : control_errno();
+	dmw_quiet(-1);
+	if (r)
 		goto out;
-	}
 	if (!dm_task_get_info(dmt, &di) || !di.exists) {
 		r = -ENXIO;
 		goto out;
@@ -279,14 +347,19 @@ static int run_with_cookie(struct dm_task *dmt, uint16_t udev_flags)
 }
 
 int dmw_create(const char *name, const char *uuid, const struct dmw_table *t,
-	       uint16_t udev_flags)
+	       bool read_only, uint16_t udev_flags)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_CREATE, name);
+	struct dm_task *dmt;
 	int r;
 
+	dmt = task_new(DM_DEVICE_CREATE, name, "dm-create", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	dm_task_secure_data(dmt);
+	if (read_only && !dm_task_set_ro(dmt)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
 	if ((uuid && !dm_task_set_uuid(dmt, uuid)) || add_targets(dmt, t)) {
 		dm_task_destroy(dmt);
 		return -EINVAL;
@@ -296,14 +369,19 @@ int dmw_create(const char *name, const char *uuid, const struct dmw_table *t,
 	return r;
 }
 
-int dmw_load(const char *name, const struct dmw_table *t)
+int dmw_load(const char *name, const struct dmw_table *t, bool read_only)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_RELOAD, name);
+	struct dm_task *dmt;
 	int r = 0;
 
+	dmt = task_new(DM_DEVICE_RELOAD, name, "dm-load", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	dm_task_secure_data(dmt);
+	if (read_only && !dm_task_set_ro(dmt)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
 	if (add_targets(dmt, t)) {
 		dm_task_destroy(dmt);
 		return -EINVAL;
@@ -316,11 +394,12 @@ int dmw_load(const char *name, const struct dmw_table *t)
 
 static int simple_task(int type, const char *name, bool lockfs)
 {
-	struct dm_task *dmt = task_new(type, name);
+	struct dm_task *dmt;
 	int r = 0;
 
+	dmt = task_new(type, name, type == DM_DEVICE_SUSPEND ? "dm-suspend" : "dm-clear", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	if (type == DM_DEVICE_SUSPEND && !lockfs)
 		dm_task_skip_lockfs(dmt);
 	if (!dm_task_run(dmt))
@@ -341,11 +420,12 @@ int dmw_suspend(const char *name, bool lockfs)
 
 int dmw_resume(const char *name, uint16_t udev_flags)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_RESUME, name);
+	struct dm_task *dmt;
 	int r;
 
+	dmt = task_new(DM_DEVICE_RESUME, name, "dm-resume", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	r = run_with_cookie(dmt, udev_flags);
 	dm_task_destroy(dmt);
 	return r;
@@ -361,11 +441,9 @@ int dmw_resume_many(char *const names[], unsigned int n, uint16_t udev_flags,
 
 	*done = 0;
 	for (i = 0; i < n && !r; i++) {
-		dmt = task_new(DM_DEVICE_RESUME, names[i]);
-		if (!dmt) {
-			r = -EIO;
+		dmt = task_new(DM_DEVICE_RESUME, names[i], "dm-resume", &r);
+		if (!dmt)
 			break;
-		}
 		if (!dm_task_set_cookie(dmt, &cookie, udev_flags)) {
 			msg_error("cannot set up udev synchronisation");
 			r = -EIO;
@@ -384,11 +462,12 @@ int dmw_resume_many(char *const names[], unsigned int n, uint16_t udev_flags,
 
 int dmw_remove(const char *name, bool retry)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_REMOVE, name);
+	struct dm_task *dmt;
 	int r;
 
+	dmt = task_new(DM_DEVICE_REMOVE, name, "dm-remove", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
 	/* udev's blkid may still hold a device that was just changed. */
 	if (retry)
 		dm_task_retry_remove(dmt);
@@ -399,7 +478,7 @@ int dmw_remove(const char *name, bool retry)
 
 int dmw_list(char ***names, unsigned int *n)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_LIST, NULL);
+	struct dm_task *dmt;
 	struct dm_names *dn;
 	unsigned int next = 0;
 	char **v = NULL;
@@ -407,12 +486,15 @@ int dmw_list(char ***names, unsigned int *n)
 
 	*names = NULL;
 	*n = 0;
+	dmt = task_new(DM_DEVICE_LIST, NULL, "dm-list", &r);
 	if (!dmt)
-		return -EIO;
-	if (!dm_task_run(dmt)) {
-		r = task_errno(dmt);
+		return r;
+	dmw_quiet(1);
+	if (!dm_task_run(dmt))
+		r = dm_task_get_errno(dmt) ? task_errno(dmt) : control_errno();
+	dmw_quiet(-1);
+	if (r)
 		goto out;
-	}
 	dn = dm_task_get_names(dmt);
 	if (!dn || !dn->dev)
 		goto out;
@@ -434,14 +516,16 @@ out:
 
 int dmw_target_present(const char *type)
 {
-	struct dm_task *dmt = task_new(DM_DEVICE_LIST_VERSIONS, NULL);
+	struct dm_task *dmt;
 	struct dm_versions *v, *last;
-	int r = -ENOENT;
+	int r;
 
+	dmt = task_new(DM_DEVICE_LIST_VERSIONS, NULL, "dm-versions", &r);
 	if (!dmt)
-		return -EIO;
+		return r;
+	r = -ENOENT;
 	if (!dm_task_run(dmt)) {
-		r = task_errno(dmt);
+		r = dm_task_get_errno(dmt) ? task_errno(dmt) : control_errno();
 		goto out;
 	}
 	v = dm_task_get_versions(dmt);

@@ -47,6 +47,15 @@ void dmw_table_add(struct dmw_table *t, uint64_t start, uint64_t len,
 void dmw_table_free(struct dmw_table *t);
 uint64_t dmw_table_len(const struct dmw_table *t);
 
+/*
+ * Every function returns 0 or -errno.  Only the kernel's "no such device"
+ * means absent: the info calls return 0 with info->exists == false then,
+ * the table and status calls -ENXIO.  Any other error (-EACCES when not
+ * root, -ENOENT without /dev/mapper/control, ...) is an error: never take
+ * it for "absent".
+ */
+const char *dmw_strerror(int err);	/* for a -errno from these functions */
+
 /* 0 and info->exists == false when there is no such device. */
 int dmw_info(const char *name, struct dmw_info *info);
 int dmw_info_devno(dev_t dev, struct dmw_info *info);
@@ -57,9 +66,10 @@ int dmw_get_table(const char *name, bool inactive, struct dmw_table *out);
 int dmw_get_status(const char *name, struct dmw_table *out);
 
 /* Create a device with a table (created, loaded and resumed). */
+/* @read_only: the device (or the table loaded) is read-only, as dmsetup -r. */
 int dmw_create(const char *name, const char *uuid, const struct dmw_table *t,
-	       uint16_t udev_flags);
-int dmw_load(const char *name, const struct dmw_table *t);
+	       bool read_only, uint16_t udev_flags);
+int dmw_load(const char *name, const struct dmw_table *t, bool read_only);
 int dmw_clear(const char *name);
 int dmw_suspend(const char *name, bool lockfs);
 int dmw_resume(const char *name, uint16_t udev_flags);

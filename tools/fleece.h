@@ -59,11 +59,19 @@ struct fleece_names {
 /* Check that NAME can carry the derived names; fill them in. */
 int fleece_names(const char *name, struct fleece_names *fn);
 
-/* Resolve NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N to a dm name. */
+/*
+ * Resolve NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N to a dm name:
+ * 0, -EFLEECE_REFUSED (no such dm device, with a message) or the -errno of
+ * a failed query (with a message).
+ */
 int resolve_dm_name(const char *arg, char *name, size_t len);
 
-/* The same, silently, for a device that may be gone: else the path's last part. */
-void arg_dm_name(const char *arg, char *name, size_t len);
+/*
+ * The same, silently, for a device that may be gone: else its dm name as
+ * far as the argument tells.  -errno (with a message) when device-mapper
+ * cannot be queried.
+ */
+int arg_dm_name(const char *arg, char *name, size_t len);
 
 /* /dev/mapper/NAME for a dm device, /dev/<kernel name> otherwise. */
 int devno_display(dev_t dev, char *buf, size_t len);
@@ -119,7 +127,7 @@ int parse_fleece_status(const char *params, struct fleece_status *s);
 int fleece_lock(const char *name);
 
 /* Every NAME with something of a fleece: its devices or a state file. */
-void fleece_find_all(char ***names, unsigned int *n);
+int fleece_find_all(char ***names, unsigned int *n);
 
 /* Make sure the fleece targets are there, loading dm-fleece if needed. */
 int fleece_need_module(void);
@@ -138,6 +146,7 @@ struct start_opts {
 	char **fleece_devs;		/* one per NAME, or NULL */
 	unsigned int nr_fleece_devs;
 	const char *fleece_dir;
+	bool force;			/* a --fleece-dev with a signature */
 	const char *partial;		/* recorded in the state (backup) */
 };
 /* Parse one start option (long option index / value); see start.c. */
@@ -147,7 +156,11 @@ void start_opts_free(struct start_opts *o);
 int fleece_start(struct start_opts *o, char **names, unsigned int n);
 
 /* --- stop ----------------------------------------------------------- */
-/* Undo whatever is there of a fleece of NAME; 0 when nothing is left. */
+/*
+ * Undo whatever is there of a fleece of NAME: 0 when nothing is left, else
+ * -errno (-EFLEECE_REFUSED: nothing was changed).  A failed query changes
+ * nothing.
+ */
 int fleece_stop(const char *name, bool keep_partial);
 
 /* --- status --------------------------------------------------------- */

@@ -111,9 +111,7 @@ int loop_attach(const char *file, unsigned int block_size, char *path, size_t le
 
 	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
 	if (ctl < 0 && errno == ENOENT) {
-		static const char *const modprobe[] = { "modprobe", "loop", NULL };
-
-		run_program(modprobe, true);
+		run_modprobe("loop", true);
 		ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
 	}
 	if (ctl < 0) {

@@ -8,7 +8,10 @@
  *   fleece backup  start, read the view to a file or stdout, stop
  *   fleece read    the reader alone, on any fleece view
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fleece.h"
@@ -42,10 +45,33 @@ static void help(FILE *f)
 	fprintf(f, "\n'fleece COMMAND --help' tells more; see also fleece(8).\n");
 }
 
+bool stdout_closed;
+
+/*
+ * fds 0-2 closed at exec (fleece ... >&-) would be reused by the first
+ * files opened, and the image written into a lock file: make them
+ * /dev/null, and remember that standard output was closed.
+ */
+static void sane_std_fds(void)
+{
+	int fd;
+
+	for (fd = 0; fd <= 2; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		if (fd == 1)
+			stdout_closed = true;
+		if (open("/dev/null", fd ? O_WRONLY : O_RDONLY) != fd)
+			exit(EX_FLEECE_FAIL);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	unsigned int i;
 	int r;
+
+	sane_std_fds();
 
 	if (argc < 2) {
 		help(stderr);

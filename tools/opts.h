@@ -3,7 +3,7 @@
  * fleece(8): the command-line options the subcommands share, in one place:
  * getopt_long tables, short option strings and --help lines.
  *
- *   start options   -d -D -c -t -F   start and backup (start_parse_opt)
+ *   start options   -d -D -c -t -F -f start and backup (start_parse_opt)
  *   reader options  -o -s -r -b -p -i read and backup (reader_parse_opt)
  *   common options  -q -v -h         every subcommand (parse_opts)
  */
@@ -17,8 +17,9 @@
 	{ "fleece-dir", required_argument, NULL, 'D' },		\
 	{ "chunk-size", required_argument, NULL, 'c' },		\
 	{ "cbw-timeout", required_argument, NULL, 't' },		\
-	{ "fail-origin-writes", no_argument, NULL, 'F' }
-#define SHORTOPTS_START "d:D:c:t:F"
+	{ "fail-origin-writes", no_argument, NULL, 'F' },	\
+	{ "force", no_argument, NULL, 'f' }
+#define SHORTOPTS_START "d:D:c:t:Ff"
 
 #define LONGOPTS_READER						\
 	{ "output", required_argument, NULL, 'o' },		\
@@ -45,7 +46,9 @@
 	"                            limit)\n"					\
 	"  -F, --fail-origin-writes  on a failed copy, fail the writer's write and\n" \
 	"                            keep the view (default: keep the writer going\n" \
-	"                            and invalidate the view)\n"
+	"                            and invalidate the view)\n"		\
+	"  -f, --force               use a --fleece-dev that holds a signature (a\n" \
+	"                            file system, a PV, a partition table)\n"
 
 #define HELP_READER							\
 	"  -o, --output FILE|-       where the image goes ('-': standard output)\n" \

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "output.h"
@@ -22,6 +23,8 @@ int output_check(const char *name)
 	int r = 0;
 
 	if (!strcmp(name, "-")) {
+		if (stdout_closed)
+			return usage_error("-o -: standard output is closed");
 		if (isatty(1))
 			return usage_error("-o -: standard output is a terminal: redirect it, or give a file");
 		return 0;
@@ -38,7 +41,10 @@ int output_check(const char *name)
 	}
 	copy = xstrdup(name);
 	dir = dirname(copy);
-	if (access(dir, W_OK)) {
+	if (!strcmp(dir, "/dev") || !strncmp(dir, "/dev/", 5)) {
+		/* e.g. the view's /dev/mapper/NAME-fleece-view, before it exists */
+		r = usage_error("-o %s: no such device (an image is never created in /dev)", name);
+	} else if (access(dir, W_OK)) {
 		msg_errno("-o %s: cannot write in %s", name, dir);
 		r = EX_FLEECE_USAGE;
 	}
@@ -46,8 +52,90 @@ int output_check(const char *name)
 	return r;
 }
 
-int output_open(const char *name, struct output *out)
+void output_guard_add(struct output_guard *g, dev_t dev, const char *what)
 {
+	if (dev && g->n < ARRAY_SIZE(g->dev)) {
+		g->dev[g->n] = dev;
+		g->what[g->n++] = what;
+	}
+}
+
+/*
+ * A block device @dev as the output: not one of @g's devices, not built on
+ * one (a partition of NAME), not under one (NAME's own disk).
+ */
+static int guard_blkdev(const char *name, dev_t dev, const struct output_guard *g)
+{
+	unsigned int i;
+
+	for (i = 0; g && i < g->n; i++) {
+		if (dev == g->dev[i] || devno_depends_on(dev, g->dev[i])) {
+			msg_error("-o %s: it is %s, or built on it: refusing to write the image there",
+				  name, g->what[i]);
+			return EX_FLEECE_REFUSED;
+		}
+		if (devno_depends_on(g->dev[i], dev)) {
+			msg_error("-o %s: %s is built on it: refusing to write the image there",
+				  name, g->what[i]);
+			return EX_FLEECE_REFUSED;
+		}
+	}
+	return 0;
+}
+
+/* A file in directory @dir: not on a file system on one of @g's devices. */
+static int guard_dir(const char *name, const char *dir, const struct output_guard *g)
+{
+	struct stat st;
+	unsigned int i;
+
+	if (stat(dir, &st)) {
+		msg_errno("-o %s: %s", name, dir);
+		return EX_FLEECE_FAIL;
+	}
+	/* major 0 (btrfs, overlayfs...): the device cannot be told from st_dev. */
+	for (i = 0; g && major(st.st_dev) && i < g->n; i++) {
+		if (st.st_dev == g->dev[i] || devno_depends_on(st.st_dev, g->dev[i])) {
+			msg_error("-o %s: the file would be on %s itself: refusing", name,
+				  g->what[i]);
+			return EX_FLEECE_REFUSED;
+		}
+	}
+	return 0;
+}
+
+static int open_blkdev(const char *name, const struct output_guard *g, struct output *out)
+{
+	struct stat st;
+	int r;
+
+	/* O_EXCL: EBUSY when mounted, or held by dm, md, a swap... */
+	out->fd = open(name, O_WRONLY | O_EXCL | O_CLOEXEC);
+	if (out->fd < 0) {
+		if (errno == EBUSY) {
+			msg_error("-o %s: in use (mounted, or held by another device or program)",
+				  name);
+			return EX_FLEECE_REFUSED;
+		}
+		msg_errno("cannot open %s", name);
+		return EX_FLEECE_FAIL;
+	}
+	if (fstat(out->fd, &st) || !S_ISBLK(st.st_mode)) {
+		msg_error("-o %s: changed while it was opened", name);
+		r = EX_FLEECE_FAIL;
+	} else {
+		r = guard_blkdev(name, st.st_rdev, g);
+	}
+	if (r) {
+		close(out->fd);
+		out->fd = -1;
+	}
+	return r;
+}
+
+int output_open(const char *name, const struct output_guard *g, struct output *out)
+{
+	char *copy;
 	struct stat st;
 	int r;
 
@@ -58,11 +146,15 @@ int output_open(const char *name, struct output *out)
 	if (r)
 		return r;
 	if (!strcmp(name, "-")) {
+		if (!fstat(1, &st) && S_ISBLK(st.st_mode) && guard_blkdev(name, st.st_rdev, g))
+			return EX_FLEECE_REFUSED;
 		out->fd = 1;
 		return 0;
 	}
+	if (!stat(name, &st) && S_ISBLK(st.st_mode))
+		return open_blkdev(name, g, out);
 	if (!stat(name, &st) && !S_ISREG(st.st_mode)) {
-		/* A device or a pipe: written in place, as a stream. */
+		/* A character device or a pipe: written in place, as a stream. */
 		out->fd = open(name, O_WRONLY | O_CLOEXEC);
 		if (out->fd < 0) {
 			msg_errno("cannot open %s", name);
@@ -70,10 +162,32 @@ int output_open(const char *name, struct output *out)
 		}
 		return 0;
 	}
+	copy = xstrdup(name);
+	r = guard_dir(name, dirname(copy), g);
+	free(copy);
+	if (r)
+		return r;
+	/*
+	 * New, never through a symlink, never someone else's: an image holds
+	 * every secret of the disk, so 0600 whatever the umask.
+	 */
 	out->partial = xasprintf("%s.partial", name);
-	out->fd = open(out->partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	out->fd = open(out->partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (out->fd < 0) {
-		msg_errno("cannot create %s", out->partial);
+		if (errno == EEXIST)
+			msg_error("%s exists: another backup to %s is running, or one was interrupted (its 'fleece stop' removes it): not touching it",
+				  out->partial, name);
+		else
+			msg_errno("cannot create %s", out->partial);
+		r = errno == EEXIST ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
+		free(out->partial);
+		out->partial = NULL;
+		return r;
+	}
+	if (fstat(out->fd, &st) || !S_ISREG(st.st_mode)) {
+		msg_error("%s: not a regular file", out->partial);
+		close(out->fd);
+		out->fd = -1;
 		free(out->partial);
 		out->partial = NULL;
 		return EX_FLEECE_FAIL;

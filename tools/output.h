@@ -8,16 +8,32 @@
 
 #include <stdbool.h>
 
+#include <sys/types.h>
+
 struct output {
 	const char *name;	/* as given: FILE or "-" */
-	char *partial;		/* FILE.partial, or NULL */
+	char *partial;		/* FILE.partial we created, or NULL */
 	int fd;
 	bool is_file;		/* a regular file: holes for zero chunks */
 };
 
-/* Check and open the output; an exit code (0: opened). */
+/* Devices the output must be neither on nor be (NAME, its fleece device...). */
+struct output_guard {
+	dev_t dev[4];
+	const char *what[4];
+	unsigned int n;
+};
+void output_guard_add(struct output_guard *g, dev_t dev, const char *what);
+
+/* Check the output's name; an exit code (0: fine). */
 int output_check(const char *name);
-int output_open(const char *name, struct output *out);
+/*
+ * Open the output; an exit code (0: opened).  FILE.partial is created new
+ * (O_EXCL|O_NOFOLLOW, mode 0600): an existing one, or a symlink there, is
+ * refused and left alone.  A block device is opened O_EXCL (not mounted,
+ * not held).  The output may neither be nor sit on a device of @g.
+ */
+int output_open(const char *name, const struct output_guard *g, struct output *out);
 /* Given the reader's exit code: rename or remove FILE.partial, close. */
 int output_finish(struct output *out, int ret);
 void output_print_sha256(const struct output *out, const char *hex);

@@ -190,17 +190,34 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 	struct progress prog_state = { 0 };
 	struct readahead *ra = NULL;
 	unsigned char digest[32];
-	bool discard = o->discard;
+	bool discard = o->discard, out_sync;
 	struct sha256 sha;
 	struct stat st;
 	int fd, ret = EX_FLEECE_FAIL;
 
 	memset(res, 0, sizeof(*res));
-	fd = open(o->view, (discard ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+	/*
+	 * A released chunk is gone from the view: whatever holds the image
+	 * (a file, also behind standard output, or a block device) is synced
+	 * before each release.  A pipe cannot be: its reader gets data that is
+	 * released already (fleece(8)).
+	 */
+	out_sync = out_is_file ||
+		   (!fstat(out_fd, &st) && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)));
+	/*
+	 * O_EXCL: one reader per view.  Two would each release chunks the
+	 * other has not read yet, and both fail.
+	 */
+	fd = open(o->view, (discard ? O_RDWR : O_RDONLY) | O_DIRECT | O_EXCL | O_CLOEXEC);
 	if (fd < 0 && discard && (errno == EROFS || errno == EACCES)) {
 		msg_warn("%s: the view is read-only: reading it without releasing chunks", o->label);
 		discard = false;
-		fd = open(o->view, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		fd = open(o->view, O_RDONLY | O_DIRECT | O_EXCL | O_CLOEXEC);
+	}
+	if (fd < 0 && errno == EBUSY) {
+		msg_error("%s: the view %s is in use (another reader has it open)", o->label,
+			  o->view);
+		return EX_FLEECE_REFUSED;
 	}
 	if (fd < 0) {
 		msg_errno("cannot open the view %s", o->view);
@@ -290,6 +307,10 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 				goto out;
 			}
 			res->bytes_written += n;
+			if (discard && out_sync && fdatasync(out_fd)) {
+				msg_errno("%s: cannot sync the output", o->label);
+				goto out;
+			}
 		}
 
 		if (discard) {
@@ -319,6 +340,9 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 			msg_errno("%s: cannot finish the output", o->label);
 			goto out;
 		}
+	} else if (out_sync && fsync(out_fd)) {
+		msg_errno("%s: cannot finish the output", o->label);
+		goto out;
 	}
 	if (o->sha256) {
 		sha256_final(&sha, digest);
@@ -370,6 +394,7 @@ int cmd_read(int argc, char **argv)
 	struct output out;
 	const char *output, *arg;
 	char view[PATH_MAX], name[128];
+	struct output_guard guard = { .n = 0 };
 	struct dmw_table t;
 	int r;
 
@@ -388,29 +413,54 @@ int cmd_read(int argc, char **argv)
 	arg = argv[optind];
 
 	/* A fleece-view, nothing else: the reader discards what it reads. */
-	if (resolve_dm_name(arg, name, sizeof(name)))
-		return EX_FLEECE_REFUSED;
-	if (dmw_get_table(name, false, &t) || t.n != 1 ||
-	    strcmp(t.t[0].type, FLEECE_VIEW_TARGET_NAME)) {
+	r = resolve_dm_name(arg, name, sizeof(name));
+	if (r)
+		return exit_code(r);
+	r = dmw_get_table(name, false, &t);
+	if (r) {
+		msg_error("%s: cannot read its table: %s", arg, dmw_strerror(r));
+		return EX_FLEECE_FAIL;
+	}
+	if (t.n != 1 || strcmp(t.t[0].type, FLEECE_VIEW_TARGET_NAME)) {
 		dmw_table_free(&t);
 		msg_error("%s: not a fleece view (its table is not one '%s' target)", arg,
 			  FLEECE_VIEW_TARGET_NAME);
 		return EX_FLEECE_REFUSED;
 	}
-	dmw_table_free(&t);
 	{
 		struct dmw_info info;
+		dev_t od = 0, fd = 0;
 
-		if (dmw_info(name, &info) || !info.exists)
-			return EX_FLEECE_REFUSED;
+		/* The output is neither the view nor its origin or fleece device. */
+		{
+			char *copy = xstrdup(t.t[0].params), *save = NULL, *tok;
+
+			tok = strtok_r(copy, " ", &save);
+			if (tok)
+				parse_devno(tok, &od);
+			tok = strtok_r(NULL, " ", &save);
+			if (tok)
+				parse_devno(tok, &fd);
+			free(copy);
+		}
+		dmw_table_free(&t);
+		r = dmw_info(name, &info);
+		if (r || !info.exists) {
+			msg_error("%s: cannot query device-mapper: %s", arg,
+				  r ? dmw_strerror(r) : "no such device");
+			return EX_FLEECE_FAIL;
+		}
 		if (devno_path(makedev(info.major, info.minor), view, sizeof(view))) {
 			msg_error("%s: no device node", arg);
 			return EX_FLEECE_FAIL;
 		}
+		output_guard_add(&guard, makedev(info.major, info.minor), "the view");
+		output_guard_add(&guard, od, "the view's origin");
+		output_guard_add(&guard, fd, "the view's fleece device");
 	}
 	o.view = view;
 	o.label = name;
-	r = output_open(output, &out);
+	r = output_open(output, &guard, &out);
 	if (r)
 		return r;
 	signals_install();

@@ -63,9 +63,8 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 	if (!strchr(arg, '/')) {
 		r = dmw_info(arg, &info);
 		if (r) {
-			errno = -r;
-			msg_errno("%s: cannot query device-mapper", arg);
-			return -EIO;
+			msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
+			return r;
 		}
 		if (info.exists) {
 			snprintf(name, len, "%s", info.name);
@@ -75,7 +74,7 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 		snprintf(path, sizeof(path), "/dev/%s", arg);
 		if (stat(path, &st) || !S_ISBLK(st.st_mode)) {
 			msg_error("%s: no such device-mapper device", arg);
-			return -ENODEV;
+			return -EFLEECE_REFUSED;
 		}
 		arg = path;
 	}
@@ -94,45 +93,94 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 	}
 	if (arg != path && stat(arg, &st)) {
 		msg_errno("%s", arg);
-		return -ENODEV;
+		return -EFLEECE_REFUSED;
 	}
 	if (!S_ISBLK(st.st_mode)) {
 		msg_error("%s: not a block device", arg);
-		return -ENOTBLK;
+		return -EFLEECE_REFUSED;
 	}
 	if (!dmw_is_dm_major(major(st.st_rdev))) {
 		msg_error("%s: not a device-mapper device: fleece works on LVM logical volumes and other dm devices",
 			  arg);
-		return -ENOTBLK;
+		return -EFLEECE_REFUSED;
 	}
 	r = dmw_info_devno(st.st_rdev, &info);
-	if (r || !info.exists) {
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
+		return r;
+	}
+	if (!info.exists) {
 		msg_error("%s: no such device-mapper device", arg);
-		return -ENODEV;
+		return -EFLEECE_REFUSED;
 	}
 	snprintf(name, len, "%s", info.name);
 	return 0;
 }
 
+/* lvm2's dm name of VG/LV: each '-' doubled, joined by '-'. */
+static void lvm_dm_name(const char *vg, size_t vglen, const char *lv, char *name,
+			size_t len)
+{
+	size_t k = 0, i;
+
+	for (i = 0; i < vglen && k + 2 < len; i++) {
+		if (vg[i] == '-')
+			name[k++] = '-';
+		name[k++] = vg[i];
+	}
+	if (k + 1 < len)
+		name[k++] = '-';
+	for (i = 0; lv[i] && k + 2 < len; i++) {
+		if (lv[i] == '-')
+			name[k++] = '-';
+		name[k++] = lv[i];
+	}
+	name[k] = '\0';
+}
+
 /*
- * For stop and status: NAME, /dev/mapper/NAME, /dev/VG/LV or /dev/dm-N,
- * without a message when the device is gone already (its fleece may still
- * have a state file): then the last part of the path is taken as NAME.
+ * For stop and status: NAME, /dev/mapper/NAME, /dev/VG/LV, VG/LV or
+ * /dev/dm-N, without a message when the device is gone already (its fleece
+ * may still have a state file): then /dev/mapper/NAME gives NAME, /dev/VG/LV
+ * and VG/LV lvm2's dm name VG-LV, anything else the last part of the path.
+ * A failed device-mapper query is an error (-errno, with a message), never
+ * "gone".
  */
-void arg_dm_name(const char *arg, char *name, size_t len)
+int arg_dm_name(const char *arg, char *name, size_t len)
 {
 	struct dmw_info info;
 	struct stat st;
-	const char *base;
+	const char *base, *vg;
+	int r;
 
 	if (strchr(arg, '/') && !stat(arg, &st) && S_ISBLK(st.st_mode) &&
-	    dmw_is_dm_major(major(st.st_rdev)) && !dmw_info_devno(st.st_rdev, &info) &&
-	    info.exists) {
-		snprintf(name, len, "%s", info.name);
-		return;
+	    dmw_is_dm_major(major(st.st_rdev))) {
+		r = dmw_info_devno(st.st_rdev, &info);
+		if (r) {
+			msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
+			return r;
+		}
+		if (info.exists) {
+			snprintf(name, len, "%s", info.name);
+			return 0;
+		}
 	}
 	base = strrchr(arg, '/');
-	snprintf(name, len, "%s", base ? base + 1 : arg);
+	if (!base) {
+		snprintf(name, len, "%s", arg);
+		return 0;
+	}
+	/* VG/LV or /dev/VG/LV, not /dev/mapper/NAME */
+	vg = arg;
+	if (!strncmp(vg, "/dev/", 5))
+		vg += 5;
+	if (vg < base && !memchr(vg, '/', base - vg) && strncmp(vg, "mapper/", 7) &&
+	    (vg == arg + 5 || arg[0] != '/')) {
+		lvm_dm_name(vg, base - vg, base + 1, name, len);
+		return 0;
+	}
+	snprintf(name, len, "%s", base + 1);
+	return 0;
 }
 
 /* /dev/mapper/NAME for a dm device, /dev/<kernel name> otherwise. */
@@ -160,6 +208,12 @@ static char *state_path(const char *name)
 {
 	return xasprintf("%s/%s", state_dir(), name);
 }
+
+/*
+ * The temporary file of NAME's state: '~' cannot be in a NAME (see
+ * name_char_ok), so it collides with no other NAME's state file.
+ */
+#define STATE_TMP_SUFFIX "~tmp"
 
 int state_read(const char *name, struct fleece_state *st)
 {
@@ -200,19 +254,28 @@ int state_read(const char *name, struct fleece_state *st)
 
 int state_write(const char *name, const struct fleece_state *st)
 {
-	char *path = state_path(name), *tmp = xasprintf("%s.tmp", path);
+	char *path = state_path(name), *tmp = xasprintf("%s" STATE_TMP_SUFFIX, path);
 	FILE *f;
-	int r = 0;
+	int fd, r = 0;
 
 	if (mkdir(state_dir(), 0700) && errno != EEXIST) {
 		r = -errno;
 		msg_errno("cannot create the state directory %s", state_dir());
 		goto out;
 	}
-	f = fopen(tmp, "we");
+	/* A leftover of a killed run is ours to replace, a symlink is not. */
+	if (unlink(tmp) && errno != ENOENT) {
+		r = -errno;
+		msg_errno("cannot remove %s", tmp);
+		goto out;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	f = fd >= 0 ? fdopen(fd, "w") : NULL;
 	if (!f) {
 		r = -errno;
 		msg_errno("cannot write %s", tmp);
+		if (fd >= 0)
+			close(fd);
 		goto out;
 	}
 	fprintf(f, "# fleece(8) state of %s: removed by 'fleece stop %s'\n", name, name);
@@ -239,6 +302,12 @@ int state_write(const char *name, const struct fleece_state *st)
 	if (rename(tmp, path)) {
 		r = -errno;
 		msg_errno("cannot write %s", path);
+		goto out;
+	}
+	r = fsync_dir(state_dir());
+	if (r) {
+		errno = -r;
+		msg_errno("cannot sync the state directory %s", state_dir());
 	}
 out:
 	free(tmp);
@@ -254,6 +323,8 @@ int state_remove(const char *name)
 	if (unlink(path) && errno != ENOENT) {
 		r = -errno;
 		msg_errno("cannot remove %s", path);
+	} else {
+		fsync_dir(state_dir());
 	}
 	free(path);
 	return r;
@@ -262,25 +333,45 @@ int state_remove(const char *name)
 int state_list(char ***names, unsigned int *n)
 {
 	struct dirent *de;
-	char **v = NULL;
+	char **v = NULL, **nv;
+	unsigned int i;
+	size_t len;
 	DIR *d;
+	int r = 0;
 
 	*names = NULL;
 	*n = 0;
 	d = opendir(state_dir());
 	if (!d)
 		return errno == ENOENT ? 0 : -errno;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp"))
-			continue;
-		v = realloc(v, (*n + 1) * sizeof(*v));
-		if (!v) {
-			closedir(d);
-			return -ENOMEM;
+	for (;;) {
+		errno = 0;
+		de = readdir(d);
+		if (!de) {
+			r = -errno;
+			break;
 		}
+		len = strlen(de->d_name);
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+		    (len > strlen(STATE_TMP_SUFFIX) &&
+		     !strcmp(de->d_name + len - strlen(STATE_TMP_SUFFIX), STATE_TMP_SUFFIX)))
+			continue;
+		nv = realloc(v, (*n + 1) * sizeof(*v));
+		if (!nv) {
+			r = -ENOMEM;
+			break;
+		}
+		v = nv;
 		v[(*n)++] = xstrdup(de->d_name);
 	}
 	closedir(d);
+	if (r) {
+		for (i = 0; i < *n; i++)
+			free(v[i]);
+		free(v);
+		*n = 0;
+		return r;
+	}
 	*names = v;
 	return 0;
 }
@@ -305,34 +396,39 @@ int fleece_lock(const char *name)
 	const char *dir = getenv("FLEECE_LOCK_DIR");
 	unsigned int i;
 	char *path;
-	int fd;
+	int fd, r;
 
 	for (i = 0; i < nr_held_locks; i++)
 		if (!strcmp(held_locks[i].name, name))
 			return 0;
-	if (nr_held_locks == ARRAY_SIZE(held_locks))
+	if (nr_held_locks == ARRAY_SIZE(held_locks)) {
+		msg_error("%s: more than %zu devices at once", name, ARRAY_SIZE(held_locks));
 		return -ENOMEM;
+	}
 	if (!dir || !*dir)
 		dir = FLEECE_LOCK_DIR;
 	if (mkdir(dir, 0700) && errno != EEXIST) {
+		r = -errno;
 		msg_errno("cannot create %s", dir);
-		return -errno;
+		return r;
 	}
 	path = xasprintf("%s/%s.lock", dir, name);
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
+		r = -errno;
 		msg_errno("cannot open %s", path);
 		free(path);
-		return -EIO;
+		return r;
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB)) {
-		if (errno == EWOULDBLOCK)
+		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		if (r == -EBUSY)
 			msg_error("%s: another fleece command is working on it (lock %s)", name, path);
 		else
 			msg_errno("cannot lock %s", path);
 		close(fd);
 		free(path);
-		return -EBUSY;
+		return r;
 	}
 	free(path);
 	snprintf(held_locks[nr_held_locks].name, sizeof(held_locks[0].name), "%s", name);
@@ -442,7 +538,6 @@ int parse_fleece_status(const char *params, struct fleece_status *s)
 
 int fleece_need_module(void)
 {
-	static const char *const modprobe[] = { "modprobe", FLEECE_MODULE, NULL };
 	struct utsname u;
 	int r;
 
@@ -450,7 +545,7 @@ int fleece_need_module(void)
 	    !dmw_target_present(FLEECE_VIEW_TARGET_NAME))
 		return 0;
 	msg_debug("the fleece targets are not registered: running modprobe %s", FLEECE_MODULE);
-	r = run_program(modprobe, verbose < 1);
+	r = run_modprobe(FLEECE_MODULE, verbose < 1);
 	if (!dmw_target_present(FLEECE_TARGET_NAME) &&
 	    !dmw_target_present(FLEECE_VIEW_TARGET_NAME))
 		return 0;
@@ -464,22 +559,42 @@ int fleece_need_module(void)
 	return -ENOENT;
 }
 
-/* Every NAME that has something of a fleece: devices or a state file. */
-void fleece_find_all(char ***out, unsigned int *nout)
+/*
+ * Every NAME that has something of a fleece: devices or a state file.  A
+ * failed query fails the whole search (-errno, with a message): a partial
+ * list would read as "nothing else is fleeced".
+ */
+int fleece_find_all(char ***out, unsigned int *nout)
 {
-	char **names = NULL, **states = NULL;
+	char **names = NULL, **states = NULL, **v;
 	unsigned int n = 0, ns = 0, i, j;
 	struct dmw_info info;
+	int r;
 
 	*out = NULL;
 	*nout = 0;
-	dmw_list(&names, &n);
-	state_list(&states, &ns);
+	r = dmw_list(&names, &n);
+	if (r) {
+		msg_error("cannot list the device-mapper devices: %s", dmw_strerror(r));
+		return r;
+	}
+	r = state_list(&states, &ns);
+	if (r) {
+		errno = -r;
+		msg_errno("cannot list the state files in %s", state_dir());
+		goto out;
+	}
 	for (i = 0; i < n + ns; i++) {
 		const char *cand = NULL;
 
 		if (i < n) {
-			if (!dmw_info(names[i], &info) && info.exists) {
+			r = dmw_info(names[i], &info);
+			if (r) {
+				msg_error("%s: cannot query device-mapper: %s", names[i],
+					  dmw_strerror(r));
+				goto out;
+			}
+			if (info.exists) {
 				if (!strncmp(info.uuid, FLEECE_UUID_ORIGIN, strlen(FLEECE_UUID_ORIGIN)))
 					cand = info.uuid + strlen(FLEECE_UUID_ORIGIN);
 				else if (!strncmp(info.uuid, FLEECE_UUID_VIEW, strlen(FLEECE_UUID_VIEW)))
@@ -495,10 +610,21 @@ void fleece_find_all(char ***out, unsigned int *nout)
 				break;
 		if (j < *nout)
 			continue;
-		*out = realloc(*out, (*nout + 1) * sizeof(char *));
-		if (!*out)
-			exit(EX_FLEECE_FAIL);
+		v = realloc(*out, (*nout + 1) * sizeof(char *));
+		if (!v) {
+			r = -ENOMEM;
+			goto out;
+		}
+		*out = v;
 		(*out)[(*nout)++] = xstrdup(cand);
+	}
+out:
+	if (r) {
+		for (i = 0; i < *nout; i++)
+			free((*out)[i]);
+		free(*out);
+		*out = NULL;
+		*nout = 0;
 	}
 	for (i = 0; i < n; i++)
 		free(names[i]);
@@ -506,6 +632,7 @@ void fleece_find_all(char ***out, unsigned int *nout)
 		free(states[i]);
 	free(names);
 	free(states);
+	return r;
 }
 
 /* --- signals ------------------------------------------------------------- */
@@ -520,14 +647,16 @@ static void on_signal(int sig)
 
 void signals_install(void)
 {
-	struct sigaction sa;
+	struct sigaction sa, old;
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;	/* no SA_RESTART: blocking calls return EINTR */
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	/* nohup, or a script's trap '' HUP: a hang-up is to be ignored. */
+	if (sigaction(SIGHUP, NULL, &old) || old.sa_handler != SIG_IGN)
+		sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 }
 

@@ -22,10 +22,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <blkid/blkid.h>
 #include <libdevmapper.h>
 
 #include "fleece.h"
@@ -43,6 +45,7 @@ struct plan {
 	struct fleece_names fn;
 	struct dmw_info info;
 	struct dmw_table table;		/* NAME's live table */
+	struct dmw_table fleece;	/* the fleece table loaded (inactive) */
 	uint64_t sectors;
 	dev_t dev;
 	const char *fleece_arg;
@@ -97,6 +100,9 @@ int start_parse_opt(struct start_opts *o, int opt, const char *arg)
 		return 0;
 	case 'F':
 		o->fail_origin_writes = true;
+		return 0;
+	case 'f':
+		o->force = true;
 		return 0;
 	case 't':
 		if (parse_seconds(arg, &secs))
@@ -182,8 +188,14 @@ static int check_name(struct plan *p, const struct start_opts *o)
 	struct dmw_info other;
 	unsigned int i, lbs;
 	const char *name = p->fn.name;
+	int r;
 
-	if (dmw_info(name, &p->info) || !p->info.exists) {
+	r = dmw_info(name, &p->info);
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
+		return EX_FLEECE_FAIL;
+	}
+	if (!p->info.exists) {
 		msg_error("%s: no such device-mapper device", name);
 		return EX_FLEECE_REFUSED;
 	}
@@ -193,8 +205,9 @@ static int check_name(struct plan *p, const struct start_opts *o)
 			  name, p->info.uuid);
 		return EX_FLEECE_REFUSED;
 	}
-	if (dmw_get_table(name, false, &p->table)) {
-		msg_error("%s: cannot read its table", name);
+	r = dmw_get_table(name, false, &p->table);
+	if (r) {
+		msg_error("%s: cannot read its table: %s", name, dmw_strerror(r));
 		return EX_FLEECE_FAIL;
 	}
 	for (i = 0; i < p->table.n; i++) {
@@ -205,25 +218,42 @@ static int check_name(struct plan *p, const struct start_opts *o)
 			return EX_FLEECE_REFUSED;
 		}
 	}
-	if (!dmw_info_uuid(p->fn.origin_uuid, &other) && other.exists) {
+	r = dmw_info_uuid(p->fn.origin_uuid, &other);
+	if (!r && other.exists) {
 		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
 			  name, other.name, name);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!dmw_info_uuid(p->fn.view_uuid, &other) && other.exists) {
+	if (!r)
+		r = dmw_info_uuid(p->fn.view_uuid, &other);
+	if (!r && other.exists) {
 		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
 			  name, other.name, name);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!dmw_info(p->fn.origin, &other) && other.exists) {
+	if (!r)
+		r = dmw_info(p->fn.origin, &other);
+	if (!r && other.exists) {
 		msg_error("%s: a device named %s already exists", name, p->fn.origin);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!dmw_info(p->fn.view, &other) && other.exists) {
+	if (!r)
+		r = dmw_info(p->fn.view, &other);
+	if (!r && other.exists) {
 		msg_error("%s: a device named %s already exists", name, p->fn.view);
 		return EX_FLEECE_REFUSED;
 	}
-	if (!state_read(name, &st) && st.present) {
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
+		return EX_FLEECE_FAIL;
+	}
+	r = state_read(name, &st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+		return EX_FLEECE_FAIL;
+	}
+	if (st.present) {
 		msg_error("%s: an earlier fleece of this device was not cleaned up (%s/%s): run 'fleece stop %s' first",
 			  name, state_dir(), name, name);
 		return EX_FLEECE_REFUSED;
@@ -256,6 +286,85 @@ static int check_name(struct plan *p, const struct start_opts *o)
 		return EX_FLEECE_REFUSED;
 	}
 	return 0;
+}
+
+/*
+ * The first signature libblkid finds on @path (a file system, raid, PV,
+ * partition table): 1 with "TYPE" and its UUID filled in, 0 when there is
+ * none, -errno when the device cannot be probed.
+ */
+static int probe_signature(const char *path, char *type, size_t tlen, char *uuid,
+			   size_t ulen)
+{
+	const char *v;
+	blkid_probe pr;
+	int r;
+
+	type[0] = uuid[0] = '\0';
+	pr = blkid_new_probe_from_filename(path);
+	if (!pr)
+		return errno ? -errno : -EIO;
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID);
+	blkid_probe_enable_partitions(pr, 1);
+	blkid_probe_set_partitions_flags(pr, BLKID_PARTS_MAGIC);
+	r = blkid_do_safeprobe(pr);
+	if (r == 0) {
+		if (!blkid_probe_lookup_value(pr, "TYPE", &v, NULL) ||
+		    !blkid_probe_lookup_value(pr, "PTTYPE", &v, NULL))
+			snprintf(type, tlen, "%s", v);
+		else
+			snprintf(type, tlen, "unknown");
+		if (!blkid_probe_lookup_value(pr, "UUID", &v, NULL) ||
+		    !blkid_probe_lookup_value(pr, "PTUUID", &v, NULL))
+			snprintf(uuid, ulen, "%s", v);
+		r = 1;
+	} else if (r == -2) {
+		snprintf(type, tlen, "several signatures");
+		r = 1;
+	} else if (r == 1) {
+		r = 0;
+	} else {
+		r = -EIO;
+	}
+	blkid_free_probe(pr);
+	return r;
+}
+
+/*
+ * A --fleece-dev is overwritten and discarded: refuse one that holds a
+ * signature, as lvcreate and wipefs do, unless --force.  The copy of
+ * NAME's own signature that an earlier fleece of NAME left there (its
+ * copy-before-write of the chunk that holds it) is no reason to refuse.
+ */
+static int check_signature(const struct plan *p, const struct start_opts *o)
+{
+	char type[64], uuid[128], ntype[64], nuuid[128], npath[PATH_MAX];
+	int r;
+
+	r = probe_signature(p->fleece_arg, type, sizeof(type), uuid, sizeof(uuid));
+	if (r < 0) {
+		errno = -r;
+		msg_errno("fleece device %s: cannot look for signatures", p->fleece_arg);
+		return EX_FLEECE_REFUSED;
+	}
+	if (!r)
+		return 0;
+	if (uuid[0] && !devno_path(p->dev, npath, sizeof(npath)) &&
+	    probe_signature(npath, ntype, sizeof(ntype), nuuid, sizeof(nuuid)) == 1 &&
+	    !strcmp(type, ntype) && !strcmp(uuid, nuuid)) {
+		msg_debug("fleece device %s: holds a copy of %s's %s signature (an earlier fleece): using it",
+			  p->fleece_arg, p->fn.name, type);
+		return 0;
+	}
+	if (o->force) {
+		msg_warn("fleece device %s: holds a %s signature: overwriting it (--force)",
+			 p->fleece_arg, type);
+		return 0;
+	}
+	msg_error("fleece device %s: holds a %s signature%s%s: its data would be overwritten and discarded (wipefs -a it, or give --force)",
+		  p->fleece_arg, type, uuid[0] ? " UUID " : "", uuid);
+	return EX_FLEECE_REFUSED;
 }
 
 static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
@@ -291,10 +400,20 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			return EX_FLEECE_REFUSED;
 		}
 	}
-	if (dmw_is_dm_major(major(p->fleece_dev)) && !dmw_info_devno(p->fleece_dev, &info) &&
-	    info.exists && !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
-		msg_error("fleece device %s: a device created by fleece cannot be a fleece device", arg);
-		return EX_FLEECE_REFUSED;
+	if (dmw_is_dm_major(major(p->fleece_dev))) {
+		int r = dmw_info_devno(p->fleece_dev, &info);
+
+		if (r) {
+			msg_error("fleece device %s: cannot query device-mapper: %s", arg,
+				  dmw_strerror(r));
+			return EX_FLEECE_FAIL;
+		}
+		if (info.exists &&
+		    !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
+			msg_error("fleece device %s: a device created by fleece cannot be a fleece device",
+				  arg);
+			return EX_FLEECE_REFUSED;
+		}
 	}
 	fd = open(arg, O_RDONLY | O_EXCL | O_CLOEXEC);
 	if (fd < 0) {
@@ -327,7 +446,7 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			  arg, devno_logical_block_size(p->fleece_dev));
 		return EX_FLEECE_REFUSED;
 	}
-	return 0;
+	return check_signature(p, o);
 }
 
 static int check_fleece_dir(struct plan *p, const struct start_opts *o)
@@ -444,6 +563,149 @@ static void view_table(const struct plan *p, struct dmw_table *t)
 	dmw_table_add(t, 0, p->sectors, FLEECE_VIEW_TARGET_NAME, params);
 }
 
+static bool tables_equal(const struct dmw_table *a, const struct dmw_table *b)
+{
+	unsigned int i;
+
+	if (a->n != b->n)
+		return false;
+	for (i = 0; i < a->n; i++)
+		if (a->t[i].start != b->t[i].start || a->t[i].len != b->t[i].len ||
+		    strcmp(a->t[i].type, b->t[i].type) || strcmp(a->t[i].params, b->t[i].params))
+			return false;
+	return true;
+}
+
+/*
+ * With NAME suspended: is its live table still the one the plan was made
+ * from, and its inactive table still the fleece table loaded?  An lvextend
+ * or the end of a pvmove in between would otherwise have the resume swap
+ * in a fleece table built from the old extents.
+ */
+static int check_unchanged(const struct plan *p)
+{
+	const char *name = p->fn.name;
+	struct dmw_table t;
+	int r;
+
+	r = fault_point("table-check");
+	if (!r)
+		r = dmw_get_table(name, false, &t);
+	if (r) {
+		msg_error("%s: cannot read its table again: %s", name, dmw_strerror(r));
+		return r;
+	}
+	if (!tables_equal(&t, &p->table)) {
+		dmw_table_free(&t);
+		msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): not fleecing it",
+			  name);
+		return -ESTALE;
+	}
+	dmw_table_free(&t);
+	r = dmw_get_table(name, true, &t);
+	if (r) {
+		msg_error("%s: cannot read its inactive table: %s", name, dmw_strerror(r));
+		return r;
+	}
+	if (!tables_equal(&t, &p->fleece)) {
+		dmw_table_free(&t);
+		msg_error("%s: another tool replaced the fleece table fleece loaded: not fleecing it",
+			  name);
+		return -ESTALE;
+	}
+	dmw_table_free(&t);
+	return 0;
+}
+
+static int suspend_one(const char *name)
+{
+	int r;
+
+	dmw_quiet(1);
+	r = dmw_suspend(name, true);
+	dmw_quiet(-1);
+	if (r == -EBUSY) {
+		/* A file system frozen already (fsfreeze) cannot be frozen again: it is consistent as it is. */
+		msg_debug("%s: its file system is frozen already: suspending without freezing it",
+			  name);
+		r = dmw_suspend(name, false);
+	}
+	if (r)
+		msg_error("%s: cannot suspend: %s", name, dmw_strerror(r));
+	return r;
+}
+
+/*
+ * 4. The point in time: suspend every NAME (flushing and freezing file
+ * systems), check that no NAME's tables changed since they were read, and
+ * resume them all: each resume swaps in the fleece table.  On any failure
+ * the fleece tables are cleared and every NAME suspended is resumed as it
+ * was.  As lvm2 does, memory is locked and messages are held back while a
+ * NAME is suspended: a page fault or a write to stderr served by a
+ * suspended device (the LV that holds / or the log) would never complete.
+ */
+static int swap_in(struct plan *plans, unsigned int n, double *frozen)
+{
+	char **names = xcalloc(n, sizeof(char *));
+	unsigned int i, suspended = 0, done;
+	sigset_t oldmask;
+	bool locked;
+	double t0;
+	int r, r2;
+
+	r = fault_point("before-suspend");	/* test: STOP, change a table */
+	if (r) {
+		free(names);
+		return r;
+	}
+	locked = !mlockall(MCL_CURRENT | MCL_FUTURE);
+	if (!locked)
+		msg_warn("cannot lock the memory of fleece (%s): a device holding its files must not be fleeced",
+			 strerror(errno));
+	for (i = 0; i < n; i++)
+		names[i] = plans[i].fn.name;
+	signals_block(&oldmask);
+	msg_hold(true);
+	t0 = now_mono();
+	for (i = 0; i < n && !r; i++) {
+		r = fault_point("suspend");
+		if (!r)
+			r = suspend_one(names[i]);
+		if (!r)
+			suspended++;
+	}
+	for (i = 0; i < suspended && !r; i++)
+		r = check_unchanged(&plans[i]);
+	if (r) {
+		/* Back as they were: nothing swapped in. */
+		for (i = 0; i < suspended; i++) {
+			r2 = dmw_clear(names[i]);
+			if (r2)
+				msg_error("%s: cannot clear the fleece table: %s", names[i],
+					  dmw_strerror(r2));
+		}
+		r2 = dmw_resume_many(names, suspended, 0, &done, frozen);
+		if (r2)
+			msg_error("%s: cannot resume: %s", names[done], dmw_strerror(r2));
+	} else {
+		r = fault_point("resume");
+		if (!r)
+			r = dmw_resume_many(names, n, 0, &done, frozen);
+		else
+			done = 0;
+		if (r)
+			msg_error("%s: cannot resume with the fleece table: %s", names[done],
+				  dmw_strerror(r));
+	}
+	*frozen -= t0;
+	msg_hold(false);
+	signals_restore(&oldmask);
+	if (locked)
+		munlockall();
+	free(names);
+	return r;
+}
+
 static void rollback(struct plan *plans, unsigned int n)
 {
 	unsigned int i;
@@ -463,10 +725,8 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 {
 	struct plan *plans = xcalloc(n, sizeof(*plans));
 	struct dmw_table t;
-	sigset_t oldmask;
-	char **dmnames = xcalloc(n, sizeof(char *));
-	unsigned int i, j, done;
-	double t0, frozen;
+	unsigned int i, j;
+	double frozen;
 	int r, ret = EX_FLEECE_OK, kmsg;
 
 	for (i = 0; i < n; i++)
@@ -485,8 +745,9 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 	for (i = 0; i < n; i++) {
 		char name[128];
 
-		if (resolve_dm_name(names[i], name, sizeof(name))) {
-			ret = EX_FLEECE_REFUSED;
+		r = resolve_dm_name(names[i], name, sizeof(name));
+		if (r) {
+			ret = exit_code(r);
 			goto out;
 		}
 		if (fleece_names(name, &plans[i].fn)) {
@@ -498,8 +759,9 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 				ret = usage_error("%s given twice", name);
 				goto out;
 			}
-		if (fleece_lock(name)) {
-			ret = EX_FLEECE_REFUSED;
+		r = fleece_lock(name);
+		if (r) {
+			ret = r == -EBUSY ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
 			goto out;
 		}
 		plans[i].fleece_arg = o->nr_fleece_devs ? o->fleece_devs[i] : NULL;
@@ -578,7 +840,7 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		}
 		if (!p->direct) {
 			r = dmw_create(p->fn.origin, p->fn.origin_uuid, &p->table,
-				       FLEECE_UDEV_FLAGS);
+				       p->info.read_only, FLEECE_UDEV_FLAGS);
 			if (r) {
 				errno = -r;
 				msg_errno("%s: cannot create %s", p->fn.name, p->fn.origin);
@@ -593,8 +855,9 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		fleece_table(p, o, &t);
 		msg_debug("%s: loading %s", p->fn.name, t.t[0].params);
 		kmsg = kmsg_mark();
-		r = dmw_load(p->fn.name, &t);
-		dmw_table_free(&t);
+		/* A read-only NAME stays read-only: the resume takes the table's mode. */
+		r = dmw_load(p->fn.name, &t, p->info.read_only);
+		p->fleece = t;
 		if (r) {
 			errno = -r;
 			msg_errno("%s: the kernel refused the fleece table", p->fn.name);
@@ -610,36 +873,10 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		}
 	}
 
-	/* 4. The point in time: suspend all, then resume all. */
-	signals_block(&oldmask);
-	t0 = now_mono();
-	for (i = 0; i < n; i++) {
-		dmw_quiet(1);
-		r = dmw_suspend(plans[i].fn.name, true);
-		dmw_quiet(-1);
-		if (r == -EBUSY) {
-			/* A file system frozen already (fsfreeze) cannot be frozen again: it is consistent as it is. */
-			msg_debug("%s: its file system is frozen already: suspending without freezing it",
-				  plans[i].fn.name);
-			r = dmw_suspend(plans[i].fn.name, false);
-		}
-		if (r) {
-			errno = -r;
-			msg_errno("%s: cannot suspend", plans[i].fn.name);
-			signals_restore(&oldmask);
-			goto fail;
-		}
-	}
-	for (i = 0; i < n; i++)
-		dmnames[i] = plans[i].fn.name;
-	r = dmw_resume_many(dmnames, n, 0, &done, &frozen);
-	frozen -= t0;
-	signals_restore(&oldmask);
-	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot resume with the fleece table", plans[done].fn.name);
+	/* 4. The point in time. */
+	r = swap_in(plans, n, &frozen);
+	if (r)
 		goto fail;
-	}
 	msg_debug("devices suspended for %.3f s", frozen);
 
 	/* 5. The views. */
@@ -649,7 +886,8 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 
 		view_table(p, &t);
 		kmsg = kmsg_mark();
-		r = dmw_create(p->fn.view, p->fn.view_uuid, &t, FLEECE_UDEV_FLAGS);
+		/* Writable: the reader's discards release chunks. */
+		r = dmw_create(p->fn.view, p->fn.view_uuid, &t, false, FLEECE_UDEV_FLAGS);
 		dmw_table_free(&t);
 		if (r) {
 			errno = -r;
@@ -690,8 +928,8 @@ out:
 		if (plans[i].loop_fd >= 0)
 			close(plans[i].loop_fd);
 		dmw_table_free(&plans[i].table);
+		dmw_table_free(&plans[i].fleece);
 	}
-	free(dmnames);
 	free(plans);
 	return ret;
 }

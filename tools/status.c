@@ -16,6 +16,17 @@
 #include "opts.h"
 #include "util.h"
 
+static int report_failed(const char *name, const char *what, int err)
+{
+	msg_error("%s: cannot query %s: %s", name, what, dmw_strerror(err));
+	return err;
+}
+
+/*
+ * What there is of a fleece of NAME.  A failed query is an error (-errno,
+ * with a message), never "none": status must not call a device it could
+ * not look at unfleeced.
+ */
 int fleece_report(const char *name, struct fleece_report *r)
 {
 	struct dmw_info vi, oi, ni;
@@ -23,18 +34,31 @@ int fleece_report(const char *name, struct fleece_report *r)
 	struct dmw_table t;
 	bool ours = false;
 	uint64_t v;
+	int err;
 
 	memset(r, 0, sizeof(*r));
 	r->state = "none";
 	if (fleece_names(name, &r->fn))
 		return -EINVAL;
-	state_read(name, &st);
-	if (dmw_info_uuid(r->fn.view_uuid, &vi))
-		vi.exists = false;
-	if (dmw_info_uuid(r->fn.origin_uuid, &oi))
-		oi.exists = false;
-	if (!dmw_info(name, &ni) && ni.exists && ni.live_table &&
-	    !dmw_get_table(name, false, &t)) {
+	err = state_read(name, &st);
+	if (err) {
+		errno = -err;
+		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+		return err;
+	}
+	err = dmw_info_uuid(r->fn.view_uuid, &vi);
+	if (err)
+		return report_failed(name, "its view", err);
+	err = dmw_info_uuid(r->fn.origin_uuid, &oi);
+	if (err)
+		return report_failed(name, "its hidden origin", err);
+	err = dmw_info(name, &ni);
+	if (err)
+		return report_failed(name, "the device", err);
+	if (ni.exists && ni.live_table) {
+		err = dmw_get_table(name, false, &t);
+		if (err)
+			return report_failed(name, "its table", err);
 		ours = table_is_fleece(&t, &r->params) &&
 		       fleece_table_ours(&r->params,
 					 oi.exists ? makedev(oi.major, oi.minor) : 0, &st);
@@ -46,8 +70,10 @@ int fleece_report(const char *name, struct fleece_report *r)
 	if (ours) {
 		struct dmw_table s;
 
-		if (!dmw_get_status(name, &s) && s.n == 1 &&
-		    !parse_fleece_status(s.t[0].params, &r->st))
+		err = dmw_get_status(name, &s);
+		if (err)
+			return report_failed(name, "its status", err);
+		if (s.n == 1 && !parse_fleece_status(s.t[0].params, &r->st))
 			r->have_status = true;
 		dmw_table_free(&s);
 		devno_display(r->params.origin, r->origin_path, sizeof(r->origin_path));
@@ -72,7 +98,10 @@ int fleece_report(const char *name, struct fleece_report *r)
 		struct dmw_table s;
 
 		snprintf(r->view_path, sizeof(r->view_path), "/dev/mapper/%s", vi.name);
-		if (!dmw_get_status(vi.name, &s) && s.n == 1) {
+		err = dmw_get_status(vi.name, &s);
+		if (err)
+			return report_failed(name, "the status of its view", err);
+		if (s.n == 1) {
 			unsigned long long a, b, c;
 
 			if (sscanf(s.t[0].params, "%llu %llu %llu", &a, &b, &c) == 3) {
@@ -218,7 +247,8 @@ static void status_help(void)
 	       "  -h, --help                this help\n"
 	       "\n"
 	       "Exit status: 0 when every device shown is active, 4 when one is invalid,\n"
-	       "1 otherwise.\n");
+	       "1 otherwise, and 1 with nothing on standard output when device-mapper\n"
+	       "cannot be queried (e.g. not run as root).\n");
 }
 
 static int status_opt(int c, const char *arg, void *ctx)
@@ -241,8 +271,9 @@ int cmd_status(int argc, char **argv)
 	struct sbuf sb = { 0 };
 	char **names = NULL;
 	unsigned int n = 0, i;
+	struct fleece_report *reps;
 	bool json = false;
-	int code, ret = EX_FLEECE_OK;
+	int code, err = 0, ret = EX_FLEECE_OK;
 
 	prog = "fleece status";
 	code = parse_opts(argc, argv, "jvh", opts, status_help, status_opt, &json);
@@ -256,40 +287,59 @@ int cmd_status(int argc, char **argv)
 			char name[128];
 			struct fleece_names fn;
 
-			arg_dm_name(a, name, sizeof(name));
+			if (arg_dm_name(a, name, sizeof(name))) {
+				err = -EIO;
+				n = i;
+				goto out;
+			}
 			names[i] = xstrdup(name);
-			if (fleece_names(names[i], &fn))
-				return usage_error("%s: not a device name", a);
+			if (fleece_names(names[i], &fn)) {
+				n = i + 1;
+				ret = usage_error("%s: not a device name", a);
+				goto out;
+			}
 		}
 	} else {
-		fleece_find_all(&names, &n);
+		err = fleece_find_all(&names, &n);
+		if (err)
+			goto out;
+	}
+	/* Every report first: nothing is printed unless all could be made. */
+	reps = xcalloc(n ? n : 1, sizeof(*reps));
+	for (i = 0; i < n && !err; i++)
+		err = fleece_report(names[i], &reps[i]);
+	if (err) {
+		free(reps);
+		goto out;
 	}
 	if (json)
 		sb_printf(&sb, "{\"devices\":[");
 	else if (!n)
 		printf("no fleece found\n");
 	for (i = 0; i < n; i++) {
-		struct fleece_report r;
+		struct fleece_report *r = &reps[i];
 
-		fleece_report(names[i], &r);
 		if (json) {
 			if (i)
 				sb_printf(&sb, ",");
-			print_json(&sb, &r);
+			print_json(&sb, r);
 		} else {
-			print_human(&r);
+			print_human(r);
 		}
-		if (!strcmp(r.state, FLEECE_STATE_INVALID))
+		if (!strcmp(r->state, FLEECE_STATE_INVALID))
 			ret = EX_FLEECE_INVALID;
-		else if (strcmp(r.state, FLEECE_STATE_ACTIVE) && ret == EX_FLEECE_OK)
+		else if (strcmp(r->state, FLEECE_STATE_ACTIVE) && ret == EX_FLEECE_OK)
 			ret = EX_FLEECE_FAIL;
-		free(names[i]);
 	}
-	free(names);
+	free(reps);
 	if (json) {
 		sb_printf(&sb, "]}\n");
 		fputs(sb.s, stdout);
 		sb_free(&sb);
 	}
-	return ret;
+out:
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return err ? exit_code(err) : ret;
 }

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -30,200 +31,288 @@
 #include "opts.h"
 #include "util.h"
 
+/* What stop finds of a fleece of NAME, all of it read before anything is changed. */
+struct stop_ctx {
+	struct fleece_names fn;
+	struct fleece_state st;
+	struct dmw_info vi, oi, ni;	/* view, hidden origin, NAME */
+	dev_t origin_dev;		/* the hidden origin, 0: none */
+	bool live_ours;			/* NAME runs the fleece table start loaded */
+	bool inactive_ours;		/* ... or has it loaded, inactive */
+	struct dmw_table orig;		/* NAME's original table, when live_ours */
+	bool did;
+};
+
+static int query_failed(const char *name, const char *what, int r)
+{
+	msg_error("%s: cannot query %s: %s: nothing was changed", name, what, dmw_strerror(r));
+	return r;
+}
+
 /*
  * NAME's original table: the hidden origin's, or the linear one over
  * @sectors that the state file keeps.
  */
-static int original_table(const char *name, const struct dmw_info *oi,
-			  const struct fleece_state *st, uint64_t sectors,
-			  struct dmw_table *ot)
+static int original_table(struct stop_ctx *c, uint64_t sectors)
 {
 	char params[64];
+	int r;
 
-	memset(ot, 0, sizeof(*ot));
-	if (!oi->exists) {
-		snprintf(params, sizeof(params), "%u:%u %llu", major(st->linear_dev),
-			 minor(st->linear_dev), (unsigned long long)st->linear_offset);
-		dmw_table_add(ot, 0, sectors, "linear", params);
+	memset(&c->orig, 0, sizeof(c->orig));
+	if (!c->oi.exists) {
+		snprintf(params, sizeof(params), "%u:%u %llu", major(c->st.linear_dev),
+			 minor(c->st.linear_dev), (unsigned long long)c->st.linear_offset);
+		dmw_table_add(&c->orig, 0, sectors, "linear", params);
 		return 0;
 	}
-	if (dmw_get_table(oi->name, false, ot) || !ot->n) {
-		msg_error("%s: cannot read the original table from %s", name, oi->name);
-		dmw_table_free(ot);
-		return EX_FLEECE_FAIL;
+	r = dmw_get_table(c->oi.name, false, &c->orig);
+	if (!r && !c->orig.n)
+		r = -ENODATA;
+	if (r) {
+		dmw_table_free(&c->orig);
+		msg_error("%s: cannot read the original table from %s: %s: nothing was changed",
+			  c->fn.name, c->oi.name, r == -ENODATA ? "it has none" : dmw_strerror(r));
+	}
+	return r;
+}
+
+/* 1. Read everything; refuse a fleece table fleece(8) did not make. */
+static int stop_survey(struct stop_ctx *c)
+{
+	const char *name = c->fn.name;
+	struct fleece_params fp;
+	struct dmw_table t;
+	int r;
+
+	r = state_read(name, &c->st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s: nothing was changed", name,
+			  state_dir());
+		return r;
+	}
+	c->did = c->st.present;
+	r = dmw_info_uuid(c->fn.view_uuid, &c->vi);
+	if (r)
+		return query_failed(name, "its view", r);
+	r = dmw_info_uuid(c->fn.origin_uuid, &c->oi);
+	if (r)
+		return query_failed(name, "its hidden origin", r);
+	if (c->oi.exists) {
+		c->origin_dev = makedev(c->oi.major, c->oi.minor);
+		c->did = true;
+	}
+	r = dmw_info(name, &c->ni);
+	if (r)
+		return query_failed(name, "the device", r);
+	if (!c->ni.exists)
+		return 0;
+	if (c->ni.live_table) {
+		r = dmw_get_table(name, false, &t);
+		if (r)
+			return query_failed(name, "its table", r);
+		if (table_is_fleece(&t, &fp)) {
+			uint64_t sectors = dmw_table_len(&t);
+
+			dmw_table_free(&t);
+			if (!fleece_table_ours(&fp, c->origin_dev, &c->st)) {
+				msg_error("%s: runs a fleece table on %u:%u that fleece(8) did not make: leaving it alone",
+					  name, major(fp.origin), minor(fp.origin));
+				return -EFLEECE_REFUSED;
+			}
+			c->live_ours = true;
+			return original_table(c, sectors);
+		}
+		dmw_table_free(&t);
+	}
+	if (c->ni.inactive_table) {
+		r = dmw_get_table(name, true, &t);
+		if (r)
+			return query_failed(name, "its inactive table", r);
+		c->inactive_ours = table_is_fleece(&t, &fp) &&
+				   fleece_table_ours(&fp, c->origin_dev, &c->st);
+		dmw_table_free(&t);
 	}
 	return 0;
 }
 
-static int restore_table(const char *name, const struct dmw_info *oi,
-			 const struct fleece_state *st, uint64_t sectors)
+/* 2. The view. */
+static int stop_view(struct stop_ctx *c)
 {
-	struct dmw_table ot;
-	sigset_t oldmask;
 	int r;
 
-	r = original_table(name, oi, st, sectors, &ot);
-	if (r)
-		return r;
-	r = dmw_load(name, &ot);
-	dmw_table_free(&ot);
+	if (!c->vi.exists)
+		return 0;
+	r = dmw_remove(c->vi.name, true);
 	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot load its original table", name);
-		return EX_FLEECE_FAIL;
+		if (r == -EBUSY)
+			msg_error("%s: cannot remove the view %s: it is in use (a reader still has it open)",
+				  c->fn.name, c->vi.name);
+		else
+			msg_error("%s: cannot remove the view %s: %s", c->fn.name, c->vi.name,
+				  dmw_strerror(r));
+		return r;
 	}
+	msg_debug("%s: removed %s", c->fn.name, c->vi.name);
+	c->did = true;
+	return 0;
+}
+
+/* 3a. Load NAME's original table in place of the fleece table. */
+static int restore_table(struct stop_ctx *c)
+{
+	const char *name = c->fn.name;
+	sigset_t oldmask;
+	bool locked;
+	int r;
+
+	r = dmw_load(name, &c->orig, c->ni.read_only);
+	if (r) {
+		msg_error("%s: cannot load its original table: %s", name, dmw_strerror(r));
+		return r;
+	}
+	/* Memory locked, messages held while NAME is suspended: see start.c. */
+	locked = !mlockall(MCL_CURRENT | MCL_FUTURE);
 	signals_block(&oldmask);
+	msg_hold(true);
 	dmw_quiet(1);
 	r = dmw_suspend(name, true);
 	dmw_quiet(-1);
 	if (r == -EBUSY)	/* its file system is frozen already */
 		r = dmw_suspend(name, false);
 	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot suspend", name);
+		msg_error("%s: cannot suspend: %s", name, dmw_strerror(r));
 		dmw_clear(name);
-		signals_restore(&oldmask);
-		return EX_FLEECE_FAIL;
+	} else {
+		r = dmw_resume(name, 0);
+		if (r)
+			msg_error("%s: cannot resume with its original table: %s", name,
+				  dmw_strerror(r));
 	}
-	r = dmw_resume(name, 0);
+	msg_hold(false);
 	signals_restore(&oldmask);
-	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot resume with its original table", name);
-		return EX_FLEECE_FAIL;
+	if (locked)
+		munlockall();
+	if (r)
+		return r;
+	msg_debug("%s: original table back", name);
+	return 0;
+}
+
+/* 3. NAME itself. */
+static int stop_name(struct stop_ctx *c)
+{
+	const char *name = c->fn.name;
+	int r;
+
+	if (!c->ni.exists)
+		return 0;
+	if (c->live_ours)
+		return restore_table(c);
+	if (c->inactive_ours) {
+		r = dmw_clear(name);
+		if (r) {
+			msg_error("%s: cannot clear its inactive fleece table: %s", name,
+				  dmw_strerror(r));
+			return r;
+		}
+		c->did = true;
 	}
+	if (c->ni.suspended && (c->origin_dev || c->st.present)) {
+		/* A start was interrupted while NAME was suspended. */
+		r = dmw_resume(name, 0);
+		if (r) {
+			msg_error("%s: cannot resume: %s", name, dmw_strerror(r));
+			return r;
+		}
+		msg_info("%s: resumed (it was left suspended)", name);
+	}
+	return 0;
+}
+
+/* 4. The hidden origin. */
+static int stop_origin(struct stop_ctx *c)
+{
+	int r;
+
+	if (!c->origin_dev)
+		return 0;
+	r = dmw_remove(c->oi.name, true);
+	if (r) {
+		msg_error("%s: cannot remove %s: %s", c->fn.name, c->oi.name, dmw_strerror(r));
+		return r;
+	}
+	msg_debug("%s: removed %s", c->fn.name, c->oi.name);
+	return 0;
+}
+
+/* 5. The loop device, the fleece file, an unfinished backup, the state. */
+static int stop_files(struct stop_ctx *c, bool keep_partial)
+{
+	const char *name = c->fn.name;
+	struct fleece_state *st = &c->st;
+	int r;
+
+	if (st->fleece_file[0]) {
+		dev_t loop = st->loop_dev;
+
+		if (!loop)
+			loop_find_file(st->fleece_file, &loop);
+		if (loop) {
+			r = loop_detach_file(loop, st->fleece_file);
+			if (r) {
+				errno = -r;
+				msg_errno("%s: cannot detach the loop device %u:%u of %s",
+					  name, major(loop), minor(loop), st->fleece_file);
+				return r;
+			}
+		}
+		if (unlink(st->fleece_file) && errno != ENOENT) {
+			r = -errno;
+			msg_errno("%s: cannot remove the fleece file %s", name, st->fleece_file);
+			return r;
+		}
+	}
+	if (st->partial[0] && !keep_partial) {
+		if (unlink(st->partial) && errno != ENOENT)
+			msg_errno("%s: cannot remove the unfinished backup %s", name, st->partial);
+		else
+			msg_debug("%s: removed the unfinished backup %s", name, st->partial);
+	}
+	if (st->present)
+		return state_remove(name);
 	return 0;
 }
 
 int fleece_stop(const char *name, bool keep_partial)
 {
-	struct fleece_names fn;
-	struct fleece_state st;
-	struct dmw_info vi, oi, ni;
-	struct fleece_params fp;
-	struct dmw_table t;
-	dev_t origin_dev = 0;
-	bool did = false;
+	struct stop_ctx c;
 	int r;
 
-	if (fleece_names(name, &fn))
-		return EX_FLEECE_USAGE;
-	if (fleece_lock(name))
-		return EX_FLEECE_REFUSED;
-	if (state_read(name, &st) < 0)
-		msg_warn("%s: cannot read its state file in %s", name, state_dir());
-	if (st.present)
-		did = true;
-
-	/* 1. The view. */
-	if (!dmw_info_uuid(fn.view_uuid, &vi) && vi.exists) {
-		r = dmw_remove(vi.name, true);
-		if (r) {
-			errno = -r;
-			if (r == -EBUSY)
-				msg_error("%s: cannot remove the view %s: it is in use (a reader still has it open)",
-					  name, vi.name);
-			else
-				msg_errno("%s: cannot remove the view %s", name, vi.name);
-			return EX_FLEECE_FAIL;
-		}
-		msg_debug("%s: removed %s", name, vi.name);
-		did = true;
-	}
-
-	/* 2. NAME itself. */
-	if (dmw_info_uuid(fn.origin_uuid, &oi) || !oi.exists) {
-		oi.exists = false;
-	} else {
-		origin_dev = makedev(oi.major, oi.minor);
-		did = true;
-	}
-	if (!dmw_info(name, &ni) && ni.exists) {
-		memset(&t, 0, sizeof(t));
-		if (ni.live_table && !dmw_get_table(name, false, &t) && table_is_fleece(&t, &fp)) {
-			uint64_t sectors = dmw_table_len(&t);
-
-			dmw_table_free(&t);
-			if (!fleece_table_ours(&fp, origin_dev, &st)) {
-				msg_error("%s: runs a fleece table on %u:%u that fleece(8) did not make: leaving it alone",
-					  name, major(fp.origin), minor(fp.origin));
-				return EX_FLEECE_REFUSED;
-			}
-			r = restore_table(name, &oi, &st, sectors);
-			if (r)
-				return r;
-			msg_debug("%s: original table back", name);
-		} else {
-			dmw_table_free(&t);
-			if (ni.inactive_table && !dmw_get_table(name, true, &t) &&
-			    table_is_fleece(&t, &fp) && fleece_table_ours(&fp, origin_dev, &st)) {
-				r = dmw_clear(name);
-				if (r) {
-					errno = -r;
-					msg_errno("%s: cannot clear its inactive fleece table", name);
-					dmw_table_free(&t);
-					return EX_FLEECE_FAIL;
-				}
-				did = true;
-			}
-			dmw_table_free(&t);
-			if (ni.suspended && (origin_dev || st.present)) {
-				/* A start was interrupted while NAME was suspended. */
-				r = dmw_resume(name, 0);
-				if (r) {
-					errno = -r;
-					msg_errno("%s: cannot resume", name);
-					return EX_FLEECE_FAIL;
-				}
-				msg_info("%s: resumed (it was left suspended)", name);
-			}
-		}
-	}
-
-	/* 3. The hidden origin. */
-	if (origin_dev) {
-		r = dmw_remove(oi.name, true);
-		if (r) {
-			errno = -r;
-			msg_errno("%s: cannot remove %s", name, oi.name);
-			return EX_FLEECE_FAIL;
-		}
-		msg_debug("%s: removed %s", name, oi.name);
-	}
-
-	/* 4. Files. */
-	if (st.fleece_file[0]) {
-		dev_t loop = st.loop_dev;
-
-		if (!loop)
-			loop_find_file(st.fleece_file, &loop);
-		if (loop) {
-			r = loop_detach_file(loop, st.fleece_file);
-			if (r) {
-				errno = -r;
-				msg_errno("%s: cannot detach the loop device %u:%u of %s",
-					  name, major(loop), minor(loop), st.fleece_file);
-				return EX_FLEECE_FAIL;
-			}
-		}
-		if (unlink(st.fleece_file) && errno != ENOENT) {
-			msg_errno("%s: cannot remove the fleece file %s", name, st.fleece_file);
-			return EX_FLEECE_FAIL;
-		}
-	}
-	if (st.partial[0] && !keep_partial) {
-		if (unlink(st.partial) && errno != ENOENT)
-			msg_errno("%s: cannot remove the unfinished backup %s", name, st.partial);
-		else
-			msg_debug("%s: removed the unfinished backup %s", name, st.partial);
-	}
-	if (st.present && state_remove(name))
-		return EX_FLEECE_FAIL;
-	if (did)
+	memset(&c, 0, sizeof(c));
+	r = fleece_names(name, &c.fn);
+	if (r)
+		return r;
+	r = fleece_lock(name);
+	if (r)
+		return r == -EBUSY ? -EFLEECE_REFUSED : r;
+	r = stop_survey(&c);
+	if (!r)
+		r = stop_view(&c);
+	if (!r)
+		r = stop_name(&c);
+	if (!r)
+		r = stop_origin(&c);
+	if (!r)
+		r = stop_files(&c, keep_partial);
+	dmw_table_free(&c.orig);
+	if (r)
+		return r;
+	if (c.did)
 		msg_info("%s: stopped", name);
 	else
 		msg_info("%s: not fleeced, nothing to do", name);
-	return EX_FLEECE_OK;
+	return 0;
 }
 
 static void stop_help(void)
@@ -258,7 +347,7 @@ int cmd_stop(int argc, char **argv)
 	char **names = NULL, name[128];
 	unsigned int n = 0, i;
 	bool all = false;
-	int r, ret = EX_FLEECE_OK;
+	int r, err, ret = EX_FLEECE_OK;
 
 	prog = "fleece stop";
 	r = parse_opts(argc, argv, "a" SHORTOPTS_COMMON, opts, stop_help, stop_opt, &all);
@@ -271,17 +360,20 @@ int cmd_stop(int argc, char **argv)
 	for (i = optind; (int)i < argc; i++) {
 		struct fleece_names fn;
 
-		arg_dm_name(argv[i], name, sizeof(name));
+		if (arg_dm_name(argv[i], name, sizeof(name)))
+			return exit_code(-EIO);
 		if (fleece_names(name, &fn))
 			return usage_error("%s: not a device name", argv[i]);
 	}
 	signals_install();
 	if (all) {
-		fleece_find_all(&names, &n);
+		err = fleece_find_all(&names, &n);
+		if (err)
+			return exit_code(err);
 		if (!n)
 			msg_info("no fleece found");
 		for (i = 0; i < n; i++) {
-			r = fleece_stop(names[i], false);
+			r = exit_code(fleece_stop(names[i], false));
 			if (r > ret)
 				ret = r;
 			free(names[i]);
@@ -290,8 +382,10 @@ int cmd_stop(int argc, char **argv)
 		return ret;
 	}
 	for (i = optind; (int)i < argc; i++) {
-		arg_dm_name(argv[i], name, sizeof(name));
-		r = fleece_stop(name, false);
+		if (arg_dm_name(argv[i], name, sizeof(name)))
+			r = EX_FLEECE_FAIL;
+		else
+			r = exit_code(fleece_stop(name, false));
 		if (r > ret)
 			ret = r;
 	}

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,28 @@ const char *prog = "fleece";
 int verbose;
 bool quiet;
 
+/* Messages held back while devices are suspended (msg_hold). */
+static struct sbuf held;
+static bool holding;
+
+void msg_hold(bool on)
+{
+	holding = on;
+	if (!on && held.len) {
+		fputs(held.s, stderr);
+		fflush(stderr);
+		sb_free(&held);
+	}
+}
+
+void msg_line(const char *line)
+{
+	if (holding)
+		sb_printf(&held, "%s\n", line);
+	else
+		fprintf(stderr, "%s\n", line);
+}
+
 static void vmsg(const char *level, const char *fmt, va_list ap, int err)
 {
 	char buf[4096];
@@ -34,11 +57,10 @@ static void vmsg(const char *level, const char *fmt, va_list ap, int err)
 	n = snprintf(buf, sizeof(buf), "%s: %s", prog, level);
 	if (n < 0 || (size_t)n >= sizeof(buf))
 		n = 0;
-	vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-	if (err)
-		fprintf(stderr, "%s: %s\n", buf, strerror(err));
-	else
-		fprintf(stderr, "%s\n", buf);
+	n += vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+	if (err && n >= 0 && (size_t)n < sizeof(buf))
+		snprintf(buf + n, sizeof(buf) - n, ": %s", strerror(err));
+	msg_line(buf);
 }
 
 void msg_error(const char *fmt, ...)
@@ -90,6 +112,72 @@ void msg_debug(const char *fmt, ...)
 	va_start(ap, fmt);
 	vmsg("debug: ", fmt, ap, 0);
 	va_end(ap);
+}
+
+int exit_code(int err)
+{
+	if (!err)
+		return EX_FLEECE_OK;
+	if (err == -EFLEECE_REFUSED)
+		return EX_FLEECE_REFUSED;
+	return EX_FLEECE_FAIL;
+}
+
+static const struct {
+	const char *name;
+	int err;
+} fault_errnos[] = {
+	{ "EACCES", EACCES }, { "EPERM", EPERM }, { "EIO", EIO }, { "ENOENT", ENOENT },
+	{ "ENOMEM", ENOMEM }, { "EBUSY", EBUSY }, { "EINVAL", EINVAL }, { "ENOSPC", ENOSPC },
+};
+
+int fault_point(const char *point)
+{
+	static struct {
+		char point[32];
+		unsigned int passes;
+	} seen[32];
+	const char *spec = getenv("FLEECE_FAULT");
+	char *copy, *tok, *save = NULL;
+	unsigned int i, pass = 0;
+	int r = 0;
+
+	if (!spec || !*spec)
+		return 0;
+	for (i = 0; i < ARRAY_SIZE(seen) && seen[i].point[0]; i++)
+		if (!strcmp(seen[i].point, point))
+			break;
+	if (i < ARRAY_SIZE(seen)) {
+		if (!seen[i].point[0])
+			snprintf(seen[i].point, sizeof(seen[i].point), "%s", point);
+		pass = ++seen[i].passes;
+	}
+	copy = xstrdup(spec);
+	for (tok = strtok_r(copy, ",", &save); tok && !r; tok = strtok_r(NULL, ",", &save)) {
+		char *err = strchr(tok, '='), *at = strchr(tok, '@');
+		unsigned int j;
+
+		if (err)
+			*err++ = '\0';
+		if (at) {
+			*at++ = '\0';
+			if (strtoul(at, NULL, 10) != pass)
+				continue;
+		}
+		if (strcmp(tok, point))
+			continue;
+		if (err && !strcmp(err, "STOP")) {
+			fprintf(stderr, "%s: test fault point %s: stopping\n", prog, point);
+			raise(SIGSTOP);
+			break;
+		}
+		r = -EIO;
+		for (j = 0; err && j < ARRAY_SIZE(fault_errnos); j++)
+			if (!strcmp(err, fault_errnos[j].name))
+				r = -fault_errnos[j].err;
+	}
+	free(copy);
+	return r;
 }
 
 int usage_error(const char *fmt, ...)
@@ -479,14 +567,23 @@ bool devno_has_holders(dev_t dev)
 	return any;
 }
 
-bool devno_depends_on(dev_t dev, dev_t base)
+static bool depends_on(dev_t dev, dev_t base, unsigned int depth)
 {
 	char path[PATH_MAX], devstr[32];
 	struct dirent *de;
+	struct stat st;
 	bool found = false;
 	DIR *d;
 
 	if (dev == base)
+		return true;
+	if (depth > 16)
+		return false;
+	/* A loop device is built on the file system of its backing file. */
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/backing_file", major(dev),
+		 minor(dev));
+	if (!read_text_file(path, path, sizeof(path)) && !stat(path, &st) &&
+	    major(st.st_dev) && depends_on(st.st_dev, base, depth + 1))
 		return true;
 	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/slaves", major(dev), minor(dev));
 	d = opendir(path);
@@ -504,10 +601,15 @@ bool devno_depends_on(dev_t dev, dev_t base)
 		if (read_text_file(sys, devstr, sizeof(devstr)) ||
 		    sscanf(devstr, "%u:%u", &ma, &mi) != 2)
 			continue;
-		found = devno_depends_on(makedev(ma, mi), base);
+		found = depends_on(makedev(ma, mi), base, depth + 1);
 	}
 	closedir(d);
 	return found;
+}
+
+bool devno_depends_on(dev_t dev, dev_t base)
+{
+	return depends_on(dev, base, 0);
 }
 
 unsigned int devno_logical_block_size(dev_t dev)
@@ -527,6 +629,18 @@ unsigned int devno_logical_block_size(dev_t dev)
 	if (v < 512 || v > 65536)
 		return 512;
 	return (unsigned int)v;
+}
+
+int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		r = -errno;
+	close(fd);
+	return r;
 }
 
 bool write_all(int fd, const void *buf, size_t len)
@@ -563,10 +677,10 @@ bool pwrite_all(int fd, const void *buf, size_t len, off_t off)
 	return true;
 }
 
-int run_program(const char *const argv[], bool quiet_output)
+int run_program(const char *path, const char *const argv[], bool quiet_output)
 {
+	static char *const env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
 	posix_spawn_file_actions_t fa;
-	extern char **environ;
 	int status;
 	pid_t pid;
 
@@ -575,7 +689,7 @@ int run_program(const char *const argv[], bool quiet_output)
 		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 		posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
 	}
-	if (posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ)) {
+	if (posix_spawn(&pid, path, &fa, NULL, (char *const *)argv, env)) {
 		posix_spawn_file_actions_destroy(&fa);
 		return -1;
 	}
@@ -584,6 +698,16 @@ int run_program(const char *const argv[], bool quiet_output)
 		if (errno != EINTR)
 			return -1;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int run_modprobe(const char *module, bool quiet_output)
+{
+	/* By absolute path, as lvm2's MODPROBE_CMD: never through $PATH. */
+	const char *argv[] = { "/sbin/modprobe", module, NULL };
+
+	if (access(argv[0], X_OK))
+		argv[0] = "/usr/sbin/modprobe";
+	return run_program(argv[0], argv, quiet_output);
 }
 
 int kmsg_mark(void)

@@ -22,9 +22,28 @@ enum {
 	EX_FLEECE_SIGNAL = 128,	/* + signal number: interrupted, cleaned up */
 };
 
+/*
+ * Internal functions return 0 or -errno; each command maps that to its exit
+ * code once, with exit_code().  -EFLEECE_REFUSED is "refused: the device or
+ * the system is not fit, nothing was changed" (exit 3).
+ */
+#define EFLEECE_REFUSED ECANCELED
+int exit_code(int err);
+
+/*
+ * Test-only fault injection, for the VM tests of failure paths.  With
+ * FLEECE_FAULT="POINT[@N][=ERR][,...]" the Nth (default: every) pass
+ * through fault point POINT fails with -ERR (an errno name such as EACCES,
+ * default EIO); ERR "STOP" instead stops the process there (SIGSTOP) until
+ * a test sends SIGCONT.  Returns 0 or the -errno to fail with.  Never set
+ * FLEECE_FAULT outside the test suite.
+ */
+int fault_point(const char *point);
+
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define ATTR_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
+extern bool stdout_closed;	/* closed at exec: now /dev/null */
 extern const char *prog;	/* "fleece" or "fleece <subcommand>" */
 extern int verbose;
 extern bool quiet;
@@ -35,6 +54,13 @@ void msg_info(const char *fmt, ...) ATTR_PRINTF(1, 2);
 void msg_debug(const char *fmt, ...) ATTR_PRINTF(1, 2);
 /* Print "prog: <message>: <strerror(errno)>". */
 void msg_errno(const char *fmt, ...) ATTR_PRINTF(1, 2);
+/*
+ * While on, messages (ours and libdevmapper's) are kept in memory, and
+ * printed when it is turned off: nothing is written while a device that
+ * stderr's file or journald could sit on is suspended.
+ */
+void msg_hold(bool on);
+void msg_line(const char *line);	/* one line to stderr, or held */
 /* A usage error: message plus a hint to --help; returns EX_FLEECE_USAGE. */
 int usage_error(const char *fmt, ...) ATTR_PRINTF(1, 2);
 
@@ -76,16 +102,27 @@ int blkdev_open_size(const char *path, uint64_t *bytes, dev_t *rdev);
 int devno_path(dev_t dev, char *buf, size_t len);
 /* Does the block device have holders (another device built on it)? */
 bool devno_has_holders(dev_t dev);
-/* Is @dev @base, or built on it (through its slaves, recursively)? */
+/*
+ * Is @dev @base, or built on it (through its slaves, and the file system
+ * of a loop device's backing file, recursively)?
+ */
 bool devno_depends_on(dev_t dev, dev_t base);
 unsigned int devno_logical_block_size(dev_t dev);
+
+/* fsync a directory (after a rename or unlink in it): 0 or -errno. */
+int fsync_dir(const char *dir);
 
 /* Write all of buf, retrying on short writes; false with errno on error. */
 bool write_all(int fd, const void *buf, size_t len);
 bool pwrite_all(int fd, const void *buf, size_t len, off_t off);
 
-/* Run a program, wait for it, return its exit status (or -1). */
-int run_program(const char *const argv[], bool quiet_output);
+/*
+ * Run the program at absolute @path with a fixed environment (not the
+ * caller's PATH), wait for it, return its exit status (or -1).
+ */
+int run_program(const char *path, const char *const argv[], bool quiet_output);
+/* modprobe MODULE, by absolute path (/sbin or /usr/sbin). */
+int run_modprobe(const char *module, bool quiet_output);
 
 /* The kernel log: lines written by device-mapper since kmsg_mark(). */
 int kmsg_mark(void);

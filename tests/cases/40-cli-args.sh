@@ -119,10 +119,15 @@ step "no fleece target in the kernel: modprobe is tried, then the problem is nam
 # fails means a leaked reference, which is a bug, not a reason to skip.
 module=$(sed -n 's/.*fleece\.module=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -f "$module" ] || fail "no module file on the kernel command line ('$module')"
+# A modprobe earlier in PATH must not be the one run (root runs it).
+mkdir -p evil
+printf '#!/bin/sh\ntouch "%s/evil-ran"\n' "$PWD" > evil/modprobe
+chmod +x evil/modprobe
 rmmod dm_fleece || fail "dm_fleece cannot be unloaded with no fleece device left"
-rc=0; $F start --fleece-dev "$fl" data 2> err.txt || rc=$?
+rc=0; PATH=$PWD/evil:$PATH $F start --fleece-dev "$fl" data 2> err.txt || rc=$?
 insmod "$module" || fail "cannot load $module again"
 cat err.txt
+[ ! -e evil-ran ] || fail "modprobe was found through PATH"
 assert_eq "$rc" 3 "start without the module"
 grep -q "the kernel has no 'fleece' target and 'modprobe dm-fleece' failed" err.txt ||
 	fail "no message about the missing module"

@@ -1,0 +1,119 @@
+#!/bin/bash
+# The output of fleece backup:
+#  1. a new image is mode 0600 whatever the umask, and equals the device;
+#  2. a symlink at FILE.partial (or any existing FILE.partial) is refused and
+#     left alone: the file it points to is not written;
+#  3. a second backup of the same device while the first runs fails at the
+#     lock (exit 3) without touching the first one's output, which completes;
+#  4. -o on NAME itself, its fleece device, a device NAME is built on, a
+#     mounted device, the view's name, or a file on NAME is refused (exit 3,
+#     or 2 for the view's name) and nothing is written;
+#  5. block-device and stdout-to-file outputs are synced before each release
+#     (BLKDISCARD on the view), as files are: checked with strace.
+. "$SRC/tests/lib.sh"
+F=$(fleece_bin)
+export FLEECE_STATE_DIR=$PWD/state
+cli_fixture 16 32
+fl=$(mkdev fl 16 1)
+
+leftovers() { # what: no devices, state, partial, fleece files
+	local u
+	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "$1: FLEECE- devices left: $u"
+	[ -z "$(ls -A state 2>/dev/null)" ] || fail "$1: state left: $(ls state)"
+	[ "$(dmsetup table data)" = "$table" ] || fail "$1: data's table changed"
+	[ -z "$(ls /mnt/fdir | grep -v lost+found)" ] || fail "$1: fleece files left"
+}
+
+step "1. a new image is 0600 under umask 022, and equals the device"
+(umask 022; $F backup -q --fleece-dir /mnt/fdir data -o out.img)
+assert_eq "$(stat -c %a out.img)" 600 "mode of the image"
+cmp out.img pat || fail "the image differs from the device"
+leftovers "backup"
+rm out.img
+
+step "2. a symlink at FILE.partial is refused, its target left alone"
+echo "precious" > victim
+ln -s "$PWD/victim" out.img.partial
+expect_exit 3 $F backup -q --fleece-dir /mnt/fdir data -o out.img
+echo "$T_ERR"
+[[ $T_ERR == *"out.img.partial exists"* ]] || fail "no reason given: $T_ERR"
+assert_eq "$(cat victim)" "precious" "the symlink's target"
+[ -L out.img.partial ] || fail "the symlink was removed"
+[ ! -e out.img ] || fail "out.img created"
+leftovers "symlink"
+rm out.img.partial
+echo "another run's data" > out.img.partial
+expect_exit 3 $F backup -q --fleece-dir /mnt/fdir data -o out.img
+assert_eq "$(cat out.img.partial)" "another run's data" "an existing FILE.partial"
+rm out.img.partial victim
+leftovers "existing partial"
+
+step "3. a second backup of the same device while the first runs"
+$F backup -q --fleece-dir /mnt/fdir --rate 2M data -o out.img 2> first.err &
+bpid=$!
+for i in $(seq 1 300); do
+	[ -b /dev/mapper/data-fleece-view ] && [ -e out.img.partial ] && break
+	kill -0 $bpid 2>/dev/null || { cat first.err; fail "the first backup ended early"; }
+	sleep 0.1
+done
+[ -e out.img.partial ] || fail "the first backup has no partial output"
+ino=$(stat -c %i out.img.partial)
+expect_exit 3 $F backup -q --fleece-dir /mnt/fdir data -o out.img
+echo "$T_ERR"
+[[ $T_ERR == *"another fleece command"* ]] || fail "second backup: no reason: $T_ERR"
+expect_exit 3 $F backup -q --fleece-dir /mnt/fdir data -o out2.img
+[ ! -e out2.img.partial ] && [ ! -e out2.img ] || fail "the refused backup created its output"
+assert_eq "$(stat -c %i out.img.partial)" "$ino" "the first backup's partial output"
+kill -0 $bpid 2>/dev/null || { cat first.err; fail "the first backup ended early"; }
+wait $bpid || { cat first.err; fail "the first backup failed"; }
+cmp out.img pat || fail "the first backup's image differs"
+leftovers "two backups"
+rm out.img
+
+step "4. outputs that are, or are on, what is being backed up"
+out=$(mkdev outdev 16 2)
+expect_exit 3 $F backup -q --fleece-dev "$fl" data -o /dev/mapper/data
+[[ $T_ERR == *"it is data"* ]] || fail "-o NAME: $T_ERR"
+expect_exit 3 $F backup -q --fleece-dev "$fl" data -o "$fl"
+[[ $T_ERR == *"the fleece device"* ]] || fail "-o the fleece device: $T_ERR"
+expect_exit 3 $F backup -q --fleece-dev "$fl" data -o /dev/ram0
+[[ $T_ERR == *"in use"* || $T_ERR == *"built on it"* ]] || fail "-o NAME's disk: $T_ERR"
+expect_exit 3 $F backup -q --fleece-dev "$fl" data -o "$fsdev"
+[[ $T_ERR == *"in use"* ]] || fail "-o a mounted device: $T_ERR"
+expect_exit 2 $F backup -q --fleece-dev "$fl" data -o /dev/mapper/data-fleece-view
+[[ $T_ERR == *"no such device"* ]] || fail "-o the view's name: $T_ERR"
+[ ! -e /dev/mapper/data-fleece-view.partial ] || fail "a file was created in /dev/mapper"
+# a file on the device being backed up
+fsd=$(mkdev fsd 16 2)
+mkfs.ext4 -q -F "$fsd"
+mkdir -p /mnt/fsd
+mount "$fsd" /mnt/fsd
+expect_exit 3 $F backup -q --fleece-dir /mnt/fdir fsd -o /mnt/fsd/img
+[[ $T_ERR == *"on fsd itself"* ]] || fail "-o a file on NAME: $T_ERR"
+[ -z "$(ls /mnt/fsd | grep -v lost+found)" ] || fail "a file was created on fsd"
+umount /mnt/fsd
+same "$data" pat "data after the refused outputs"
+leftovers "refused outputs"
+
+step "5. block device and stdout-to-file outputs are synced before each release"
+# 16 MiB in 4 MiB blocks: four releases, each after a sync of the output.
+synced_before_release() { # strace-log what
+	awk '/fdatasync\(|fsync\(/ { synced = 1 }
+	     /BLKDISCARD/ { n++; if (!synced) bad++; synced = 0 }
+	     END { if (n != 4 || bad) { print n " releases, " bad + 0 " unsynced"; exit 1 } }' "$1" ||
+		{ cat "$1"; fail "$2: a release not preceded by a sync of the output"; }
+}
+strace -f -qq -e trace=fdatasync,fsync,ioctl -o trace.blk \
+	$F backup -q --fleece-dev "$fl" data -o "$out"
+synced_before_release trace.blk "block device output"
+same "$out" pat "the image on the block device"
+strace -f -qq -e trace=fdatasync,fsync,ioctl -o trace.std \
+	$F backup -q --fleece-dev "$fl" data -o - > out.img
+synced_before_release trace.std "stdout to a file"
+cmp out.img pat || fail "the image on standard output"
+rm out.img
+leftovers "synced outputs"
+as_before "end"
+umount /mnt/fdir
+step "ok"
