@@ -2,7 +2,8 @@
 # Bad arguments and refusals: each gets a message naming the problem, the
 # documented exit status (2: usage, 3: refused), and changes nothing.
 # Every subcommand has --help.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 

@@ -5,7 +5,8 @@
 #     the reference, holes for zero chunks, fsck -n passes, --sha256 right.
 #  2. the raw device under fio, backup to standard output through a pipe.
 # Nothing is left afterwards: no FLEECE- device, no state, no .partial.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 fio_pid=

@@ -8,7 +8,8 @@
 #  2. as root, queries failing with EIO or ENOENT through the test-only
 #     fault hook FLEECE_FAULT (tools/util.c), at each query stop makes.
 # Then the same stop as root, without faults, cleans up as usual.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 cli_fixture 16 32
 # Shared with the unprivileged user: state and locks in a directory it owns,

@@ -4,7 +4,8 @@
 # left as it was, unless --force; the copy of NAME's own signature that an
 # earlier fleece of NAME left on it is no reason to refuse.  A loop device
 # whose backing file is on NAME is refused as NAME's own space.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 data=$(mkdev data 16)

@@ -3,7 +3,8 @@
 # I/O; its space grows with copy-before-write and shrinks as the reader
 # discards; stop detaches the loop device and removes the file.  Also
 # "fleece read" on the view.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 kib() { du -k "$1" | cut -f1; }	# allocated KiB

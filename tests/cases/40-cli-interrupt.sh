@@ -7,7 +7,8 @@
 #  - SIGKILL: devices stay; "fleece stop" then removes everything, including
 #    the loop device, the fleece file and FILE.partial;
 #  - while a backup runs, another fleece command on the device is refused.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 cli_fixture 32 64

@@ -5,7 +5,8 @@
 # is one linear target gets the fleece target in its place, at the same
 # device and offset (no hidden origin); any other table moves to a hidden
 # origin NAME-fleece-origin under the fleece target.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 

@@ -2,7 +2,8 @@
 # fleece start/stop on an LV of a real lvm2 volume group with a mounted,
 # busy ext4: the view holds the point-in-time files and passes fsck; stop
 # puts the LV's table back and the file system keeps what was written.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 

@@ -9,7 +9,8 @@
 #     and fleecing NAME does not overwrite the state of NAME.tmp;
 #  5. stop VG/LV and /dev/VG/LV of an LV that is gone work on lvm2's dm
 #     name (VG-LV, hyphens doubled), not on "LV".
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 cli_fixture 16 32

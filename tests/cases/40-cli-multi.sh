@@ -4,7 +4,8 @@
 # each in turn (A gets 1, B gets 2, A gets 3, ...), each write completing
 # before the next.  At any single moment, the last numbers on A and B are
 # consecutive; two separate points in time would show a larger gap.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 

@@ -10,7 +10,8 @@
 #     or 2 for the view's name) and nothing is written;
 #  5. block-device and stdout-to-file outputs are synced before each release
 #     (BLKDISCARD on the view), as files are: checked with strace.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 cli_fixture 16 32

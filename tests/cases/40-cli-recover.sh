@@ -5,7 +5,8 @@
 # alone.  Both layouts: a hidden origin under the fleece target (any table),
 # and the fleece target in place of a linear table, which only the state
 # file records.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 mkdev pad 1 > /dev/null		# data at an offset into ram0

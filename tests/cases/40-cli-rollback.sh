@@ -5,7 +5,8 @@
 # FLEECE- device, loop device, fleece file or state), and a start after it
 # works.  Each step is made to fail with the test-only fault hook
 # FLEECE_FAULT (tools/util.c).
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 cli_fixture 16 64

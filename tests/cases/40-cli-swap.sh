@@ -11,7 +11,8 @@
 #     hidden origin too), and its backup is right.
 # Start is held at the point just before the suspend with the test-only
 # fault hook FLEECE_FAULT=before-suspend=STOP (tools/util.c).
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 data=$(mkdev data 16)

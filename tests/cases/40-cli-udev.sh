@@ -11,7 +11,8 @@
 #  - a VM's VG inside an LV stays invisible to the host;
 #  - without the rules file, the libdevmapper udev flags alone keep the
 #    by-uuid links in place.
-. "$SRC/tests/lib.sh"
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 
