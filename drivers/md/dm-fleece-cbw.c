@@ -366,9 +366,15 @@ static void fleece_copy_io_end(unsigned long error, void *context)
 	queue_work(r->ctx->wq, &r->step);
 }
 
-/* @base: where the region starts on @bdev (the origin's may not be at 0). */
-static void fleece_copy_io(struct fleece_region *r, blk_opf_t opf,
-			   struct block_device *bdev, sector_t base)
+/*
+ * @base: where the region starts on @bdev (the origin's may not be at 0).
+ * A read is synchronous (the caller is the copy's start work, which goes
+ * on with the data); a write reports through fleece_copy_io_end().
+ *
+ * Return: for a read, 0 or -EIO.
+ */
+static int fleece_copy_io(struct fleece_region *r, blk_opf_t opf,
+			  struct block_device *bdev, sector_t base)
 {
 	struct fleece_ctx *ctx = r->ctx;
 	struct dm_io_region where = {
@@ -378,7 +384,7 @@ static void fleece_copy_io(struct fleece_region *r, blk_opf_t opf,
 	};
 	struct dm_io_request req = {
 		.bi_opf = opf,
-		.notify.fn = fleece_copy_io_end,
+		.notify.fn = op_is_write(opf) ? fleece_copy_io_end : NULL,
 		.notify.context = r,
 		.client = ctx->io_client,
 	};
@@ -391,8 +397,7 @@ static void fleece_copy_io(struct fleece_region *r, blk_opf_t opf,
 		req.mem.ptr.addr = r->buf;
 	}
 	r->phase = op_is_write(opf) ? FLEECE_COPY_WRITE : FLEECE_COPY_READ;
-	/* Asynchronous: errors are reported through fleece_copy_io_end(). */
-	fleece_dm_io(&req, 1, &where);
+	return fleece_dm_io(&req, 1, &where);
 }
 
 /**
@@ -492,6 +497,8 @@ static void fleece_copy_end(struct fleece_region *r,
 	spin_unlock_irqrestore(&ctx->lock, flags);
 }
 
+static void fleece_copy_read_done(struct fleece_region *r);
+
 /* The copy has a slot: allocate its buffer and read the old data. */
 static void fleece_copy_begin(struct fleece_region *r)
 {
@@ -517,7 +524,15 @@ static void fleece_copy_begin(struct fleece_region *r)
 	noio = memalloc_noio_save();
 	r->buf = mempool_alloc(&ctx->buf_pool, GFP_KERNEL);
 	memalloc_noio_restore(noio);
-	fleece_copy_io(r, REQ_OP_READ, ctx->origin_bdev, ctx->origin_offset);
+	/*
+	 * Read and go on here: each copy lets its writes go as soon as its
+	 * own data is in memory, not after every copy queued before it has
+	 * been read too (their steps would run after all the starts).
+	 */
+	if (fleece_copy_io(r, REQ_OP_READ, ctx->origin_bdev, ctx->origin_offset))
+		fleece_copy_end(r, FLEECE_COPY_FAILED, false);
+	else
+		fleece_copy_read_done(r);
 }
 
 /*
@@ -558,11 +573,8 @@ static void fleece_copy_step(struct work_struct *work)
 	case FLEECE_COPY_START:
 		fleece_copy_begin(r);
 		break;
-	case FLEECE_COPY_READ:
-		if (r->io_error)
-			fleece_copy_end(r, FLEECE_COPY_FAILED, false);
-		else
-			fleece_copy_read_done(r);
+	case FLEECE_COPY_READ:		/* synchronous, in the start */
+		WARN_ON_ONCE(1);
 		break;
 	case FLEECE_COPY_WRITE:
 		fleece_copy_end(r, r->io_error ? FLEECE_COPY_FAILED :
