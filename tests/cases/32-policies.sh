@@ -50,7 +50,7 @@ start_waiters() { # dm-name...
 	WAITERS=()
 	for d in "$@"; do
 		ev=$(dmsetup info -c --noheadings -o events "$d" | tr -d ' ')
-		timeout 30 dmsetup wait "$d" "$ev" &
+		timeout 300 dmsetup wait "$d" "$ev" &
 		WAITERS+=($!)
 	done
 	sleep 1
