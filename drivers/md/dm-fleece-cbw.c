@@ -317,6 +317,29 @@ bool fleece_cbw_quiet(struct fleece_ctx *ctx)
 
 /* --- the copy ---------------------------------------------------------- */
 
+/**
+ * fleece_copy_failed() - a copy failed or timed out with bios waiting on it
+ * @r: the region, whose bucket lock the caller holds
+ * @out: receives the bios waiting on @r
+ *
+ * The invariant decides: once a write has passed ahead of the copy, the
+ * view is marked invalid here, before the chunk can look readable from the
+ * origin, whatever the policy now in force; otherwise the copy's own
+ * policy does.  The caller then calls fleece_ctx_invalidate() or fails the
+ * writes in @out.
+ *
+ * Return: true if the waiting writes must fail (fail_origin_writes).
+ */
+static bool fleece_copy_failed(struct fleece_region *r, struct bio_list *out)
+{
+	fleece_region_take_bios(r, out);
+	if (r->writes_passed || !r->fail_writes) {
+		fleece_ctx_set_invalid(r->ctx);
+		return false;
+	}
+	return true;
+}
+
 /*
  * Ask for a copy of @r's chunk: take a slot and start it from a work item,
  * or wait for a slot.  Its policy and timeout are taken now.  Called from
@@ -448,13 +471,8 @@ static void fleece_copy_end(struct fleece_region *r,
 		if (!r->abandoned || r->fail_writes)
 			r->copied = true;
 	} else if (report) {
-		if (r->writes_passed || !r->fail_writes) {
-			fleece_ctx_set_invalid(ctx);
-			invalidate = true;
-		} else {
-			fail_writes = true;
-		}
-		fleece_region_take_bios(r, &out);
+		fail_writes = fleece_copy_failed(r, &out);
+		invalidate = !fail_writes;
 	}
 	spin_lock(&ctx->lock);
 	had_slot = r->has_slot;
@@ -596,7 +614,7 @@ static void fleece_copy_abandon(struct fleece_region *r, unsigned long flags)
 {
 	struct fleece_ctx *ctx = r->ctx;
 	struct fleece_bucket *b = fleece_bucket(ctx, r->chunk);
-	bool fail_writes = false, invalidate = false;
+	bool fail_writes, invalidate;
 	unsigned long chunk = r->chunk;
 	struct bio_list out;
 
@@ -607,13 +625,8 @@ static void fleece_copy_abandon(struct fleece_region *r, unsigned long flags)
 	/* Postsuspend waits for copies that are not abandoned. */
 	wake_up(&ctx->wait);
 	spin_unlock(&ctx->lock);
-	if (r->writes_passed || !r->fail_writes) {
-		fleece_ctx_set_invalid(ctx);
-		invalidate = true;
-	} else {
-		fail_writes = true;
-	}
-	fleece_region_take_bios(r, &out);
+	fail_writes = fleece_copy_failed(r, &out);
+	invalidate = !fail_writes;
 	spin_unlock_irqrestore(&b->lock, flags);
 
 	atomic64_inc(&ctx->cbw_errors);
