@@ -88,6 +88,10 @@ class Round:
         # fleece device: while that fails writes, the discard fails with
         # EIO, though the chunks may be released already.
         self.uncertain = set()
+        # View reads and releases one at a time: a read concurrent with a
+        # release of its chunks is unordered (admin guide), so the model
+        # could not tell what it must return.
+        self.view_io = threading.Lock()
         self.fleece_fails_writes = False
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -209,13 +213,17 @@ class Round:
                 n = max(4096, n - n % 4096)
                 off = rng.randrange((self.size - n) // 4096 + 1) * 4096
                 first, last = off // self.chunk, (off + n - 1) // self.chunk
+                t0 = time.monotonic()
+                self.view_io.acquire()
                 with self.lock:
                     gone = {c for c in range(first, last + 1) if c in self.released}
                     going = {c for c in range(first, last + 1)
                              if c in self.releasing or c in self.uncertain}
-                t0 = time.monotonic()
                 try:
-                    got = os.preadv(fd, [memoryview(buf)[:n]], off)
+                    try:
+                        got = os.preadv(fd, [memoryview(buf)[:n]], off)
+                    finally:
+                        self.view_io.release()
                     self.stats["view_reads"] += 1
                     if got != n:
                         self.bug(f"view read at {off}+{n}: {got} bytes")
@@ -243,7 +251,8 @@ class Round:
         with self.lock:
             self.releasing |= chunks
         try:
-            fcntl.ioctl(fd, BLKDISCARD, struct.pack("QQ", c * self.chunk, k * self.chunk))
+            with self.view_io:
+                fcntl.ioctl(fd, BLKDISCARD, struct.pack("QQ", c * self.chunk, k * self.chunk))
             with self.lock:
                 self.released |= chunks
             self.stats["releases"] += k
