@@ -12,8 +12,15 @@ shopt -s inherit_errexit 2>/dev/null || true
 T_DMESG_START=$(dmesg | wc -l)
 export DM_UDEV_DISABLE_LIBRARY_FALLBACK=1
 
-log() { echo "== $*"; }
+# Each section says when it began, in seconds since the test started: every
+# run is its own profile.
+log() { echo "== ${SECONDS}s $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# The tier of the run (make check TIER=long; run.sh puts it on the kernel
+# command line): a loop that hunts leaks or races runs more rounds in the
+# longer tier.  tiered CI LONG prints the count for this run.
+TIER=$(sed -n 's/.*\<fleece\.tier=\([a-z]*\).*/\1/p' /proc/cmdline)
+tiered() { if [ "$TIER" = long ]; then echo "$2"; else echo "$1"; fi; }
 # The test cannot run here, for a reason the report shows: "ok N name # SKIP
 # reason".  Only for a condition of the environment that the test checks
 # (no udevd in the debug guest, say), never for a failure.

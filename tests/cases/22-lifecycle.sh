@@ -17,15 +17,16 @@
 #    copies happen) and a reader compares the whole view with the
 #    point-in-time image;
 #  - rmmod dm_fleece is refused while a table exists;
-#  - 200 create/remove cycles of a fleece and its view, each copying a block
-#    and reading it back through the view; afterwards no module reference
-#    and no fleece worker thread is left (the probe counts 1 while a pair
-#    exists, so it sees the thread on this kernel), and the module still
-#    works;
-#  - 10 unload/load cycles of the module, each with a pair that copies a
-#    chunk in between: the unload succeeds every time (no reference left)
-#    and the kernel does not complain (a region leaked would make
-#    kmem_cache_destroy warn; the debug kernel's kmemleak scans too).
+#  - 50 create/remove cycles (200 in the longer tier, TIER=long) of a
+#    fleece and its view, each copying a block and reading it back through
+#    the view; afterwards no module reference and no fleece worker thread
+#    is left (the probe counts 1 while a pair exists, so it sees the thread
+#    on this kernel), and the module still works;
+#  - 3 unload/load cycles of the module (10 in the longer tier), each with a
+#    pair that copies a chunk in between: the unload succeeds every time
+#    (no reference left) and the kernel does not complain (a region leaked
+#    would make kmem_cache_destroy warn; the debug kernel's kmemleak scans
+#    too).
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 
@@ -295,7 +296,8 @@ if dmesg_since_mark | grep_q "fleece"; then
 fi
 assert_eq "$(cat /sys/module/dm_fleece/refcnt)" 0 "module references with no table left"
 
-log "200 create/remove cycles of fleece + view on 1 MiB devices, chunk 8"
+CYCLES=$(tiered 50 200)
+log "$CYCLES create/remove cycles of fleece + view on 1 MiB devices, chunk 8"
 o3=$(mkdev o3 1 2)
 f3=$(mkdev f3 1 3)
 mkpattern small 1 small
@@ -313,7 +315,7 @@ assert_eq "$(workers)" "$workers0" "fleece worker threads after removing that ta
 log "fleece worker threads: $workers0, $((workers0 + 1)) with one table"
 # dmsetup costs a process start per call (slow in the VM): the cycles talk to
 # /dev/mapper/control directly (struct dm_ioctl from linux/dm-ioctl.h).
-python3 -S - "$(devno o3)" "$(devno f3)" "$(sectors "$o3")" 200 <<'PY'
+python3 -S - "$(devno o3)" "$(devno f3)" "$(sectors "$o3")" "$CYCLES" <<'PY'
 import errno, fcntl, mmap, os, stat, struct, sys, time
 
 origin, fleece, size, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -399,7 +401,7 @@ assert_eq "$(workers)" "$workers0" "fleece worker threads after the cycles"
 
 log "the module still works: fleece + view, overwrite, compare"
 cp small expect
-python3 -S -c 'import struct, sys; sys.stdout.buffer.write(b"".join(struct.pack("=I", i + 1) * 1024 for i in range(200)))' |
+python3 -S -c 'import struct, sys; sys.stdout.buffer.write(b"".join(struct.pack("=I", i + 1) * 1024 for i in range(int(sys.argv[1]))))' "$CYCLES" |
 	dd of=expect bs=4k conv=notrunc status=none
 cmp <(dd if="$o3" bs=1M iflag=direct status=none) expect || fail "the origin after the cycles"
 cp expect small
@@ -414,11 +416,12 @@ assert_eq "$(fleece_counts fo3)" "0 256 0 256 0 active" "status after the final 
 dmsetup remove fv3
 dmsetup remove fo3
 
-log "10 unload/load cycles of the module, a pair copying a chunk each time"
+RELOADS=$(tiered 3 10)
+log "$RELOADS unload/load cycles of the module, a pair copying a chunk each time"
 module=$(sed -n 's/.*fleece\.module=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -f "$module" ] || fail "no module file on the kernel command line ('$module')"
 dmesg_mark
-for i in $(seq 1 10); do
+for i in $(seq 1 "$RELOADS"); do
 	rmmod dm_fleece || fail "cycle $i: rmmod with no table left failed"
 	insmod "$module" || fail "cycle $i: insmod failed"
 	fo3=$(fleece_create fo3 "$o3" "$f3" 8)

@@ -3,6 +3,7 @@
 #
 # usage: run.sh KVER KIMAGE KMODROOT MODULE OUTDIR SUITE [PATTERN]
 #   SUITE is a folder under tests/ (cases, selftest, bench, demo).
+#   TIER=long: the longer tier (tests run their long loops; default ci).
 #   VM_MEM, VM_CPUS, VM_TIMEOUT, VM_KVM=1, VM_ICOUNT=N (instruction-counted
 #   guest clock): the VM; VM_UDEV=0: no udevd in
 #   the guest (DM_DISABLE_UDEV=1 instead); TEST_TIMEOUT: seconds a test
@@ -17,7 +18,10 @@
 set -euo pipefail
 kver=$1 kimage=$2 kmodroot=$3 module=$4 out=$5 suite=$6 pattern=${7:-}
 src=$(cd "$(dirname "$0")/../.." && pwd)
-: "${VM_MEM:=6G}" "${VM_CPUS:=2}" "${VM_TIMEOUT:=3000}"
+: "${VM_MEM:=6G}" "${VM_CPUS:=2}"
+# The whole run's limit is a backstop: each test has its own (TEST_TIMEOUT).
+# A suite on a loaded 2-core CI machine takes up to about an hour.
+: "${VM_TIMEOUT:=7200}"
 
 # A selection that matches no test, or a word of T= that matches none (a
 # renamed test, a typo), fails at once; the guest checks it again.
@@ -73,7 +77,7 @@ cmdline+=" log_buf_len=16M hung_task_panic=1 sysctl.kernel.hung_task_timeout_sec
 cmdline+=" brd.rd_nr=4 brd.rd_size=1048576"
 cmdline+=" fleece.src=$src fleece.kver=$kver fleece.modroot=$kmodroot fleece.module=$module"
 cmdline+=" fleece.suite=$suite fleece.pattern=${pattern:-all} fleece.udev=${VM_UDEV:-1}"
-cmdline+=" fleece.test_timeout=${TEST_TIMEOUT:-900}"
+cmdline+=" fleece.test_timeout=${TEST_TIMEOUT:-900} fleece.tier=${TIER:-ci}"
 # A file-backed virtio disk, when asked (make bench DISK=FILE): created
 # sparse if missing, opened with O_DIRECT on the host (cache=none) so that
 # the host's page cache does not turn it into another ram disk.
