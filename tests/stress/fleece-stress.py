@@ -6,7 +6,8 @@ Runs inside the test guest only (tests/cases/34-stress.sh starts it).  Each
 round builds a fleece over an origin whose content the model knows, then
 for a while drives at once, in threads:
 
-  writers   origin writes, write-zeroes and discards, each thread on its own
+  writers   origin writes (some with O_DSYNC: FUA or a flush), write-zeroes
+            and discards, each thread on its own
             chunks, so that the model of the origin is exact;
   readers   view reads, checked against the point-in-time content, and view
             discards of whole chunks (releases);
@@ -100,7 +101,7 @@ class Round:
         self.fail_until = 0.0   # EIO on origin writes allowed until then
         if self.fail_policy:
             self.fail_until = float("inf")
-        self.stats = {"writes": 0, "eio_writes": 0, "zeroes": 0, "discards": 0,
+        self.stats = {"writes": 0, "fua_writes": 0, "eio_writes": 0, "zeroes": 0, "discards": 0,
                       "view_reads": 0, "view_eio": 0, "releases": 0,
                       "suspends": 0, "reloads": 0, "faults": 0}
 
@@ -150,6 +151,8 @@ class Round:
     def writer(self, tid, nthreads):
         rng = random.Random(self.rng.random())
         fd = os.open(self.a.fo, os.O_RDWR | os.O_DIRECT)
+        # O_DSYNC: a direct write with FUA (or followed by a flush).
+        sfd = os.open(self.a.fo, os.O_RDWR | os.O_DIRECT | os.O_DSYNC)
         buf = aligned(2 * self.chunk)
         # Groups of 4 chunks per thread, so that bios may cross chunks.
         group = 4 * self.chunk
@@ -166,9 +169,10 @@ class Round:
                     if op < 0.85:
                         data = rng.randbytes(n)
                         buf[:n] = data
-                        os.pwritev(fd, [memoryview(buf)[:n]], off)
+                        sync = op < 0.15
+                        os.pwritev(sfd if sync else fd, [memoryview(buf)[:n]], off)
                         self.model_set(off, data)
-                        self.stats["writes"] += 1
+                        self.stats["fua_writes" if sync else "writes"] += 1
                     elif op < 0.95:
                         fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", off, n))
                         self.model_set(off, bytes(n))
@@ -188,6 +192,7 @@ class Round:
                     self.stats["eio_writes"] += 1
                 self.check_time(f"origin op at {off}+{n}", time.monotonic() - t0)
         finally:
+            os.close(sfd)
             os.close(fd)
 
     def model_set(self, off, data):
