@@ -183,6 +183,27 @@ static const char *fleece_registry_role(dev_t dev)
 	return NULL;
 }
 
+/*
+ * A live region of the same origin device that overlaps [@start, @start +
+ * @len), under another fleece device.  Writes through one table pass the
+ * other's copy-before-write: its view would silently serve new data.
+ * Dying contexts are left out: their late copies go to their own fleece
+ * device and read nothing of a new region.
+ */
+static struct fleece_ctx *fleece_registry_overlap(dev_t origin, sector_t start,
+						  sector_t len)
+{
+	struct fleece_ctx *ctx;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	list_for_each_entry(ctx, &fleece_registry, registry_node)
+		if (ctx->origin_dev == origin && !ctx->dying &&
+		    start < ctx->origin_offset + ctx->region_sectors &&
+		    ctx->origin_offset < start + len)
+			return ctx;
+	return NULL;
+}
+
 /**
  * fleece_ctx_bind() - bind an origin target to the context of its pair
  * @link: the target's link; @link->ti is the target being constructed
@@ -254,6 +275,17 @@ struct fleece_ctx *fleece_ctx_bind(struct fleece_target_link *link,
 			ti->error = role[0] == 'o' ?
 				"Fleece device is the origin of a live fleece" :
 				"Fleece device is already in use by a live fleece";
+			ctx = ERR_PTR(-EBUSY);
+			goto out;
+		}
+		ctx = fleece_registry_overlap(o, origin_offset, ti->len);
+		if (ctx) {
+			DMERR("origin sectors %llu+%llu overlap the live fleece region %llu+%llu",
+			      (unsigned long long)origin_offset,
+			      (unsigned long long)ti->len,
+			      (unsigned long long)ctx->origin_offset,
+			      (unsigned long long)ctx->region_sectors);
+			ti->error = "Origin range overlaps the region of a live fleece";
 			ctx = ERR_PTR(-EBUSY);
 			goto out;
 		}

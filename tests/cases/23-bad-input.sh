@@ -190,6 +190,14 @@ reject "second fleece whose origin is the live fleece device" fleece -EBUSY \
 	"Origin device is the fleece device of a live fleece" "0 $((N / 2)) fleece $f $o2 8"
 reject "second fleece whose fleece is the live origin" fleece -EBUSY \
 	"Fleece device is the origin of a live fleece" "0 $((N / 2)) fleece $o2 $o 8"
+reject "second fleece of the live origin's region, another fleece device" fleece -EBUSY \
+	"Origin range overlaps the region of a live fleece" "0 $((N / 2)) fleece $o $f2 8"
+reject "second fleece overlapping the live region's last sector" fleece -EBUSY \
+	"Origin range overlaps the region of a live fleece" \
+	"0 $((N / 2)) fleece $o $f2 8 2 origin_offset $((N / 2 - 1))"
+log "a second fleece of the same origin next to the live region is accepted"
+dmsetup create next --table "0 $((N / 2)) fleece $o $f2 8 2 origin_offset $((N / 2))"
+dmsetup remove next
 
 log "a fleece loaded but never resumed"
 dmsetup create --notable nr
