@@ -498,7 +498,9 @@ static void fleece_copy_end(struct fleece_region *r,
 					 phase == FLEECE_COPY_READ ? "origin" : "fleece");
 	}
 	if (invalidate)
-		fleece_ctx_invalidate(ctx, "copy-before-write failed");
+		fleece_ctx_invalidate(ctx, outcome == FLEECE_COPY_TIMED_OUT ?
+				      "copy-before-write timed out" :
+				      "copy-before-write failed");
 	fleece_dispatch(&out, fail_writes);
 
 	if (buf)

@@ -23,6 +23,12 @@
 #       fails): the default policy invalidates the view and lets the write
 #       go on (to fail on the origin), fail_origin_writes fails it and keeps
 #       the view, which reads the old data once the origin works again.
+#   (f) the fleece device stalled by a suspend of it, or by a thin pool out
+#       of data space (queue_if_no_space), five writers at once, both
+#       policies: writers let go or failed by the timeout, the origin's
+#       suspend prompt, the view never new.
+#   (g) the timeout firing while the copy reads a stalled origin, both
+#       policies.
 #
 # Every view read is checked to return the point-in-time data or an error,
 # never data written after the point in time.
@@ -342,4 +348,190 @@ for pol in default fail_origin_writes; do
 		assert_eq "$(fleece_counts fo-e)" "$((NCHUNKS - 1)) 1 0 2 1 active" "(e) status after the repaired write"
 	fi
 	dmsetup remove fv-e fo-e origin-e-$pol
+done
+
+# === (f) the fleece device stalled by a suspend, or by a full thin pool =====
+#
+# Two stalls an administrator meets: the fleece LV suspended (an lvm2
+# command holding it), and a thin pool out of data space under lvm2's
+# default queue_if_no_space (writes to new blocks queue for
+# no_space_timeout, 60 s).  Five writers to five chunks at once (4 copy
+# slots, one write waits for a slot), both policies: every writer is let go
+# (default) or failed (fail_origin_writes) by the timeout, a suspend of the
+# origin completes meanwhile, the view never serves new data.
+
+TOS=5000
+# The writers, in the background, each to the first 4 KiB of its chunk;
+# they must all have ended within the timeout plus the margin.
+alive() { # pid...
+	local p
+	for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done
+	return 1
+}
+writers_bounded() { # dev what
+	local n pids=() t0 t
+	t0=$(ms)
+	for n in $(seq 0 $((NCHUNKS - 1))); do
+		(if wr "$1" $n 2> "werr$n"; then echo 0; else echo $?; fi > "wrc$n") &
+		pids+=($!)
+	done
+	while alive "${pids[@]}"; do
+		t=$(($(ms) - t0))
+		[ $t -le $((TOS + MARGIN)) ] ||
+			fail "$2: writers still held after $t ms (cbw_timeout_ms $TOS)"
+		sleep 0.2
+	done
+	wait
+	held=$(($(ms) - t0))
+	log "$2: the $NCHUNKS writers ended within $held ms"
+}
+# How a stall is made and ended, per kind.
+stall_make() { # kind case
+	local slice
+	case $1 in
+	suspended)
+		slice=$(mkdev "slice-$2" $MIB 3)
+		dmsetup create "fdev-$2" --table "0 $((MIB * 2048)) linear $slice 0"
+		;;
+	thin-full)
+		# A pool of 8 MiB of data for a thin volume of $MIB MiB: the first
+		# copy (16 MiB) fills it.
+		local meta data
+		meta=$(mkdev "tmeta-$2" 4 3)
+		data=$(mkdev "tdata-$2" 8 3)
+		dd if=/dev/zero of="$meta" bs=4k count=1 oflag=direct status=none
+		dmsetup create "pool-$2" --table "0 16384 thin-pool $meta $data 128 0"
+		dmsetup message "pool-$2" 0 "create_thin 0"
+		dmsetup create "fdev-$2" --table "0 $((MIB * 2048)) thin /dev/mapper/pool-$2 0"
+		pool_meta=$meta pool_data=$data
+		;;
+	esac
+	fleece=/dev/mapper/fdev-$2
+}
+stall_start() { # kind case
+	[ "$1" = suspended ] && dmsetup suspend "fdev-$2"
+	return 0
+}
+stall_end() { # kind case
+	case $1 in
+	suspended) dmsetup resume "fdev-$2" ;;
+	thin-full)
+		# error_if_no_space: the queued writes fail now, as the copies do.
+		dmsetup load "pool-$2" --table "0 16384 thin-pool $pool_meta $pool_data 128 0 1 error_if_no_space"
+		dmsetup resume "pool-$2"
+		;;
+	esac
+}
+for kind in suspended thin-full; do
+	for pol in default fail_origin_writes; do
+		c=f-$kind-${pol%%_*}
+		log "(f) $kind fleece device, $pol, cbw_timeout_ms $TOS"
+		dmesg_mark
+		origin=$(mkdev "origin-$c" $MIB 2)
+		put old "$origin"
+		stall_make $kind "$c"
+		feat=(cbw_timeout_ms $TOS)
+		[ $pol = default ] || feat=(fail_origin_writes "${feat[@]}")
+		fleece_create "fo-$c" "$origin" "$fleece" $BIG "${feat[@]}" >/dev/null
+		view=$(view_create "fv-$c" "$origin" "$fleece")
+		stall_start $kind "$c"
+		writers_bounded "/dev/mapper/fo-$c" "(f) $kind, $pol"
+		[ $pol = default ] || [ $held -ge $((TOS * 9 / 10)) ] ||
+			fail "(f) $kind, $pol: the writes failed after $held ms, before the timeout"
+		t0=$(ms)
+		dmsetup suspend "fo-$c"
+		ts=$(($(ms) - t0))
+		dmsetup resume "fo-$c"
+		[ $ts -le $MARGIN ] || fail "(f) $kind, $pol: the origin's suspend took $ts ms"
+		for n in $(seq 0 $((NCHUNKS - 1))); do
+			if [ $pol = default ]; then
+				assert_eq "$(cat "wrc$n")" 0 "(f) $kind, default: write to chunk $n: $(cat "werr$n")"
+				origin_check "$origin" $n new "(f) $kind, default"
+				view_check "$view" $n eio "(f) $kind, default"
+			else
+				grep_q "Input/output error" "werr$n" ||
+					fail "(f) $kind, fail_origin_writes: write to chunk $n: exit $(cat "wrc$n"): $(cat "werr$n")"
+				origin_check "$origin" $n old "(f) $kind, fail_origin_writes"
+				view_check "$view" $n old "(f) $kind, fail_origin_writes"
+			fi
+		done
+		if [ $pol = default ]; then
+			assert_eq "$(status_field "fo-$c" 7)" invalid "(f) $kind, default: state"
+			expect_dmesg_since_mark "view invalidated: copy-before-write timed out"
+		else
+			assert_eq "$(status_field "fo-$c" 7)" active "(f) $kind, fail_origin_writes: state"
+		fi
+		stall_end $kind "$c"
+		copies_settle "fo-$c"
+		[ $pol = default ] || view_check "$view" 0 old "(f) $kind, fail_origin_writes, stall ended"
+		dmsetup remove "fv-$c" "fo-$c" "fdev-$c"
+		[ $kind = suspended ] || dmsetup remove "pool-$c"
+	done
+done
+
+# === (g) the timeout fires while the copy reads the origin =================
+#
+# The origin's reads stall (dm-delay: reads held 4x the timeout, writes
+# not); the copy of the chunk a write needs is still reading when its
+# timeout fires.  Default policy: the view is invalidated and the write
+# goes on at the timeout; fail_origin_writes: the write fails at the
+# timeout, the view keeps the chunk, and once the read completes the copy
+# is good and counts as copied.
+
+# dmsetup does not wait for udev here: udev's probe of the origin after the
+# reload stalls in the held reads too (it reads the origin directly, not
+# through the fleece), and ends once they are let go.
+reads_stall() { # dm-delay name, backing device, ms
+	dmsetup load "$1" --table "0 $((MIB * 2048)) delay $2 0 $3 $2 0 0"
+	dmsetup resume --noudevsync "$1"
+}
+
+for pol in default fail_origin_writes; do
+	c=g-${pol%%_*}
+	log "(g) $pol: the timeout fires in the copy's origin read"
+	dmesg_mark
+	ram=$(mkdev "ram-$c" $MIB 2)
+	put old "$ram"
+	dmsetup create "origin-$c" --table "0 $((MIB * 2048)) delay $ram 0 0"
+	origin=/dev/mapper/origin-$c
+	slice=$(mkdev "slice-$c" $MIB 3)
+	feat=(cbw_timeout_ms $TOS)
+	[ $pol = default ] || feat=(fail_origin_writes "${feat[@]}")
+	fleece_create "fo-$c" "$origin" "$slice" $BIG "${feat[@]}" >/dev/null
+	view=$(view_create "fv-$c" "$origin" "$slice")
+	udevadm settle
+	reads_stall "origin-$c" "$ram" $((4 * TOS))
+	t0=$(ms)
+	if [ $pol = default ]; then
+		wr "/dev/mapper/fo-$c" 1 || fail "(g) default: the write failed"
+	else
+		expect_eio wr "/dev/mapper/fo-$c" 1
+	fi
+	t=$(($(ms) - t0))
+	log "(g) $pol: the write ended after $t ms"
+	[ $t -ge $((TOS * 9 / 10)) ] || fail "(g) $pol: the write ended after $t ms, before the timeout"
+	[ $t -le $((TOS + MARGIN)) ] || fail "(g) $pol: the write was held $t ms (cbw_timeout_ms $TOS)"
+	expect_dmesg_since_mark "copy-before-write of chunk 1 timed out after $TOS ms"
+	if [ $pol = default ]; then
+		assert_eq "$(status_field "fo-$c" 7)" invalid "(g) default: state"
+		expect_dmesg_since_mark "view invalidated: copy-before-write timed out"
+		view_check "$view" 1 eio "(g) default"
+		reads_stall "origin-$c" "$ram" 0	# ends the held read
+		udevadm settle
+		copies_settle "fo-$c"
+		origin_check "$origin" 1 new "(g) default"
+	else
+		assert_eq "$(status_field "fo-$c" 7)" active "(g) fail_origin_writes: state"
+		reads_stall "origin-$c" "$ram" 0	# ends the held read
+		udevadm settle
+		copies_settle "fo-$c"
+		read -r pending copied released cbw errors state <<< "$(fleece_counts "fo-$c")"
+		assert_eq "$copied $state" "1 active" "(g) fail_origin_writes: the late copy counts as copied"
+		origin_check "$origin" 1 old "(g) fail_origin_writes"
+		view_check "$view" 1 old "(g) fail_origin_writes"
+		wr "/dev/mapper/fo-$c" 1
+		origin_check "$origin" 1 new "(g) fail_origin_writes, after the read ended"
+		view_check "$view" 1 old "(g) fail_origin_writes, after the read ended"
+	fi
+	dmsetup remove "fv-$c" "fo-$c" "origin-$c"
 done
