@@ -91,8 +91,10 @@ if mode == "prep":
     # The 64 point-in-time images and the 64 new contents, one file each,
     # and the images written to the origins.
     for name, s in (("pit", SEED), ("new", SEED + 1)):
+        rng = random.Random(s)
         with open(name, "wb") as f:
-            f.write(random.Random(s).randbytes(N * S))
+            for i in range(N):
+                f.write(rng.randbytes(S))
     buf = mmap.mmap(-1, S)
     with open("pit", "rb") as f:
         for i in range(N):
