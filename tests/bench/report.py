@@ -380,20 +380,19 @@ def scale_lines(res):
         per = lambda s: s and {k: s[k] / n / 1000 for k in ("median", "min", "max")}
         L.append(f"  {c}: dmsetup status, {n} calls: fleece {fmt(per(f), ' ms', 2)} a call, "
                  f"dm-linear {fmt(per(li), ' ms', 2)} a call")
-    for c in res.cases(g, "firsttouch"):
+    for c in res.cases(g, "run"):
         L.append(f"  {c}: 4 KiB writes QD1, first touch (a copy each) vs second touch (none):")
         for w in ("firsttouch", "secondtouch"):
-            L.append(f"    {w:<12} IOPS {fmt(res.s(g, w, c, 'extra/iops')):>20}  "
-                     f"mean {fmt(res.s(g, w, c, 'extra/mean_us')):>20} us  "
-                     f"p50 {fmt(res.s(g, w, c, 'extra/p50_us')):>20} us  "
-                     f"p99 {fmt(res.s(g, w, c, 'extra/p99_us')):>20} us")
+            L.append(f"    {w:<12} IOPS {fmt(res.s(g, 'run', c, f'extra/{w}/iops')):>20}  "
+                     f"mean {fmt(res.s(g, 'run', c, f'extra/{w}/mean_us')):>20} us  "
+                     f"p50 {fmt(res.s(g, 'run', c, f'extra/{w}/p50_us')):>20} us  "
+                     f"p99 {fmt(res.s(g, 'run', c, f'extra/{w}/p99_us')):>20} us")
         L.append(f"    first / second touch IOPS: "
-                 f"{fmt(res.ratio(g, 'firsttouch', c, c, 'extra/iops', 'secondtouch'), '', 3)}")
-    for c in res.cases(g, "backup"):
+                 f"{fmt(res.ratio(g, 'run', c, c, 'extra/firsttouch/iops', base_path='extra/secondtouch/iops'), '', 3)}")
         L.append(f"  {c}: backup of the written part (64 KiB O_DIRECT reads, compared): view "
-                 f"{fmt(res.s(g, 'backup', c, 'extra/view/MBps'), ' MB/s', 1)}, raw origin "
-                 f"{fmt(res.s(g, 'backup', c, 'extra/raw/MBps'), ' MB/s', 1)}, view / raw "
-                 f"{fmt(res.ratio(g, 'backup', c, c, 'extra/view/MBps', base_path='extra/raw/MBps'), '', 3)}")
+                 f"{fmt(res.s(g, 'run', c, 'extra/view/MBps'), ' MB/s', 1)}, raw origin "
+                 f"{fmt(res.s(g, 'run', c, 'extra/raw/MBps'), ' MB/s', 1)}, view / raw "
+                 f"{fmt(res.ratio(g, 'run', c, c, 'extra/view/MBps', base_path='extra/raw/MBps'), '', 3)}")
     for c in res.cases(g, "ctr"):
         if not c.startswith("pairs64"):
             continue
