@@ -21,7 +21,7 @@
 #   - kernel memory: /proc/meminfo before and after each table, settled and
 #     caches dropped as in 50-memory (report: SUnreclaim + VmallocUsed);
 #   - status: $NSTATUS calls of "dmsetup status" on the fleece and on the
-#     linear, timed;
+#     linear, alternating, each timed;
 #   - first touch: one 4 KiB O_DIRECT write (QD1) into each of the K blocks
 #     (at 4 KiB * (k mod 16) in it), in a shuffled order, through the
 #     fleece target: K copies; then the same writes again (second touch,
@@ -34,7 +34,7 @@
 # If the 16 TiB table is refused, the error is recorded with the kernel
 # log, and the size is halved until a table is accepted.
 #
-# 64 pairs: 128 dm "zero" devices of 1 GiB (64 origins, 64 fleece
+# 64 pairs (first: the cheaper part): 128 dm "zero" devices of 1 GiB (64 origins, 64 fleece
 # devices); in each round ($PAIR_ROUNDS), one "dmsetup create --concise" makes 64 linear
 # tables (baseline), one makes 64 fleece tables (64 KiB chunks), one their
 # 64 views: wall time and kernel memory of each, per pair in the report.
@@ -179,78 +179,6 @@ else:
     print(json.dumps(res))
 EOF
 
-# --- 16 TiB --------------------------------------------------------------
-big_round() { # round chunk_sectors
-	local r=$1 c=$2 case=$3 size=$SIZE before after afterv json
-	thin_create 1 torig "$size"
-	thin_create 2 tfl "$size"
-	python3 scale-io.py prewrite /dev/mapper/torig "$size" $K $((r * 10 + c))
-
-	settle
-	before=$(meminfo)
-	create_timed lin "0 $size linear /dev/mapper/torig 0"
-	settle
-	after=$(meminfo)
-	record linear-16t static "$r" chunks=0 "before=$before" "after=$after"
-	record linear-16t ctr "$r" "load_us=$T_LOAD" "resume_us=$T_RESUME"
-
-	settle
-	before=$(meminfo)
-	while ! create_timed fl "0 $size fleece /dev/mapper/torig /dev/mapper/tfl $c"; do
-		log "round $r: $case: fleece of $size sectors refused: $(cat load.err)"
-		record "$case" refused "$r" "sectors=$size" "error=$(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))' < load.err)" \
-			"dmesg=$(dmesg | tail -n 3 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')"
-		size=$((size / 2))
-		[ "$size" -ge $GIB ] || fail "no fleece table of 1 GiB or more accepted"
-	done
-	settle
-	after=$(meminfo)
-	local vm=$RAWREL/$case.r$r.vmallocinfo
-	grep -a 'dm_fleece' /proc/vmallocinfo > "$OUT/$vm" || true
-	record "$case" static "$r" "chunks=$(status_field fl 1)" "before=$before" \
-		"after=$after" "vmallocinfo=\"$vm\"" "sectors=$size"
-	record "$case" ctr "$r" "load_us=$T_LOAD" "resume_us=$T_RESUME" "sectors=$size"
-	log "round $r: $case: fleece load ${T_LOAD} us, resume ${T_RESUME} us: $(dmsetup status fl)"
-
-	create_timed flv "0 $size fleece-view /dev/mapper/torig /dev/mapper/tfl"
-	settle
-	afterv=$(meminfo)
-	record "$case-view" static "$r" chunks=0 "before=$after" "after=$afterv"
-	record "$case-view" ctr "$r" "load_us=$T_LOAD" "resume_us=$T_RESUME"
-
-	local t0 t1 t2 i
-	t0=$(us)
-	for ((i = 0; i < NSTATUS; i++)); do dmsetup status fl > /dev/null; done
-	t1=$(us)
-	for ((i = 0; i < NSTATUS; i++)); do dmsetup status lin > /dev/null; done
-	t2=$(us)
-	record "$case" status "$r" "calls=$NSTATUS" "fleece_us=$((t1 - t0))" "linear_us=$((t2 - t1))"
-	log "round $r: $case: $NSTATUS status calls: fleece $((t1 - t0)) us, linear $((t2 - t1)) us"
-
-	# First touch, second touch, backup read: one process (its start and
-	# its data cost much under TCG).
-	python3 scale-io.py run /dev/mapper/fl "$size" $K $((r * 10 + c)) \
-		fl /dev/mapper/flv /dev/mapper/torig > run.json || fail "$case: $(cat run.json)"
-	json=$(<run.json)
-	log "round $r: $case: $json; view $(dmsetup status flv)"
-	record "$case" run "$r" "extra=$json" "view=\"$(dmsetup status flv)\""
-	read -r _ _ _ _ _ _ copied released cbw errors state _ <<< "$(sed 's/.*"status_after_firsttouch": "\([^"]*\)".*/\1/' run.json)"
-	assert_eq "$copied $released $cbw $errors $state" "$K 0 $K 0 active" \
-		"$case: copied released cbw errors state after $K first-touch writes"
-	read -r _ copied released cbw errors state <<< "$(fleece_counts fl)"
-	assert_eq "$copied $released $cbw $errors $state" "$K 0 $K 0 active" \
-		"$case: copied released cbw errors state after the second touch and the backup"
-	dm_remove flv fl lin
-	thin_delete 1 torig
-	thin_delete 2 tfl
-}
-
-for round in $(seq 1 "$ROUNDS"); do
-	for c in $(rotate "$round" 8 128); do
-		big_round "$round" "$c" "fleece-16t-$((c / 2))k"
-	done
-done
-
 # --- 64 pairs ------------------------------------------------------------
 spec=""
 for ((i = 0; i < NPAIRS; i++)); do
@@ -292,4 +220,81 @@ for round in $(seq 1 "$PAIR_ROUNDS"); do
 	udevadm settle --timeout=30
 	# shellcheck disable=SC2046
 	dmsetup remove --retry $(names v) $(names f)
+done
+
+# --- 16 TiB --------------------------------------------------------------
+big_round() { # round chunk_sectors
+	local r=$1 c=$2 case=$3 size=$SIZE before after afterv json
+	thin_create 1 torig "$size"
+	thin_create 2 tfl "$size"
+	python3 scale-io.py prewrite /dev/mapper/torig "$size" $K $((r * 10 + c))
+
+	settle
+	before=$(meminfo)
+	create_timed lin "0 $size linear /dev/mapper/torig 0"
+	settle
+	after=$(meminfo)
+	record linear-16t static "$r" chunks=0 "before=$before" "after=$after"
+	record linear-16t ctr "$r" "load_us=$T_LOAD" "resume_us=$T_RESUME"
+
+	settle
+	before=$(meminfo)
+	while ! create_timed fl "0 $size fleece /dev/mapper/torig /dev/mapper/tfl $c"; do
+		log "round $r: $case: fleece of $size sectors refused: $(cat load.err)"
+		record "$case" refused "$r" "sectors=$size" "error=$(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))' < load.err)" \
+			"dmesg=$(dmesg | tail -n 3 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')"
+		size=$((size / 2))
+		[ "$size" -ge $GIB ] || fail "no fleece table of 1 GiB or more accepted"
+	done
+	settle
+	after=$(meminfo)
+	local vm=$RAWREL/$case.r$r.vmallocinfo
+	grep -a 'dm_fleece' /proc/vmallocinfo > "$OUT/$vm" || true
+	record "$case" static "$r" "chunks=$(status_field fl 1)" "before=$before" \
+		"after=$after" "vmallocinfo=\"$vm\"" "sectors=$size"
+	record "$case" ctr "$r" "load_us=$T_LOAD" "resume_us=$T_RESUME" "sectors=$size"
+	log "round $r: $case: fleece load ${T_LOAD} us, resume ${T_RESUME} us: $(dmsetup status fl)"
+
+	create_timed flv "0 $size fleece-view /dev/mapper/torig /dev/mapper/tfl"
+	settle
+	afterv=$(meminfo)
+	record "$case-view" static "$r" chunks=0 "before=$after" "after=$afterv"
+	record "$case-view" ctr "$r" "load_us=$T_LOAD" "resume_us=$T_RESUME"
+
+	# Alternating, so that whatever else runs in the guest meanwhile (udev
+	# after the creates) weighs on both alike.
+	local t0 t1 i tf=0 tl=0
+	udevadm settle --timeout=30
+	for ((i = 0; i < NSTATUS; i++)); do
+		t0=$(us)
+		dmsetup status fl > /dev/null
+		t1=$(us)
+		dmsetup status lin > /dev/null
+		tf=$((tf + t1 - t0)) tl=$((tl + $(us) - t1))
+	done
+	record "$case" status "$r" "calls=$NSTATUS" "fleece_us=$tf" "linear_us=$tl"
+	log "round $r: $case: $NSTATUS status calls: fleece $tf us, linear $tl us"
+
+	# First touch, second touch, backup read: one process (its start and
+	# its data cost much under TCG).
+	python3 scale-io.py run /dev/mapper/fl "$size" $K $((r * 10 + c)) \
+		fl /dev/mapper/flv /dev/mapper/torig > run.json || fail "$case: $(cat run.json)"
+	json=$(<run.json)
+	log "round $r: $case: $json; view $(dmsetup status flv)"
+	record "$case" run "$r" "extra=$json" "view=\"$(dmsetup status flv)\""
+	read -r _ _ _ _ _ _ copied released cbw errors state _ <<< "$(sed 's/.*"status_after_firsttouch": "\([^"]*\)".*/\1/' run.json)"
+	assert_eq "$copied $released $cbw $errors $state" "$K 0 $K 0 active" \
+		"$case: copied released cbw errors state after $K first-touch writes"
+	read -r _ copied released cbw errors state <<< "$(fleece_counts fl)"
+	assert_eq "$copied $released $cbw $errors $state" "$K 0 $K 0 active" \
+		"$case: copied released cbw errors state after the second touch and the backup"
+	dm_remove flv fl lin
+	thin_delete 1 torig
+	thin_delete 2 tfl
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+	for c in $(rotate "$round" 8 128); do
+		big_round "$round" "$c" "fleece-16t-$((c / 2))k"
+	done
 done
