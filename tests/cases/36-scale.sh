@@ -35,9 +35,10 @@
 #     reference on the module, and nothing from fleece in the kernel log.
 # dmsetup costs a process start per call, much under TCG: the 256 devices
 # are made with one "dmsetup create --concise" per kind, and their status
-# read with one "dmsetup status"; creates and removes do not wait for udev
-# one device at a time (--noudevsync: no "dmsetup udevcomplete" started by
-# udev for each), "udevadm settle" waits for all at once.
+# read with one "dmsetup status".  (Not --noudevsync: udev then gets the
+# events of 64 devices at once, and on one slow vCPU its workers starved
+# the RCU grace-period kthread for 21 s, a stall the harness counts as a
+# splat.)
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 
@@ -58,7 +59,7 @@ mkdevs() { # prefix ram
 	done
 	echo $((off + N * SZ)) > "$nf"
 	[ $((off + N * SZ)) -le 2097152 ] || fail "ram$2 is full"
-	dmsetup create --noudevsync --concise "${spec%;}"
+	dmsetup create --concise "${spec%;}"
 	udevadm settle
 }
 
@@ -242,13 +243,13 @@ spec=""
 for ((i = 1; i < N; i++)); do
 	spec+="fl$i,,,rw,0 $SZ fleece /dev/mapper/o$i /dev/mapper/s$i $(chunk_of $i);"
 done
-dmsetup create --noudevsync --concise "${spec%;}"
+dmsetup create --concise "${spec%;}"
 udevadm settle
 spec=""
 for ((i = 0; i < N; i++)); do
 	spec+="v$i,,,rw,0 $SZ fleece-view /dev/mapper/o$i /dev/mapper/s$i;"
 done
-dmsetup create --noudevsync --concise "${spec%;}"
+dmsetup create --concise "${spec%;}"
 udevadm settle
 assert_eq "$(workers)" $((workers0 + N * per_pair)) "fleece worker threads with $N pairs"
 dmsetup status > status.start
@@ -286,13 +287,13 @@ same_all o expected-origins "origins"
 
 log "all $N views released at once"
 for ((i = 0; i < N; i++)); do
-	blkdiscard -f "/dev/mapper/v$i" &
+	blkdiscard -f "/dev/mapper/v$i" 2> "discard.$i.err" &
 done
 wait_all=0
 for ((i = 0; i < N; i++)); do
 	wait -n || wait_all=1
 done
-[ $wait_all = 0 ] || fail "a blkdiscard of a view failed"
+[ $wait_all = 0 ] || { cat discard.*.err; fail "a blkdiscard of a view failed"; }
 dmsetup status > status.released
 # Each fleece: nothing pending or copied, all released, active; each view:
 # released all its pair's chunks, served reads both from the origin and
@@ -312,13 +313,13 @@ log "teardown of all $N pairs"
 udevadm settle
 names() { local i; for ((i = 0; i < N; i++)); do echo "$1$i"; done; }
 # shellcheck disable=SC2046
-dmsetup remove --noudevsync $(names v)
+dmsetup remove $(names v)
 # shellcheck disable=SC2046
-dmsetup remove --noudevsync $(names fl)
+dmsetup remove $(names fl)
 assert_eq "$(workers)" "$workers0" "fleece worker threads after the teardown"
 assert_eq "$(cat /sys/module/dm_fleece/refcnt)" 0 "module references after the teardown"
 # shellcheck disable=SC2046
-dmsetup remove --noudevsync $(names s) $(names o)
+dmsetup remove $(names s) $(names o)
 udevadm settle
 assert_eq "$(dmsetup ls)" "No devices found" "dm devices after the teardown"
 if dmesg_since_mark | grep -E 'fleece'; then
