@@ -353,6 +353,64 @@ def build(res):
     return {"cases": cases_out, "ratios": ratios, "goals": goals, "memory": memory}
 
 
+SCALE = "60-scale"
+
+
+def scale_lines(res):
+    """The scale group (tests/bench/60-scale.sh): times and memory."""
+    g = SCALE
+    ms = lambda s: s and {k: s[k] / 1000 for k in ("median", "min", "max")}
+    mib = lambda s: s and {k: s[k] / 2**20 for k in ("median", "min", "max")}
+    L = [f"== {g}: times in ms on the guest's clock (TCG), median [min..max]"]
+    for c in res.cases(g, "refused"):
+        for r in res.by[(g, "refused", c)].values():
+            L.append(f"  {c}: table of {r['sectors']} sectors refused: {r['error'].strip()}")
+            L.append(f"    kernel log: {r['dmesg'].strip()}")
+    L.append(f"  {'table':<22} {'load (ctr)':>24} {'resume':>24} {'SUnreclaim+vmalloc':>28}")
+    for c in res.cases(g, "ctr"):
+        if c.startswith("pairs64"):
+            continue
+        L.append(f"  {c:<22} {fmt(ms(res.s(g, 'ctr', c, 'load_us')), '', 1):>24} "
+                 f"{fmt(ms(res.s(g, 'ctr', c, 'resume_us')), '', 1):>24} "
+                 f"{fmt(mib(res.s(g, 'static', c, 'slab_vmalloc_bytes')), ' MiB', 2):>28}")
+    for c in res.cases(g, "status"):
+        n = res.by[(g, "status", c)][min(res.by[(g, "status", c)])]["calls"]
+        f = res.s(g, "status", c, "fleece_us")
+        li = res.s(g, "status", c, "linear_us")
+        per = lambda s: s and {k: s[k] / n / 1000 for k in ("median", "min", "max")}
+        L.append(f"  {c}: dmsetup status, {n} calls: fleece {fmt(per(f), ' ms', 2)} a call, "
+                 f"dm-linear {fmt(per(li), ' ms', 2)} a call")
+    for c in res.cases(g, "run"):
+        L.append(f"  {c}: 4 KiB writes QD1, first touch (a copy each) vs second touch (none):")
+        for w in ("firsttouch", "secondtouch"):
+            L.append(f"    {w:<12} IOPS {fmt(res.s(g, 'run', c, f'extra/{w}/iops')):>20}  "
+                     f"mean {fmt(res.s(g, 'run', c, f'extra/{w}/mean_us')):>20} us  "
+                     f"p50 {fmt(res.s(g, 'run', c, f'extra/{w}/p50_us')):>20} us  "
+                     f"p99 {fmt(res.s(g, 'run', c, f'extra/{w}/p99_us')):>20} us")
+        L.append(f"    first / second touch IOPS: "
+                 f"{fmt(res.ratio(g, 'run', c, c, 'extra/firsttouch/iops', base_path='extra/secondtouch/iops'), '', 3)}")
+        L.append(f"  {c}: backup of the written part (64 KiB O_DIRECT reads, compared): view "
+                 f"{fmt(res.s(g, 'run', c, 'extra/view/MBps'), ' MB/s', 1)}, raw origin "
+                 f"{fmt(res.s(g, 'run', c, 'extra/raw/MBps'), ' MB/s', 1)}, view / raw "
+                 f"{fmt(res.ratio(g, 'run', c, c, 'extra/view/MBps', base_path='extra/raw/MBps'), '', 3)}")
+    for c in res.cases(g, "ctr"):
+        if not c.startswith("pairs64"):
+            continue
+        rounds = res.by[(g, "ctr", c)]
+        n = rounds[min(rounds)]["pairs"]
+        t = res.s(g, "ctr", c, "create_us")
+        m = res.s(g, "static", c, "slab_vmalloc_bytes")
+        ks = res.s(g, "static", c, "delta_bytes/KernelStack")
+        pc = res.s(g, "static", c, "delta_bytes/Percpu")
+        d = lambda s, u: s and {k: s[k] / n / u for k in ("median", "min", "max")}
+        L.append(f"  {c}: {n} tables in one dmsetup create --concise: {fmt(ms(t), ' ms', 0)}, "
+                 f"{fmt(d(t, 1000), ' ms', 1)} and {fmt(d(m, 1024), ' KiB', 1)} "
+                 f"(SUnreclaim+vmalloc) a pair; KernelStack {fmt(d(ks, 1024), ' KiB', 1)}, "
+                 f"Percpu {fmt(d(pc, 1024), ' KiB', 1)} a pair")
+    L.append("")
+    return L
+
+
 def table(res, out, title):
     L = [title, ""]
     groups = []
@@ -363,6 +421,8 @@ def table(res, out, title):
         n = max(r["round"] for r in res.records if r["group"] == g)
         L.append(f"== {g} ({n} rounds)")
         for w in res.workloads(g):
+            if g == SCALE and w != "static":
+                continue	# in the scale section below
             if w == "static":
                 L.append(f"  {'case':<20} {'chunks':>9} {'SUnreclaim+vmalloc delta':>30} {'MemFree drop':>30}")
                 for c in res.cases(g, w):
@@ -381,6 +441,8 @@ def table(res, out, title):
                          f"{fmt(res.s(g, w, c, 'lat_pct_us/50.0')):>24} "
                          f"{fmt(res.s(g, w, c, 'lat_pct_us/99.0')):>26}")
         L.append("")
+    if SCALE in groups:
+        L.extend(scale_lines(res))
     L.append("== ratios (per round, then median [min..max])")
     for r in out["ratios"]:
         L.append(f"  {r['name']:<66} {fmt(r['ratio'], '', 3)}")
