@@ -388,12 +388,23 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 	p->fleece_dev = st.st_rdev;
 	snprintf(p->fleece_path, sizeof(p->fleece_path), "%s", arg);
 	for (i = 0; i < n; i++) {
-		if (devno_depends_on(p->fleece_dev, all[i].dev) ||
-		    table_uses(&all[i].table, p->fleece_dev)) {
-			msg_error("fleece device %s: it is %s itself, or part of it: the fleece device must be a separate device",
-				  arg, all[i].fn.name);
+		char why[PATH_MAX + 128];
+		int r = devno_depends(p->fleece_dev, all[i].dev, why, sizeof(why));
+
+		if (r == 1 || table_uses(&all[i].table, p->fleece_dev)) {
+			msg_error("fleece device %s: it is %s itself, or part of it%s%s%s: the fleece device must be a separate device",
+				  arg, all[i].fn.name, r == 1 && why[0] ? " (" : "",
+				  r == 1 ? why : "", r == 1 && why[0] ? ")" : "");
 			return EX_FLEECE_REFUSED;
 		}
+		if (r < 0 && !o->force) {
+			msg_error("fleece device %s: cannot tell whether it is built on %s: %s (give --force if it is not)",
+				  arg, all[i].fn.name, why);
+			return EX_FLEECE_REFUSED;
+		}
+		if (r < 0)
+			msg_warn("fleece device %s: cannot tell whether it is built on %s (%s): using it (--force)",
+				 arg, all[i].fn.name, why);
 		if (&all[i] != p && all[i].fleece_dev == p->fleece_dev && all[i].fleece_arg) {
 			msg_error("fleece device %s: given for both %s and %s", arg,
 				  all[i].fn.name, p->fn.name);
@@ -451,9 +462,10 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 
 static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 {
+	char why[PATH_MAX + 128];
 	struct stat st;
-	dev_t fsdev;
 	char *real;
+	int r;
 
 	real = realpath(o->fleece_dir, NULL);
 	if (!real || stat(real, &st)) {
@@ -471,13 +483,23 @@ static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 		free(real);
 		return EX_FLEECE_REFUSED;
 	}
-	fsdev = st.st_dev;
-	if (major(fsdev) && devno_depends_on(fsdev, p->dev)) {
-		msg_error("--fleece-dir %s: it is on %s itself: copies of its data cannot be kept on it",
-			  o->fleece_dir, p->fn.name);
+	/* btrfs, overlayfs, a loop device's backing file: followed to their devices. */
+	r = path_depends(real, p->dev, why, sizeof(why));
+	if (r == 1) {
+		msg_error("--fleece-dir %s: it is on %s itself (%s): copies of its data cannot be kept on it",
+			  o->fleece_dir, p->fn.name, why);
 		free(real);
 		return EX_FLEECE_REFUSED;
 	}
+	if (r < 0 && !o->force) {
+		msg_error("--fleece-dir %s: cannot tell whether it is on %s: %s (give --force if it is not)",
+			  o->fleece_dir, p->fn.name, why);
+		free(real);
+		return EX_FLEECE_REFUSED;
+	}
+	if (r < 0)
+		msg_warn("--fleece-dir %s: cannot tell whether it is on %s (%s): using it (--force)",
+			 o->fleece_dir, p->fn.name, why);
 	snprintf(p->fleece_file, sizeof(p->fleece_file), "%s/%s%s",
 		 strcmp(real, "/") ? real : "", p->fn.name, FLEECE_FILE_SUFFIX);
 	free(real);
