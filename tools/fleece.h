@@ -126,6 +126,20 @@ int parse_fleece_status(const char *params, struct fleece_status *s);
 /* Lock NAME against other fleece commands, until the process ends. */
 int fleece_lock(const char *name);
 
+/*
+ * The VG of NAME when NAME is an LV (DM UUID "LVM-"), "" otherwise: 0, or
+ * -EFLEECE_REFUSED (with a message) when its dm name does not tell.
+ */
+int lvm_lv_vg(const char *name, const char *uuid, char *vg, size_t len);
+/*
+ * lvm2's write lock of volume group @vg (for NAME, in messages), taken as
+ * lvm2 takes it (lvmlock.c), waiting for an lvm2 command that holds it:
+ * 0, or -errno with a message.  Counted: each lock is dropped by one
+ * unlock.  Several VGs are to be locked in the order of their names.
+ */
+int lvm_vg_lock(const char *name, const char *vg);
+void lvm_vg_unlock(const char *vg);
+
 /* Every NAME with something of a fleece: its devices or a state file. */
 int fleece_find_all(char ***names, unsigned int *n);
 

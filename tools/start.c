@@ -57,6 +57,7 @@ struct plan {
 	dev_t origin_dev;
 	uint64_t origin_offset;
 	bool direct;			/* no hidden origin: see above */
+	char vg[128];			/* an LV's VG, its lvm2 lock held */
 };
 
 int start_opts_init(struct start_opts *o)
@@ -179,6 +180,44 @@ static bool table_is_whole_linear(const struct dmw_table *t, dev_t *dev,
 {
 	return t->n == 1 && !t->t[0].start && !strcmp(t->t[0].type, "linear") &&
 	       !parse_linear_params(t->t[0].params, dev, offset);
+}
+
+/*
+ * lvm2's locks of the VGs of the LVs among the NAMEs, taken in the order
+ * lvm2 takes several (by VG name), before their tables are read: no
+ * lvextend or pvmove reloads them until start is done.  An exit code.
+ */
+static int lock_vgs(struct plan *plans, unsigned int n)
+{
+	unsigned int *order = xcalloc(n, sizeof(*order)), i, j;
+	char (*vg)[128] = xcalloc(n, sizeof(*vg));
+	struct dmw_info info;
+	int r = 0;
+
+	for (i = 0; i < n && !r; i++) {
+		r = dmw_info(plans[i].fn.name, &info);
+		if (r) {
+			msg_error("%s: cannot query device-mapper: %s", plans[i].fn.name,
+				  dmw_strerror(r));
+			break;
+		}
+		if (info.exists)
+			r = lvm_lv_vg(plans[i].fn.name, info.uuid, vg[i], sizeof(vg[i]));
+		for (j = i; j > 0 && strcmp(vg[order[j - 1]], vg[i]) > 0; j--)
+			order[j] = order[j - 1];
+		order[j] = i;
+	}
+	for (i = 0; i < n && !r; i++)
+		if (vg[order[i]][0])
+			r = lvm_vg_lock(plans[order[i]].fn.name, vg[order[i]]);
+	for (j = 0; j < i && !r; j++)	/* each unlocked at the end of start */
+		snprintf(plans[order[j]].vg, sizeof(plans[0].vg), "%s", vg[order[j]]);
+	if (r)	/* the ones taken */
+		for (j = 0; j + 1 < i; j++)
+			lvm_vg_unlock(vg[order[j]]);
+	free(order);
+	free(vg);
+	return exit_code(r);
 }
 
 /* Everything about NAME that can be checked without changing anything. */
@@ -792,6 +831,9 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		ret = EX_FLEECE_REFUSED;
 		goto out;
 	}
+	ret = lock_vgs(plans, n);
+	if (ret)
+		goto out;
 	for (i = 0; i < n; i++) {
 		ret = check_name(&plans[i], o);
 		if (ret)
@@ -951,6 +993,7 @@ out:
 			close(plans[i].loop_fd);
 		dmw_table_free(&plans[i].table);
 		dmw_table_free(&plans[i].fleece);
+		lvm_vg_unlock(plans[i].vg);
 	}
 	free(plans);
 	return ret;
