@@ -178,7 +178,7 @@ int cmd_backup(int argc, char **argv)
 	 */
 	r = fleece_lock(name);
 	if (r) {
-		ret = r == -EBUSY ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
+		ret = r == -EBUSY ? EX_FLEECE_REFUSED : exit_code(r);
 		goto out_opts;
 	}
 	ret = backup_guard(name, so, &guard);

@@ -123,6 +123,13 @@ struct fleece_status {
 };
 int parse_fleece_status(const char *params, struct fleece_status *s);
 
+/*
+ * FLEECE_STATE_DIR and FLEECE_LOCK_DIR must be root's alone (no symbolic
+ * link, not writable by others, nor anything above them): 0, or
+ * -EFLEECE_REFUSED with a message.  fleece_lock() checks it first.
+ */
+int fleece_dirs_check(void);
+
 /* Lock NAME against other fleece commands, until the process ends. */
 int fleece_lock(const char *name);
 

@@ -35,11 +35,27 @@
 #include "opts.h"
 #include "util.h"
 
-/* Targets whose table can be loaded twice at once without harm. */
+/*
+ * Targets whose table can be loaded twice at once without harm.  Not
+ * log-writes: a second instance logs from the start of the log device again
+ * and the first one writes its end mark over it.  crypt only with the key
+ * in the table: a key in the kernel keyring (":<size>:logon:<desc>", LUKS2's
+ * default) is unlinked by cryptsetup once the device is active, so a second
+ * table cannot be loaded (see crypt_key_ok()).
+ */
 static const char *const safe_targets[] = {
 	"linear", "striped", "zero", "error", "crypt", "thin", "delay",
-	"flakey", "dust", "verity", "log-writes",
+	"flakey", "dust", "verity",
 };
+#define SAFE_TARGETS_TEXT "linear, striped, thin, crypt (a key in the table), zero, error, delay, flakey, dust, verity"
+
+/* crypt's parameters: "<cipher> <key> <iv_offset> <dev> <offset> ..." */
+static bool crypt_key_ok(const char *params)
+{
+	const char *key = strchr(params, ' ');
+
+	return key && key[1] != ':';
+}
 
 struct plan {
 	struct fleece_names fn;
@@ -311,8 +327,13 @@ static int check_name(struct plan *p, const struct start_opts *o)
 	}
 	for (i = 0; i < p->table.n; i++) {
 		if (!target_is_safe(p->table.t[i].type)) {
-			msg_error("%s: its table has a '%s' target, which fleece cannot duplicate safely (supported: linear, striped, thin, crypt, zero, error, delay, flakey, dust, verity)",
-				  name, p->table.t[i].type);
+			msg_error("%s: its table has a '%s' target, which fleece cannot duplicate safely (supported: "
+				  SAFE_TARGETS_TEXT ")", name, p->table.t[i].type);
+			return EX_FLEECE_REFUSED;
+		}
+		if (!strcmp(p->table.t[i].type, "crypt") && !crypt_key_ok(p->table.t[i].params)) {
+			msg_error("%s: its crypt target takes its key from the kernel keyring (LUKS2), which cryptsetup empties once the device is active: fleece cannot load that table a second time",
+				  name);
 			return EX_FLEECE_REFUSED;
 		}
 	}
@@ -822,7 +843,7 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 			}
 		r = fleece_lock(name);
 		if (r) {
-			ret = r == -EBUSY ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
+			ret = r == -EBUSY ? EX_FLEECE_REFUSED : exit_code(r);
 			goto out;
 		}
 		plans[i].fleece_arg = o->nr_fleece_devs ? o->fleece_devs[i] : NULL;
