@@ -77,6 +77,45 @@ static int sys_devno(const char *path, dev_t *dev)
 	return 0;
 }
 
+/*
+ * Every device a sysfs directory lists (a device's slaves/, a btrfs
+ * file system's devices/: links to the devices' sysfs directories):
+ * 1 when one is on the base, else the first error, else 0; *@n counts them.
+ */
+static int dep_listed(struct deps *d, const char *dir, unsigned int depth, unsigned int *n)
+{
+	char sys[PATH_MAX + 300];
+	struct dirent *de;
+	int r, err = 0;
+	DIR *dd;
+
+	*n = 0;
+	dd = opendir(dir);
+	if (!dd)
+		return -errno;
+	while ((de = readdir(dd))) {
+		dev_t dev;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(sys, sizeof(sys), "%s/%s/dev", dir, de->d_name);
+		r = sys_devno(sys, &dev);
+		if (r)
+			r = because(d, r, "cannot read %s", sys);
+		else
+			r = dep_dev(d, dev, depth + 1);
+		(*n)++;
+		if (r == 1) {
+			closedir(dd);
+			return 1;
+		}
+		if (r < 0 && !err)
+			err = r;
+	}
+	closedir(dd);
+	return err;
+}
+
 /* A loop device: the device, or the file system, of its backing file. */
 static int dep_loop(struct deps *d, dev_t dev, unsigned int depth)
 {
@@ -124,11 +163,10 @@ static int dep_loop(struct deps *d, dev_t dev, unsigned int depth)
 static int dep_dev(struct deps *d, dev_t dev, unsigned int depth)
 {
 	char path[PATH_MAX], sys[PATH_MAX + 300];
-	struct dirent *de;
 	struct stat st;
+	unsigned int n;
 	dev_t parent;
-	int r, err = 0;
-	DIR *dir;
+	int r;
 
 	if (dev == d->base)
 		return 1;
@@ -155,30 +193,12 @@ static int dep_dev(struct deps *d, dev_t dev, unsigned int depth)
 			return r;
 	}
 	snprintf(sys, sizeof(sys), "%s/slaves", path);
-	dir = opendir(sys);
-	if (!dir)
-		return errno == ENOENT ? 0 :
-		       because(d, -errno, "cannot read %s: %s", sys, strerror(errno));
-	while ((de = readdir(dir))) {
-		dev_t s;
-
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(sys, sizeof(sys), "%s/slaves/%s/dev", path, de->d_name);
-		r = sys_devno(sys, &s);
-		if (r)
-			r = because(d, r, "cannot read %s", sys);
-		else
-			r = dep_dev(d, s, depth + 1);
-		if (r == 1) {
-			closedir(dir);
-			return 1;
-		}
-		if (r < 0 && !err)
-			err = r;
-	}
-	closedir(dir);
-	return err;
+	r = dep_listed(d, sys, depth, &n);
+	if (r == -ENOENT && !n)
+		return 0;	/* no slaves/: a disk */
+	if (r < 0 && !n)
+		return because(d, r, "cannot read %s: %s", sys, strerror(-r));
+	return r;
 }
 
 /* Undo the octal escapes of /proc/self/mountinfo (\040 for ' ', ...), in place. */
@@ -247,11 +267,10 @@ static int find_mount(int id, dev_t dev, struct mnt *m)
 static int dep_btrfs(struct deps *d, const char *path, unsigned int depth)
 {
 	struct btrfs_ioctl_fs_info_args fi;
-	char dir[PATH_MAX], sys[PATH_MAX + 300];
 	const unsigned char *u = fi.fsid;
-	struct dirent *de;
-	int fd, r, err = 0, n = 0;
-	DIR *dd;
+	char dir[PATH_MAX];
+	unsigned int n;
+	int fd, r;
 
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -266,33 +285,12 @@ static int dep_btrfs(struct deps *d, const char *path, unsigned int depth)
 		 "/sys/fs/btrfs/%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x/devices",
 		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
 		 u[12], u[13], u[14], u[15]);
-	dd = opendir(dir);
-	if (!dd)
-		return because(d, -errno, "%s (btrfs): cannot list its devices in %s: %s",
-				path, dir, strerror(errno));
-	while ((de = readdir(dd))) {
-		dev_t dev;
-
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(sys, sizeof(sys), "%s/%s/dev", dir, de->d_name);
-		r = sys_devno(sys, &dev);
-		if (r)
-			r = because(d, r, "%s (btrfs): cannot read %s", path, sys);
-		else
-			r = dep_dev(d, dev, depth + 1);
-		n++;
-		if (r == 1) {
-			closedir(dd);
-			return 1;
-		}
-		if (r < 0 && !err)
-			err = r;
-	}
-	closedir(dd);
-	if (!n && !err)
-		err = because(d, -ENOENT, "%s (btrfs): %s lists no device", path, dir);
-	return err;
+	r = dep_listed(d, dir, depth, &n);
+	if (r == -ENOENT && !n)
+		return because(d, r, "%s (btrfs): cannot list its devices in %s", path, dir);
+	if (!r && !n)
+		r = because(d, -ENOENT, "%s (btrfs): %s lists no device", path, dir);
+	return r;
 }
 
 /*

@@ -93,6 +93,8 @@ const char *state_dir(void);
 int state_read(const char *name, struct fleece_state *st);
 int state_write(const char *name, const struct fleece_state *st);
 int state_remove(const char *name);
+/* No state file of NAME (no fleece, nor leftovers of one): an exit code, with a message. */
+int state_absent(const char *name);
 int state_list(char ***names, unsigned int *n);
 
 /* "<origin> <fleece> <chunk_sectors> [<#features> <features>...]" */

@@ -53,6 +53,23 @@ int fleece_names(const char *name, struct fleece_names *fn)
 	return 0;
 }
 
+/*
+ * The answer of a device-mapper query @r for @arg: its dm name into @name
+ * (1), no such device (0), or the failed query's -errno (with a message).
+ */
+static int dm_found(int r, const char *arg, const struct dmw_info *info, char *name,
+		    size_t len)
+{
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
+		return r;
+	}
+	if (!info->exists)
+		return 0;
+	snprintf(name, len, "%s", info->name);
+	return 1;
+}
+
 int resolve_dm_name(const char *arg, char *name, size_t len)
 {
 	struct dmw_info info;
@@ -61,15 +78,9 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 	int r;
 
 	if (!strchr(arg, '/')) {
-		r = dmw_info(arg, &info);
-		if (r) {
-			msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
-			return r;
-		}
-		if (info.exists) {
-			snprintf(name, len, "%s", info.name);
-			return 0;
-		}
+		r = dm_found(dmw_info(arg, &info), arg, &info, name, len);
+		if (r)
+			return r < 0 ? r : 0;
 		/* "sda" or "ram0": say what it is rather than "no such device". */
 		snprintf(path, sizeof(path), "/dev/%s", arg);
 		if (stat(path, &st) || !S_ISBLK(st.st_mode)) {
@@ -104,17 +115,11 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 			  arg);
 		return -EFLEECE_REFUSED;
 	}
-	r = dmw_info_devno(st.st_rdev, &info);
-	if (r) {
-		msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
-		return r;
-	}
-	if (!info.exists) {
-		msg_error("%s: no such device-mapper device", arg);
-		return -EFLEECE_REFUSED;
-	}
-	snprintf(name, len, "%s", info.name);
-	return 0;
+	r = dm_found(dmw_info_devno(st.st_rdev, &info), arg, &info, name, len);
+	if (r)
+		return r < 0 ? r : 0;
+	msg_error("%s: no such device-mapper device", arg);
+	return -EFLEECE_REFUSED;
 }
 
 /* lvm2's dm name of VG/LV: each '-' doubled, joined by '-'. */
@@ -155,15 +160,9 @@ int arg_dm_name(const char *arg, char *name, size_t len)
 
 	if (strchr(arg, '/') && !stat(arg, &st) && S_ISBLK(st.st_mode) &&
 	    dmw_is_dm_major(major(st.st_rdev))) {
-		r = dmw_info_devno(st.st_rdev, &info);
-		if (r) {
-			msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
-			return r;
-		}
-		if (info.exists) {
-			snprintf(name, len, "%s", info.name);
-			return 0;
-		}
+		r = dm_found(dmw_info_devno(st.st_rdev, &info), arg, &info, name, len);
+		if (r)
+			return r < 0 ? r : 0;
 	}
 	base = strrchr(arg, '/');
 	if (!base) {
@@ -313,6 +312,25 @@ out:
 	free(tmp);
 	free(path);
 	return r;
+}
+
+int state_absent(const char *name)
+{
+	struct fleece_state st;
+	int r;
+
+	r = state_read(name, &st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+		return EX_FLEECE_FAIL;
+	}
+	if (st.present) {
+		msg_error("%s: already fleeced, or an earlier fleece was not cleaned up (%s/%s): run 'fleece stop %s' first",
+			  name, state_dir(), name, name);
+		return EX_FLEECE_REFUSED;
+	}
+	return 0;
 }
 
 int state_remove(const char *name)

@@ -239,7 +239,6 @@ static int lock_vgs(struct plan *plans, unsigned int n)
 /* Everything about NAME that can be checked without changing anything. */
 static int check_name(struct plan *p, const struct start_opts *o)
 {
-	struct fleece_state st;
 	struct dmw_info other;
 	unsigned int i, lbs;
 	const char *name = p->fn.name;
@@ -302,17 +301,9 @@ static int check_name(struct plan *p, const struct start_opts *o)
 		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
 		return EX_FLEECE_FAIL;
 	}
-	r = state_read(name, &st);
-	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot read its state file in %s", name, state_dir());
-		return EX_FLEECE_FAIL;
-	}
-	if (st.present) {
-		msg_error("%s: an earlier fleece of this device was not cleaned up (%s/%s): run 'fleece stop %s' first",
-			  name, state_dir(), name, name);
-		return EX_FLEECE_REFUSED;
-	}
+	r = state_absent(name);
+	if (r)
+		return r;
 	if (!p->info.live_table || !p->table.n) {
 		msg_error("%s: has no active table", name);
 		return EX_FLEECE_REFUSED;
