@@ -52,22 +52,13 @@ static void sample(void *arg)
 static int backup_guard(const char *name, const struct start_opts *so,
 			struct output_guard *g)
 {
-	struct fleece_state st;
 	struct dmw_info info;
 	struct stat sb;
 	int r;
 
-	r = state_read(name, &st);
-	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot read its state file in %s", name, state_dir());
-		return EX_FLEECE_FAIL;
-	}
-	if (st.present) {
-		msg_error("%s: already fleeced, or an earlier fleece was not cleaned up (%s/%s): run 'fleece stop %s' first",
-			  name, state_dir(), name, name);
-		return EX_FLEECE_REFUSED;
-	}
+	r = state_absent(name);
+	if (r)
+		return r;
 	r = dmw_info(name, &info);
 	if (r || !info.exists) {
 		msg_error("%s: cannot query device-mapper: %s", name,
@@ -178,7 +169,7 @@ int cmd_backup(int argc, char **argv)
 	 */
 	r = fleece_lock(name);
 	if (r) {
-		ret = r == -EBUSY ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
+		ret = r == -EBUSY ? EX_FLEECE_REFUSED : exit_code(r);
 		goto out_opts;
 	}
 	ret = backup_guard(name, so, &guard);

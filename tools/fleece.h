@@ -93,6 +93,8 @@ const char *state_dir(void);
 int state_read(const char *name, struct fleece_state *st);
 int state_write(const char *name, const struct fleece_state *st);
 int state_remove(const char *name);
+/* No state file of NAME (no fleece, nor leftovers of one): an exit code, with a message. */
+int state_absent(const char *name);
 int state_list(char ***names, unsigned int *n);
 
 /* "<origin> <fleece> <chunk_sectors> [<#features> <features>...]" */
@@ -123,8 +125,29 @@ struct fleece_status {
 };
 int parse_fleece_status(const char *params, struct fleece_status *s);
 
+/*
+ * FLEECE_STATE_DIR and FLEECE_LOCK_DIR must be root's alone (no symbolic
+ * link, not writable by others, nor anything above them): 0, or
+ * -EFLEECE_REFUSED with a message.  fleece_lock() checks it first.
+ */
+int fleece_dirs_check(void);
+
 /* Lock NAME against other fleece commands, until the process ends. */
 int fleece_lock(const char *name);
+
+/*
+ * The VG of NAME when NAME is an LV (DM UUID "LVM-"), "" otherwise: 0, or
+ * -EFLEECE_REFUSED (with a message) when its dm name does not tell.
+ */
+int lvm_lv_vg(const char *name, const char *uuid, char *vg, size_t len);
+/*
+ * lvm2's write lock of volume group @vg (for NAME, in messages), taken as
+ * lvm2 takes it (lvmlock.c), waiting for an lvm2 command that holds it:
+ * 0, or -errno with a message.  Counted: each lock is dropped by one
+ * unlock.  Several VGs are to be locked in the order of their names.
+ */
+int lvm_vg_lock(const char *name, const char *vg);
+void lvm_vg_unlock(const char *vg);
 
 /* Every NAME with something of a fleece: its devices or a state file. */
 int fleece_find_all(char ***names, unsigned int *n);

@@ -48,7 +48,8 @@
 	"                            keep the view (default: keep the writer going\n" \
 	"                            and invalidate the view)\n"		\
 	"  -f, --force               use a --fleece-dev that holds a signature (a\n" \
-	"                            file system, a PV, a partition table)\n"
+	"                            file system, a PV, a partition table), or fleece\n" \
+	"                            space whose devices fleece cannot all find\n"
 
 #define HELP_READER							\
 	"  -o, --output FILE|-       where the image goes ('-': standard output)\n" \

@@ -53,6 +53,23 @@ int fleece_names(const char *name, struct fleece_names *fn)
 	return 0;
 }
 
+/*
+ * The answer of a device-mapper query @r for @arg: its dm name into @name
+ * (1), no such device (0), or the failed query's -errno (with a message).
+ */
+static int dm_found(int r, const char *arg, const struct dmw_info *info, char *name,
+		    size_t len)
+{
+	if (r) {
+		msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
+		return r;
+	}
+	if (!info->exists)
+		return 0;
+	snprintf(name, len, "%s", info->name);
+	return 1;
+}
+
 int resolve_dm_name(const char *arg, char *name, size_t len)
 {
 	struct dmw_info info;
@@ -61,15 +78,9 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 	int r;
 
 	if (!strchr(arg, '/')) {
-		r = dmw_info(arg, &info);
-		if (r) {
-			msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
-			return r;
-		}
-		if (info.exists) {
-			snprintf(name, len, "%s", info.name);
-			return 0;
-		}
+		r = dm_found(dmw_info(arg, &info), arg, &info, name, len);
+		if (r)
+			return r < 0 ? r : 0;
 		/* "sda" or "ram0": say what it is rather than "no such device". */
 		snprintf(path, sizeof(path), "/dev/%s", arg);
 		if (stat(path, &st) || !S_ISBLK(st.st_mode)) {
@@ -104,17 +115,11 @@ int resolve_dm_name(const char *arg, char *name, size_t len)
 			  arg);
 		return -EFLEECE_REFUSED;
 	}
-	r = dmw_info_devno(st.st_rdev, &info);
-	if (r) {
-		msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
-		return r;
-	}
-	if (!info.exists) {
-		msg_error("%s: no such device-mapper device", arg);
-		return -EFLEECE_REFUSED;
-	}
-	snprintf(name, len, "%s", info.name);
-	return 0;
+	r = dm_found(dmw_info_devno(st.st_rdev, &info), arg, &info, name, len);
+	if (r)
+		return r < 0 ? r : 0;
+	msg_error("%s: no such device-mapper device", arg);
+	return -EFLEECE_REFUSED;
 }
 
 /* lvm2's dm name of VG/LV: each '-' doubled, joined by '-'. */
@@ -155,15 +160,9 @@ int arg_dm_name(const char *arg, char *name, size_t len)
 
 	if (strchr(arg, '/') && !stat(arg, &st) && S_ISBLK(st.st_mode) &&
 	    dmw_is_dm_major(major(st.st_rdev))) {
-		r = dmw_info_devno(st.st_rdev, &info);
-		if (r) {
-			msg_error("%s: cannot query device-mapper: %s", arg, dmw_strerror(r));
-			return r;
-		}
-		if (info.exists) {
-			snprintf(name, len, "%s", info.name);
-			return 0;
-		}
+		r = dm_found(dmw_info_devno(st.st_rdev, &info), arg, &info, name, len);
+		if (r)
+			return r < 0 ? r : 0;
 	}
 	base = strrchr(arg, '/');
 	if (!base) {
@@ -315,6 +314,25 @@ out:
 	return r;
 }
 
+int state_absent(const char *name)
+{
+	struct fleece_state st;
+	int r;
+
+	r = state_read(name, &st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+		return EX_FLEECE_FAIL;
+	}
+	if (st.present) {
+		msg_error("%s: already fleeced, or an earlier fleece was not cleaned up (%s/%s): run 'fleece stop %s' first",
+			  name, state_dir(), name, name);
+		return EX_FLEECE_REFUSED;
+	}
+	return 0;
+}
+
 int state_remove(const char *name)
 {
 	char *path = state_path(name);
@@ -380,6 +398,95 @@ int state_list(char ***names, unsigned int *n)
 
 #define FLEECE_LOCK_DIR "/run/fleece"
 
+static const char *lock_dir(void)
+{
+	const char *d = getenv("FLEECE_LOCK_DIR");
+
+	return d && *d ? d : FLEECE_LOCK_DIR;
+}
+
+/*
+ * A directory whose files decide what fleece removes and which commands
+ * exclude each other must be root's alone, as sshd's StrictModes wants
+ * it: @dir itself no symbolic link, and it and every directory above it
+ * owned by root (or the caller) and not writable by group or others (a
+ * sticky directory such as /tmp excepted above @dir).  A missing @dir is
+ * created by fleece, 0700: then the directories above it are checked.
+ * 0, or -EFLEECE_REFUSED with a message.
+ */
+static int private_dir_check(const char *dir, const char *what)
+{
+	char *path = xstrdup(dir), *real, *p;
+	struct stat st;
+	bool top = true;
+	int r = 0;
+
+	if (!lstat(dir, &st)) {
+		if (S_ISLNK(st.st_mode)) {
+			msg_error("%s %s: is a symbolic link: refusing to use it", what, dir);
+			free(path);
+			return -EFLEECE_REFUSED;
+		}
+	} else if (errno == ENOENT) {
+		/* To be created: where. */
+		top = false;
+		p = strrchr(path, '/');
+		if (p == path)
+			p[1] = '\0';
+		else if (p)
+			*p = '\0';
+		else
+			snprintf(path, strlen(path) + 1, ".");
+	}
+	real = realpath(path, NULL);
+	free(path);
+	if (!real) {
+		msg_errno("%s %s", what, dir);
+		return -EFLEECE_REFUSED;
+	}
+	for (;;) {
+		if (stat(real, &st)) {
+			msg_errno("%s %s: %s", what, dir, real);
+			r = -EFLEECE_REFUSED;
+		} else if (!S_ISDIR(st.st_mode)) {
+			msg_error("%s %s: %s is not a directory", what, dir, real);
+			r = -EFLEECE_REFUSED;
+		} else if (st.st_uid && st.st_uid != geteuid()) {
+			msg_error("%s %s: %s is owned by uid %u, not by root: refusing to use it",
+				  what, dir, real, (unsigned int)st.st_uid);
+			r = -EFLEECE_REFUSED;
+		} else if ((st.st_mode & (S_IWGRP | S_IWOTH)) && (top || !(st.st_mode & S_ISVTX))) {
+			msg_error("%s %s: %s is writable by %s (mode %04o): refusing to use it",
+				  what, dir, real, st.st_mode & S_IWOTH ? "others" : "its group",
+				  (unsigned int)(st.st_mode & 07777));
+			r = -EFLEECE_REFUSED;
+		}
+		if (r || !strcmp(real, "/"))
+			break;
+		top = false;
+		p = strrchr(real, '/');		/* one level up */
+		if (p == real)
+			p[1] = '\0';
+		else
+			*p = '\0';
+	}
+	free(real);
+	return r;
+}
+
+/* The state and lock directories, if they exist: private_dir_check(). */
+int fleece_dirs_check(void)
+{
+	static int checked = 1;
+
+	if (checked > 0) {
+		checked = private_dir_check(state_dir(), "FLEECE_STATE_DIR");
+		if (!checked)
+			checked = private_dir_check(lock_dir(), "FLEECE_LOCK_DIR");
+	}
+	return checked;
+}
+
 static struct {
 	char name[128];
 	int fd;
@@ -393,7 +500,7 @@ static unsigned int nr_held_locks;
  */
 int fleece_lock(const char *name)
 {
-	const char *dir = getenv("FLEECE_LOCK_DIR");
+	const char *dir = lock_dir();
 	unsigned int i;
 	char *path;
 	int fd, r;
@@ -405,8 +512,9 @@ int fleece_lock(const char *name)
 		msg_error("%s: more than %zu devices at once", name, ARRAY_SIZE(held_locks));
 		return -ENOMEM;
 	}
-	if (!dir || !*dir)
-		dir = FLEECE_LOCK_DIR;
+	r = fleece_dirs_check();
+	if (r)
+		return r;
 	if (mkdir(dir, 0700) && errno != EEXIST) {
 		r = -errno;
 		msg_errno("cannot create %s", dir);

@@ -35,11 +35,27 @@
 #include "opts.h"
 #include "util.h"
 
-/* Targets whose table can be loaded twice at once without harm. */
+/*
+ * Targets whose table can be loaded twice at once without harm.  Not
+ * log-writes: a second instance logs from the start of the log device again
+ * and the first one writes its end mark over it.  crypt only with the key
+ * in the table: a key in the kernel keyring (":<size>:logon:<desc>", LUKS2's
+ * default) is unlinked by cryptsetup once the device is active, so a second
+ * table cannot be loaded (see crypt_key_ok()).
+ */
 static const char *const safe_targets[] = {
 	"linear", "striped", "zero", "error", "crypt", "thin", "delay",
-	"flakey", "dust", "verity", "log-writes",
+	"flakey", "dust", "verity",
 };
+#define SAFE_TARGETS_TEXT "linear, striped, thin, crypt (a key in the table), zero, error, delay, flakey, dust, verity"
+
+/* crypt's parameters: "<cipher> <key> <iv_offset> <dev> <offset> ..." */
+static bool crypt_key_ok(const char *params)
+{
+	const char *key = strchr(params, ' ');
+
+	return key && key[1] != ':';
+}
 
 struct plan {
 	struct fleece_names fn;
@@ -57,6 +73,7 @@ struct plan {
 	dev_t origin_dev;
 	uint64_t origin_offset;
 	bool direct;			/* no hidden origin: see above */
+	char vg[128];			/* an LV's VG, its lvm2 lock held */
 };
 
 int start_opts_init(struct start_opts *o)
@@ -181,10 +198,47 @@ static bool table_is_whole_linear(const struct dmw_table *t, dev_t *dev,
 	       !parse_linear_params(t->t[0].params, dev, offset);
 }
 
+/*
+ * lvm2's locks of the VGs of the LVs among the NAMEs, taken in the order
+ * lvm2 takes several (by VG name), before their tables are read: no
+ * lvextend or pvmove reloads them until start is done.  An exit code.
+ */
+static int lock_vgs(struct plan *plans, unsigned int n)
+{
+	unsigned int *order = xcalloc(n, sizeof(*order)), i, j;
+	char (*vg)[128] = xcalloc(n, sizeof(*vg));
+	struct dmw_info info;
+	int r = 0;
+
+	for (i = 0; i < n && !r; i++) {
+		r = dmw_info(plans[i].fn.name, &info);
+		if (r) {
+			msg_error("%s: cannot query device-mapper: %s", plans[i].fn.name,
+				  dmw_strerror(r));
+			break;
+		}
+		if (info.exists)
+			r = lvm_lv_vg(plans[i].fn.name, info.uuid, vg[i], sizeof(vg[i]));
+		for (j = i; j > 0 && strcmp(vg[order[j - 1]], vg[i]) > 0; j--)
+			order[j] = order[j - 1];
+		order[j] = i;
+	}
+	for (i = 0; i < n && !r; i++)
+		if (vg[order[i]][0])
+			r = lvm_vg_lock(plans[order[i]].fn.name, vg[order[i]]);
+	for (j = 0; j < i && !r; j++)	/* each unlocked at the end of start */
+		snprintf(plans[order[j]].vg, sizeof(plans[0].vg), "%s", vg[order[j]]);
+	if (r)	/* the ones taken */
+		for (j = 0; j + 1 < i; j++)
+			lvm_vg_unlock(vg[order[j]]);
+	free(order);
+	free(vg);
+	return exit_code(r);
+}
+
 /* Everything about NAME that can be checked without changing anything. */
 static int check_name(struct plan *p, const struct start_opts *o)
 {
-	struct fleece_state st;
 	struct dmw_info other;
 	unsigned int i, lbs;
 	const char *name = p->fn.name;
@@ -247,17 +301,9 @@ static int check_name(struct plan *p, const struct start_opts *o)
 		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
 		return EX_FLEECE_FAIL;
 	}
-	r = state_read(name, &st);
-	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot read its state file in %s", name, state_dir());
-		return EX_FLEECE_FAIL;
-	}
-	if (st.present) {
-		msg_error("%s: an earlier fleece of this device was not cleaned up (%s/%s): run 'fleece stop %s' first",
-			  name, state_dir(), name, name);
-		return EX_FLEECE_REFUSED;
-	}
+	r = state_absent(name);
+	if (r)
+		return r;
 	if (!p->info.live_table || !p->table.n) {
 		msg_error("%s: has no active table", name);
 		return EX_FLEECE_REFUSED;
@@ -272,8 +318,13 @@ static int check_name(struct plan *p, const struct start_opts *o)
 	}
 	for (i = 0; i < p->table.n; i++) {
 		if (!target_is_safe(p->table.t[i].type)) {
-			msg_error("%s: its table has a '%s' target, which fleece cannot duplicate safely (supported: linear, striped, thin, crypt, zero, error, delay, flakey, dust, verity)",
-				  name, p->table.t[i].type);
+			msg_error("%s: its table has a '%s' target, which fleece cannot duplicate safely (supported: "
+				  SAFE_TARGETS_TEXT ")", name, p->table.t[i].type);
+			return EX_FLEECE_REFUSED;
+		}
+		if (!strcmp(p->table.t[i].type, "crypt") && !crypt_key_ok(p->table.t[i].params)) {
+			msg_error("%s: its crypt target takes its key from the kernel keyring (LUKS2), which cryptsetup empties once the device is active: fleece cannot load that table a second time",
+				  name);
 			return EX_FLEECE_REFUSED;
 		}
 	}
@@ -388,12 +439,23 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 	p->fleece_dev = st.st_rdev;
 	snprintf(p->fleece_path, sizeof(p->fleece_path), "%s", arg);
 	for (i = 0; i < n; i++) {
-		if (devno_depends_on(p->fleece_dev, all[i].dev) ||
-		    table_uses(&all[i].table, p->fleece_dev)) {
-			msg_error("fleece device %s: it is %s itself, or part of it: the fleece device must be a separate device",
-				  arg, all[i].fn.name);
+		char why[PATH_MAX + 128];
+		int r = devno_depends(p->fleece_dev, all[i].dev, why, sizeof(why));
+
+		if (r == 1 || table_uses(&all[i].table, p->fleece_dev)) {
+			msg_error("fleece device %s: it is %s itself, or part of it%s%s%s: the fleece device must be a separate device",
+				  arg, all[i].fn.name, r == 1 && why[0] ? " (" : "",
+				  r == 1 ? why : "", r == 1 && why[0] ? ")" : "");
 			return EX_FLEECE_REFUSED;
 		}
+		if (r < 0 && !o->force) {
+			msg_error("fleece device %s: cannot tell whether it is built on %s: %s (give --force if it is not)",
+				  arg, all[i].fn.name, why);
+			return EX_FLEECE_REFUSED;
+		}
+		if (r < 0)
+			msg_warn("fleece device %s: cannot tell whether it is built on %s (%s): using it (--force)",
+				 arg, all[i].fn.name, why);
 		if (&all[i] != p && all[i].fleece_dev == p->fleece_dev && all[i].fleece_arg) {
 			msg_error("fleece device %s: given for both %s and %s", arg,
 				  all[i].fn.name, p->fn.name);
@@ -451,9 +513,10 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 
 static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 {
+	char why[PATH_MAX + 128];
 	struct stat st;
-	dev_t fsdev;
 	char *real;
+	int r;
 
 	real = realpath(o->fleece_dir, NULL);
 	if (!real || stat(real, &st)) {
@@ -471,13 +534,23 @@ static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 		free(real);
 		return EX_FLEECE_REFUSED;
 	}
-	fsdev = st.st_dev;
-	if (major(fsdev) && devno_depends_on(fsdev, p->dev)) {
-		msg_error("--fleece-dir %s: it is on %s itself: copies of its data cannot be kept on it",
-			  o->fleece_dir, p->fn.name);
+	/* btrfs, overlayfs, a loop device's backing file: followed to their devices. */
+	r = path_depends(real, p->dev, why, sizeof(why));
+	if (r == 1) {
+		msg_error("--fleece-dir %s: it is on %s itself (%s): copies of its data cannot be kept on it",
+			  o->fleece_dir, p->fn.name, why);
 		free(real);
 		return EX_FLEECE_REFUSED;
 	}
+	if (r < 0 && !o->force) {
+		msg_error("--fleece-dir %s: cannot tell whether it is on %s: %s (give --force if it is not)",
+			  o->fleece_dir, p->fn.name, why);
+		free(real);
+		return EX_FLEECE_REFUSED;
+	}
+	if (r < 0)
+		msg_warn("--fleece-dir %s: cannot tell whether it is on %s (%s): using it (--force)",
+			 o->fleece_dir, p->fn.name, why);
 	snprintf(p->fleece_file, sizeof(p->fleece_file), "%s/%s%s",
 		 strcmp(real, "/") ? real : "", p->fn.name, FLEECE_FILE_SUFFIX);
 	free(real);
@@ -761,7 +834,7 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 			}
 		r = fleece_lock(name);
 		if (r) {
-			ret = r == -EBUSY ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
+			ret = r == -EBUSY ? EX_FLEECE_REFUSED : exit_code(r);
 			goto out;
 		}
 		plans[i].fleece_arg = o->nr_fleece_devs ? o->fleece_devs[i] : NULL;
@@ -770,6 +843,9 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		ret = EX_FLEECE_REFUSED;
 		goto out;
 	}
+	ret = lock_vgs(plans, n);
+	if (ret)
+		goto out;
 	for (i = 0; i < n; i++) {
 		ret = check_name(&plans[i], o);
 		if (ret)
@@ -929,6 +1005,7 @@ out:
 			close(plans[i].loop_fd);
 		dmw_table_free(&plans[i].table);
 		dmw_table_free(&plans[i].fleece);
+		lvm_vg_unlock(plans[i].vg);
 	}
 	free(plans);
 	return ret;

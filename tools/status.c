@@ -235,7 +235,7 @@ static void print_json(struct sbuf *sb, const struct fleece_report *r)
 
 static void status_help(void)
 {
-	printf("Usage: fleece status [--json] [NAME...]\n"
+	printf("Usage: fleece status [-q] [-v] [--json] [NAME...]\n"
 	       "\n"
 	       "Show each fleeced device (all of them without NAME): its state (active,\n"
 	       "invalid, incomplete or none), chunk counts, copies made, fleece space in use\n"
@@ -243,6 +243,7 @@ static void status_help(void)
 	       "\n"
 	       "Options:\n"
 	       "  -j, --json                one JSON object: {\"devices\": [...]}\n"
+	       "  -q, --quiet               no messages but errors (the report is printed)\n"
 	       "  -v, --verbose             more messages\n"
 	       "  -h, --help                this help\n"
 	       "\n"
@@ -254,6 +255,8 @@ static void status_help(void)
 static int status_opt(int c, const char *arg, void *ctx)
 {
 	(void)arg;
+	if (c == 'q')
+		return 0;	/* common to every command: no messages but errors */
 	if (c != 'j')
 		return 1;
 	*(bool *)ctx = true;
@@ -264,6 +267,7 @@ int cmd_status(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -276,9 +280,12 @@ int cmd_status(int argc, char **argv)
 	int code, err = 0, ret = EX_FLEECE_OK;
 
 	prog = "fleece status";
-	code = parse_opts(argc, argv, "jvh", opts, status_help, status_opt, &json);
+	code = parse_opts(argc, argv, "jqvh", opts, status_help, status_opt, &json);
 	if (code >= 0)
 		return code;
+	code = fleece_dirs_check();
+	if (code)
+		return exit_code(code);
 	if (optind < argc) {
 		n = argc - optind;
 		names = xcalloc(n, sizeof(char *));

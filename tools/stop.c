@@ -41,6 +41,7 @@ struct stop_ctx {
 	bool inactive_ours;		/* ... or has it loaded, inactive */
 	struct dmw_table orig;		/* NAME's original table, when live_ours */
 	bool did;
+	char vg[128];			/* an LV's VG, its lvm2 lock held */
 };
 
 static int query_failed(const char *name, const char *what, int r)
@@ -107,6 +108,21 @@ static int stop_survey(struct stop_ctx *c)
 		return query_failed(name, "the device", r);
 	if (!c->ni.exists)
 		return 0;
+	/* An LV: no lvm2 command reloads it until its table is back; then look again. */
+	r = lvm_lv_vg(name, c->ni.uuid, c->vg, sizeof(c->vg));
+	if (!r && c->vg[0])
+		r = lvm_vg_lock(name, c->vg);
+	if (r) {
+		c->vg[0] = '\0';
+		return r;
+	}
+	if (c->vg[0]) {
+		r = dmw_info(name, &c->ni);
+		if (r)
+			return query_failed(name, "the device", r);
+		if (!c->ni.exists)
+			return 0;
+	}
 	if (c->ni.live_table) {
 		r = dmw_get_table(name, false, &t);
 		if (r)
@@ -306,6 +322,7 @@ int fleece_stop(const char *name, bool keep_partial)
 	if (!r)
 		r = stop_files(&c, keep_partial);
 	dmw_table_free(&c.orig);
+	lvm_vg_unlock(c.vg);
 	if (r)
 		return r;
 	if (c.did)

@@ -567,49 +567,9 @@ bool devno_has_holders(dev_t dev)
 	return any;
 }
 
-static bool depends_on(dev_t dev, dev_t base, unsigned int depth)
-{
-	char path[PATH_MAX], devstr[32];
-	struct dirent *de;
-	struct stat st;
-	bool found = false;
-	DIR *d;
-
-	if (dev == base)
-		return true;
-	if (depth > 16)
-		return false;
-	/* A loop device is built on the file system of its backing file. */
-	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/backing_file", major(dev),
-		 minor(dev));
-	if (!read_text_file(path, path, sizeof(path)) && !stat(path, &st) &&
-	    major(st.st_dev) && depends_on(st.st_dev, base, depth + 1))
-		return true;
-	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/slaves", major(dev), minor(dev));
-	d = opendir(path);
-	if (!d) {
-		/* A partition: its disk's slaves are what it is built on. */
-		return false;
-	}
-	while (!found && (de = readdir(d))) {
-		unsigned int ma, mi;
-		char sys[PATH_MAX + 300];
-
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(sys, sizeof(sys), "%s/%s/dev", path, de->d_name);
-		if (read_text_file(sys, devstr, sizeof(devstr)) ||
-		    sscanf(devstr, "%u:%u", &ma, &mi) != 2)
-			continue;
-		found = depends_on(makedev(ma, mi), base, depth + 1);
-	}
-	closedir(d);
-	return found;
-}
-
 bool devno_depends_on(dev_t dev, dev_t base)
 {
-	return depends_on(dev, base, 0);
+	return devno_depends(dev, base, NULL, 0) == 1;
 }
 
 unsigned int devno_logical_block_size(dev_t dev)

@@ -103,10 +103,19 @@ int devno_path(dev_t dev, char *buf, size_t len);
 /* Does the block device have holders (another device built on it)? */
 bool devno_has_holders(dev_t dev);
 /*
- * Is @dev @base, or built on it (through its slaves, and the file system
- * of a loop device's backing file, recursively)?
+ * Is @dev @base, or built on it (through its slaves, its disk, and the file
+ * system of a loop device's backing file, recursively)?  False also when
+ * that cannot be told: callers that must refuse then use devno_depends().
  */
 bool devno_depends_on(dev_t dev, dev_t base);
+/*
+ * The same, telling "no" from "cannot tell" (deps.c): 1 when @dev is @base
+ * or built on it, 0 when it is not, -errno when that cannot be established
+ * (@why says what could not be followed, or how it depends).
+ */
+int devno_depends(dev_t dev, dev_t base, char *why, size_t len);
+/* Is the file system that holds @path on @base?  1, 0 or -errno, as above. */
+int path_depends(const char *path, dev_t base, char *why, size_t len);
 unsigned int devno_logical_block_size(dev_t dev);
 
 /* fsync a directory (after a rename or unlink in it): 0 or -errno. */

@@ -69,6 +69,8 @@ refused 1 "must be run as root" "read as nobody" -- \
 	as_nobody /tmp/fleece-nobody read /dev/mapper/data-fleece-view -o /tmp/nobody.img
 
 step "2. root, queries failing (test fault hook)"
+# Root refuses state and lock directories owned by another user.
+chown -R 0:0 "$sdir" "$ldir"
 # stop queries the view, the hidden origin, then NAME (info), then tables.
 for f in dm-info@1=EIO dm-info@2=EIO dm-info@3=ENOENT dm-table=EIO dm-info=EACCES; do
 	refused 1 "cannot query" "stop, $f" -- env FLEECE_FAULT=$f $F stop data

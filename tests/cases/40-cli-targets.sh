@@ -1,0 +1,72 @@
+#!/bin/bash
+# Which tables fleece duplicates:
+#  1. log-writes is refused (a second instance would write over the first
+#     one's log), nothing changed;
+#  2. crypt with its key in the table is fleeced: the view holds the
+#     plaintext of the point in time, stop puts the table back;
+#  3. crypt with its key in the kernel keyring (LUKS2's default; cryptsetup
+#     unlinks that key once the device is active) is refused;
+#  4. status -q is accepted, as every command's -q.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
+F=$(fleece_bin)
+export FLEECE_STATE_DIR=$PWD/state
+base=$(mkdev base 16)
+logd=$(mkdev logd 16 2)
+fl=$(mkdev fl 16 1)
+mkpattern pat 16 pat
+mkpattern new 1 new
+
+refused() { # dm-name message-glob what
+	local t
+	t=$(dmsetup table --showkeys "$1")
+	expect_exit 3 $F start --fleece-dev "$fl" "$1"
+	echo "$T_ERR"
+	[[ $T_ERR == $2 ]] || fail "$3: not the reason expected ($2): $T_ERR"
+	assert_eq "$(dmsetup table --showkeys "$1")" "$t" "$3: the table"
+	no_fleece_devices
+	[ -z "$(ls -A state 2>/dev/null)" ] || fail "$3: state left"
+}
+
+step "1. log-writes is refused"
+modprobe dm-log-writes
+dmsetup create lw --table "0 32768 log-writes $base $logd"
+refused lw "*its table has a 'log-writes' target, which fleece cannot duplicate safely*" "log-writes"
+dmsetup remove lw
+
+step "2. crypt with its key in the table"
+modprobe dm-crypt
+key=$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')
+dmsetup create cr --table "0 32768 crypt aes-xts-plain64 $key 0 $base 0"
+ctable=$(dmsetup table --showkeys cr)
+put pat /dev/mapper/cr
+$F start -q --fleece-dev "$fl" cr
+dmsetup table cr | grep -q " fleece " || fail "cr is not fleeced"
+put new /dev/mapper/cr
+same /dev/mapper/cr-fleece-view pat "the view of the crypt device"
+
+step "4. status -q"
+$F status -q cr > status.out || fail "status -q: exit $?"
+grep -q "^cr: active" status.out || fail "status -q printed no report: $(cat status.out)"
+$F stop -q cr
+assert_eq "$(dmsetup table --showkeys cr)" "$ctable" "cr's table after stop"
+cmp <(head -c 1M /dev/mapper/cr) new || fail "cr lost what was written during the fleece"
+dmsetup remove cr
+
+step "3. crypt with its key in the kernel keyring"
+# A logon key, as cryptsetup loads a LUKS2 volume key (no keyctl here).
+python3 - <<'PY' || fail "cannot add a key to the user keyring"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+key = os.urandom(64)
+# add_key("logon", "fleece:test", key, 64, KEY_SPEC_USER_KEYRING)
+r = libc.syscall(ctypes.c_long(248), b"logon", b"fleece:test", key, ctypes.c_size_t(len(key)),
+                 ctypes.c_long(-4))
+if r < 0:
+    raise SystemExit("add_key: %s" % os.strerror(ctypes.get_errno()))
+PY
+dmsetup create crk --table "0 32768 crypt aes-xts-plain64 :64:logon:fleece:test 0 $base 0" ||
+	fail "dm-crypt does not take the keyring key"
+refused crk "*its crypt target takes its key from the kernel keyring*" "crypt, keyring key"
+dmsetup remove crk
+step "ok"
