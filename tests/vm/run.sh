@@ -4,6 +4,7 @@
 # usage: run.sh KVER KIMAGE KMODROOT MODULE OUTDIR SUITE [PATTERN]
 #   SUITE is a folder under tests/ (cases, selftest, bench, demo).
 #   TIER=long: the longer tier (tests run their long loops; default ci).
+#   STRESS_SECONDS, STRESS_SEED: 34-stress's length and seed.
 #   VM_MEM, VM_CPUS, VM_TIMEOUT, VM_KVM=1, VM_ICOUNT=N (instruction-counted
 #   guest clock): the VM; VM_UDEV=0: no udevd in
 #   the guest (DM_DISABLE_UDEV=1 instead); TEST_TIMEOUT: seconds a test
@@ -78,6 +79,9 @@ cmdline+=" brd.rd_nr=4 brd.rd_size=1048576"
 cmdline+=" fleece.src=$src fleece.kver=$kver fleece.modroot=$kmodroot fleece.module=$module"
 cmdline+=" fleece.suite=$suite fleece.pattern=${pattern:-all} fleece.udev=${VM_UDEV:-1}"
 cmdline+=" fleece.test_timeout=${TEST_TIMEOUT:-900} fleece.tier=${TIER:-ci}"
+# STRESS_SECONDS / STRESS_SEED: 34-stress's length and seed.
+[ -z "${STRESS_SECONDS:-}" ] || cmdline+=" fleece.stress_seconds=$STRESS_SECONDS"
+[ -z "${STRESS_SEED:-}" ] || cmdline+=" fleece.stress_seed=$STRESS_SEED"
 # A file-backed virtio disk, when asked (make bench DISK=FILE): created
 # sparse if missing, opened with O_DIRECT on the host (cache=none) so that
 # the host's page cache does not turn it into another ram disk.
