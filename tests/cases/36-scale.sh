@@ -64,9 +64,25 @@ mkdevs() { # prefix ram
 }
 
 # Rescuer threads of the fleece contexts' workqueues "kfleeced" and
-# "kfleeced_start": named so up to 6.8, "kworker/R-<name>" since 6.9, cut
-# to 15 characters ("kworker/R-kflee") as the task's comm.
-workers() { cat /proc/[0-9]*/comm 2>/dev/null | grep -cE '^(kfleeced|kfleeced_start|kworker/R-kflee)$' || true; }
+# "kfleeced_start": named so up to 6.8, "kworker/R-<name>" since 6.9; the
+# task's comm cuts that to 15 characters ("kworker/R-kflee"), but
+# /proc/PID/comm shows a kthread's full name on newer kernels (6.12 here).
+workers() {
+	cat /proc/[0-9]*/comm 2>/dev/null |
+		grep -cE '^(kworker/R-)?(kfleeced|kfleeced_start|kflee)$' || true
+}
+# A new kthread names itself (since 6.10 in the new thread, not in
+# kthread_create): the count may lag behind alloc_workqueue() for a moment
+# on a loaded vCPU.  The count once it is N, or after 30 s.
+workers_wait() { # N
+	local n i
+	for i in $(seq 150); do
+		n=$(workers)
+		[ "$n" = "$1" ] && break
+		sleep 0.2
+	done
+	echo "$n"
+}
 
 # All 64 devices PREFIXi, one after the other, compared byte for byte with
 # FILE (the 64 images in a row): a mismatch names the pair and the offset.
@@ -234,7 +250,8 @@ workers0=$(workers)
 
 log "the first fleece, alone: its worker threads"
 fleece_create fl0 /dev/mapper/o0 /dev/mapper/s0 "$(chunk_of 0)" > /dev/null
-per_pair=$(($(workers) - workers0))
+# Each fleece context has two work queues with a rescuer thread each.
+per_pair=$(($(workers_wait $((workers0 + 2))) - workers0))
 [ "$per_pair" -ge 1 ] || fail "no fleece worker thread while a fleece table exists"
 log "$per_pair worker threads per pair"
 
@@ -251,7 +268,7 @@ for ((i = 0; i < N; i++)); do
 done
 dmsetup create --concise "${spec%;}"
 udevadm settle
-assert_eq "$(workers)" $((workers0 + N * per_pair)) "fleece worker threads with $N pairs"
+assert_eq "$(workers_wait $((workers0 + N * per_pair)))" $((workers0 + N * per_pair)) "fleece worker threads with $N pairs"
 dmsetup status > status.start
 for ((i = 0; i < N; i++)); do
 	c=$(chunk_of $i)
@@ -316,7 +333,7 @@ names() { local i; for ((i = 0; i < N; i++)); do echo "$1$i"; done; }
 dmsetup remove $(names v)
 # shellcheck disable=SC2046
 dmsetup remove $(names fl)
-assert_eq "$(workers)" "$workers0" "fleece worker threads after the teardown"
+assert_eq "$(workers_wait "$workers0")" "$workers0" "fleece worker threads after the teardown"
 assert_eq "$(cat /sys/module/dm_fleece/refcnt)" 0 "module references after the teardown"
 # shellcheck disable=SC2046
 dmsetup remove $(names s) $(names o)
