@@ -35,20 +35,6 @@ dmsetup create z-origin --table "0 $TIB zero"
 dmsetup create z-fleece --table "0 $TIB zero"
 udevadm settle
 
-# Let udev finish, write back, drop the page cache (and reclaimable slab).
-settle() {
-	udevadm settle --timeout=30
-	sync
-	echo 3 > /proc/sys/vm/drop_caches
-	sleep 1
-}
-
-meminfo() {
-	awk '/^(MemFree|Slab|SUnreclaim|SReclaimable|VmallocUsed|Percpu|KernelStack|PageTables):/ {
-		gsub(":", "", $1); printf "%s\"%s\": %s", sep, $1, $2; sep = ", " }
-		BEGIN { printf "{" } END { printf "}" }' /proc/meminfo
-}
-
 create_case() { # case
 	case $1 in
 	linear-1t) dmsetup create m --table "0 $TIB linear /dev/mapper/z-origin 0" ;;

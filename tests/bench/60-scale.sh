@@ -57,19 +57,6 @@ NSTATUS=20
 NPAIRS=64
 GIB=$((1 << 21))
 
-settle() {
-	udevadm settle --timeout=30
-	sync
-	echo 3 > /proc/sys/vm/drop_caches
-	sleep 1
-}
-
-meminfo() {
-	awk '/^(MemFree|Slab|SUnreclaim|SReclaimable|VmallocUsed|Percpu|KernelStack|PageTables):/ {
-		gsub(":", "", $1); printf "%s\"%s\": %s", sep, $1, $2; sep = ", " }
-		BEGIN { printf "{" } END { printf "}" }' /proc/meminfo
-}
-
 us() { echo "${EPOCHREALTIME/./}"; }
 
 # create_timed NAME TABLE: create, load, resume, each timed; sets T_LOAD,
