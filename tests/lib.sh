@@ -16,10 +16,13 @@ export DM_UDEV_DISABLE_LIBRARY_FALLBACK=1
 # run is its own profile.
 log() { echo "== ${SECONDS}s $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
-# The tier of the run (make check TIER=long; run.sh puts it on the kernel
-# command line): a loop that hunts leaks or races runs more rounds in the
-# longer tier.  tiered CI LONG prints the count for this run.
-TIER=$(sed -n 's/.*\<fleece\.tier=\([a-z]*\).*/\1/p' /proc/cmdline)
+# The value of NAME=value on the kernel command line (run.sh passes the
+# run's settings there: fleece.module=, fleece.tier=, fleece.stress_seed=).
+arg() { sed -n "s/.*\\<$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
+# The tier of the run (make check TIER=long): a loop that hunts leaks or
+# races runs more rounds in the longer tier.  tiered CI LONG prints the
+# count for this run.
+TIER=$(arg fleece.tier)
 tiered() { if [ "$TIER" = long ]; then echo "$2"; else echo "$1"; fi; }
 # The test cannot run here, for a reason the report shows: "ok N name # SKIP
 # reason".  Only for a condition of the environment that the test checks
@@ -252,4 +255,20 @@ wait_writes_done() { # dm-name count: polls for up to 30 s
 release_delayed() { # dm-delay name
 	dmsetup suspend "$1"
 	dmsetup resume "$1"
+}
+
+# Run a command in the background (its output in OUT, its pid in $pid)
+# until it stops itself at its fault point (FLEECE_FAULT=<point>=STOP):
+# fails if it ends before, or does not get there within 60 s.
+run_held() { # out command...
+	local out=$1 i
+	shift
+	"$@" > "$out" 2>&1 &
+	pid=$!
+	for i in $(seq 1 600); do
+		[ "$(awk '{ print $3 }' /proc/$pid/stat 2>/dev/null)" = T ] && return 0
+		kill -0 $pid 2>/dev/null || { cat "$out"; fail "$* ended before its fault point"; }
+		sleep 0.1
+	done
+	fail "$* does not reach its fault point"
 }

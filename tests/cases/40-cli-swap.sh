@@ -39,15 +39,7 @@ nothing_left() { # what
 }
 # start NAME in the background, held before its suspend
 start_held() { # name
-	FLEECE_FAULT=before-suspend=STOP $F start --fleece-dev "$fl" "$1" > start.out 2>&1 &
-	pid=$!
-	local i
-	for i in $(seq 1 600); do
-		[ "$(awk '{ print $3 }' /proc/$pid/stat 2>/dev/null)" = T ] && return 0
-		kill -0 $pid 2>/dev/null || { cat start.out; fail "start ended before its suspend"; }
-		sleep 0.1
-	done
-	fail "start does not reach its suspend"
+	run_held start.out env FLEECE_FAULT=before-suspend=STOP $F start --fleece-dev "$fl" "$1"
 }
 # let it go on; it must fail (exit 1) with a message matching REGEX
 start_fails() { # regex what

@@ -22,18 +22,6 @@ lockf=/run/lock/lvm/V_vg-l
 mkdir -p /run/lock/lvm
 pid=
 
-# Run "$@" in the background, held at its fault point (FLEECE_FAULT=...=STOP).
-held() {
-	"$@" > held.out 2>&1 &
-	pid=$!
-	local i
-	for i in $(seq 1 600); do
-		[ "$(awk '{ print $3 }' /proc/$pid/stat 2>/dev/null)" = T ] && return 0
-		kill -0 $pid 2>/dev/null || { cat held.out; fail "$* ended before its fault point"; }
-		sleep 0.1
-	done
-	fail "$* does not reach its fault point"
-}
 # An lvextend must wait while fleece is held; it is then given up (SIGINT).
 lvextend_waits() { # what
 	local lvp i rc=0
@@ -75,7 +63,7 @@ $F stop -q /dev/vg-l/lv
 assert_eq "$(dmsetup table vg--l-lv)" "$lv_table" "the LV's table after stop"
 
 step "2. an lvextend waits for start"
-held env FLEECE_FAULT=before-suspend=STOP $F start --fleece-dev "$fl" /dev/vg-l/lv
+run_held held.out env FLEECE_FAULT=before-suspend=STOP $F start --fleece-dev "$fl" /dev/vg-l/lv
 lvextend_waits "start"
 kill -CONT $pid
 wait $pid || { cat held.out; fail "start after the lvextend gave up"; }
@@ -85,7 +73,7 @@ dmsetup table vg--l-lv | grep -q " fleece " || fail "the LV is not fleeced"
 same /dev/mapper/vg--l-lv-fleece-view /dev/mapper/vg--l-lv "the view of the idle LV"
 
 step "3. an lvextend waits for stop"
-held env FLEECE_FAULT=dm-remove@1=STOP $F stop /dev/vg-l/lv
+run_held held.out env FLEECE_FAULT=dm-remove@1=STOP $F stop /dev/vg-l/lv
 lvextend_waits "stop"
 kill -CONT $pid
 wait $pid || { cat held.out; fail "stop after the lvextend gave up"; }
