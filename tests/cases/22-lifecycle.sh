@@ -418,7 +418,7 @@ dmsetup remove fo3
 
 RELOADS=$(tiered 3 10)
 log "$RELOADS unload/load cycles of the module, a pair copying a chunk each time"
-module=$(sed -n 's/.*fleece\.module=\([^ ]*\).*/\1/p' /proc/cmdline)
+module=$(arg fleece.module)
 [ -f "$module" ] || fail "no module file on the kernel command line ('$module')"
 dmesg_mark
 for i in $(seq 1 "$RELOADS"); do

@@ -10,7 +10,6 @@
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 
-arg() { sed -n "s/.*\\<$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
 seconds=$(arg fleece.stress_seconds)
 seed=$(arg fleece.stress_seed)
 [ -n "$seed" ] && export FLEECE_STRESS_SEED=$seed

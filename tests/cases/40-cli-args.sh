@@ -118,7 +118,7 @@ step "no fleece target in the kernel: modprobe is tried, then the problem is nam
 # never installs it under /lib/modules, so modprobe cannot find it.  No
 # fleece device exists here (checked by "unchanged" above): an unload that
 # fails means a leaked reference, which is a bug, not a reason to skip.
-module=$(sed -n 's/.*fleece\.module=\([^ ]*\).*/\1/p' /proc/cmdline)
+module=$(arg fleece.module)
 [ -f "$module" ] || fail "no module file on the kernel command line ('$module')"
 # A modprobe earlier in PATH must not be the one run (root runs it).
 mkdir -p evil
