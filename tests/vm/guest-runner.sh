@@ -9,7 +9,14 @@
 TEST_TIMEOUT=$(arg fleece.test_timeout)
 : "${TEST_TIMEOUT:=900}"
 
+# Each step of the teardown is timed: a slow one (the debug kernel) shows in
+# the report as a comment.
+td_t0=0 td_steps=
+td_step() { td_steps+=" $1 $((SECONDS - td_t0))s"; td_t0=$SECONDS; }
+
 teardown() {
+	local t0=$SECONDS
+	td_t0=$SECONDS td_steps=
 	# A test that failed may leave a device suspended: resume it first, or
 	# whatever waits on it (a view read held while its fleece origin is
 	# suspended, lvm scanning that view) blocks the teardown for good.
@@ -17,16 +24,21 @@ teardown() {
 		while read -r name state; do
 			[ "$state" = Suspended ] && dmsetup resume "$name"
 		done
+	td_step resume
 	# Unmount anything below /mnt, then drop every dm, lvm and loop device.
 	grep -o ' /mnt[^ ]*' /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
+	td_step umount
 	vgchange -an >/dev/null 2>&1
+	td_step vgchange
 	for i in 1 2 3; do
 		dmsetup remove_all --force >/dev/null 2>&1
 		[ -z "$(dmsetup ls 2>/dev/null | grep -v 'No devices')" ] && break
 		sleep 1
 	done
+	td_step dm
 	losetup -D 2>/dev/null
 	udevadm settle --timeout=30
+	td_step loop+settle
 	# A modular brd goes, with its memory; a built-in one is wiped.
 	if ! rmmod brd 2>/dev/null; then
 		for d in /dev/ram[0-3]; do
@@ -34,7 +46,9 @@ teardown() {
 				dd if=/dev/zero of="$d" bs=1M count=64 status=none
 		done
 	fi
+	td_step brd
 	rm -f /tmp/.ram*.next
+	[ $((SECONDS - t0)) -lt 10 ] || echo "# teardown took $((SECONDS - t0))s:$td_steps"
 }
 
 # The kernel log from the line holding $1 on: a mark, not a line count,
