@@ -720,7 +720,7 @@ void fleece_cbw_release_all(struct fleece_ctx *ctx)
 /**
  * fleece_origin_write() - an origin write to a chunk that looked pending
  * @ctx: the context
- * @bio: a write, write-zeroes or secure erase within @chunk
+ * @bio: a write within @chunk
  * @chunk: the chunk
  *
  * Called from .map: it may wait for a region descriptor from the mempool
@@ -777,6 +777,167 @@ again:
 		fleece_copy_request(r);
 out:
 	spin_unlock_irqrestore(&b->lock, flags);
+	if (spare)
+		mempool_free(spare, &ctx->region_pool);
+	return ret;
+}
+
+/*
+ * One chunk of an origin bio over several (fleece_origin_extent()): ask for
+ * its copy if it needs one and has none.  Called from .map: it may wait for
+ * a region descriptor from the mempool (GFP_NOIO), never for a copy.
+ *
+ * Return: 1 if writes to the chunk may go on now, 0 if they must wait,
+ * -EIO if they must fail (a copy abandoned under fail_origin_writes).
+ */
+static int fleece_extent_chunk(struct fleece_ctx *ctx, unsigned long chunk,
+			       struct fleece_region **spare)
+{
+	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
+	struct fleece_region *r;
+	unsigned long flags;
+	int ret = 0;
+
+again:
+	spin_lock_irqsave(&b->lock, flags);
+	if (fleece_chunk_done(ctx, chunk) || fleece_ctx_invalid(ctx)) {
+		ret = 1;
+		goto out;
+	}
+	r = fleece_region_find(b, chunk);
+	if (r && r->abandoned) {
+		/* As in fleece_origin_write(). */
+		if (WARN_ON_ONCE(!r->fail_writes)) {
+			ret = 1;
+			goto out;
+		}
+		ret = -EIO;
+		goto out;
+	}
+	if (r && fleece_region_writable(r)) {
+		ret = 1;
+		goto out;
+	}
+	if (!r) {
+		if (!*spare) {
+			spin_unlock_irqrestore(&b->lock, flags);
+			*spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
+			goto again;
+		}
+		r = fleece_region_new(ctx, b, *spare, chunk);
+		*spare = NULL;
+	}
+	if (!r->copying && !r->copied)
+		fleece_copy_request(r);
+out:
+	spin_unlock_irqrestore(&b->lock, flags);
+	return ret;
+}
+
+/*
+ * Wait on @chunk, unless it became writable meanwhile.  Return: true if
+ * @bio now waits on it.
+ */
+static bool fleece_extent_wait(struct fleece_ctx *ctx, struct bio *bio,
+			       unsigned long chunk)
+{
+	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
+	struct fleece_region *r;
+	unsigned long flags;
+	bool waits = false;
+
+	spin_lock_irqsave(&b->lock, flags);
+	if (!fleece_chunk_done(ctx, chunk) && !fleece_ctx_invalid(ctx)) {
+		r = fleece_region_find(b, chunk);
+		if (r && !r->abandoned && !fleece_region_writable(r)) {
+			bio_list_add(&r->writes, bio);
+			waits = true;
+		}
+	}
+	spin_unlock_irqrestore(&b->lock, flags);
+	return waits;
+}
+
+/*
+ * @bio goes on over chunks that were all found writable: record, for each
+ * copy under way, that a write passed it.  Return: false if one of them is
+ * no longer writable (not expected: see fleece_origin_extent()).
+ */
+static bool fleece_extent_pass(struct fleece_ctx *ctx, unsigned long first,
+			       unsigned long last)
+{
+	struct fleece_region *r;
+	struct fleece_bucket *b;
+	unsigned long chunk, flags;
+	bool ok = true;
+
+	for (chunk = first; ok && chunk <= last; chunk++) {
+		if (fleece_chunk_done(ctx, chunk))
+			continue;
+		b = fleece_bucket(ctx, chunk);
+		spin_lock_irqsave(&b->lock, flags);
+		if (!fleece_ctx_invalid(ctx) && !fleece_chunk_done(ctx, chunk)) {
+			r = fleece_region_find(b, chunk);
+			if (r && !r->abandoned && fleece_region_writable(r)) {
+				if (!r->copied)
+					r->writes_passed = true;
+			} else {
+				ok = false;
+			}
+		}
+		spin_unlock_irqrestore(&b->lock, flags);
+	}
+	return ok;
+}
+
+/**
+ * fleece_origin_extent() - a write-zeroes or secure erase over many chunks
+ * @ctx: the context
+ * @bio: the bio, never cut (see fleece_bio_cut())
+ * @first: its first chunk
+ * @last: its last chunk
+ *
+ * A copy is asked for every pending chunk that has none, so that they all
+ * run side by side, each with its own timeout from now.  @bio then waits
+ * whole on the first chunk that does not let writes go on, and is mapped
+ * again from @first when that one does.  It goes on once every chunk lets
+ * it: a chunk found writable stays so (its copy is safe or done, and view
+ * reads do not go to the origin over a chunk with a copy under way), so
+ * recording the write on each copy cannot find one that is not.
+ *
+ * Return: a DM_MAPIO_* value; SUBMITTED when @bio waits.
+ */
+int fleece_origin_extent(struct fleece_ctx *ctx, struct bio *bio,
+			 unsigned long first, unsigned long last)
+{
+	struct fleece_region *spare = NULL;
+	unsigned long chunk, blocked;
+	int ret, ready;
+
+again:
+	blocked = ULONG_MAX;
+	for (chunk = first; chunk <= last; chunk++) {
+		if (fleece_chunk_done(ctx, chunk))
+			continue;
+		ready = fleece_extent_chunk(ctx, chunk, &spare);
+		if (ready < 0) {
+			atomic64_inc(&ctx->cbw_errors);
+			ret = DM_MAPIO_KILL;
+			goto out;
+		}
+		if (!ready && blocked == ULONG_MAX)
+			blocked = chunk;
+	}
+	if (blocked != ULONG_MAX) {
+		if (!fleece_extent_wait(ctx, bio, blocked))
+			goto again;
+		ret = DM_MAPIO_SUBMITTED;
+		goto out;
+	}
+	if (!fleece_extent_pass(ctx, first, last))
+		goto again;
+	ret = DM_MAPIO_REMAPPED;
+out:
 	if (spare)
 		mempool_free(spare, &ctx->region_pool);
 	return ret;
@@ -942,16 +1103,16 @@ void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio)
 /**
  * fleece_view_release() - a view discard covers chunks @first to @last whole
  * @ctx: the context
- * @bio: the discard; of one chunk if mapped again
+ * @bio: the discard, never cut (see fleece_bio_cut())
  * @first: the first chunk
  * @last: the last chunk
- * @released: set to the number of chunks this discard released
+ * @released: set to the number of chunks this call released
  * @was_copied: set when one of them had its data in the fleece device
  *
  * A chunk is released only when no copy of it and no view read of it on
  * the origin is under way: once released, origin writes pass it unseen.
- * The chunks are released in order up to the first that is busy: @bio is
- * cut short of it, or, if it is @first, cut to @first and waits.
+ * The chunks are released in order up to the first that is busy, on which
+ * @bio waits whole; mapped again, it finds the chunks before released.
  *
  * Return: a DM_MAPIO_* value; SUBMITTED when @bio waits for a busy chunk.
  */
@@ -988,12 +1149,7 @@ again:
 			spin_unlock_irqrestore(&b->lock, flags);
 			continue;
 		}
-		if (chunk > first) {
-			spin_unlock_irqrestore(&b->lock, flags);
-			fleece_bio_cut(ctx, bio, chunk - 1);
-			break;
-		}
-		/* Wait for the chunk alone, in a region of its own if need be. */
+		/* Wait for the chunk, in a region of its own if need be. */
 		if (!r) {
 			if (!spare) {
 				spin_unlock_irqrestore(&b->lock, flags);
@@ -1003,7 +1159,6 @@ again:
 			r = fleece_region_new(ctx, b, spare, chunk);
 			spare = NULL;
 		}
-		fleece_bio_cut(ctx, bio, chunk);
 		bio_list_add(&r->waiters, bio);
 		spin_unlock_irqrestore(&b->lock, flags);
 		ret = DM_MAPIO_SUBMITTED;

@@ -247,10 +247,82 @@ static void fleece_origin_dtr(struct dm_target *ti)
 	kfree(fo);
 }
 
+/* Are chunks @first to @last all done (copied or released)? */
+static bool fleece_chunks_done(struct fleece_ctx *ctx, unsigned long first,
+			       unsigned long last)
+{
+	unsigned long chunk;
+
+	for (chunk = first; chunk <= last; chunk++)
+		if (!fleece_chunk_done(ctx, chunk))
+			return false;
+	return true;
+}
+
+/* Discard origin sectors @start to @end (target offsets) alongside @bio. */
+static void fleece_origin_discard_run(struct fleece_origin *fo,
+				      struct bio *bio, sector_t start,
+				      sector_t end)
+{
+	struct bio *run;
+
+	/* A discard may be dropped: never wait for memory in .map. */
+	run = bio_alloc(fo->origin->bdev, 0, bio->bi_opf, GFP_NOWAIT);
+	if (!run)
+		return;
+	run->bi_iter.bi_sector = fo->origin_offset + start;
+	run->bi_iter.bi_size = (end - start) << SECTOR_SHIFT;
+	bio_chain(run, bio);
+	submit_bio_noacct(run);
+}
+
+/*
+ * A discard that reaches a pending chunk must not go down there: the frozen
+ * data would be lost.  It goes down over its runs of done chunks only,
+ * each but the last as a bio of its own chained to @bio, the last as @bio
+ * trimmed to it (dm core sends discards as duplicate bios, which may not
+ * be cut); over pending chunks it is dropped, as a discard may be, and
+ * costs no copy.
+ *
+ * Return: a DM_MAPIO_* value; REMAPPED with @bio trimmed to the last run.
+ */
+static int fleece_origin_discard(struct dm_target *ti, struct bio *bio,
+				 unsigned long first, unsigned long last)
+{
+	struct fleece_origin *fo = ti->private;
+	struct fleece_ctx *ctx = fo->ctx;
+	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	sector_t end = off + bio_sectors(bio);
+	sector_t run_start = 0, run_end = 0, s;
+	unsigned long chunk = first;
+
+	while (chunk <= last) {
+		if (!fleece_chunk_done(ctx, chunk)) {
+			chunk++;
+			continue;
+		}
+		s = max(off, fleece_chunk_start(ctx, chunk));
+		while (chunk <= last && fleece_chunk_done(ctx, chunk))
+			chunk++;
+		if (run_end)
+			fleece_origin_discard_run(fo, bio, run_start, run_end);
+		run_start = s;
+		run_end = min(end, fleece_chunk_start(ctx, chunk));
+	}
+	if (!run_end) {
+		bio_endio(bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	bio->bi_iter.bi_sector = ti->begin + run_start;
+	bio->bi_iter.bi_size = (run_end - run_start) << SECTOR_SHIFT;
+	return DM_MAPIO_REMAPPED;
+}
+
 /**
  * fleece_origin_map_bio() - map an origin bio, first time or again
  * @ti: the fleece target
- * @bio: a read, a bio over done chunks only, or a bio within one chunk
+ * @bio: a read; a write over done chunks only, or within one chunk; or a
+ *	discard, write-zeroes or secure erase over any chunks
  *
  * Return: a DM_MAPIO_* value.
  */
@@ -258,33 +330,42 @@ int fleece_origin_map_bio(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_origin *fo = ti->private;
 	struct fleece_ctx *ctx = fo->ctx;
-	unsigned long chunk;
+	unsigned long chunk, last;
 	int r;
 
 	if (bio_op(bio) == REQ_OP_READ || !bio_sectors(bio))
 		goto remap;
 
 	chunk = fleece_chunk_of(ctx, ti, bio);
-	if (likely(fleece_chunk_done(ctx, chunk)) || fleece_ctx_invalid(ctx))
-		goto remap;
+	if (bio_op(bio) == REQ_OP_WRITE) {
+		/* Over done chunks only, or within one: fleece_origin_trim() */
+		if (likely(fleece_chunk_done(ctx, chunk)) ||
+		    fleece_ctx_invalid(ctx))
+			goto remap;
+		/* Pending chunk: the old data must be kept for the view. */
+		r = fleece_origin_write(ctx, bio, chunk);
+		if (r != DM_MAPIO_REMAPPED)
+			return r;
+		goto remap;	/* the chunk became done, or the view invalid */
+	}
 
-	/* Pending chunk: the old data must be kept for the view. */
+	/* Discards, write-zeroes, secure erases: whole, over all chunks. */
+	last = fleece_last_chunk_of(ctx, ti, bio);
+	if (fleece_ctx_invalid(ctx) || fleece_chunks_done(ctx, chunk, last))
+		goto remap;
 	switch (bio_op(bio)) {
 	case REQ_OP_DISCARD:
-		/* Dropping it is allowed, and never costs a copy. */
-		bio_endio(bio);
-		return DM_MAPIO_SUBMITTED;
-	case REQ_OP_WRITE:
+		r = fleece_origin_discard(ti, bio, chunk, last);
+		break;
 	case REQ_OP_WRITE_ZEROES:
 	case REQ_OP_SECURE_ERASE:
+		r = fleece_origin_extent(ctx, bio, chunk, last);
 		break;
 	default:
 		return DM_MAPIO_KILL;	/* zone operations: not supported */
 	}
-	r = fleece_origin_write(ctx, bio, chunk);
 	if (r != DM_MAPIO_REMAPPED)
 		return r;
-	/* The chunk became done, or the view invalid, meanwhile. */
 
 remap:
 	bio_set_dev(bio, fo->origin->bdev);
@@ -294,10 +375,10 @@ remap:
 }
 
 /**
- * fleece_origin_trim() - cut a bio where copy-before-write starts to matter
+ * fleece_origin_trim() - cut a write where copy-before-write starts to matter
  * @ctx: the shared context
  * @ti: the fleece target
- * @bio: a bio with data that is not a read
+ * @bio: a write with data
  *
  * Done chunks (copied or released) never become pending again, and neither
  * does an invalid context, so a bio over done chunks only goes down whole:
@@ -331,8 +412,11 @@ static int fleece_origin_map(struct dm_target *ti, struct bio *bio)
 	fb->ti = ti;
 	fb->is_view = false;
 	fb->on_origin = false;
-	/* Reads need no chunk state: they go down whole. */
-	if (bio_op(bio) != REQ_OP_READ && bio_sectors(bio))
+	/*
+	 * Reads need no chunk state: they go down whole.  Discards,
+	 * write-zeroes and secure erases are never cut: see fleece_bio_cut().
+	 */
+	if (bio_op(bio) == REQ_OP_WRITE && bio_sectors(bio))
 		fleece_origin_trim(fo->ctx, ti, bio);
 	return fleece_origin_map_bio(ti, bio);
 }

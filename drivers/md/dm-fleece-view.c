@@ -165,38 +165,53 @@ refuse:
 }
 
 /*
- * A discard releases the chunks it covers whole, as one bio (cut short of a
- * busy chunk); a chunk it covers only in part is left alone.
+ * A discard releases the chunks it covers whole and passes down to the
+ * fleece device over those chunks only: a chunk it covers in part is left
+ * alone, copied data and all.  dm core sends discards as duplicate bios,
+ * which may not be cut (dm_accept_partial_bio()): the bio is trimmed to
+ * the whole chunks instead, as dm-stripe and dm-clone trim theirs, and
+ * waits whole on a busy chunk, then is mapped again from its first chunk.
  */
 static int fleece_view_discard(struct dm_target *ti, struct bio *bio)
 {
 	struct fleece_view *fv = ti->private;
 	struct fleece_ctx *ctx = fv->ctx;
+	struct fleece_bio *fb = fleece_bio(bio);
 	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
 	sector_t end = off + bio_sectors(bio);
 	unsigned long first = fleece_chunk_of(ctx, ti, bio);
 	unsigned long last = fleece_last_chunk_of(ctx, ti, bio);
+	sector_t start;
 	unsigned long released;
 	bool was_copied;
 	int r;
 
-	if (off != fleece_chunk_start(ctx, first)) {
-		fleece_bio_cut(ctx, bio, first);
-		goto ignore;
-	}
+	if (off != fleece_chunk_start(ctx, first))
+		first++;
 	if (end < fleece_chunk_start(ctx, last) + fleece_chunk_len(ctx, last)) {
-		if (last == first)
+		if (!last)
 			goto ignore;
-		fleece_bio_cut(ctx, bio, --last);
+		last--;
 	}
+	if (first > last)
+		goto ignore;
 
 	r = fleece_view_release(ctx, bio, first, last, &released, &was_copied);
 	if (r != DM_MAPIO_REMAPPED)
 		return r;
 	atomic64_add(released, &fv->chunks_released);
+	/* Released before a wait, or now: their fleece range may hold data. */
+	fb->released_copied |= was_copied;
 	/* Pending chunks released with it have nothing there: no harm. */
-	if (was_copied && bdev_max_discard_sectors(fv->fleece->bdev))
-		return fleece_view_remap(ti, bio, fv->fleece, 0);
+	if (fb->released_copied && bdev_max_discard_sectors(fv->fleece->bdev)) {
+		start = fleece_chunk_start(ctx, first);
+		bio_set_dev(bio, fv->fleece->bdev);
+		bio->bi_iter.bi_sector = start;
+		bio->bi_iter.bi_size = (fleece_chunk_start(ctx, last) +
+					fleece_chunk_len(ctx, last) - start)
+				       << SECTOR_SHIFT;
+		return DM_MAPIO_REMAPPED;
+	}
 ignore:
 	bio_endio(bio);
 	return DM_MAPIO_SUBMITTED;
@@ -228,11 +243,12 @@ static int fleece_view_map(struct dm_target *ti, struct bio *bio)
 	fb->ti = ti;
 	fb->is_view = true;
 	fb->on_origin = false;
+	fb->released_copied = false;
 	if (!bio_sectors(bio)) {
 		bio_endio(bio);	/* nothing to flush: the view is read-only */
 		return DM_MAPIO_SUBMITTED;
 	}
-	/* Reads and discards are cut as they are mapped, where needed. */
+	/* Reads are cut as they are mapped, where needed; discards never. */
 	return fleece_view_map_bio(ti, bio);
 }
 

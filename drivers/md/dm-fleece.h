@@ -152,6 +152,7 @@ struct fleece_bio {
 	bool is_view;
 	bool on_origin;			/* on ctx->origin_readers */
 	bool blocking;			/* something waits for it to end */
+	bool released_copied;		/* view discard: released copied data */
 	struct list_head reading;
 	unsigned long first, last;	/* the chunks it reads */
 };
@@ -246,9 +247,11 @@ bool fleece_chunk_set_released(struct fleece_ctx *ctx, unsigned long chunk);
 /**
  * fleece_bio_cut() - end @bio with chunk @last
  * @ctx: the context
- * @bio: a bio of the context's targets, in its first mapping: dm core maps
- *	the rest as a new bio.  Bios that wait are cut to one chunk first,
- *	so a bio mapped again is never cut.
+ * @bio: a read or a write of the context's targets, in its first mapping:
+ *	dm core maps the rest as a new bio.  Bios that wait are cut to one
+ *	chunk first, so a bio mapped again is never cut.  Discards,
+ *	write-zeroes and secure erases are never cut: dm core sends them as
+ *	duplicate bios, which dm_accept_partial_bio() must not be used on.
  * @last: the chunk to end with
  */
 static inline void fleece_bio_cut(struct fleece_ctx *ctx, struct bio *bio,
@@ -258,6 +261,7 @@ static inline void fleece_bio_cut(struct fleece_ctx *ctx, struct bio *bio,
 	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
 	sector_t end = fleece_chunk_start(ctx, last + 1);
 
+	WARN_ON_ONCE(bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE);
 	if (off + bio_sectors(bio) > end)
 		dm_accept_partial_bio(bio, end - off);
 }
@@ -265,6 +269,8 @@ static inline void fleece_bio_cut(struct fleece_ctx *ctx, struct bio *bio,
 /* dm-fleece-cbw.c */
 int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
 			unsigned long chunk);
+int fleece_origin_extent(struct fleece_ctx *ctx, struct bio *bio,
+			 unsigned long first, unsigned long last);
 int fleece_view_read_pending(struct fleece_ctx *ctx, struct bio *bio,
 			     unsigned long first, unsigned long last);
 int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,

@@ -170,7 +170,7 @@ wz_not_refused "write-zeroes"
 check "zeroing" 18 21
 in_fleece "zeroing" 19 20
 
-log "discards: pending chunks 22|23 dropped, copied chunk 8 passed down, 14|15 mixed"
+log "discards: pending chunks 22|23 dropped, copied chunk 8 passed down, 14|15 and 4-7 mixed"
 dmax=$(cat "/sys/block/$fodev/queue/discard_max_bytes")
 [ "$dmax" -gt 0 ] || fail "the fleece device does not pass discards although its origin supports them"
 for c in 8 14 15 22 23; do
@@ -187,8 +187,19 @@ blkdiscard -o $((14 * CH)) -l $((2 * CH)) "$fo"	# 14 copied, 15 pending
 zero_expect $((14 * CH)) $CH; counts "discard over a copied and a pending chunk"
 assert_eq "$(fmap 14 14)" hole "backing file over copied chunk 14 after the mixed discard"
 assert_eq "$(fmap 15 15)" written "backing file over pending chunk 15 after the mixed discard"
-check "discards" 7 16
-in_fleece "discards on the origin" 8 14
+# Discards are never cut (dm core sends them as duplicate bios): one over
+# pending 4, copied 5, pending 6, copied 7 goes down over 5 as a bio of its
+# own and over 7 as the discard itself, trimmed.
+for c in 4 5 6 7; do
+	assert_eq "$(fmap $c $c)" written "backing file over chunk $c before the discard 4-7"
+done
+blkdiscard -o $((4 * CH)) -l $((4 * CH)) "$fo"
+zero_expect $((5 * CH)) $CH; zero_expect $((7 * CH)) $CH
+counts "discard over pending and copied chunks: no copy"
+assert_eq "$(fmap 4 4) $(fmap 5 5) $(fmap 6 6) $(fmap 7 7)" "written hole written hole" \
+	"backing file over chunks 4-7 after their discard"
+check "discards" 3 16
+in_fleece "discards on the origin" 5 7 8 14
 
 log "FUA: O_DIRECT|O_SYNC write to pending chunk 25 reaches the origin as a flush"
 [ "$(cat /sys/block/$lodev/queue/write_cache)" = "write back" ] ||
