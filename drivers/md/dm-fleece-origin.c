@@ -494,6 +494,16 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" " FLEECE_FEATURE_ORIGIN_OFFSET " %llu",
 			       (unsigned long long)fo->origin_offset);
 		break;
+	case STATUSTYPE_IMA:
+		/* What dm-ima measures at each load and resume: the setup. */
+		DMEMIT_TARGET_NAME_VERSION(ti->type);
+		DMEMIT(",origin_name=%s,fleece_name=%s,chunk_sectors=%u",
+		       fo->origin->name, fo->fleece->name, fo->chunk_sectors);
+		DMEMIT(",origin_offset=%llu,fail_origin_writes=%c",
+		       (unsigned long long)fo->origin_offset,
+		       fo->fail_origin_writes ? 'y' : 'n');
+		DMEMIT(",cbw_timeout_ms=%u;", fo->cbw_timeout_ms);
+		break;
 	default:
 		result[0] = '\0';
 		break;
@@ -511,7 +521,7 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 
 static struct target_type fleece_origin_target = {
 	.name = FLEECE_TARGET_NAME,
-	.version = {1, 3, 0},
+	.version = {1, 4, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,
 	.dtr = fleece_origin_dtr,

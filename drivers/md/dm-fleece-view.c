@@ -292,6 +292,11 @@ static void fleece_view_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s", fv->origin->name, fv->fleece->name);
 		break;
+	case STATUSTYPE_IMA:
+		DMEMIT_TARGET_NAME_VERSION(ti->type);
+		DMEMIT(",origin_name=%s,fleece_name=%s;", fv->origin->name,
+		       fv->fleece->name);
+		break;
 	default:
 		result[0] = '\0';
 		break;
@@ -325,7 +330,7 @@ static void fleece_view_io_hints(struct dm_target *ti,
 
 static struct target_type fleece_view_target = {
 	.name = FLEECE_VIEW_TARGET_NAME,
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_view_ctr,
 	.dtr = fleece_view_dtr,

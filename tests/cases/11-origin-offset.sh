@@ -19,11 +19,40 @@ mkpattern new 8 new
 put img "$disk"
 file_range img $OFF_K $LEN_K > old	# the slice at the point in time
 
+# dm-ima records each table's setup (the targets' STATUSTYPE_IMA) once the
+# IMA policy asks for device-mapper's critical data.  Debian's kernels take
+# one policy per boot, loaded here; the debug kernel has no IMA.
+ima=/sys/kernel/security/ima
+mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security
+ima_ok=
+if [ -d $ima ]; then
+	[ ! -e $ima/policy ] ||
+		echo "measure func=CRITICAL_DATA label=device-mapper template=ima-buf" > $ima/policy
+	ima_ok=1
+else
+	[[ $(uname -r) == *-fleece-debug ]] || fail "no IMA in this kernel (Debian's kernels have it)"
+	log "no IMA in the debug kernel: dm-ima's records are not checked"
+fi
+# The last record dm-ima made of a target of this type, at a table load.
+ima_record() { # target-name
+	awk '$5 == "dm_table_load" { print $6 }' $ima/ascii_runtime_measurements |
+		python3 -c 'import sys; [print(bytes.fromhex(l.strip()).decode("ascii", "replace")) for l in sys.stdin]' |
+		grep -o "target_name=$1,[^;]*;" | tail -n 1
+}
+
 TABLE="0 $LEN fleece $disk $fl 128 2 origin_offset $OFF"
 dmsetup create fo --table "$TABLE"
 dmsetup create fv --table "0 $LEN fleece-view $disk $fl"
 udevadm settle
 assert_eq "$(dmsetup table fo)" "0 $LEN fleece $(devno disk) $(devno fl) 128 2 origin_offset $OFF" "table"
+if [ -n "$ima_ok" ]; then
+	assert_eq "$(ima_record fleece)" \
+		"target_name=fleece,target_version=1.4.0,origin_name=$(devno disk),fleece_name=$(devno fl),chunk_sectors=128,origin_offset=$OFF,fail_origin_writes=n,cbw_timeout_ms=0;" \
+		"dm-ima's record of the fleece table"
+	assert_eq "$(ima_record fleece-view)" \
+		"target_name=fleece-view,target_version=1.1.0,origin_name=$(devno disk),fleece_name=$(devno fl);" \
+		"dm-ima's record of the fleece-view table"
+fi
 same /dev/mapper/fo old "origin through the fleece target: the slice at the offset"
 same /dev/mapper/fv old "view before any write (pending chunks, from the origin at the offset)"
 
