@@ -7,6 +7,8 @@
 #   fleece-64k-cp   fleece  /dev/ram0 /dev/ram1 128   every chunk copied
 #   fleece-64k-rel  fleece  /dev/ram0 /dev/ram2 128   every chunk released
 #   fleece-1m-cp    fleece  /dev/ram0 /dev/ram3 2048  every chunk copied
+#   (the three fleece tables on slices of /dev/ram0 of their own, by
+#   origin_offset: fleece tables may not overlap on one origin device)
 #   split-64k       striped 1 128 /dev/ram0 0: dm-stripe with one stripe,
 #                   i.e. dm-linear that dm core splits at every 64 KiB: a
 #                   control, the price of cutting 1 MiB bios at every chunk
@@ -21,7 +23,7 @@
 . "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
-MIB=512
+MIB=320		# three slices of the 1 GiB /dev/ram0
 RT=2
 ROUNDS=10	# short runs, many rounds: the ratios pair neighbouring runs,
 		# and on the host's clock runs a few seconds apart differ by
@@ -30,13 +32,13 @@ len=$((MIB * 2048))
 CASES=(linear fleece-64k-cp fleece-64k-rel fleece-1m-cp split-64k)
 
 log "prefill $D0 (brd allocates pages on first write)"
-fill $D0 $MIB
+fill $D0 $((3 * MIB))
 
 dmsetup create linear --table "0 $len linear $D0 0"
 dmsetup create split-64k --table "0 $len striped 1 128 $D0 0"
 dmsetup create fleece-64k-cp --table "0 $len fleece $D0 $D1 128"
-dmsetup create fleece-64k-rel --table "0 $len fleece $D0 $D2 128"
-dmsetup create fleece-1m-cp --table "0 $len fleece $D0 $D3 2048"
+dmsetup create fleece-64k-rel --table "0 $len fleece $D0 $D2 128 2 origin_offset $len"
+dmsetup create fleece-1m-cp --table "0 $len fleece $D0 $D3 2048 2 origin_offset $((2 * len))"
 dmsetup create view-64k-rel --table "0 $len fleece-view $D0 $D2"
 udevadm settle
 

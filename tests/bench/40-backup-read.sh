@@ -3,7 +3,10 @@
 # O_DIRECT, 1 MiB, sequential, iodepth 1.
 #
 # fio, $RT s after 0.5 s of ramp, over the whole $MIB MiB region (it wraps):
-#   raw-origin        the origin device itself ("base", dm-linear on ram0)
+#   raw-origin        the origin's first $MIB MiB ("raw", dm-linear on ram0,
+#                     as "base", the 1 GiB origin of the fleece tables, whose
+#                     regions are slices of it of their own: fleece tables
+#                     may not overlap on one origin device)
 #   view-64k          the view of a fleece with 64 KiB chunks, all pending
 #                     (reads go to the origin, tracked against CBW)
 #   view-1m           the same with 1 MiB chunks
@@ -26,37 +29,39 @@
 . "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
-MIB=1024
+MIB=256		# four fleece tables on slices of the 1 GiB /dev/ram0 (base):
+		# fleece tables may not overlap on one origin device
 RT=3
 ROUNDS=6	# more rounds than elsewhere: on the host's clock, runs a few seconds
 		# apart differ by up to 30%, and the ratios pair neighbours
 len=$((MIB * 2048))
 
 log "prefill the ram disks (brd allocates pages on first write)"
-fill $D0 $MIB
+fill $D0 $((4 * MIB))
 fill $D1 $MIB
 fill $D3 $MIB
-dmsetup create base --table "0 $len linear $D0 0"
+dmsetup create base --table "0 $((4 * len)) linear $D0 0"
+dmsetup create raw --table "0 $len linear $D0 0"
 dmsetup create split-64k --table "0 $len striped 1 128 $D0 0"
 dmsetup create linear-on-base --table "0 $len linear /dev/mapper/base 0"
 # First the copied one: filling it writes the origin.
 dmsetup create fo-64k-copied --table "0 $len fleece /dev/mapper/base $D3 128"
 fill /dev/mapper/fo-64k-copied $MIB
 dmsetup create view-64k-copied --table "0 $len fleece-view /dev/mapper/base $D3"
-dmsetup create fo-64k --table "0 $len fleece /dev/mapper/base $D1 128"
+dmsetup create fo-64k --table "0 $len fleece /dev/mapper/base $D1 128 2 origin_offset $len"
 dmsetup create view-64k --table "0 $len fleece-view /dev/mapper/base $D1"
 # Two fleece devices that nothing is copied to (no writer): dm-zero, as
 # the four ram disks of 1 GiB are taken.
 dmsetup create fl-1m --table "0 $len zero"
 dmsetup create fl-bk --table "0 $len zero"
-dmsetup create fo-1m --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-1m 2048"
+dmsetup create fo-1m --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-1m 2048 2 origin_offset $((2 * len))"
 dmsetup create view-1m --table "0 $len fleece-view /dev/mapper/base /dev/mapper/fl-1m"
 udevadm settle
 for d in fo-64k-copied fo-64k fo-1m; do log "$d: $(fleece_json $d)"; done
 
 dev_of() {
 	case $1 in
-	raw-origin) echo /dev/mapper/base ;;
+	raw-origin) echo /dev/mapper/raw ;;
 	*) echo "/dev/mapper/$1" ;;
 	esac
 }
@@ -106,9 +111,9 @@ run_jobfile read read-1m-qd1
 for round in $(seq 1 "$ROUNDS"); do
 	for c in $(rotate "$round" raw-origin-reader view-64k-backup); do
 		if [ "$c" = raw-origin-reader ]; then
-			reader "$c" "$round" /dev/mapper/base --no-discard
+			reader "$c" "$round" /dev/mapper/raw --no-discard
 		else
-			dmsetup create fo-bk --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-bk 128"
+			dmsetup create fo-bk --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-bk 128 2 origin_offset $((3 * len))"
 			dmsetup create view-bk --table "0 $len fleece-view /dev/mapper/base /dev/mapper/fl-bk"
 			reader "$c" "$round" /dev/mapper/view-bk
 			assert_eq "$(status_field fo-bk 4)" $((len / 128)) "$c: all chunks released"
