@@ -94,7 +94,8 @@ bench: export VM_DISK = $(if $(DISK),$(abspath $(DISK)))
 bench: export VM_ICOUNT = $(if $(DISK),,$(ICOUNT))
 bench:
 	$(call vm_run,bench)
-	@tests/bench/report.py $$(ls -dt $(OUT)/bench-*/ | head -n 1)
+	@FLEECE_COMMIT=$$(git describe --always --dirty --abbrev=7 2>/dev/null) \
+		tests/bench/report.py --save tests/bench/results $$(ls -dt $(OUT)/bench-*/ | head -n 1)
 
 lint:
 	@tests/vm/deps.sh

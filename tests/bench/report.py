@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Host side of `make bench`: records -> table, JSON and latency plot.
 
-usage: report.py RESULTS_DIR [RESULTS_DIR...]
+usage: report.py [--save DIR] RESULTS_DIR [RESULTS_DIR...]
 
 Reads RESULTS_DIR/records.jsonl (written in the guest by tests/bench/*.sh;
 each record points at raw output under RESULTS_DIR/raw: fio JSON, the
@@ -10,6 +10,11 @@ reader's summary, /proc/meminfo snapshots) and writes, in the same folder:
   bench.json    per case median/min/max, the ratios, each goal's verdict, and
                 every raw record
   latency.png   latency percentiles per case (needs python3-matplotlib)
+With --save DIR (make bench: tests/bench/results), the table and the plot
+are also copied there as the run's evidence file, named by date, kernel,
+storage, clock, groups and commit (FLEECE_COMMIT, from make bench), e.g.
+2026-11-30-6.1-brd-icount-groups-10-30-40-95d99c6.txt, and its name is
+printed: the README cites such files for each claim.
 
 Every figure is the median over the interleaved rounds, with [min..max].
 A ratio is computed per round (case / baseline of the same round), then
@@ -534,9 +539,25 @@ def plot(res, path):
     plt.close(fig)
 
 
+def evidence_name(records, kver, storage, clock, ended):
+    """The evidence file's name, without extension: date, kernel, storage,
+    clock, the groups that ran, commit."""
+    groups = sorted({r["group"].split("-")[0] for r in records})
+    commit = os.environ.get("FLEECE_COMMIT") or "unknown-commit"
+    return "-".join([time.strftime("%Y-%m-%d", time.localtime(ended)),
+                     ".".join(kver.split(".")[:2]),
+                     "brd" if "brd" in storage else "disk",
+                     "icount" if "instruction" in clock else "hostclock",
+                     "groups", *groups, commit])
+
+
 def main():
     rc = 0
-    for d in sys.argv[1:]:
+    args = sys.argv[1:]
+    save = None
+    if args[:1] == ["--save"]:
+        save, args = args[1], args[2:]
+    for d in args:
         src = os.path.join(d, "records.jsonl")
         if not os.path.exists(src):
             print(f"report: {src}: no records")
@@ -557,6 +578,10 @@ def main():
                  f"{min(rounds.values(), default=0)} to {max(rounds.values(), default=0)} "
                  f"interleaved rounds; median [min..max]\n"
                  f"run ended {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}")
+        name = None
+        if save:
+            name = evidence_name(records, kver, storage, clock, os.path.getmtime(src))
+            title += f"\nevidence file: {name}.txt (commit {os.environ.get('FLEECE_COMMIT') or 'unknown'})"
         text = table(res, out, title)
         doc = {"title": title, "kernel": kver, "rounds": rounds,
                "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -568,6 +593,16 @@ def main():
         sys.stdout.write(text)
         plot(res, os.path.join(d, "latency.png"))
         print(f"report: {d}/bench.txt, bench.json, latency.png")
+        if name:
+            os.makedirs(save, exist_ok=True)
+            with open(os.path.join(save, name + ".txt"), "w") as f:
+                f.write(text)
+            if os.path.exists(os.path.join(d, "latency.png")):
+                with open(os.path.join(d, "latency.png"), "rb") as a, \
+                        open(os.path.join(save, name + "-latency.png"), "wb") as b:
+                    b.write(a.read())
+            print(f"evidence: {os.path.join(save, name)}.txt: the goals above, from this run; "
+                  f"commit it to cite it in the README")
     return rc
 
 
