@@ -23,7 +23,8 @@ file_range img $OFF_K $LEN_K > old	# the slice at the point in time
 # IMA policy asks for device-mapper's critical data.  Debian's kernels take
 # one policy per boot, loaded here; the debug kernel has no IMA.
 ima=/sys/kernel/security/ima
-mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security
+[ ! -d /sys/kernel/security ] || mountpoint -q /sys/kernel/security ||
+	mount -t securityfs securityfs /sys/kernel/security
 ima_ok=
 if [ -d $ima ]; then
 	[ ! -e $ima/policy ] ||
