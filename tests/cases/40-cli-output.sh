@@ -121,7 +121,8 @@ leftovers "synced outputs"
 
 step "6. a read that fails midway removes FILE.partial, and says so"
 fl_table=$(dmsetup table fl)
-# The reader (in the background, 2 MiB/s) has written part of OUT.partial.
+# The reader (in the background, 1 MiB/s: 16 s for data, ended early by the
+# invalidation or the signal) has written part of OUT.partial.
 reading() { # out pid err
 	local i
 	for i in $(seq 1 300); do
@@ -151,7 +152,7 @@ partial_removed() { # rc-wanted rc err-file out what
 	[ ! -e "$4.partial" ] && [ ! -e "$4" ] || fail "$5: $4 or $4.partial left: $(ls "$4"*)"
 }
 $F start -q --fleece-dev "$fl" data
-$F read -p none --rate 2M --block-size 1M /dev/mapper/data-fleece-view -o r.img 2> r.err &
+$F read -p none --rate 1M --block-size 1M /dev/mapper/data-fleece-view -o r.img 2> r.err &
 rpid=$!
 reading r.img $rpid r.err
 invalidate
@@ -164,7 +165,7 @@ put pat "$data"
 leftovers "read, view invalidated"
 
 $F start -q --fleece-dev "$fl" data
-$F read -p none --rate 2M --block-size 1M /dev/mapper/data-fleece-view -o r.img 2> r.err &
+$F read -p none --rate 1M --block-size 1M /dev/mapper/data-fleece-view -o r.img 2> r.err &
 rpid=$!
 reading r.img $rpid r.err
 kill -TERM $rpid
@@ -173,7 +174,7 @@ partial_removed 143 "$rc" r.err r.img "fleece read, SIGTERM"
 $F stop -q data
 leftovers "read, SIGTERM"
 
-$F backup -p none --rate 2M --block-size 1M --fleece-dev "$fl" data -o b.img 2> b.err &
+$F backup -p none --rate 1M --block-size 1M --fleece-dev "$fl" data -o b.img 2> b.err &
 bpid=$!
 reading b.img $bpid b.err
 invalidate

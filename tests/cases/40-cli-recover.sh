@@ -138,6 +138,7 @@ expect_exit 3 $F stop --force data
 echo "$T_ERR"
 [[ $T_ERR == *"the state file records the linear table 1:0 0"* ]] || fail "stop --force, another state: $T_ERR"
 rm state/data
+swap_in "$table"
 dmsetup create x-fleece-origin --uuid FLEECE-ORIGIN-x --table "$table"
 swap_in "0 32768 fleece $(devno x-fleece-origin) $(devno fl) 128"
 expect_exit 3 $F stop --force data
