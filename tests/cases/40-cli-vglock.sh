@@ -9,7 +9,8 @@
 #  3. the same while stop is held before it removes the view;
 #  4. the lock is taken in lvm.conf's global/locking_dir (here set through
 #     LVM_SYSTEM_DIR, as lvm2 reads it), and under lvmlockd
-#     (global/use_lvmlockd=1) start refuses (exit 3): it cannot take that lock.
+#     (global/use_lvmlockd=1) start and stop refuse (exit 3): they cannot
+#     take that lock; stop --force goes on without it, and says so.
 # The VG's name has a '-' (dm name "vg--l-lv").
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
@@ -112,5 +113,15 @@ echo "$T_ERR"
 [[ $T_ERR == *"use_lvmlockd"* ]] || fail "start under lvmlockd: no reason given"
 no_fleece_devices
 assert_eq "$(dmsetup table vg--l-lv)" "$lv_table" "the LV's table after the refusal"
+# stop refuses too, and goes on without the lock with --force
+$F start -q --fleece-dev "$fl" /dev/vg-l/lv
+expect_exit 3 env LVM_SYSTEM_DIR=$PWD/lvmlockd $F stop /dev/vg-l/lv
+[[ $T_ERR == *"use_lvmlockd"* ]] || fail "stop under lvmlockd: no reason given"
+dmsetup table vg--l-lv | grep -q " fleece " || fail "the refused stop changed the LV"
+LVM_SYSTEM_DIR=$PWD/lvmlockd $F stop --force /dev/vg-l/lv 2> stop.err || { cat stop.err; fail "stop --force under lvmlockd"; }
+cat stop.err
+grep -q "going on without lvm2's lock" stop.err || fail "stop --force under lvmlockd: no warning"
+no_fleece_devices
+assert_eq "$(dmsetup table vg--l-lv)" "$lv_table" "the LV's table after stop --force"
 vgchange -q -an vg-l > /dev/null
 step "ok"
