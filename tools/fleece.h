@@ -145,11 +145,13 @@ int fleece_lock(const char *name);
 int lvm_lv_vg(const char *name, const char *uuid, char *vg, size_t len);
 /*
  * lvm2's write lock of volume group @vg (for NAME, in messages), taken as
- * lvm2 takes it (lvmlock.c), waiting for an lvm2 command that holds it:
- * 0, or -errno with a message.  Counted: each lock is dropped by one
- * unlock.  Several VGs are to be locked in the order of their names.
+ * lvm2 takes it (lvmlock.c), in lvm.conf's global/locking_dir, waiting for
+ * an lvm2 command that holds it: 0, or -errno with a message.  Under
+ * lvmlockd, -EFLEECE_REFUSED; with @force, 0 and a warning instead, no
+ * lock held.  Counted: each lock is dropped by one unlock.  Several VGs
+ * are to be locked in the order of their names.
  */
-int lvm_vg_lock(const char *name, const char *vg);
+int lvm_vg_lock(const char *name, const char *vg, bool force);
 void lvm_vg_unlock(const char *vg);
 
 /* Every NAME with something of a fleece: its devices or a state file. */

@@ -204,7 +204,7 @@ static int lvm_conf_read(void)
 	return 0;
 }
 
-int lvm_vg_lock(const char *name, const char *vg)
+int lvm_vg_lock(const char *name, const char *vg, bool force)
 {
 	unsigned int i, slot = ARRAY_SIZE(vg_locks);
 	char *path;
@@ -225,6 +225,11 @@ int lvm_vg_lock(const char *name, const char *vg)
 	r = lvm_conf_read();
 	if (r)
 		return r;
+	if (lvm_conf.use_lvmlockd && force) {
+		msg_warn("%s: lvm2 uses lvmlockd (global/use_lvmlockd=1), whose lock of volume group %s fleece cannot take: going on without lvm2's lock (--force)",
+			 name, vg);
+		return 0;	/* nothing held: lvm_vg_unlock() finds nothing */
+	}
 	if (lvm_conf.use_lvmlockd) {
 		msg_error("%s: lvm2 uses lvmlockd (global/use_lvmlockd=1), whose lock of volume group %s fleece cannot take: refusing",
 			  name, vg);

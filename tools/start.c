@@ -226,7 +226,7 @@ static int lock_vgs(struct plan *plans, unsigned int n)
 	}
 	for (i = 0; i < n && !r; i++)
 		if (vg[order[i]][0])
-			r = lvm_vg_lock(plans[order[i]].fn.name, vg[order[i]]);
+			r = lvm_vg_lock(plans[order[i]].fn.name, vg[order[i]], false);
 	for (j = 0; j < i && !r; j++)	/* each unlocked at the end of start */
 		snprintf(plans[order[j]].vg, sizeof(plans[0].vg), "%s", vg[order[j]]);
 	if (r)	/* the ones taken */

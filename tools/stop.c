@@ -192,11 +192,7 @@ static int stop_survey(struct stop_ctx *c)
 	/* An LV: no lvm2 command reloads it until its table is back; then look again. */
 	r = lvm_lv_vg(name, c->ni.uuid, c->vg, sizeof(c->vg));
 	if (!r && c->vg[0])
-		r = lvm_vg_lock(name, c->vg);
-	if (r == -EFLEECE_REFUSED && (c->flags & STOP_FORCE)) {
-		msg_warn("%s: going on without lvm2's lock of its volume group (--force)", name);
-		r = 0;
-	}
+		r = lvm_vg_lock(name, c->vg, c->flags & STOP_FORCE);
 	if (r) {
 		c->vg[0] = '\0';
 		return r;
