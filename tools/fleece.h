@@ -93,7 +93,10 @@ const char *state_dir(void);
 int state_read(const char *name, struct fleece_state *st);
 int state_write(const char *name, const struct fleece_state *st);
 int state_remove(const char *name);
-/* No state file of NAME (no fleece, nor leftovers of one): an exit code, with a message. */
+/*
+ * No state file of NAME (no fleece, nor leftovers of one): 0, else
+ * -EFLEECE_REFUSED or the -errno of a failed read, with a message.
+ */
 int state_absent(const char *name);
 int state_list(char ***names, unsigned int *n);
 
@@ -142,11 +145,13 @@ int fleece_lock(const char *name);
 int lvm_lv_vg(const char *name, const char *uuid, char *vg, size_t len);
 /*
  * lvm2's write lock of volume group @vg (for NAME, in messages), taken as
- * lvm2 takes it (lvmlock.c), waiting for an lvm2 command that holds it:
- * 0, or -errno with a message.  Counted: each lock is dropped by one
- * unlock.  Several VGs are to be locked in the order of their names.
+ * lvm2 takes it (lvmlock.c), in lvm.conf's global/locking_dir, waiting for
+ * an lvm2 command that holds it: 0, or -errno with a message.  Under
+ * lvmlockd, -EFLEECE_REFUSED; with @force, 0 and a warning instead, no
+ * lock held.  Counted: each lock is dropped by one unlock.  Several VGs
+ * are to be locked in the order of their names.
  */
-int lvm_vg_lock(const char *name, const char *vg);
+int lvm_vg_lock(const char *name, const char *vg, bool force);
 void lvm_vg_unlock(const char *vg);
 
 /* Every NAME with something of a fleece: its devices or a state file. */
@@ -182,9 +187,13 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n);
 /*
  * Undo whatever is there of a fleece of NAME: 0 when nothing is left, else
  * -errno (-EFLEECE_REFUSED: nothing was changed).  A failed query changes
- * nothing.
+ * nothing.  @flags: STOP_KEEP_PARTIAL leaves the backup's FILE.partial
+ * alone; STOP_FORCE, with NAME's state file lost or unreadable, rebuilds
+ * NAME's linear table from its live fleece table when that is unambiguous
+ * (and goes on without lvm2's VG lock under lvmlockd).
  */
-int fleece_stop(const char *name, bool keep_partial);
+enum { STOP_KEEP_PARTIAL = 1, STOP_FORCE = 2 };
+int fleece_stop(const char *name, unsigned int flags);
 
 /* --- status --------------------------------------------------------- */
 struct fleece_report {
@@ -231,7 +240,10 @@ struct reader_result {
 	bool interrupted;
 };
 
-/* Read the whole view to the output; returns an exit code. */
+/*
+ * Read the whole view to the output: 0, or -errno with a message
+ * (-EFLEECE_INVALID: the view became invalid; -EINTR: a signal stopped it).
+ */
 int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 	       struct reader_result *res);
 /* Chunk size of a view, from its discard granularity. */

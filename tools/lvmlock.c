@@ -13,11 +13,15 @@
  * that name.  fleece takes the lock the same way, so an lvextend or the
  * end of a pvmove waits until the fleece table is in place (or NAME's own
  * table is back), and fleece waits for an lvm2 command that holds it.
- * Shared VGs (lvmlockd) and clustered locking are not covered.
+ * The lock directory is lvm.conf's global/locking_dir, as lvm2 reads it
+ * (lvmconfig, which honours LVM_SYSTEM_DIR and lvmlocal.conf).  Under
+ * lvmlockd (global/use_lvmlockd=1) lvm2 takes its locks from lvmlockd,
+ * which fleece cannot: an LV is then refused.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +32,15 @@
 #include "fleece.h"
 #include "util.h"
 
-#define LVM_LOCK_DIR	"/run/lock/lvm"
+#define LVM_LOCK_DIR	"/run/lock/lvm"	/* lvm2's default locking_dir */
+
+/* lvm2's settings that fleece needs, read once. */
+static struct {
+	bool read;
+	int err;			/* 0, or -errno of the read */
+	char locking_dir[PATH_MAX];
+	bool use_lvmlockd;
+} lvm_conf;
 
 static struct {
 	char vg[128];
@@ -122,7 +134,77 @@ int lvm_lv_vg(const char *name, const char *uuid, char *vg, size_t len)
 	return 0;
 }
 
-int lvm_vg_lock(const char *name, const char *vg)
+/* The value of KEY in lvmconfig's output ('KEY=value' lines), quotes removed. */
+static bool conf_value(const char *out, const char *key, char *val, size_t len)
+{
+	size_t k = strlen(key);
+	const char *p, *e;
+
+	for (p = out; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+		p += strspn(p, " \t");
+		if (strncmp(p, key, k) || p[k] != '=')
+			continue;
+		p += k + 1;
+		e = p + strcspn(p, "\n");
+		if (*p == '"' && e > p + 1 && e[-1] == '"') {
+			p++;
+			e--;
+		}
+		snprintf(val, len, "%.*s", (int)(e - p), p);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * lvm2's global/locking_dir and global/use_lvmlockd, from lvmconfig (its
+ * defaults when lvm2 is not installed): 0, or -errno with a message.
+ */
+static int lvm_conf_read(void)
+{
+	static const char *const paths[] = {
+		"/sbin/lvmconfig", "/usr/sbin/lvmconfig", "/sbin/lvm", "/usr/sbin/lvm", NULL
+	};
+	const char *argv[8];
+	const char *path;
+	char out[PATH_MAX + 128], val[32];
+	unsigned int i = 0;
+	int r;
+
+	if (lvm_conf.read)
+		return lvm_conf.err;
+	lvm_conf.read = true;
+	snprintf(lvm_conf.locking_dir, sizeof(lvm_conf.locking_dir), "%s", LVM_LOCK_DIR);
+	path = find_program(paths);
+	if (!path) {
+		msg_debug("no lvmconfig: lvm2's default locking_dir %s", LVM_LOCK_DIR);
+		return 0;
+	}
+	argv[i++] = path;
+	if (!strstr(path, "lvmconfig"))
+		argv[i++] = "config";	/* lvm config */
+	argv[i++] = "--typeconfig";
+	argv[i++] = "full";
+	argv[i++] = "global/locking_dir";
+	argv[i++] = "global/use_lvmlockd";
+	argv[i] = NULL;
+	r = run_program(path, argv, true, "LVM_SYSTEM_DIR", out, sizeof(out));
+	if (r || !conf_value(out, "locking_dir", lvm_conf.locking_dir,
+			     sizeof(lvm_conf.locking_dir)) ||
+	    lvm_conf.locking_dir[0] != '/') {
+		msg_error("cannot read lvm2's global/locking_dir (%s %s): refusing to work on an LV without lvm2's lock",
+			  path, r ? "failed" : "gave no absolute path");
+		lvm_conf.err = -EFLEECE_REFUSED;
+		return lvm_conf.err;
+	}
+	lvm_conf.use_lvmlockd = conf_value(out, "use_lvmlockd", val, sizeof(val)) &&
+				strcmp(val, "0");
+	msg_debug("lvm2: locking_dir %s, use_lvmlockd %d", lvm_conf.locking_dir,
+		  lvm_conf.use_lvmlockd);
+	return 0;
+}
+
+int lvm_vg_lock(const char *name, const char *vg, bool force)
 {
 	unsigned int i, slot = ARRAY_SIZE(vg_locks);
 	char *path;
@@ -140,12 +222,26 @@ int lvm_vg_lock(const char *name, const char *vg)
 		msg_error("%s: more than %zu volume groups at once", name, ARRAY_SIZE(vg_locks));
 		return -ENOMEM;
 	}
-	if (mkdir(LVM_LOCK_DIR, 0700) && errno != EEXIST) {
+	r = lvm_conf_read();
+	if (r)
+		return r;
+	if (lvm_conf.use_lvmlockd && force) {
+		msg_warn("%s: lvm2 uses lvmlockd (global/use_lvmlockd=1), whose lock of volume group %s fleece cannot take: going on without lvm2's lock (--force)",
+			 name, vg);
+		return 0;	/* nothing held: lvm_vg_unlock() finds nothing */
+	}
+	if (lvm_conf.use_lvmlockd) {
+		msg_error("%s: lvm2 uses lvmlockd (global/use_lvmlockd=1), whose lock of volume group %s fleece cannot take: refusing",
+			  name, vg);
+		return -EFLEECE_REFUSED;
+	}
+	if (mkdir(lvm_conf.locking_dir, 0700) && errno != EEXIST) {
 		r = -errno;
-		msg_errno("%s: cannot create lvm2's lock directory %s", name, LVM_LOCK_DIR);
+		msg_errno("%s: cannot create lvm2's lock directory %s", name,
+			  lvm_conf.locking_dir);
 		return r;
 	}
-	path = xasprintf("%s/V_%s", LVM_LOCK_DIR, vg);
+	path = xasprintf("%s/V_%s", lvm_conf.locking_dir, vg);
 	r = fault_point("lvm-lock");
 	if (!r)
 		r = lock_vg_file(path, LOCK_EX | LOCK_NB, &fd);
@@ -182,7 +278,7 @@ void lvm_vg_unlock(const char *vg)
 			continue;
 		if (--vg_locks[i].refs)
 			return;
-		path = xasprintf("%s/V_%s", LVM_LOCK_DIR, vg);
+		path = xasprintf("%s/V_%s", lvm_conf.locking_dir, vg);
 		unflock_path(path, vg_locks[i].fd);
 		msg_debug("released lvm2's lock %s", path);
 		free(path);

@@ -24,29 +24,29 @@ int output_check(const char *name)
 
 	if (!strcmp(name, "-")) {
 		if (stdout_closed)
-			return usage_error("-o -: standard output is closed");
+			return usage_err("-o -: standard output is closed");
 		if (isatty(1))
-			return usage_error("-o -: standard output is a terminal: redirect it, or give a file");
+			return usage_err("-o -: standard output is a terminal: redirect it, or give a file");
 		return 0;
 	}
 	if (!*name)
-		return usage_error("-o: empty file name");
+		return usage_err("-o: empty file name");
 	if (!stat(name, &st)) {
 		if (S_ISDIR(st.st_mode))
-			return usage_error("-o %s: a directory", name);
+			return usage_err("-o %s: a directory", name);
 		if (S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode) ||
 		    S_ISREG(st.st_mode))
 			return 0;
-		return usage_error("-o %s: not a file, block device or pipe", name);
+		return usage_err("-o %s: not a file, block device or pipe", name);
 	}
 	copy = xstrdup(name);
 	dir = dirname(copy);
 	if (!strcmp(dir, "/dev") || !strncmp(dir, "/dev/", 5)) {
 		/* e.g. the view's /dev/mapper/NAME-fleece-view, before it exists */
-		r = usage_error("-o %s: no such device (an image is never created in /dev)", name);
+		r = usage_err("-o %s: no such device (an image is never created in /dev)", name);
 	} else if (access(dir, W_OK)) {
 		msg_errno("-o %s: cannot write in %s", name, dir);
-		r = EX_FLEECE_USAGE;
+		r = -EFLEECE_USAGE;
 	}
 	free(copy);
 	return r;
@@ -72,12 +72,12 @@ static int guard_blkdev(const char *name, dev_t dev, const struct output_guard *
 		if (dev == g->dev[i] || devno_depends_on(dev, g->dev[i])) {
 			msg_error("-o %s: it is %s, or built on it: refusing to write the image there",
 				  name, g->what[i]);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 		if (devno_depends_on(g->dev[i], dev)) {
 			msg_error("-o %s: %s is built on it: refusing to write the image there",
 				  name, g->what[i]);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 	}
 	return 0;
@@ -90,15 +90,17 @@ static int guard_dir(const char *name, const char *dir, const struct output_guar
 	unsigned int i;
 
 	if (stat(dir, &st)) {
+		int r = -errno;
+
 		msg_errno("-o %s: %s", name, dir);
-		return EX_FLEECE_FAIL;
+		return r;
 	}
 	/* major 0 (btrfs, overlayfs...): the device cannot be told from st_dev. */
 	for (i = 0; g && major(st.st_dev) && i < g->n; i++) {
 		if (st.st_dev == g->dev[i] || devno_depends_on(st.st_dev, g->dev[i])) {
 			msg_error("-o %s: the file would be on %s itself: refusing", name,
 				  g->what[i]);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 	}
 	return 0;
@@ -115,14 +117,15 @@ static int open_blkdev(const char *name, const struct output_guard *g, struct ou
 		if (errno == EBUSY) {
 			msg_error("-o %s: in use (mounted, or held by another device or program)",
 				  name);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
+		r = -errno;
 		msg_errno("cannot open %s", name);
-		return EX_FLEECE_FAIL;
+		return r;
 	}
 	if (fstat(out->fd, &st) || !S_ISBLK(st.st_mode)) {
 		msg_error("-o %s: changed while it was opened", name);
-		r = EX_FLEECE_FAIL;
+		r = -ESTALE;
 	} else {
 		r = guard_blkdev(name, st.st_rdev, g);
 	}
@@ -147,7 +150,7 @@ int output_open(const char *name, const struct output_guard *g, struct output *o
 		return r;
 	if (!strcmp(name, "-")) {
 		if (!fstat(1, &st) && S_ISBLK(st.st_mode) && guard_blkdev(name, st.st_rdev, g))
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		out->fd = 1;
 		return 0;
 	}
@@ -157,8 +160,9 @@ int output_open(const char *name, const struct output_guard *g, struct output *o
 		/* A character device or a pipe: written in place, as a stream. */
 		out->fd = open(name, O_WRONLY | O_CLOEXEC);
 		if (out->fd < 0) {
+			r = -errno;
 			msg_errno("cannot open %s", name);
-			return EX_FLEECE_FAIL;
+			return r;
 		}
 		return 0;
 	}
@@ -174,12 +178,12 @@ int output_open(const char *name, const struct output_guard *g, struct output *o
 	out->partial = xasprintf("%s.partial", name);
 	out->fd = open(out->partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (out->fd < 0) {
+		r = errno == EEXIST ? -EFLEECE_REFUSED : -errno;
 		if (errno == EEXIST)
 			msg_error("%s exists: another backup to %s is running, or one was interrupted (its 'fleece stop' removes it): not touching it",
 				  out->partial, name);
 		else
 			msg_errno("cannot create %s", out->partial);
-		r = errno == EEXIST ? EX_FLEECE_REFUSED : EX_FLEECE_FAIL;
 		free(out->partial);
 		out->partial = NULL;
 		return r;
@@ -190,41 +194,51 @@ int output_open(const char *name, const struct output_guard *g, struct output *o
 		out->fd = -1;
 		free(out->partial);
 		out->partial = NULL;
-		return EX_FLEECE_FAIL;
+		return -EINVAL;
 	}
 	out->is_file = true;
 	return 0;
 }
 
-int output_finish(struct output *out, int ret)
+int output_finish(struct output *out, int err)
 {
-	if (out->fd > 2 && close(out->fd) && !ret) {
+	struct stat st;
+	bool written = false;
+
+	if (out->partial && out->fd >= 0 && !fstat(out->fd, &st))
+		written = st.st_size > 0;
+	if (out->fd > 2 && close(out->fd) && !err) {
+		err = -errno;
 		msg_errno("cannot close %s", out->name);
-		ret = EX_FLEECE_FAIL;
 	}
 	out->fd = -1;
 	if (!out->partial)
-		return ret;
-	if (!ret) {
+		return err;
+	if (!err) {
 		if (rename(out->partial, out->name)) {
+			err = -errno;
 			msg_errno("cannot rename %s to %s", out->partial, out->name);
-			ret = EX_FLEECE_FAIL;
 		} else {
 			char *copy = xstrdup(out->name);
-			int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
-			if (dfd >= 0) {
-				fsync(dfd);
-				close(dfd);
-			}
+			fsync_dir(dirname(copy));
 			free(copy);
 		}
 	}
-	if (ret && unlink(out->partial) && errno != ENOENT)
-		msg_errno("cannot remove %s", out->partial);
+	/*
+	 * An unfinished image is removed, never kept: it looks like a disk
+	 * image but is not one (and holds the disk's secrets).  Said once
+	 * something was written, so that no one looks for it.
+	 */
+	if (err) {
+		if (unlink(out->partial) && errno != ENOENT)
+			msg_errno("cannot remove the incomplete image %s", out->partial);
+		else if (written)
+			msg_error("removed the incomplete image %s", out->partial);
+	}
 	free(out->partial);
 	out->partial = NULL;
-	return ret;
+	return err;
 }
 
 void output_print_sha256(const struct output *out, const char *hex)

@@ -25,17 +25,23 @@ struct output_guard {
 };
 void output_guard_add(struct output_guard *g, dev_t dev, const char *what);
 
-/* Check the output's name; an exit code (0: fine). */
+/* Check the output's name: 0, or -errno (-EFLEECE_USAGE) with a message. */
 int output_check(const char *name);
 /*
- * Open the output; an exit code (0: opened).  FILE.partial is created new
+ * Open the output: 0, or -errno with a message (-EFLEECE_REFUSED: refused,
+ * nothing was touched).  FILE.partial is created new
  * (O_EXCL|O_NOFOLLOW, mode 0600): an existing one, or a symlink there, is
  * refused and left alone.  A block device is opened O_EXCL (not mounted,
  * not held).  The output may neither be nor sit on a device of @g.
  */
 int output_open(const char *name, const struct output_guard *g, struct output *out);
-/* Given the reader's exit code: rename or remove FILE.partial, close. */
-int output_finish(struct output *out, int ret);
+/*
+ * Close the output; given the outcome @err (0 or -errno): rename a complete
+ * FILE.partial to FILE (and fsync the directory), or remove an incomplete
+ * one, saying so when anything had been written to it.  Returns @err, or
+ * the -errno of a failed close or rename.
+ */
+int output_finish(struct output *out, int err);
 void output_print_sha256(const struct output *out, const char *hex);
 
 #endif

@@ -174,192 +174,296 @@ static bool view_is_invalid(dev_t view)
 	return invalid;
 }
 
-static bool stop_requested(struct reader_result *res)
+/* A signal asked us to stop: -EINTR (exit 128 + signal), noted in @res. */
+static int stop_requested(struct reader_result *res)
 {
-	if (fleece_signal) {
-		res->interrupted = true;
-		return true;
-	}
-	return false;
+	if (!fleece_signal)
+		return 0;
+	res->interrupted = true;
+	return -EINTR;
 }
 
-int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
-	       struct reader_result *res)
-{
-	uint64_t size, chunk = 0, block, off = 0;
-	struct progress prog_state = { 0 };
-	struct readahead *ra = NULL;
-	unsigned char digest[32];
-	bool discard = o->discard, out_sync;
+/* One run of the reader: what the phases below share. */
+struct reader {
+	const struct reader_opts *o;
+	struct reader_result *res;
+	int fd;				/* the view, O_DIRECT, O_EXCL */
+	dev_t dev;
+	uint64_t size, chunk, block, off;
+	bool discard;			/* releasing what is written */
+	int out_fd;
+	bool out_is_file;		/* holes for zero chunks */
+	bool out_sync;			/* synced before each release */
+	struct readahead *ra;
 	struct sha256 sha;
-	struct stat st;
-	int fd, ret = EX_FLEECE_FAIL;
+	struct progress prog;
+};
 
-	memset(res, 0, sizeof(*res));
+/*
+ * Open: the view, exclusively (O_EXCL: one reader per view; two would each
+ * release chunks the other has not read yet, and both fail), its size and
+ * chunk, and the readahead.  0, or -errno with a message (-EFLEECE_REFUSED:
+ * the view is in use); on failure nothing is left open.
+ */
+static int reader_open(struct reader *rd)
+{
+	const struct reader_opts *o = rd->o;
+	struct stat st;
+	int r;
+
 	/*
 	 * A released chunk is gone from the view: whatever holds the image
 	 * (a file, also behind standard output, or a block device) is synced
 	 * before each release.  A pipe cannot be: its reader gets data that is
 	 * released already (fleece(8)).
 	 */
-	out_sync = out_is_file ||
-		   (!fstat(out_fd, &st) && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)));
-	/*
-	 * O_EXCL: one reader per view.  Two would each release chunks the
-	 * other has not read yet, and both fail.
-	 */
-	fd = open(o->view, (discard ? O_RDWR : O_RDONLY) | O_DIRECT | O_EXCL | O_CLOEXEC);
-	if (fd < 0 && discard && (errno == EROFS || errno == EACCES)) {
+	rd->out_sync = rd->out_is_file ||
+		       (!fstat(rd->out_fd, &st) && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)));
+	rd->fd = open(o->view, (rd->discard ? O_RDWR : O_RDONLY) | O_DIRECT | O_EXCL | O_CLOEXEC);
+	if (rd->fd < 0 && rd->discard && (errno == EROFS || errno == EACCES)) {
 		msg_warn("%s: the view is read-only: reading it without releasing chunks", o->label);
-		discard = false;
-		fd = open(o->view, O_RDONLY | O_DIRECT | O_EXCL | O_CLOEXEC);
+		rd->discard = false;
+		rd->fd = open(o->view, O_RDONLY | O_DIRECT | O_EXCL | O_CLOEXEC);
 	}
-	if (fd < 0 && errno == EBUSY) {
+	if (rd->fd < 0 && errno == EBUSY) {
 		msg_error("%s: the view %s is in use (another reader has it open)", o->label,
 			  o->view);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
-	if (fd < 0) {
+	if (rd->fd < 0) {
+		r = -errno;
 		msg_errno("cannot open the view %s", o->view);
-		return EX_FLEECE_FAIL;
+		return r;
 	}
-	if (fstat(fd, &st) || !S_ISBLK(st.st_mode) || blkdev_size(fd, &size)) {
+	if (fstat(rd->fd, &st) || !S_ISBLK(st.st_mode) || blkdev_size(rd->fd, &rd->size)) {
 		msg_error("%s: not a block device", o->view);
-		goto out;
+		r = -ENOTBLK;
+		goto fail;
 	}
-	if (view_chunk_bytes(st.st_rdev, &chunk))
-		chunk = 4096;
-	block = o->block_bytes ? o->block_bytes : DEFAULT_BLOCK;
-	if (block < chunk)
-		block = chunk;
-	block -= block % chunk;
-	ra = readahead_start(fd, size, block);
-	if (!ra) {
+	rd->dev = st.st_rdev;
+	if (view_chunk_bytes(rd->dev, &rd->chunk))
+		rd->chunk = 4096;
+	rd->block = o->block_bytes ? o->block_bytes : DEFAULT_BLOCK;
+	if (rd->block < rd->chunk)
+		rd->block = rd->chunk;
+	rd->block -= rd->block % rd->chunk;
+	rd->ra = readahead_start(rd->fd, rd->size, rd->block);
+	if (!rd->ra) {
+		r = -errno;
 		msg_errno("cannot start reading with two %llu-byte buffers",
-			  (unsigned long long)block);
-		goto out;
+			  (unsigned long long)rd->block);
+		goto fail;
 	}
-	res->size = size;
-	sha256_init(&sha);
-	prog_state.o = o;
-	prog_state.size = size;
-	prog_state.mode = o->progress;
-	if (prog_state.mode == PROGRESS_AUTO)
-		prog_state.mode = isatty(2) ? PROGRESS_BAR : PROGRESS_LINES;
-	prog_state.t0 = prog_state.last = prog_state.last_tick = now_mono();
+	rd->res->size = rd->size;
+	sha256_init(&rd->sha);
+	rd->prog.o = o;
+	rd->prog.size = rd->size;
+	rd->prog.mode = o->progress;
+	if (rd->prog.mode == PROGRESS_AUTO)
+		rd->prog.mode = isatty(2) ? PROGRESS_BAR : PROGRESS_LINES;
+	rd->prog.t0 = rd->prog.last = rd->prog.last_tick = now_mono();
 	msg_debug("reading %s: %llu bytes, chunk %llu, block %llu", o->view,
-		  (unsigned long long)size, (unsigned long long)chunk,
-		  (unsigned long long)block);
+		  (unsigned long long)rd->size, (unsigned long long)rd->chunk,
+		  (unsigned long long)rd->block);
+	return 0;
+fail:
+	close(rd->fd);
+	rd->fd = -1;
+	return r;
+}
 
-	while (off < size) {
-		size_t n = (size - off) < block ? (size_t)(size - off) : (size_t)block;
-		const unsigned char *buf;
-		uint64_t error_off;
-		size_t i;
+/*
+ * The block at rd->off, @n bytes, read ahead: 0 with *buf, or -errno with
+ * a message: -EFLEECE_INVALID when the view became invalid (a copy failed),
+ * which leaves the image incomplete.
+ */
+static int reader_get(struct reader *rd, const unsigned char **buf)
+{
+	uint64_t error_off;
+	int r;
 
-		if (stop_requested(res))
-			goto out;
-		buf = readahead_next(ra, off, &error_off);
-		if (!buf) {
-			if (view_is_invalid(st.st_rdev)) {
-				res->view_invalid = true;
-				msg_error("%s: the view became invalid at %llu bytes (a copy-before-write failed or timed out): the image is incomplete",
-					  o->label, (unsigned long long)error_off);
-				ret = EX_FLEECE_INVALID;
-			} else {
-				msg_errno("%s: read error at %llu bytes", o->label,
-					  (unsigned long long)error_off);
+	*buf = readahead_next(rd->ra, rd->off, &error_off);
+	if (*buf)
+		return 0;
+	r = errno ? -errno : -EIO;
+	if (view_is_invalid(rd->dev)) {
+		rd->res->view_invalid = true;
+		msg_error("%s: the view became invalid at %llu bytes (a copy-before-write failed or timed out): the image is incomplete",
+			  rd->o->label, (unsigned long long)error_off);
+		return -EFLEECE_INVALID;
+	}
+	errno = -r;
+	msg_errno("%s: read error at %llu bytes", rd->o->label, (unsigned long long)error_off);
+	return r;
+}
+
+/* A failed write of the output: -EINTR when a signal broke it, else -errno. */
+static int reader_write_failed(struct reader *rd)
+{
+	int r = -errno;
+
+	if (r == -EINTR && stop_requested(rd->res))
+		return -EINTR;
+	if (r == -EPIPE)
+		msg_error("%s: the output was closed (broken pipe)", rd->o->label);
+	else
+		msg_errno("%s: cannot write the output", rd->o->label);
+	return r;
+}
+
+/*
+ * Write @n bytes of @buf, the block at rd->off, to the output (all-zero
+ * chunks of a file left as holes), synced when a release follows: once
+ * this returns 0, the block is safe and may be released.
+ */
+static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
+{
+	struct reader_result *res = rd->res;
+	size_t i;
+
+	if (!rd->out_is_file) {
+		if (!write_all(rd->out_fd, buf, n))
+			return reader_write_failed(rd);
+		res->bytes_written += n;
+	} else {
+		for (i = 0; i < n; i += rd->chunk) {
+			size_t len = n - i < rd->chunk ? n - i : rd->chunk;
+
+			if (all_zero(buf + i, len)) {
+				res->zero_bytes += len;
+				continue;
 			}
-			goto out;
-		}
-		res->bytes_read += n;
-		if (o->sha256)
-			sha256_update(&sha, buf, n);
-
-		if (out_is_file) {
-			for (i = 0; i < n; i += chunk) {
-				size_t len = n - i < chunk ? n - i : chunk;
-
-				if (all_zero(buf + i, len)) {
-					res->zero_bytes += len;
-					continue;
-				}
-				if (!pwrite_all(out_fd, buf + i, len, (off_t)(off + i))) {
-					if (errno == EINTR && stop_requested(res))
-						goto out;
-					msg_errno("%s: cannot write the output", o->label);
-					goto out;
-				}
-				res->bytes_written += len;
-			}
-			if (discard && fdatasync(out_fd)) {
-				msg_errno("%s: cannot sync the output", o->label);
-				goto out;
-			}
-		} else {
-			if (!write_all(out_fd, buf, n)) {
-				if (errno == EINTR && stop_requested(res))
-					goto out;
-				if (errno == EPIPE)
-					msg_error("%s: the output was closed (broken pipe)", o->label);
-				else
-					msg_errno("%s: cannot write the output", o->label);
-				goto out;
-			}
-			res->bytes_written += n;
-			if (discard && out_sync && fdatasync(out_fd)) {
-				msg_errno("%s: cannot sync the output", o->label);
-				goto out;
-			}
-		}
-
-		if (discard) {
-			uint64_t range[2] = { off, n };
-
-			if (ioctl(fd, BLKDISCARD, range)) {
-				msg_errno("%s: cannot discard the chunks just saved (their copies stay in the fleece)",
-					  o->label);
-				discard = false;
-			}
-		}
-		readahead_done(ra, off);
-		off += n;
-		progress_show(&prog_state, off, false);
-
-		if (o->rate) {
-			double ahead = (double)off / o->rate - (now_mono() - prog_state.t0);
-
-			while (ahead > 0 && !stop_requested(res)) {
-				sleep_secs(ahead > 0.2 ? 0.2 : ahead);
-				ahead = (double)off / o->rate - (now_mono() - prog_state.t0);
-			}
+			if (!pwrite_all(rd->out_fd, buf + i, len, (off_t)(rd->off + i)))
+				return reader_write_failed(rd);
+			res->bytes_written += len;
 		}
 	}
-	if (out_is_file) {
-		if (ftruncate(out_fd, (off_t)size) || fsync(out_fd)) {
-			msg_errno("%s: cannot finish the output", o->label);
-			goto out;
-		}
-	} else if (out_sync && fsync(out_fd)) {
-		msg_errno("%s: cannot finish the output", o->label);
-		goto out;
+	if (rd->discard && rd->out_sync && fdatasync(rd->out_fd)) {
+		int r = -errno;
+
+		msg_errno("%s: cannot sync the output", rd->o->label);
+		return r;
 	}
-	if (o->sha256) {
-		sha256_final(&sha, digest);
-		sha256_hex(digest, res->sha256);
+	return 0;
+}
+
+/*
+ * Release the block just saved (BLKDISCARD on the view): no more copies
+ * for its chunks, and their fleece space is freed.  A failure is not the
+ * image's: the chunks stay in the fleece, and releasing stops.
+ */
+static void reader_release(struct reader *rd, size_t n)
+{
+	uint64_t range[2] = { rd->off, n };
+
+	if (rd->discard && ioctl(rd->fd, BLKDISCARD, range)) {
+		msg_errno("%s: cannot discard the chunks just saved (their copies stay in the fleece)",
+			  rd->o->label);
+		rd->discard = false;
 	}
-	res->seconds = now_mono() - prog_state.t0;
-	progress_show(&prog_state, off, true);
-	ret = EX_FLEECE_OK;
-out:
-	if (ret && prog_state.drawn)
+}
+
+/* Hold back to --rate; -EINTR when a signal comes meanwhile. */
+static int reader_throttle(struct reader *rd)
+{
+	double ahead;
+
+	if (!rd->o->rate)
+		return 0;
+	ahead = (double)rd->off / rd->o->rate - (now_mono() - rd->prog.t0);
+	while (ahead > 0) {
+		if (stop_requested(rd->res))
+			return -EINTR;
+		sleep_secs(ahead > 0.2 ? 0.2 : ahead);
+		ahead = (double)rd->off / rd->o->rate - (now_mono() - rd->prog.t0);
+	}
+	return 0;
+}
+
+/*
+ * The loop: read, write, release each block in turn, with progress and
+ * the rate limit, until the end of the view.  0, or -errno with a message
+ * (-EFLEECE_INVALID, -EINTR after a signal); what was written stays for
+ * the caller to remove.
+ */
+static int reader_loop(struct reader *rd)
+{
+	const unsigned char *buf;
+	size_t n;
+	int r = 0;
+
+	while (!r && rd->off < rd->size) {
+		n = rd->size - rd->off < rd->block ? (size_t)(rd->size - rd->off) :
+						     (size_t)rd->block;
+		r = stop_requested(rd->res);
+		if (!r)
+			r = reader_get(rd, &buf);
+		if (r)
+			break;
+		rd->res->bytes_read += n;
+		if (rd->o->sha256)
+			sha256_update(&rd->sha, buf, n);
+		r = reader_put(rd, buf, n);
+		if (r)
+			break;
+		reader_release(rd, n);
+		readahead_done(rd->ra, rd->off);
+		rd->off += n;
+		progress_show(&rd->prog, rd->off, false);
+		r = reader_throttle(rd);
+	}
+	return r;
+}
+
+/*
+ * Finish: a file gets its full size (a trailing hole) and is synced, a
+ * block device or a file behind standard output synced; the digest and the
+ * last progress line.  0, or -errno with a message.
+ */
+static int reader_finish(struct reader *rd)
+{
+	unsigned char digest[32];
+
+	if ((rd->out_is_file && ftruncate(rd->out_fd, (off_t)rd->size)) ||
+	    ((rd->out_is_file || rd->out_sync) && fsync(rd->out_fd))) {
+		int r = -errno;
+
+		msg_errno("%s: cannot finish the output", rd->o->label);
+		return r;
+	}
+	if (rd->o->sha256) {
+		sha256_final(&rd->sha, digest);
+		sha256_hex(digest, rd->res->sha256);
+	}
+	rd->res->seconds = now_mono() - rd->prog.t0;
+	progress_show(&rd->prog, rd->off, true);
+	return 0;
+}
+
+int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
+	       struct reader_result *res)
+{
+	struct reader rd = {
+		.o = o, .res = res, .fd = -1, .discard = o->discard,
+		.out_fd = out_fd, .out_is_file = out_is_file,
+	};
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	r = reader_open(&rd);
+	if (r)
+		return r;
+	r = reader_loop(&rd);
+	if (!r)
+		r = reader_finish(&rd);
+	if (r && rd.prog.drawn)
 		fputc('\n', stderr);
-	if (ret && res->interrupted)
-		ret = EX_FLEECE_SIGNAL + fleece_signal;
-	res->seconds = now_mono() - prog_state.t0;
-	readahead_stop(ra);
-	close(fd);
-	return ret;
+	if (r && res->interrupted)
+		r = -EINTR;
+	res->seconds = now_mono() - rd.prog.t0;
+	readahead_stop(rd.ra);
+	close(rd.fd);
+	return r;
 }
 
 static void read_help(void)
@@ -382,6 +486,60 @@ static int read_opt(int c, const char *arg, void *ctx)
 	return reader_parse_opt(ctx, c, arg);
 }
 
+/*
+ * The view @arg, a fleece-view and nothing else (the reader discards what
+ * it reads): its device node in @view, its dm name in @name, and the
+ * devices the output must not be (the view, its origin and fleece device)
+ * in @guard.  0, or -errno with a message.
+ */
+static int read_resolve(const char *arg, char *view, size_t vlen, char *name, size_t nlen,
+			struct output_guard *guard)
+{
+	struct dmw_info info;
+	struct dmw_table t;
+	dev_t od = 0, fd = 0;
+	char *copy, *save = NULL, *tok;
+	int r;
+
+	r = resolve_dm_name(arg, name, nlen);
+	if (r)
+		return r;
+	r = dmw_get_table(name, false, &t);
+	if (r) {
+		msg_error("%s: cannot read its table: %s", arg, dmw_strerror(r));
+		return r;
+	}
+	if (t.n != 1 || strcmp(t.t[0].type, FLEECE_VIEW_TARGET_NAME)) {
+		dmw_table_free(&t);
+		msg_error("%s: not a fleece view (its table is not one '%s' target)", arg,
+			  FLEECE_VIEW_TARGET_NAME);
+		return -EFLEECE_REFUSED;
+	}
+	copy = xstrdup(t.t[0].params);
+	tok = strtok_r(copy, " ", &save);
+	if (tok)
+		parse_devno(tok, &od);
+	tok = strtok_r(NULL, " ", &save);
+	if (tok)
+		parse_devno(tok, &fd);
+	free(copy);
+	dmw_table_free(&t);
+	r = dmw_info(name, &info);
+	if (r || !info.exists) {
+		msg_error("%s: cannot query device-mapper: %s", arg,
+			  r ? dmw_strerror(r) : "no such device");
+		return r ? r : -ENXIO;
+	}
+	if (devno_path(makedev(info.major, info.minor), view, vlen)) {
+		msg_error("%s: no device node", arg);
+		return -ENOENT;
+	}
+	output_guard_add(guard, makedev(info.major, info.minor), "the view");
+	output_guard_add(guard, od, "the view's origin");
+	output_guard_add(guard, fd, "the view's fleece device");
+	return 0;
+}
+
 int cmd_read(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -392,10 +550,8 @@ int cmd_read(int argc, char **argv)
 	struct reader_opts o = { .discard = true, .interval = 10 };
 	struct reader_result res;
 	struct output out;
-	const char *output, *arg;
 	char view[PATH_MAX], name[128];
 	struct output_guard guard = { .n = 0 };
-	struct dmw_table t;
 	int r;
 
 	prog = "fleece read";
@@ -403,68 +559,25 @@ int cmd_read(int argc, char **argv)
 		       read_opt, &o);
 	if (r >= 0)
 		return r;
-	output = o.output;
 	if (optind >= argc)
 		return usage_error("no view given");
 	if (optind + 1 < argc)
 		return usage_error("one view at a time: '%s' is one too many", argv[optind + 1]);
-	if (!output)
+	if (!o.output)
 		return usage_error("no output given: -o FILE, or -o - for standard output");
-	arg = argv[optind];
 
-	/* A fleece-view, nothing else: the reader discards what it reads. */
-	r = resolve_dm_name(arg, name, sizeof(name));
+	r = read_resolve(argv[optind], view, sizeof(view), name, sizeof(name), &guard);
 	if (r)
 		return exit_code(r);
-	r = dmw_get_table(name, false, &t);
-	if (r) {
-		msg_error("%s: cannot read its table: %s", arg, dmw_strerror(r));
-		return EX_FLEECE_FAIL;
-	}
-	if (t.n != 1 || strcmp(t.t[0].type, FLEECE_VIEW_TARGET_NAME)) {
-		dmw_table_free(&t);
-		msg_error("%s: not a fleece view (its table is not one '%s' target)", arg,
-			  FLEECE_VIEW_TARGET_NAME);
-		return EX_FLEECE_REFUSED;
-	}
-	{
-		struct dmw_info info;
-		dev_t od = 0, fd = 0;
-
-		/* The output is neither the view nor its origin or fleece device. */
-		{
-			char *copy = xstrdup(t.t[0].params), *save = NULL, *tok;
-
-			tok = strtok_r(copy, " ", &save);
-			if (tok)
-				parse_devno(tok, &od);
-			tok = strtok_r(NULL, " ", &save);
-			if (tok)
-				parse_devno(tok, &fd);
-			free(copy);
-		}
-		dmw_table_free(&t);
-		r = dmw_info(name, &info);
-		if (r || !info.exists) {
-			msg_error("%s: cannot query device-mapper: %s", arg,
-				  r ? dmw_strerror(r) : "no such device");
-			return EX_FLEECE_FAIL;
-		}
-		if (devno_path(makedev(info.major, info.minor), view, sizeof(view))) {
-			msg_error("%s: no device node", arg);
-			return EX_FLEECE_FAIL;
-		}
-		output_guard_add(&guard, makedev(info.major, info.minor), "the view");
-		output_guard_add(&guard, od, "the view's origin");
-		output_guard_add(&guard, fd, "the view's fleece device");
-	}
 	o.view = view;
 	o.label = name;
-	r = output_open(output, &guard, &out);
+	r = output_open(o.output, &guard, &out);
 	if (r)
-		return r;
+		return exit_code(r);
 	signals_install();
 	r = reader_run(&o, out.fd, out.is_file, &res);
+	if (r == -EINTR)
+		msg_error("%s: interrupted by signal %d", name, (int)fleece_signal);
 	r = output_finish(&out, r);
 	if (!r && o.sha256)
 		output_print_sha256(&out, res.sha256);
@@ -477,5 +590,5 @@ int cmd_read(int argc, char **argv)
 			 fmt_size(res.seconds > 0 ? (uint64_t)(res.size / res.seconds) :
 				  res.size, b, sizeof(b)));
 	}
-	return r;
+	return exit_code(r);
 }

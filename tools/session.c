@@ -323,12 +323,12 @@ int state_absent(const char *name)
 	if (r) {
 		errno = -r;
 		msg_errno("%s: cannot read its state file in %s", name, state_dir());
-		return EX_FLEECE_FAIL;
+		return r;
 	}
 	if (st.present) {
 		msg_error("%s: already fleeced, or an earlier fleece was not cleaned up (%s/%s): run 'fleece stop %s' first",
 			  name, state_dir(), name, name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	return 0;
 }

@@ -201,7 +201,8 @@ static bool table_is_whole_linear(const struct dmw_table *t, dev_t *dev,
 /*
  * lvm2's locks of the VGs of the LVs among the NAMEs, taken in the order
  * lvm2 takes several (by VG name), before their tables are read: no
- * lvextend or pvmove reloads them until start is done.  An exit code.
+ * lvextend or pvmove reloads them until start is done.  0, or -errno with
+ * a message (and none of them held).
  */
 static int lock_vgs(struct plan *plans, unsigned int n)
 {
@@ -225,7 +226,7 @@ static int lock_vgs(struct plan *plans, unsigned int n)
 	}
 	for (i = 0; i < n && !r; i++)
 		if (vg[order[i]][0])
-			r = lvm_vg_lock(plans[order[i]].fn.name, vg[order[i]]);
+			r = lvm_vg_lock(plans[order[i]].fn.name, vg[order[i]], false);
 	for (j = 0; j < i && !r; j++)	/* each unlocked at the end of start */
 		snprintf(plans[order[j]].vg, sizeof(plans[0].vg), "%s", vg[order[j]]);
 	if (r)	/* the ones taken */
@@ -233,10 +234,13 @@ static int lock_vgs(struct plan *plans, unsigned int n)
 			lvm_vg_unlock(vg[order[j]]);
 	free(order);
 	free(vg);
-	return exit_code(r);
+	return r;
 }
 
-/* Everything about NAME that can be checked without changing anything. */
+/*
+ * Everything about NAME that can be checked without changing anything: 0,
+ * or -errno with a message (-EFLEECE_REFUSED: NAME is not fit).
+ */
 static int check_name(struct plan *p, const struct start_opts *o)
 {
 	struct dmw_info other;
@@ -247,85 +251,85 @@ static int check_name(struct plan *p, const struct start_opts *o)
 	r = dmw_info(name, &p->info);
 	if (r) {
 		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
-		return EX_FLEECE_FAIL;
+		return r;
 	}
 	if (!p->info.exists) {
 		msg_error("%s: no such device-mapper device", name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	p->dev = makedev(p->info.major, p->info.minor);
 	if (!strncmp(p->info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
 		msg_error("%s: this device was created by fleece (DM UUID %s): fleece the original device instead",
 			  name, p->info.uuid);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	r = dmw_get_table(name, false, &p->table);
 	if (r) {
 		msg_error("%s: cannot read its table: %s", name, dmw_strerror(r));
-		return EX_FLEECE_FAIL;
+		return r;
 	}
 	for (i = 0; i < p->table.n; i++) {
 		if (!strcmp(p->table.t[i].type, FLEECE_TARGET_NAME) ||
 		    !strcmp(p->table.t[i].type, FLEECE_VIEW_TARGET_NAME)) {
 			msg_error("%s: already fleeced (its table is a '%s' target): run 'fleece stop %s' first",
 				  name, p->table.t[i].type, name);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 	}
 	r = dmw_info_uuid(p->fn.origin_uuid, &other);
 	if (!r && other.exists) {
 		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
 			  name, other.name, name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (!r)
 		r = dmw_info_uuid(p->fn.view_uuid, &other);
 	if (!r && other.exists) {
 		msg_error("%s: already fleeced (%s exists): run 'fleece stop %s' first",
 			  name, other.name, name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (!r)
 		r = dmw_info(p->fn.origin, &other);
 	if (!r && other.exists) {
 		msg_error("%s: a device named %s already exists", name, p->fn.origin);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (!r)
 		r = dmw_info(p->fn.view, &other);
 	if (!r && other.exists) {
 		msg_error("%s: a device named %s already exists", name, p->fn.view);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (r) {
 		msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
-		return EX_FLEECE_FAIL;
+		return r;
 	}
 	r = state_absent(name);
 	if (r)
 		return r;
 	if (!p->info.live_table || !p->table.n) {
 		msg_error("%s: has no active table", name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (p->info.suspended) {
 		msg_error("%s: is suspended: resume it first", name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (p->info.inactive_table) {
 		msg_error("%s: has an inactive table loaded (is another tool changing it?)", name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	for (i = 0; i < p->table.n; i++) {
 		if (!target_is_safe(p->table.t[i].type)) {
 			msg_error("%s: its table has a '%s' target, which fleece cannot duplicate safely (supported: "
 				  SAFE_TARGETS_TEXT ")", name, p->table.t[i].type);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 		if (!strcmp(p->table.t[i].type, "crypt") && !crypt_key_ok(p->table.t[i].params)) {
 			msg_error("%s: its crypt target takes its key from the kernel keyring (LUKS2), which cryptsetup empties once the device is active: fleece cannot load that table a second time",
 				  name);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 	}
 	p->sectors = dmw_table_len(&p->table);
@@ -334,7 +338,7 @@ static int check_name(struct plan *p, const struct start_opts *o)
 	if (o->chunk_bytes % lbs) {
 		msg_error("%s: the chunk size (%llu) is not a multiple of its logical block size (%u)",
 			  name, (unsigned long long)o->chunk_bytes, lbs);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	return 0;
 }
@@ -397,7 +401,7 @@ static int check_signature(const struct plan *p, const struct start_opts *o)
 	if (r < 0) {
 		errno = -r;
 		msg_errno("fleece device %s: cannot look for signatures", p->fleece_arg);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (!r)
 		return 0;
@@ -415,9 +419,14 @@ static int check_signature(const struct plan *p, const struct start_opts *o)
 	}
 	msg_error("fleece device %s: holds a %s signature%s%s: its data would be overwritten and discarded (wipefs -a it, or give --force)",
 		  p->fleece_arg, type, uuid[0] ? " UUID " : "", uuid);
-	return EX_FLEECE_REFUSED;
+	return -EFLEECE_REFUSED;
 }
 
+/*
+ * A --fleece-dev: a block device, not NAME nor built on any NAME, not
+ * created by fleece, not in use, large enough, with no signature (unless
+ * --force).  0, or -errno with a message (-EFLEECE_REFUSED: not fit).
+ */
 static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			    const struct start_opts *o)
 {
@@ -430,11 +439,11 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 
 	if (stat(arg, &st)) {
 		msg_errno("fleece device %s", arg);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (!S_ISBLK(st.st_mode)) {
 		msg_error("fleece device %s: not a block device (use --fleece-dir for a file)", arg);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	p->fleece_dev = st.st_rdev;
 	snprintf(p->fleece_path, sizeof(p->fleece_path), "%s", arg);
@@ -446,12 +455,12 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			msg_error("fleece device %s: it is %s itself, or part of it%s%s%s: the fleece device must be a separate device",
 				  arg, all[i].fn.name, r == 1 && why[0] ? " (" : "",
 				  r == 1 ? why : "", r == 1 && why[0] ? ")" : "");
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 		if (r < 0 && !o->force) {
 			msg_error("fleece device %s: cannot tell whether it is built on %s: %s (give --force if it is not)",
 				  arg, all[i].fn.name, why);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 		if (r < 0)
 			msg_warn("fleece device %s: cannot tell whether it is built on %s (%s): using it (--force)",
@@ -459,7 +468,7 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 		if (&all[i] != p && all[i].fleece_dev == p->fleece_dev && all[i].fleece_arg) {
 			msg_error("fleece device %s: given for both %s and %s", arg,
 				  all[i].fn.name, p->fn.name);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 	}
 	if (dmw_is_dm_major(major(p->fleece_dev))) {
@@ -468,13 +477,13 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 		if (r) {
 			msg_error("fleece device %s: cannot query device-mapper: %s", arg,
 				  dmw_strerror(r));
-			return EX_FLEECE_FAIL;
+			return r;
 		}
 		if (info.exists &&
 		    !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
 			msg_error("fleece device %s: a device created by fleece cannot be a fleece device",
 				  arg);
-			return EX_FLEECE_REFUSED;
+			return -EFLEECE_REFUSED;
 		}
 	}
 	fd = open(arg, O_RDONLY | O_EXCL | O_CLOEXEC);
@@ -483,17 +492,17 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 			msg_error("fleece device %s: in use (mounted, or held by another device or program)", arg);
 		else
 			msg_errno("fleece device %s", arg);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (blkdev_size(fd, &bytes)) {
 		msg_errno("fleece device %s: cannot get its size", arg);
 		close(fd);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	close(fd);
 	if (devno_has_holders(p->fleece_dev)) {
 		msg_error("fleece device %s: in use (another device is built on it)", arg);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (bytes < p->sectors * 512) {
 		char a[32], b[32];
@@ -501,16 +510,20 @@ static int check_fleece_dev(struct plan *p, struct plan *all, unsigned int n,
 		msg_error("fleece device %s is too small: %s, and %s needs %s (its own size)",
 			  arg, fmt_size(bytes, a, sizeof(a)), p->fn.name,
 			  fmt_size(p->sectors * 512, b, sizeof(b)));
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (o->chunk_bytes % devno_logical_block_size(p->fleece_dev)) {
 		msg_error("fleece device %s: the chunk size is not a multiple of its logical block size (%u)",
 			  arg, devno_logical_block_size(p->fleece_dev));
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	return check_signature(p, o);
 }
 
+/*
+ * A --fleece-dir: a writable directory not on NAME, where DIR/NAME.fleece
+ * does not exist yet.  0, or -EFLEECE_REFUSED with a message.
+ */
 static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 {
 	char why[PATH_MAX + 128];
@@ -522,17 +535,17 @@ static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 	if (!real || stat(real, &st)) {
 		msg_errno("--fleece-dir %s", o->fleece_dir);
 		free(real);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (!S_ISDIR(st.st_mode)) {
 		msg_error("--fleece-dir %s: not a directory", o->fleece_dir);
 		free(real);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (access(real, W_OK)) {
 		msg_errno("--fleece-dir %s: not writable", o->fleece_dir);
 		free(real);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	/* btrfs, overlayfs, a loop device's backing file: followed to their devices. */
 	r = path_depends(real, p->dev, why, sizeof(why));
@@ -540,13 +553,13 @@ static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 		msg_error("--fleece-dir %s: it is on %s itself (%s): copies of its data cannot be kept on it",
 			  o->fleece_dir, p->fn.name, why);
 		free(real);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (r < 0 && !o->force) {
 		msg_error("--fleece-dir %s: cannot tell whether it is on %s: %s (give --force if it is not)",
 			  o->fleece_dir, p->fn.name, why);
 		free(real);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	if (r < 0)
 		msg_warn("--fleece-dir %s: cannot tell whether it is on %s (%s): using it (--force)",
@@ -557,34 +570,43 @@ static int check_fleece_dir(struct plan *p, const struct start_opts *o)
 	if (!lstat(p->fleece_file, &st)) {
 		msg_error("fleece file %s already exists (left over? run 'fleece stop %s', or remove it)",
 			  p->fleece_file, p->fn.name);
-		return EX_FLEECE_REFUSED;
+		return -EFLEECE_REFUSED;
 	}
 	return 0;
 }
 
-/* Create the sparse fleece file and its loop device. */
+/*
+ * Create the sparse fleece file and its loop device: 0, or -errno with a
+ * message.  What was made is recorded in @p (fleece_file, loop_fd) for the
+ * rollback (fleece_stop()) to undo.
+ */
 static int make_fleece_file(struct plan *p)
 {
 	unsigned int bs;
 	struct stat st;
-	int fd;
+	int fd, r;
 
 	fd = open(p->fleece_file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
+		r = -errno;
 		msg_errno("cannot create the fleece file %s", p->fleece_file);
-		return -1;
+		return r;
 	}
 	if (ftruncate(fd, (off_t)(p->sectors * 512)) || fstat(fd, &st)) {
+		r = -errno;
 		msg_errno("cannot size the fleece file %s", p->fleece_file);
 		close(fd);
-		return -1;
+		return r;
 	}
 	close(fd);
 	bs = major(st.st_dev) ? devno_logical_block_size(st.st_dev) : 512;
 	p->loop_fd = loop_attach(p->fleece_file, bs, p->fleece_path,
 				 sizeof(p->fleece_path), &p->fleece_dev, &p->dio);
-	if (p->loop_fd < 0)
-		return -1;
+	if (p->loop_fd < 0) {
+		r = p->loop_fd;
+		p->loop_fd = -1;
+		return r;
+	}
 	if (!p->dio)
 		msg_warn("%s: the file system of %s cannot do direct I/O: the loop device uses the page cache",
 			 p->fn.name, p->fleece_file);
@@ -709,7 +731,7 @@ static int suspend_one(const char *name)
 }
 
 /*
- * 4. The point in time: suspend every NAME (flushing and freezing file
+ * Phase 6, the point in time: suspend every NAME (flushing and freezing file
  * systems), check that no NAME's tables changed since they were read, and
  * resume them all: each resume swaps in the fleece table.  On any failure
  * the fleece tables are cleared and every NAME suspended is resumed as it
@@ -779,106 +801,95 @@ static int swap_in(struct plan *plans, unsigned int n, double *frozen)
 	return r;
 }
 
-static void rollback(struct plan *plans, unsigned int n)
+/*
+ * Phase 1, resolve: the arguments, each NAME resolved to its dm name, and
+ * fleece's lock of each NAME taken (held until the process ends).  Changes
+ * nothing.  0, or -errno with a message (-EFLEECE_USAGE, -EFLEECE_REFUSED:
+ * no such device, or another fleece command holds a NAME).
+ */
+static int start_resolve(const struct start_opts *o, char **names, unsigned int n,
+			 struct plan *plans)
 {
-	unsigned int i;
-
-	msg_error("undoing the start");
-	for (i = 0; i < n; i++) {
-		if (plans[i].loop_fd >= 0) {
-			close(plans[i].loop_fd);
-			plans[i].loop_fd = -1;
-		}
-	}
-	for (i = 0; i < n; i++)
-		fleece_stop(plans[i].fn.name, true);
-}
-
-int fleece_start(struct start_opts *o, char **names, unsigned int n)
-{
-	struct plan *plans = xcalloc(n, sizeof(*plans));
-	struct dmw_table t;
 	unsigned int i, j;
-	double frozen;
-	int r, ret = EX_FLEECE_OK, kmsg;
+	char name[128];
+	int r;
 
-	for (i = 0; i < n; i++)
-		plans[i].loop_fd = -1;
-	if (o->nr_fleece_devs && o->nr_fleece_devs != n) {
-		ret = usage_error("%u device(s) to fleece but %u --fleece-dev given: give one per device",
-				  n, o->nr_fleece_devs);
-		goto out;
-	}
-	if (!o->nr_fleece_devs && !o->fleece_dir) {
-		ret = usage_error("give the fleece space: --fleece-dev DEV[,DEV...] or --fleece-dir DIR");
-		goto out;
-	}
-
-	/* 1. Names, then every check, before anything is changed. */
+	if (o->nr_fleece_devs && o->nr_fleece_devs != n)
+		return usage_err("%u device(s) to fleece but %u --fleece-dev given: give one per device",
+				 n, o->nr_fleece_devs);
+	if (!o->nr_fleece_devs && !o->fleece_dir)
+		return usage_err("give the fleece space: --fleece-dev DEV[,DEV...] or --fleece-dir DIR");
 	for (i = 0; i < n; i++) {
-		char name[128];
-
 		r = resolve_dm_name(names[i], name, sizeof(name));
-		if (r) {
-			ret = exit_code(r);
-			goto out;
-		}
-		if (fleece_names(name, &plans[i].fn)) {
-			ret = EX_FLEECE_REFUSED;
-			goto out;
-		}
+		if (r)
+			return r;
+		if (fleece_names(name, &plans[i].fn))
+			return -EFLEECE_REFUSED;
 		for (j = 0; j < i; j++)
-			if (!strcmp(plans[j].fn.name, name)) {
-				ret = usage_error("%s given twice", name);
-				goto out;
-			}
+			if (!strcmp(plans[j].fn.name, name))
+				return usage_err("%s given twice", name);
 		r = fleece_lock(name);
-		if (r) {
-			ret = r == -EBUSY ? EX_FLEECE_REFUSED : exit_code(r);
-			goto out;
-		}
+		if (r)
+			return r == -EBUSY ? -EFLEECE_REFUSED : r;
 		plans[i].fleece_arg = o->nr_fleece_devs ? o->fleece_devs[i] : NULL;
 	}
-	if (fleece_need_module()) {
-		ret = EX_FLEECE_REFUSED;
-		goto out;
-	}
-	ret = lock_vgs(plans, n);
-	if (ret)
-		goto out;
-	for (i = 0; i < n; i++) {
-		ret = check_name(&plans[i], o);
-		if (ret)
-			goto out;
-	}
+	return 0;
+}
+
+/*
+ * Phase 2, check: the module, lvm2's VG locks (held until start_release()),
+ * then every check of the NAMEs and of their fleece space, before anything
+ * is changed.  Fills in each plan: NAME's table, size, the fleece device or
+ * file to use.  0, or -errno with a message (-EFLEECE_REFUSED: not fit).
+ */
+static int start_check(const struct start_opts *o, struct plan *plans, unsigned int n)
+{
+	unsigned int i, j;
+	int r;
+
+	if (fleece_need_module())
+		return -EFLEECE_REFUSED;
+	r = lock_vgs(plans, n);
+	for (i = 0; i < n && !r; i++)
+		r = check_name(&plans[i], o);
+	if (r)
+		return r;
 	for (i = 0; i < n; i++)
 		for (j = 0; j < n; j++)
 			if (i != j && devno_depends_on(plans[i].dev, plans[j].dev)) {
 				msg_error("%s is built on %s: fleece them one at a time",
 					  plans[i].fn.name, plans[j].fn.name);
-				ret = EX_FLEECE_REFUSED;
-				goto out;
+				return -EFLEECE_REFUSED;
 			}
-	for (i = 0; i < n; i++) {
-		ret = plans[i].fleece_arg ? check_fleece_dev(&plans[i], plans, n, o) :
-					    check_fleece_dir(&plans[i], o);
-		if (ret)
-			goto out;
-	}
+	for (i = 0; i < n && !r; i++)
+		r = plans[i].fleece_arg ? check_fleece_dev(&plans[i], plans, n, o) :
+					  check_fleece_dir(&plans[i], o);
+	if (r)
+		return r;
 	for (i = 0; i < n; i++)
 		for (j = 0; j < i; j++)
 			if (plans[i].fleece_file[0] &&
-			    !strcmp(plans[i].fleece_file, plans[j].fleece_file)) {
-				ret = usage_error("%s and %s would share the fleece file %s",
-						  plans[j].fn.name, plans[i].fn.name,
-						  plans[i].fleece_file);
-				goto out;
-			}
+			    !strcmp(plans[i].fleece_file, plans[j].fleece_file))
+				return usage_err("%s and %s would share the fleece file %s",
+						 plans[j].fn.name, plans[i].fn.name,
+						 plans[i].fleece_file);
+	return 0;
+}
 
-	/* 2. State records first: "fleece stop" must find whatever follows. */
+/*
+ * Phase 3, record: a state file per NAME ("starting", the fleece file to
+ * come, the linear table the fleece target replaces, the backup's
+ * FILE.partial), before anything else: "fleece stop" must find whatever
+ * follows, also after a crash.  On failure the state files written are
+ * removed again: nothing is left.  0, or -errno with a message.
+ */
+static int start_record(const struct start_opts *o, struct plan *plans, unsigned int n)
+{
+	struct fleece_state st;
+	unsigned int i, j;
+	int r;
+
 	for (i = 0; i < n; i++) {
-		struct fleece_state st;
-
 		memset(&st, 0, sizeof(st));
 		snprintf(st.phase, sizeof(st.phase), "starting");
 		snprintf(st.fleece_file, sizeof(st.fleece_file), "%s", plans[i].fleece_file);
@@ -888,57 +899,98 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 		}
 		if (o->partial)
 			snprintf(st.partial, sizeof(st.partial), "%s", o->partial);
-		if (state_write(plans[i].fn.name, &st)) {
+		r = state_write(plans[i].fn.name, &st);
+		if (r) {
 			for (j = 0; j < i; j++)
 				state_remove(plans[j].fn.name);
-			ret = EX_FLEECE_FAIL;
-			goto out;
+			return r;
 		}
 	}
+	return 0;
+}
 
-	/* 3. Fleece files, hidden origins, fleece tables (inactive). */
+/* Read-modify-write of NAME's state file. */
+static int state_update(const struct plan *p, const char *phase, dev_t loop)
+{
+	struct fleece_state st;
+	int r;
+
+	r = state_read(p->fn.name, &st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s", p->fn.name, state_dir());
+		return r;
+	}
+	if (phase)
+		snprintf(st.phase, sizeof(st.phase), "%s", phase);
+	if (loop)
+		st.loop_dev = loop;
+	st.fleece_dev = p->fleece_dev;
+	return state_write(p->fn.name, &st);
+}
+
+/*
+ * Phase 4, fleece space: for --fleece-dir, each sparse fleece file and its
+ * loop device, recorded in the state file.  0, or -errno with a message;
+ * what was made is for the rollback to undo.
+ */
+static int start_space(struct plan *plans, unsigned int n)
+{
+	unsigned int i;
+	int r;
+
+	for (i = 0; i < n; i++) {
+		if (!plans[i].fleece_file[0])
+			continue;
+		r = make_fleece_file(&plans[i]);
+		if (!r)
+			r = state_update(&plans[i], NULL, plans[i].fleece_dev);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * Phase 5, tables: each hidden origin NAME-fleece-origin (unless the
+ * fleece target takes a linear table's place), and each NAME's fleece
+ * table, loaded inactive: nothing any writer sees changes yet.  0, or
+ * -errno with a message; what was made is for the rollback to undo.
+ */
+static int start_tables(const struct start_opts *o, struct plan *plans, unsigned int n)
+{
+	struct dmw_info oi;
+	unsigned int i;
+	int r, kmsg;
+
 	for (i = 0; i < n; i++) {
 		struct plan *p = &plans[i];
-		struct dmw_info oi;
 
-		if (p->fleece_file[0]) {
-			if (make_fleece_file(p))
-				goto fail;
-			{
-				struct fleece_state st;
-
-				state_read(p->fn.name, &st);
-				st.loop_dev = p->fleece_dev;
-				st.fleece_dev = p->fleece_dev;
-				if (state_write(p->fn.name, &st))
-					goto fail;
-			}
-		}
 		if (!p->direct) {
 			r = dmw_create(p->fn.origin, p->fn.origin_uuid, &p->table,
 				       p->info.read_only, FLEECE_UDEV_FLAGS);
 			if (r) {
-				errno = -r;
-				msg_errno("%s: cannot create %s", p->fn.name, p->fn.origin);
-				goto fail;
+				msg_error("%s: cannot create %s: %s", p->fn.name, p->fn.origin,
+					  dmw_strerror(r));
+				return r;
 			}
-			if (dmw_info(p->fn.origin, &oi) || !oi.exists) {
+			r = dmw_info(p->fn.origin, &oi);
+			if (r || !oi.exists) {
 				msg_error("%s: %s vanished", p->fn.name, p->fn.origin);
-				goto fail;
+				return r ? r : -ENXIO;
 			}
 			p->origin_dev = makedev(oi.major, oi.minor);
 		}
-		fleece_table(p, o, &t);
-		msg_debug("%s: loading %s", p->fn.name, t.t[0].params);
+		fleece_table(p, o, &p->fleece);
+		msg_debug("%s: loading %s", p->fn.name, p->fleece.t[0].params);
 		kmsg = kmsg_mark();
 		/* A read-only NAME stays read-only: the resume takes the table's mode. */
-		r = dmw_load(p->fn.name, &t, p->info.read_only);
-		p->fleece = t;
+		r = dmw_load(p->fn.name, &p->fleece, p->info.read_only);
 		if (r) {
-			errno = -r;
-			msg_errno("%s: the kernel refused the fleece table", p->fn.name);
+			msg_error("%s: the kernel refused the fleece table: %s", p->fn.name,
+				  dmw_strerror(r));
 			kmsg_report(kmsg, "fleece");
-			goto fail;
+			return r;
 		}
 		if (kmsg >= 0)
 			close(kmsg);
@@ -948,39 +1000,50 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 			p->loop_fd = -1;
 		}
 	}
+	return 0;
+}
 
-	/* 4. The point in time. */
-	r = swap_in(plans, n, &frozen);
-	if (r)
-		goto fail;
-	msg_debug("devices suspended for %.3f s", frozen);
+/*
+ * Phase 7, views: each NAME-fleece-view, writable (the reader's discards
+ * release chunks), and the state "running".  0, or -errno with a message;
+ * the rollback undoes everything, views included.
+ */
+static int start_views(struct plan *plans, unsigned int n)
+{
+	struct dmw_table t;
+	unsigned int i;
+	int r, kmsg;
 
-	/* 5. The views. */
 	for (i = 0; i < n; i++) {
 		struct plan *p = &plans[i];
-		struct fleece_state st;
 
 		view_table(p, &t);
 		kmsg = kmsg_mark();
-		/* Writable: the reader's discards release chunks. */
 		r = dmw_create(p->fn.view, p->fn.view_uuid, &t, false, FLEECE_UDEV_FLAGS);
 		dmw_table_free(&t);
 		if (r) {
-			errno = -r;
-			msg_errno("%s: cannot create the view %s", p->fn.name, p->fn.view);
+			msg_error("%s: cannot create the view %s: %s", p->fn.name, p->fn.view,
+				  dmw_strerror(r));
 			kmsg_report(kmsg, "fleece");
-			goto fail;
+			return r;
 		}
 		if (kmsg >= 0)
 			close(kmsg);
-		state_read(p->fn.name, &st);
-		snprintf(st.phase, sizeof(st.phase), "running");
-		st.fleece_dev = p->fleece_dev;
-		state_write(p->fn.name, &st);
+		r = state_update(p, "running", 0);
+		if (r)
+			return r;
 	}
+	return 0;
+}
+
+static void start_report(const struct start_opts *o, const struct plan *plans,
+			 unsigned int n, double frozen)
+{
+	unsigned int i;
+	char sz[32];
+
 	for (i = 0; i < n; i++) {
-		struct plan *p = &plans[i];
-		char sz[32];
+		const struct plan *p = &plans[i];
 
 		if (p->fleece_file[0])
 			msg_info("%s: view /dev/mapper/%s, fleece %s (%s%s), chunk %s",
@@ -994,12 +1057,33 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 	}
 	if (n > 1)
 		msg_info("one point in time for %u devices (suspended for %.0f ms)", n, frozen * 1000);
-	goto out;
+}
 
-fail:
-	rollback(plans, n);
-	ret = EX_FLEECE_FAIL;
-out:
+/*
+ * The rollback of phases 3 to 7: fleece_stop() of each NAME, which works
+ * from what it finds (the state files, the devices), keeping FILE.partial
+ * (the caller's to remove).
+ */
+static void rollback(struct plan *plans, unsigned int n)
+{
+	unsigned int i;
+
+	msg_error("undoing the start");
+	for (i = 0; i < n; i++) {
+		if (plans[i].loop_fd >= 0) {
+			close(plans[i].loop_fd);
+			plans[i].loop_fd = -1;
+		}
+	}
+	for (i = 0; i < n; i++)
+		fleece_stop(plans[i].fn.name, STOP_KEEP_PARTIAL);
+}
+
+/* What the phases hold: loop fds, tables, lvm2's VG locks. */
+static void start_release(struct plan *plans, unsigned int n)
+{
+	unsigned int i;
+
 	for (i = 0; i < n; i++) {
 		if (plans[i].loop_fd >= 0)
 			close(plans[i].loop_fd);
@@ -1008,7 +1092,40 @@ out:
 		lvm_vg_unlock(plans[i].vg);
 	}
 	free(plans);
-	return ret;
+}
+
+int fleece_start(struct start_opts *o, char **names, unsigned int n)
+{
+	struct plan *plans = xcalloc(n, sizeof(*plans));
+	double frozen = 0;
+	unsigned int i;
+	int r;
+
+	for (i = 0; i < n; i++)
+		plans[i].loop_fd = -1;
+	r = start_resolve(o, names, n, plans);
+	if (!r)
+		r = start_check(o, plans, n);
+	if (!r)
+		r = start_record(o, plans, n);
+	if (r)
+		goto out;	/* nothing was changed */
+	r = start_space(plans, n);
+	if (!r)
+		r = start_tables(o, plans, n);
+	if (!r)
+		r = swap_in(plans, n, &frozen);	/* phase 6, the point in time */
+	if (!r)
+		r = start_views(plans, n);
+	if (r) {
+		rollback(plans, n);
+		goto out;
+	}
+	msg_debug("devices suspended for %.3f s", frozen);
+	start_report(o, plans, n, frozen);
+out:
+	start_release(plans, n);
+	return r;
 }
 
 static void start_help(void)
@@ -1066,10 +1183,10 @@ int cmd_start(int argc, char **argv)
 			char name[128];
 
 			if (!resolve_dm_name(argv[i], name, sizeof(name)))
-				fleece_stop(name, false);
+				fleece_stop(name, 0);
 		}
-		r = EX_FLEECE_SIGNAL + fleece_signal;
+		r = -EINTR;
 	}
 	start_opts_free(&o);
-	return r;
+	return exit_code(r);
 }

@@ -42,6 +42,8 @@ struct stop_ctx {
 	struct dmw_table orig;		/* NAME's original table, when live_ours */
 	bool did;
 	char vg[128];			/* an LV's VG, its lvm2 lock held */
+	unsigned int flags;		/* STOP_* */
+	bool st_unreadable;		/* --force went on without it */
 };
 
 static int query_failed(const char *name, const char *what, int r)
@@ -77,6 +79,79 @@ static int original_table(struct stop_ctx *c, uint64_t sectors)
 	return r;
 }
 
+/*
+ * --force, NAME's live fleece table not recognised as fleece's own (its
+ * state file lost or unreadable): NAME's table before the start was a
+ * linear table over the fleece target's origin, at its origin_offset.
+ * That is taken as NAME's original table only when nothing contradicts
+ * it: no hidden origin, no state file recording another table, an origin
+ * that is no device fleece made for another NAME, a view (if any) on the
+ * same origin and fleece device.  0, or -EFLEECE_REFUSED with a message
+ * naming what is missing.
+ */
+static int rebuild_linear(struct stop_ctx *c, const struct fleece_params *fp)
+{
+	const char *name = c->fn.name;
+	char path[PATH_MAX], params[64];
+	struct dmw_table vt;
+	struct dmw_info info;
+	int r;
+
+	snprintf(params, sizeof(params), "%u:%u %llu", major(fp->origin), minor(fp->origin),
+		 (unsigned long long)fp->origin_offset);
+	if (c->oi.exists) {
+		msg_error("%s: its hidden origin %s exists, but the live fleece table is on %s: cannot tell its original table: leaving it alone",
+			  name, c->oi.name, params);
+		return -EFLEECE_REFUSED;
+	}
+	if (c->st.present) {
+		char rec[64] = "none";
+
+		if (c->st.linear_dev)
+			snprintf(rec, sizeof(rec), "%u:%u %llu", major(c->st.linear_dev),
+				 minor(c->st.linear_dev), (unsigned long long)c->st.linear_offset);
+		msg_error("%s: the state file records the linear table %s, and the live fleece table is on %s: cannot tell which was its table; remove %s/%s if the state file is wrong",
+			  name, rec, params, state_dir(), name);
+		return -EFLEECE_REFUSED;
+	}
+	if (dmw_is_dm_major(major(fp->origin))) {
+		r = dmw_info_devno(fp->origin, &info);
+		if (r)
+			return query_failed(name, "the fleece table's origin", r);
+		if (info.exists && !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX))) {
+			msg_error("%s: the live fleece table's origin is %s, which fleece created for another device: cannot tell its original table: leaving it alone",
+				  name, info.name);
+			return -EFLEECE_REFUSED;
+		}
+	}
+	if (c->vi.exists) {
+		unsigned int om, on, fm, fn;
+		bool same;
+
+		r = dmw_get_table(c->vi.name, false, &vt);
+		if (r)
+			return query_failed(name, "its view's table", r);
+		/* "<origin> <fleece>" */
+		same = vt.n == 1 && !strcmp(vt.t[0].type, FLEECE_VIEW_TARGET_NAME) &&
+		       sscanf(vt.t[0].params, "%u:%u %u:%u", &om, &on, &fm, &fn) == 4 &&
+		       makedev(om, on) == fp->origin && makedev(fm, fn) == fp->fleece;
+		dmw_table_free(&vt);
+		if (!same) {
+			msg_error("%s: its view %s is not on the live fleece table's origin %u:%u and fleece device: cannot tell its original table: leaving it alone",
+				  name, c->vi.name, major(fp->origin), minor(fp->origin));
+			return -EFLEECE_REFUSED;
+		}
+	}
+	c->st.linear_dev = fp->origin;
+	c->st.linear_offset = fp->origin_offset;
+	msg_warn("%s: no readable state file: rebuilt its linear table (%s) from the live fleece table (--force)",
+		 name, params);
+	if (major(fp->fleece) == 7 && !loop_backing_file(fp->fleece, path, sizeof(path)))
+		msg_warn("%s: its fleece device is a loop device on %s: if that is a fleece file (--fleece-dir), remove it once 'fleece stop' is done",
+			 name, path);
+	return 0;
+}
+
 /* 1. Read everything; refuse a fleece table fleece(8) did not make. */
 static int stop_survey(struct stop_ctx *c)
 {
@@ -86,13 +161,19 @@ static int stop_survey(struct stop_ctx *c)
 	int r;
 
 	r = state_read(name, &c->st);
-	if (r) {
+	if (r && !(c->flags & STOP_FORCE)) {
 		errno = -r;
 		msg_errno("%s: cannot read its state file in %s: nothing was changed", name,
 			  state_dir());
 		return r;
 	}
-	c->did = c->st.present;
+	if (r) {
+		msg_warn("%s: cannot read its state file in %s (%s): going on without it (--force)",
+			 name, state_dir(), strerror(-r));
+		memset(&c->st, 0, sizeof(c->st));
+		c->st_unreadable = true;
+	}
+	c->did = c->st.present || c->st_unreadable;
 	r = dmw_info_uuid(c->fn.view_uuid, &c->vi);
 	if (r)
 		return query_failed(name, "its view", r);
@@ -111,7 +192,7 @@ static int stop_survey(struct stop_ctx *c)
 	/* An LV: no lvm2 command reloads it until its table is back; then look again. */
 	r = lvm_lv_vg(name, c->ni.uuid, c->vg, sizeof(c->vg));
 	if (!r && c->vg[0])
-		r = lvm_vg_lock(name, c->vg);
+		r = lvm_vg_lock(name, c->vg, c->flags & STOP_FORCE);
 	if (r) {
 		c->vg[0] = '\0';
 		return r;
@@ -132,9 +213,15 @@ static int stop_survey(struct stop_ctx *c)
 
 			dmw_table_free(&t);
 			if (!fleece_table_ours(&fp, c->origin_dev, &c->st)) {
-				msg_error("%s: runs a fleece table on %u:%u that fleece(8) did not make: leaving it alone",
-					  name, major(fp.origin), minor(fp.origin));
-				return -EFLEECE_REFUSED;
+				if (c->flags & STOP_FORCE)
+					r = rebuild_linear(c, &fp);
+				else
+					r = -EFLEECE_REFUSED;
+				if (r == -EFLEECE_REFUSED && !(c->flags & STOP_FORCE))
+					msg_error("%s: runs a fleece table on %u:%u that fleece(8) did not make (or whose state file is lost: see --force): leaving it alone",
+						  name, major(fp.origin), minor(fp.origin));
+				if (r)
+					return r;
 			}
 			c->live_ours = true;
 			return original_table(c, sectors);
@@ -145,8 +232,10 @@ static int stop_survey(struct stop_ctx *c)
 		r = dmw_get_table(name, true, &t);
 		if (r)
 			return query_failed(name, "its inactive table", r);
+		/* Clearing an inactive table changes nothing a writer sees. */
 		c->inactive_ours = table_is_fleece(&t, &fp) &&
-				   fleece_table_ours(&fp, c->origin_dev, &c->st);
+				   (fleece_table_ours(&fp, c->origin_dev, &c->st) ||
+				    (c->flags & STOP_FORCE));
 		dmw_table_free(&t);
 	}
 	return 0;
@@ -295,17 +384,18 @@ static int stop_files(struct stop_ctx *c, bool keep_partial)
 		else
 			msg_debug("%s: removed the unfinished backup %s", name, st->partial);
 	}
-	if (st->present)
+	if (st->present || c->st_unreadable)
 		return state_remove(name);
 	return 0;
 }
 
-int fleece_stop(const char *name, bool keep_partial)
+int fleece_stop(const char *name, unsigned int flags)
 {
 	struct stop_ctx c;
 	int r;
 
 	memset(&c, 0, sizeof(c));
+	c.flags = flags;
 	r = fleece_names(name, &c.fn);
 	if (r)
 		return r;
@@ -320,7 +410,7 @@ int fleece_stop(const char *name, bool keep_partial)
 	if (!r)
 		r = stop_origin(&c);
 	if (!r)
-		r = stop_files(&c, keep_partial);
+		r = stop_files(&c, flags & STOP_KEEP_PARTIAL);
 	dmw_table_free(&c.orig);
 	lvm_vg_unlock(c.vg);
 	if (r)
@@ -344,67 +434,90 @@ static void stop_help(void)
 	       "\n"
 	       "Options:\n"
 	       "  -a, --all                 stop every fleece found (devices and state files)\n"
+	       "  -f, --force               when NAME's state file is lost or unreadable,\n"
+	       "                            rebuild its linear table from its live fleece\n"
+	       "                            table (refused when that is ambiguous)\n"
 	       HELP_COMMON);
 }
 
+struct stop_args {
+	bool all;
+	unsigned int flags;
+};
+
 static int stop_opt(int c, const char *arg, void *ctx)
 {
+	struct stop_args *a = ctx;
+
 	(void)arg;
 	if (c == 'a')
-		*(bool *)ctx = true;
-	return c == 'a' || c == 'q' ? 0 : 1;
+		a->all = true;
+	else if (c == 'f')
+		a->flags |= STOP_FORCE;
+	return c == 'a' || c == 'f' || c == 'q' ? 0 : 1;
+}
+
+/* The names given, or every fleece found (--all): 0 or -errno. */
+static int stop_names(const struct stop_args *a, int argc, char **argv, char ***names,
+		      unsigned int *n)
+{
+	char name[128];
+	int i, r;
+
+	if (a->all) {
+		r = fleece_find_all(names, n);
+		if (!r && !*n)
+			msg_info("no fleece found");
+		return r;
+	}
+	*names = xcalloc(argc - optind, sizeof(char *));
+	*n = 0;
+	for (i = optind; i < argc; i++) {
+		struct fleece_names fn;
+
+		r = arg_dm_name(argv[i], name, sizeof(name));
+		if (!r && fleece_names(name, &fn))
+			r = usage_err("%s: not a device name", argv[i]);
+		if (r)
+			return r;
+		(*names)[(*n)++] = xstrdup(name);
+	}
+	return 0;
 }
 
 int cmd_stop(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "all", no_argument, NULL, 'a' },
+		{ "force", no_argument, NULL, 'f' },
 		LONGOPTS_COMMON
 	};
-	char **names = NULL, name[128];
+	struct stop_args a = { .all = false };
+	char **names = NULL;
 	unsigned int n = 0, i;
-	bool all = false;
-	int r, err, ret = EX_FLEECE_OK;
+	int r, ret = EX_FLEECE_OK;
 
 	prog = "fleece stop";
-	r = parse_opts(argc, argv, "a" SHORTOPTS_COMMON, opts, stop_help, stop_opt, &all);
+	r = parse_opts(argc, argv, "af" SHORTOPTS_COMMON, opts, stop_help, stop_opt, &a);
 	if (r >= 0)
 		return r;
-	if (all && optind < argc)
+	if (a.all && optind < argc)
 		return usage_error("--all and device names cannot be used together");
-	if (!all && optind >= argc)
+	if (!a.all && optind >= argc)
 		return usage_error("no device given (or --all)");
-	for (i = optind; (int)i < argc; i++) {
-		struct fleece_names fn;
+	r = stop_names(&a, argc, argv, &names, &n);
+	if (!r)
+		signals_install();
+	/* Each NAME in turn; the exit status is the worst of them. */
+	for (i = 0; i < n; i++) {
+		if (!r) {
+			int e = exit_code(fleece_stop(names[i], a.flags));
 
-		if (arg_dm_name(argv[i], name, sizeof(name)))
-			return exit_code(-EIO);
-		if (fleece_names(name, &fn))
-			return usage_error("%s: not a device name", argv[i]);
-	}
-	signals_install();
-	if (all) {
-		err = fleece_find_all(&names, &n);
-		if (err)
-			return exit_code(err);
-		if (!n)
-			msg_info("no fleece found");
-		for (i = 0; i < n; i++) {
-			r = exit_code(fleece_stop(names[i], false));
-			if (r > ret)
-				ret = r;
-			free(names[i]);
+			if (e > ret)
+				ret = e;
 		}
-		free(names);
-		return ret;
+		free(names[i]);
 	}
-	for (i = optind; (int)i < argc; i++) {
-		if (arg_dm_name(argv[i], name, sizeof(name)))
-			r = EX_FLEECE_FAIL;
-		else
-			r = exit_code(fleece_stop(name, false));
-		if (r > ret)
-			ret = r;
-	}
-	return ret;
+	free(names);
+	return r ? exit_code(r) : ret;
 }

@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <linux/fs.h>
 
+#include "fleece.h"
 #include "opts.h"
 #include "util.h"
 
@@ -116,11 +117,22 @@ void msg_debug(const char *fmt, ...)
 
 int exit_code(int err)
 {
-	if (!err)
+	switch (-err) {
+	case 0:
 		return EX_FLEECE_OK;
-	if (err == -EFLEECE_REFUSED)
+	case EFLEECE_USAGE:
+		return EX_FLEECE_USAGE;
+	case EFLEECE_REFUSED:
 		return EX_FLEECE_REFUSED;
-	return EX_FLEECE_FAIL;
+	case EFLEECE_INVALID:
+		return EX_FLEECE_INVALID;
+	case EINTR:
+		if (fleece_signal)
+			return EX_FLEECE_SIGNAL + fleece_signal;
+		return EX_FLEECE_FAIL;
+	default:
+		return EX_FLEECE_FAIL;
+	}
 }
 
 static const struct {
@@ -637,37 +649,81 @@ bool pwrite_all(int fd, const void *buf, size_t len, off_t off)
 	return true;
 }
 
-int run_program(const char *path, const char *const argv[], bool quiet_output)
+int run_program(const char *path, const char *const argv[], bool quiet_output,
+		const char *keep_env, char *out, size_t outlen)
 {
-	static char *const env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+	char *env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL, NULL };
+	const char *kept = keep_env ? getenv(keep_env) : NULL;
 	posix_spawn_file_actions_t fa;
-	int status;
+	int status, pfd[2] = { -1, -1 }, r = -1;
+	size_t got = 0;
 	pid_t pid;
 
+	if (kept)
+		env[1] = xasprintf("%s=%s", keep_env, kept);
+	if (out && pipe2(pfd, O_CLOEXEC))
+		goto out;
 	posix_spawn_file_actions_init(&fa);
-	if (quiet_output) {
+	if (out)
+		posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+	else if (quiet_output)
 		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	if (out || quiet_output)
 		posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-	}
 	if (posix_spawn(&pid, path, &fa, NULL, (char *const *)argv, env)) {
 		posix_spawn_file_actions_destroy(&fa);
-		return -1;
+		goto out;
 	}
 	posix_spawn_file_actions_destroy(&fa);
+	if (out) {
+		char sink[256];
+		ssize_t n;
+
+		close(pfd[1]);
+		pfd[1] = -1;
+		while (got < outlen - 1) {
+			n = read(pfd[0], out + got, outlen - 1 - got);
+			if (n > 0)
+				got += n;
+			else if (!n || errno != EINTR)
+				break;
+		}
+		out[got] = '\0';
+		/* What does not fit is read and dropped: the program must not block. */
+		while ((n = read(pfd[0], sink, sizeof(sink))) > 0 || (n < 0 && errno == EINTR))
+			;
+	}
 	while (waitpid(pid, &status, 0) < 0)
 		if (errno != EINTR)
-			return -1;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+			goto out;
+	r = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+out:
+	if (pfd[0] >= 0)
+		close(pfd[0]);
+	if (pfd[1] >= 0)
+		close(pfd[1]);
+	free(env[1]);
+	return r;
+}
+
+const char *find_program(const char *const paths[])
+{
+	for (; *paths; paths++)
+		if (!access(*paths, X_OK))
+			return *paths;
+	return NULL;
 }
 
 int run_modprobe(const char *module, bool quiet_output)
 {
 	/* By absolute path, as lvm2's MODPROBE_CMD: never through $PATH. */
+	static const char *const paths[] = { "/sbin/modprobe", "/usr/sbin/modprobe", NULL };
 	const char *argv[] = { "/sbin/modprobe", module, NULL };
 
-	if (access(argv[0], X_OK))
-		argv[0] = "/usr/sbin/modprobe";
-	return run_program(argv[0], argv, quiet_output);
+	argv[0] = find_program(paths);
+	if (!argv[0])
+		argv[0] = paths[1];
+	return run_program(argv[0], argv, quiet_output, NULL, NULL, 0);
 }
 
 int kmsg_mark(void)

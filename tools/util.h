@@ -23,11 +23,21 @@ enum {
 };
 
 /*
- * Internal functions return 0 or -errno; each command maps that to its exit
- * code once, with exit_code().  -EFLEECE_REFUSED is "refused: the device or
- * the system is not fit, nothing was changed" (exit 3).
+ * Internal functions return 0 or -errno, having printed what went wrong;
+ * each command maps that to its exit code once, in its cmd_* function,
+ * with exit_code().  Three errnos that no call of the tool's can return
+ * stand for fleece's own outcomes:
+ *   -EFLEECE_USAGE    bad arguments, nothing was changed (exit 2);
+ *   -EFLEECE_REFUSED  the device or the system is not fit, nothing was
+ *                     changed (exit 3);
+ *   -EFLEECE_INVALID  the view became invalid: the image is incomplete
+ *                     (exit 4);
+ * and -EINTR, once a signal set fleece_signal, is exit 128 + the signal.
+ * Anything else is exit 1.
  */
-#define EFLEECE_REFUSED ECANCELED
+#define EFLEECE_USAGE	EDOM
+#define EFLEECE_REFUSED	ECANCELED
+#define EFLEECE_INVALID	ENOTRECOVERABLE
 int exit_code(int err);
 
 /*
@@ -61,8 +71,13 @@ void msg_errno(const char *fmt, ...) ATTR_PRINTF(1, 2);
  */
 void msg_hold(bool on);
 void msg_line(const char *line);	/* one line to stderr, or held */
-/* A usage error: message plus a hint to --help; returns EX_FLEECE_USAGE. */
+/*
+ * A usage error: message plus a hint to --help; returns EX_FLEECE_USAGE,
+ * for option parsers (parse_opts() returns exit codes).
+ */
 int usage_error(const char *fmt, ...) ATTR_PRINTF(1, 2);
+/* The same, returning -EFLEECE_USAGE, for internal functions. */
+#define usage_err(...) (usage_error(__VA_ARGS__), -EFLEECE_USAGE)
 
 /* Sizes: "4096", "64K", "64KiB", "1M", "2G", "512s" (sectors).  */
 int parse_size(const char *s, uint64_t *bytes);
@@ -127,9 +142,15 @@ bool pwrite_all(int fd, const void *buf, size_t len, off_t off);
 
 /*
  * Run the program at absolute @path with a fixed environment (not the
- * caller's PATH), wait for it, return its exit status (or -1).
+ * caller's PATH) plus the caller's @keep_env variable if set (NULL: none),
+ * wait for it, return its exit status (or -1).  With @out, its standard
+ * output is kept there (NUL-terminated, cut at @outlen - 1 bytes) and its
+ * standard error goes to /dev/null.
  */
-int run_program(const char *path, const char *const argv[], bool quiet_output);
+int run_program(const char *path, const char *const argv[], bool quiet_output,
+		const char *keep_env, char *out, size_t outlen);
+/* The first of @paths (absolute) that exists, or NULL. */
+const char *find_program(const char *const paths[]);
 /* modprobe MODULE, by absolute path (/sbin or /usr/sbin). */
 int run_modprobe(const char *module, bool quiet_output);
 

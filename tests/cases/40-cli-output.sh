@@ -9,7 +9,10 @@
 #     mounted device, the view's name, or a file on NAME is refused (exit 3,
 #     or 2 for the view's name) and nothing is written;
 #  5. block-device and stdout-to-file outputs are synced before each release
-#     (BLKDISCARD on the view), as files are: checked with strace.
+#     (BLKDISCARD on the view), as files are: checked with strace;
+#  6. a read that fails midway (the view invalidated: exit 4; SIGTERM: exit
+#     143), of fleece read and of fleece backup, removes its FILE.partial and
+#     says so, and leaves no FILE.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -115,6 +118,71 @@ synced_before_release trace.std "stdout to a file"
 cmp out.img pat || fail "the image on standard output"
 rm out.img
 leftovers "synced outputs"
+
+step "6. a read that fails midway removes FILE.partial, and says so"
+fl_table=$(dmsetup table fl)
+# The reader (in the background, 1 MiB/s: 16 s for data, ended early by the
+# invalidation or the signal) has written part of OUT.partial.
+reading() { # out pid err
+	local i
+	for i in $(seq 1 300); do
+		[ -s "$1.partial" ] && [ "$(stat -c %b "$1.partial")" -gt 0 ] && return 0
+		kill -0 "$2" 2>/dev/null || { cat "$3"; fail "$1: the reader ended early"; }
+		sleep 0.1
+	done
+	fail "$1: nothing written"
+}
+# The fleece device fails every write: a copy-before-write of the next write
+# to data fails, and the view becomes invalid.
+invalidate() {
+	dmsetup load fl --table "0 $(sectors "$fl") error"
+	dmsetup suspend fl
+	dmsetup resume fl
+	dd if=/dev/zero of="$data" bs=64k count=1 seek=255 oflag=direct status=none
+}
+fl_back() {
+	dmsetup load fl --table "$fl_table"
+	dmsetup suspend fl
+	dmsetup resume fl
+}
+partial_removed() { # rc-wanted rc err-file out what
+	cat "$3"
+	assert_eq "$2" "$1" "$5: exit status"
+	grep -q "removed the incomplete image $4.partial" "$3" || fail "$5: no message about $4.partial"
+	[ ! -e "$4.partial" ] && [ ! -e "$4" ] || fail "$5: $4 or $4.partial left: $(ls "$4"*)"
+}
+$F start -q --fleece-dev "$fl" data
+$F read -p none --rate 1M --block-size 1M /dev/mapper/data-fleece-view -o r.img 2> r.err &
+rpid=$!
+reading r.img $rpid r.err
+invalidate
+rc=0; wait $rpid || rc=$?
+partial_removed 4 "$rc" r.err r.img "fleece read, the view invalidated"
+grep -q "the view became invalid" r.err || fail "fleece read: the view's invalidation not named"
+$F stop -q data
+fl_back
+put pat "$data"
+leftovers "read, view invalidated"
+
+$F start -q --fleece-dev "$fl" data
+$F read -p none --rate 1M --block-size 1M /dev/mapper/data-fleece-view -o r.img 2> r.err &
+rpid=$!
+reading r.img $rpid r.err
+kill -TERM $rpid
+rc=0; wait $rpid || rc=$?
+partial_removed 143 "$rc" r.err r.img "fleece read, SIGTERM"
+$F stop -q data
+leftovers "read, SIGTERM"
+
+$F backup -p none --rate 1M --block-size 1M --fleece-dev "$fl" data -o b.img 2> b.err &
+bpid=$!
+reading b.img $bpid b.err
+invalidate
+rc=0; wait $bpid || rc=$?
+partial_removed 4 "$rc" b.err b.img "fleece backup, the view invalidated"
+fl_back
+put pat "$data"
+leftovers "backup, view invalidated"
 as_before "end"
 umount /mnt/fdir
 step "ok"

@@ -4,7 +4,9 @@
 # leaves the device as it was; a fleece table fleece(8) did not make is left
 # alone.  Both layouts: a hidden origin under the fleece target (any table),
 # and the fleece target in place of a linear table, which only the state
-# file records.
+# file records.  "fleece stop --force" rebuilds a linear table from the
+# live fleece table when the state file is lost or unreadable, and refuses
+# when that is ambiguous.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -107,6 +109,45 @@ assert_eq "$(dmsetup table data)" "$(linear_line)" "the foreign fleece table, le
 rm state/data
 swap_in "$table"
 as_before "linear: foreign fleece"
+
+step "stop --force: the state file lost, the linear table rebuilt from the live fleece table"
+$F start -q --fleece-dev "$fl" data
+rm state/data
+expect_exit 3 $F stop data
+$F stop --force data 2> stop.err || { cat stop.err; fail "stop --force"; }
+cat stop.err
+grep -q "rebuilt its linear table (1:0 2048) from the live fleece table" stop.err ||
+	fail "stop --force does not say what it rebuilt"
+as_before "stop --force, state lost"
+
+step "stop --force: the state file unreadable"
+$F start -q --fleece-dev "$fl" data
+rm state/data
+ln -s data state/data	# ELOOP
+expect_exit 1 $F stop data
+[[ $T_ERR == *"cannot read its state file"* ]] || fail "stop with an unreadable state: $T_ERR"
+$F stop --force data 2> stop.err || { cat stop.err; fail "stop --force, unreadable state"; }
+cat stop.err
+grep -q "rebuilt its linear table" stop.err || fail "stop --force, unreadable state: nothing rebuilt"
+as_before "stop --force, state unreadable"
+
+step "stop --force refuses what is ambiguous"
+swap_in "$(linear_line)"
+printf 'phase=running\nlinear=%s 0\n' "${lin% *}" > state/data	# another offset
+expect_exit 3 $F stop --force data
+echo "$T_ERR"
+[[ $T_ERR == *"the state file records the linear table 1:0 0"* ]] || fail "stop --force, another state: $T_ERR"
+rm state/data
+swap_in "$table"
+dmsetup create x-fleece-origin --uuid FLEECE-ORIGIN-x --table "$table"
+swap_in "0 32768 fleece $(devno x-fleece-origin) $(devno fl) 128"
+expect_exit 3 $F stop --force data
+echo "$T_ERR"
+[[ $T_ERR == *"x-fleece-origin, which fleece created for another device"* ]] ||
+	fail "stop --force, another device's hidden origin: $T_ERR"
+swap_in "$table"
+dmsetup remove x-fleece-origin
+as_before "stop --force refused"
 
 step "crash after the fleece file and its loop device were made"
 truncate -s 16M /mnt/fdir/data.fleece

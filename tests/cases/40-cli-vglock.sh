@@ -6,7 +6,11 @@
 #  1. start waits for an lvm2 command that holds the lock, and says so;
 #  2. an lvextend started while start is held just before its suspend
 #     waits (test-only fault hook FLEECE_FAULT=before-suspend=STOP);
-#  3. the same while stop is held before it removes the view.
+#  3. the same while stop is held before it removes the view;
+#  4. the lock is taken in lvm.conf's global/locking_dir (here set through
+#     LVM_SYSTEM_DIR, as lvm2 reads it), and under lvmlockd
+#     (global/use_lvmlockd=1) start and stop refuse (exit 3): they cannot
+#     take that lock; stop --force goes on without it, and says so.
 # The VG's name has a '-' (dm name "vg--l-lv").
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
@@ -83,5 +87,41 @@ assert_eq "$(dmsetup table vg--l-lv)" "$lv_table" "the LV's table after stop"
 no_fleece_devices
 lvextend -q -L +8M vg-l/lv > /dev/null || fail "lvextend once fleece is done"
 assert_eq "$(blockdev --getsz /dev/mapper/vg--l-lv)" $((size + 16384)) "the LV's size after lvextend"
+
+step "4. lvm.conf's locking_dir, and lvmlockd"
+lv_table=$(dmsetup table vg--l-lv)
+mkdir -p lvmalt lvmlockd /run/lock/lvm-alt
+echo 'global { locking_dir = "/run/lock/lvm-alt" }' > lvmalt/lvm.conf
+echo 'global { use_lvmlockd = 1 }' > lvmlockd/lvm.conf
+assert_eq "$(LVM_SYSTEM_DIR=$PWD/lvmalt lvmconfig global/locking_dir 2>/dev/null)" \
+	'locking_dir="/run/lock/lvm-alt"' "lvm2's locking_dir with the override"
+rm -f released
+flock -x /run/lock/lvm-alt/V_vg-l -c 'sleep 8; touch released' &
+hold=$!
+for i in $(seq 1 50); do flock -n /run/lock/lvm-alt/V_vg-l true || break; sleep 0.1; done
+LVM_SYSTEM_DIR=$PWD/lvmalt $F start --fleece-dev "$fl" /dev/vg-l/lv 2> start.err ||
+	{ cat start.err; fail "start with locking_dir"; }
+cat start.err
+[ -e released ] || fail "start did not wait for the VG's lock in locking_dir"
+grep -q "waiting for lvm2's lock of volume group vg-l (/run/lock/lvm-alt/V_vg-l)" start.err ||
+	fail "start did not say what it waits for"
+wait $hold
+LVM_SYSTEM_DIR=$PWD/lvmalt $F stop -q /dev/vg-l/lv
+assert_eq "$(dmsetup table vg--l-lv)" "$lv_table" "the LV's table after stop"
+expect_exit 3 env LVM_SYSTEM_DIR=$PWD/lvmlockd $F start --fleece-dev "$fl" /dev/vg-l/lv
+echo "$T_ERR"
+[[ $T_ERR == *"use_lvmlockd"* ]] || fail "start under lvmlockd: no reason given"
+no_fleece_devices
+assert_eq "$(dmsetup table vg--l-lv)" "$lv_table" "the LV's table after the refusal"
+# stop refuses too, and goes on without the lock with --force
+$F start -q --fleece-dev "$fl" /dev/vg-l/lv
+expect_exit 3 env LVM_SYSTEM_DIR=$PWD/lvmlockd $F stop /dev/vg-l/lv
+[[ $T_ERR == *"use_lvmlockd"* ]] || fail "stop under lvmlockd: no reason given"
+dmsetup table vg--l-lv | grep -q " fleece " || fail "the refused stop changed the LV"
+LVM_SYSTEM_DIR=$PWD/lvmlockd $F stop --force /dev/vg-l/lv 2> stop.err || { cat stop.err; fail "stop --force under lvmlockd"; }
+cat stop.err
+grep -q "going on without lvm2's lock" stop.err || fail "stop --force under lvmlockd: no warning"
+no_fleece_devices
+assert_eq "$(dmsetup table vg--l-lv)" "$lv_table" "the LV's table after stop --force"
 vgchange -q -an vg-l > /dev/null
 step "ok"
