@@ -68,9 +68,9 @@ enum fleece_view_status_field {
 #define FLEECE_TRACK_BITMAP_START	2	/* block: after superblocks A, B */
 
 /* Superblock flags. */
-#define FLEECE_TRACK_SB_CLEAN		(1u << 0)	/* closed cleanly */
-#define FLEECE_TRACK_SB_CUR_LOST	(1u << 1)	/* current set: every chunk */
-#define FLEECE_TRACK_SB_PREV_LOST	(1u << 2)	/* previous set: every chunk */
+#define FLEECE_TRACK_SB_CLEAN		0x1u	/* closed cleanly */
+#define FLEECE_TRACK_SB_CUR_LOST	0x2u	/* current set: every chunk */
+#define FLEECE_TRACK_SB_PREV_LOST	0x4u	/* previous set: every chunk */
 
 /* State of the previous epoch's set (superblock, status). */
 enum fleece_track_prev_state {

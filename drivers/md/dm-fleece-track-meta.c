@@ -443,7 +443,7 @@ int ft_store_load(struct ft_store *ft, bool format, char **error)
 	ft->nr_cur = bitmap_weight(ft->cur, ft->nr_blocks * FT_BITS);
 	ft->nr_prev = bitmap_weight(ft->prev, ft->nr_blocks * FT_BITS);
 	if (!ft->opened_clean)
-		DMWARN("%pg: store of %s was not closed cleanly; its marks cover every write issued before",
+		DMWARN("%pg: store of %s was not closed cleanly (crash?)",
 		       ft->store_bdev, ft->device_id);
 	if (ft->nr_conservative)
 		DMWARN("%pg: %u bitmap blocks failed their checks: read as all changed",

@@ -107,7 +107,7 @@ static void ft_record_lost(struct ft_store *ft)
 	}
 	if (!ft_write_sb(ft)) {
 		WRITE_ONCE(ft->history, FT_LOST);
-		DMERR("%pg: change history of %s lost (store write failed): generation now %llu; the next backup must be a full one",
+		DMERR("%pg: %s: history lost (store failed): generation %llu, next backup full",
 		      ft->store_bdev, ft->device_id, ft->generation);
 		return;
 	}
@@ -676,7 +676,7 @@ static struct ft_store *ft_store_get(struct ft_target *t, sector_t offset,
 			    ft->data_sectors != ti->len ||
 			    ft->chunk_sectors != chunk ||
 			    strcmp(ft->device_id, id)) {
-				ti->error = "Store device is in use by this device's table with other arguments";
+				ti->error = "Store is in use by this device with other arguments";
 				return ERR_PTR(-EBUSY);
 			}
 			found = ft;
@@ -774,7 +774,7 @@ static int ft_check_devices(struct ft_target *t, sector_t offset,
 		return -EINVAL;
 	}
 	if ((offset | chunk) & (lbs - 1)) {
-		ti->error = "data_offset and chunk size must be multiples of the data device's logical block size";
+		ti->error = "data_offset or chunk size is not a multiple of the data block size";
 		return -EINVAL;
 	}
 	if (bdev_logical_block_size(store) > FLEECE_TRACK_BLOCK_SIZE) {
@@ -797,7 +797,7 @@ static int ft_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	int r;
 
 	if (argc < 5) {
-		ti->error = "Not enough arguments: <data_dev> <data_offset> <store_dev> <chunk_sectors> <device_id>";
+		ti->error = "Not enough arguments: <data> <offset> <store> <chunk> <device_id>";
 		return -EINVAL;
 	}
 	if (kstrtou64(argv[1], 10, &offset)) {

@@ -130,7 +130,7 @@ struct ft_store {
 	atomic64_t store_errors;
 	atomic64_t commits;
 
-	spinlock_t bio_lock;
+	spinlock_t bio_lock;		/* protects @deferred */
 	struct bio_list deferred;	/* writes waiting for marks */
 	struct workqueue_struct *wq;
 	struct work_struct worker;
