@@ -420,15 +420,16 @@ static int ft_message(struct dm_target *ti, unsigned int argc, char **argv,
 	int r;
 
 	if (!strcasecmp(msg, FLEECE_TRACK_MSG_CHECKPOINT)) {
-		/* The switch must not fall between writes in flight. */
-		if (!dm_suspended(ti)) {
+		/*
+		 * The switch must not fall between writes in flight: @live is
+		 * set by preresume under the lock, before any write can pass.
+		 */
+		mutex_lock(&ft->lock);
+		r = ft->live ? -EBUSY : ft_checkpoint(ft);
+		mutex_unlock(&ft->lock);
+		if (r == -EBUSY)
 			DMWARN("%s: checkpoint refused: the device is not suspended",
 			       ft->device_id);
-			return -EBUSY;
-		}
-		mutex_lock(&ft->lock);
-		r = ft_checkpoint(ft);
-		mutex_unlock(&ft->lock);
 	} else if (!strcasecmp(msg, FLEECE_TRACK_MSG_MERGE)) {
 		mutex_lock(&ft->lock);
 		r = ft_merge(ft);
@@ -514,6 +515,7 @@ static void ft_postsuspend(struct dm_target *ti)
 
 	flush_workqueue(ft->wq);
 	mutex_lock(&ft->lock);
+	ft->live = false;
 	if (!(ft->flags & FLEECE_TRACK_SB_CLEAN)) {
 		ft->flags |= FLEECE_TRACK_SB_CLEAN;
 		r = ft_write_sb(ft);
@@ -548,6 +550,8 @@ static int ft_preresume(struct dm_target *ti)
 			      ft->store_bdev);
 		}
 	}
+	if (!r)
+		ft->live = true;
 	mutex_unlock(&ft->lock);
 	return r;
 }

@@ -123,6 +123,7 @@ struct ft_store {
 	unsigned long nr_prev;
 	unsigned int nr_conservative;	/* blocks read as all changed */
 	bool opened_clean;
+	bool live;			/* between preresume and postsuspend */
 	void *sb_buf;
 	void *blk_buf[FT_COMMIT_BLOCKS];
 	unsigned int blk_index[FT_COMMIT_BLOCKS];

@@ -217,6 +217,7 @@ for round in 1 2 3 4; do
 	sleep 0.3	# writers to marked chunks go on meanwhile
 	"${TS[@]}" covers crash.img 0 acked $CH > cov || { cat cov; dmsetup resume store; fail "round $round: acknowledged writes not marked on the frozen store"; }
 	echo "# round $round: $(cat cov) status: $(status)"
+	cp acked acked.crash	# acknowledged by the time of the "power loss"
 	dmsetup resume store
 	kill $wpid
 	wait $wpid 2> /dev/null || true
@@ -227,7 +228,7 @@ dmsetup remove trk
 dd if=crash.img of="$store" bs=512 oflag=direct conv=notrunc status=none	# the power loss
 dmsetup create trk --table "$TABLE"
 assert_eq "$(status_field trk 12)" unclean "re-created from the crash image"
-"${TS[@]}" covers "$store" 0 acked $CH > cov || { cat cov; fail "after the 'reboot': acknowledged writes not marked"; }
+"${TS[@]}" covers "$store" 0 acked.crash $CH > cov || { cat cov; fail "after the 'reboot': acknowledged writes not marked"; }
 assert_eq "$(status_field trk 3)" "$(sed -n 's/.* marked=\([0-9]*\).*/\1/p' cov)" "changed chunks: status and store"
 
 log "(g) a failed store"
