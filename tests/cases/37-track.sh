@@ -211,7 +211,12 @@ for round in 1 2 3 4; do
 	dmsetup suspend --noflush store
 	store_image > crash.img
 	sleep 0.3	# writers to marked chunks go on meanwhile
-	"${TS[@]}" covers crash.img 0 acked $CH > cov || { cat cov; dmsetup resume store; fail "round $round: acknowledged writes not marked on the frozen store"; }
+	"${TS[@]}" covers crash.img 0 acked $CH > cov || {
+		cat cov
+		dmsetup resume store
+		kill $wpid
+		fail "round $round: acknowledged writes not marked on the frozen store"
+	}
 	echo "# round $round: $(cat cov) status: $(status)"
 	cp acked acked.crash	# acknowledged by the time of the "power loss"
 	dmsetup resume store
