@@ -112,7 +112,8 @@ static void ft_encode_sb(struct ft_store *ft, void *buf, u64 seq)
  * Writes the next slot (seq + 1) with a preflush, so that every bitmap
  * block written before is durable first, and FUA.  On failure @seq is kept:
  * the slot of the last good superblock is never written, so the store
- * still holds it.
+ * still holds it.  While the history is FT_FAILED the superblock carries the
+ * loss (ft_record_lost()): once it is durable, the history is FT_LOST.
  *
  * Return: 0 or a negative error.
  */
@@ -124,9 +125,15 @@ int ft_write_sb(struct ft_store *ft)
 	ft_encode_sb(ft, ft->sb_buf, seq);
 	r = ft_io(ft, REQ_OP_WRITE | REQ_SYNC | REQ_PREFLUSH | REQ_FUA,
 		  (seq & 1) * FT_BLOCK_SECTORS, ft->sb_buf, FT_BLOCK_SECTORS);
-	if (!r)
-		ft->seq = seq;
-	return r;
+	if (r)
+		return r;
+	ft->seq = seq;
+	if (ft->history == FT_FAILED) {
+		WRITE_ONCE(ft->history, FT_LOST);
+		DMERR("%pg: %s: history lost (store failed): generation %llu, next backup full",
+		      ft->store_bdev, ft->device_id, ft->generation);
+	}
+	return 0;
 }
 
 static void ft_bitmap_header(struct ft_store *ft, void *buf, unsigned int area,

@@ -90,40 +90,38 @@ static void ft_publish(struct ft_store *ft, unsigned int n)
 }
 
 /**
- * ft_record_lost() - make "history lost" durable after a store failure
+ * ft_record_lost() - make "history lost" durable after a failed commit
  * @ft: the store, locked
  *
- * Bumps the generation (once per loss) and writes the superblock with both
- * sets marked lost.  Once that is durable, writes pass without marks
- * (FT_LOST); while it cannot be written, writes that need new marks fail
- * (FT_FAILED).  Called again on each later batch and at suspend, so a store
- * that comes back records the loss then.
+ * Bumps the generation (once per loss), marks both sets lost and writes the
+ * superblock.  Until a superblock with the loss is durable the history is
+ * FT_FAILED: writes that need new marks fail.  Once one is (here, or at any
+ * later superblock write: each later commit and each suspend tries again),
+ * ft_write_sb() makes it FT_LOST: writes pass without marks.
  */
 static void ft_record_lost(struct ft_store *ft)
 {
 	if (ft->history == FT_VALID) {
 		ft->generation++;
 		ft->flags |= FLEECE_TRACK_SB_CUR_LOST | FLEECE_TRACK_SB_PREV_LOST;
+		WRITE_ONCE(ft->history, FT_FAILED);
 	}
-	if (!ft_write_sb(ft)) {
-		WRITE_ONCE(ft->history, FT_LOST);
-		DMERR("%pg: %s: history lost (store failed): generation %llu, next backup full",
-		      ft->store_bdev, ft->device_id, ft->generation);
-		return;
+	if (ft_write_sb(ft)) {
+		atomic64_inc(&ft->store_errors);
+		DMERR_LIMIT("%pg: store failed and cannot record the loss: new marks fail",
+			    ft->store_bdev);
 	}
-	atomic64_inc(&ft->store_errors);
-	if (ft->history != FT_FAILED)
-		DMERR("%pg: store failed and cannot record the loss: writes needing new marks fail",
-		      ft->store_bdev);
-	WRITE_ONCE(ft->history, FT_FAILED);
 }
 
+/*
+ * A store write failed.  Only a failed bitmap commit loses history (marks
+ * of writes that must now either pass unmarked or fail); a superblock write
+ * that fails leaves the other slot, and the state before it, intact.
+ */
 static void ft_store_error(struct ft_store *ft, const char *what, int r)
 {
 	atomic64_inc(&ft->store_errors);
 	DMERR_LIMIT("%pg: %s failed: %d", ft->store_bdev, what, r);
-	if (ft->history != FT_LOST)
-		ft_record_lost(ft);
 }
 
 /* Buffer of bitmap block @b in this batch, or a new one; -1 when full. */
@@ -181,6 +179,8 @@ static void ft_commit(struct ft_store *ft, struct bio_list *in)
 		r = ft_write_blocks(ft, n);
 		if (r) {
 			ft_store_error(ft, "bitmap commit", r);
+			if (ft->history != FT_LOST)
+				ft_record_lost(ft);
 		} else {
 			ft_publish(ft, n);
 			atomic64_inc(&ft->commits);
@@ -522,9 +522,6 @@ static void ft_postsuspend(struct dm_target *ti)
 		if (r) {
 			ft->flags &= ~FLEECE_TRACK_SB_CLEAN;
 			ft_store_error(ft, "marking the store clean", r);
-		} else if (ft->history == FT_FAILED) {
-			/* The superblock written holds the loss. */
-			WRITE_ONCE(ft->history, FT_LOST);
 		}
 	}
 	mutex_unlock(&ft->lock);
@@ -545,9 +542,7 @@ static int ft_preresume(struct dm_target *ti)
 		r = ft_write_sb(ft);
 		if (r) {
 			ft->flags |= FLEECE_TRACK_SB_CLEAN;
-			atomic64_inc(&ft->store_errors);
-			DMERR("%pg: cannot mark the store dirty: resume refused",
-			      ft->store_bdev);
+			ft_store_error(ft, "marking the store dirty (resume refused)", r);
 		}
 	}
 	if (!r)
