@@ -231,6 +231,10 @@ static int ft_map(struct dm_target *ti, struct bio *bio)
 	if (!bio_sectors(bio) || !op_is_write(bio_op(bio)))
 		return DM_MAPIO_REMAPPED;
 
+	/*
+	 * The invariant (struct ft_store): a write passes only if its marks
+	 * are durable, or the store durably says the history is lost.
+	 */
 	first = off >> ft->chunk_shift;
 	last = (off + bio_sectors(bio) - 1) >> ft->chunk_shift;
 	if (likely(ft_all_marked(ft->cur, first, last)) ||
