@@ -10,13 +10,16 @@
 #   (c) checkpoint (only while suspended): the set moves to the previous
 #       epoch, the new one starts empty; merge, backup_done; a checkpoint
 #       over a previous set that no backup confirmed merges it first
-#   (d) suspend/resume, a table reload, remove and re-create keep the set;
-#       clean on the store while suspended or removed, dirty while live
+#   (d) a write across a bitmap block boundary (cut by map()) marks both
+#       chunks; suspend/resume, a table reload, remove and re-create keep
+#       the set; clean on the store while suspended or removed, dirty while
+#       live
 #   (e) torn or corrupted store: one superblock slot torn falls back to the
 #       other; a corrupted bitmap block reads as all changed; both slots
 #       corrupted, another device's store, another size: refused
 #   (f) crash model: writers record each acknowledged write; the store's dm
-#       device is suspended (--noflush) at a random moment, and the ram disk
+#       device is suspended (--noflush) at random moments (four, the seed
+#       is printed), and each time the ram disk
 #       beneath it, what a power loss would leave, must mark every chunk
 #       acknowledged (even those acknowledged later, while it is frozen);
 #       then the tracker is re-created from such an image ("reboot")
@@ -140,14 +143,17 @@ dmsetup message trk 0 backup_done
 
 log "(d) suspend/resume, reload, re-create keep the set"
 write_chunks 1 2 3 32600
-cur4="1-3,32600"
+# one 8 KiB bio over chunks 32511-32512: across a bitmap block boundary,
+# map() cuts it, and each part gets its mark
+dd if=/dev/urandom of=$trk bs=8k count=1 seek=$((32511 * CH)) iflag=fullblock oflag=direct,seek_bytes conv=notrunc status=none
+cur4="1-3,32511-32512,32600"
 dmsetup suspend trk
 dmsetup resume trk
 expect_set "$cur4" - "after suspend and resume"
 dmsetup load trk --table "$TABLE"
 dmsetup suspend trk
 dmsetup resume trk
-assert_eq "$(status | cut -d' ' -f3-4)" "5 4" "status after a reload"
+assert_eq "$(status | cut -d' ' -f3-4)" "5 6" "status after a reload"
 expect_set "$cur4" - "after a reload"
 dmesg_mark
 expect_fail dmsetup load trk --table "0 $LEN fleece-track $data 0 $store 16 disk-A"
@@ -162,7 +168,7 @@ dmsetup remove trk
 snap
 assert_eq "$(st clean)" 1 "store clean after remove"
 dmsetup create trk --table "$TABLE"
-assert_eq "$(status | cut -d' ' -f3-4,7,13)" "5 4 dirty clean" "re-created: epoch, changed, store, as opened"
+assert_eq "$(status | cut -d' ' -f3-4,7,13)" "5 6 dirty clean" "re-created: epoch, changed, store, as opened"
 expect_set "$cur4" - "re-created"
 dmsetup remove trk
 
@@ -174,13 +180,13 @@ restore() { dd if=good.img of="$store" bs=512 oflag=direct conv=notrunc status=n
 seq_now=$("${TS[@]}" show good.img | sed -n 's/^seq=//p')
 corrupt $(((seq_now & 1) * 8 + 1))	# the newest superblock slot: torn
 dmsetup create trk --table "$TABLE"
-assert_eq "$(status | cut -d' ' -f3-4,13)" "5 4 unclean" "newest superblock torn: the older (dirty) one"
+assert_eq "$(status | cut -d' ' -f3-4,13)" "5 6 unclean" "newest superblock torn: the older (dirty) one"
 dmsetup remove trk
 restore
 corrupt $(((2 + (5 & 1) * 2) * 8 + 2))	# bitmap block 0 of epoch 5's area
 dmsetup create trk --table "$TABLE"
-assert_eq "$(status | cut -d' ' -f4,10)" "32513 1" "corrupted bitmap block: all its chunks changed"
-expect_set "0-32511,32600" - "corrupted bitmap block, after the store was opened"
+assert_eq "$(status | cut -d' ' -f4,10)" "32514 1" "corrupted bitmap block: all its chunks changed"
+expect_set "0-32512,32600" - "corrupted bitmap block, after the store was opened"
 dmsetup remove trk
 restore
 corrupt 1
@@ -199,15 +205,18 @@ cmp <(store_image) good.img || fail "a refused table changed the store"
 
 log "(f) crash model: the store frozen at random moments"
 dmsetup create trk --table "$TABLE"
+# One run of writers through all rounds (a Python start costs seconds under
+# TCG): the set grows within one epoch, and every round checks every write
+# acknowledged so far.
+rm -f acked
+"${TS[@]}" writers $trk $CH $N acked "$seed" 4 &
+wpid=$!
+for ((i = 0; i < 300; i++)); do
+	[ -s acked ] && [ "$(wc -l < acked)" -ge 20 ] && break
+	sleep 0.1
+done
 for round in 1 2 3 4; do
-	rm -f acked
-	"${TS[@]}" writers $trk $CH $N acked "$seed$round" 4 &
-	wpid=$!
-	for ((i = 0; i < 300; i++)); do
-		[ -s acked ] && [ "$(wc -l < acked)" -ge 20 ] && break
-		sleep 0.1
-	done
-	sleep "0.$((RANDOM % 9 + 2))"
+	sleep "0.$((RANDOM % 9 + 1))"
 	dmsetup suspend --noflush store
 	store_image > crash.img
 	sleep 0.3	# writers to marked chunks go on meanwhile
@@ -220,11 +229,10 @@ for round in 1 2 3 4; do
 	echo "# round $round: $(cat cov) status: $(status)"
 	cp acked acked.crash	# acknowledged by the time of the "power loss"
 	dmsetup resume store
-	kill $wpid
-	wait $wpid 2> /dev/null || true
-	[ "$(wc -l < acked)" -gt 0 ] || fail "round $round: no write acknowledged"
-	[ $round = 4 ] || checkpoint
 done
+kill $wpid
+wait $wpid 2> /dev/null || true
+[ "$(wc -l < acked.crash)" -gt 0 ] || fail "no write acknowledged"
 dmsetup remove trk
 dd if=crash.img of="$store" bs=512 oflag=direct conv=notrunc status=none	# the power loss
 dmsetup create trk --table "$TABLE"
