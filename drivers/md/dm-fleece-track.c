@@ -299,7 +299,8 @@ static int ft_merge_prev(struct ft_store *ft)
  * never drops changes that no backup has confirmed.  A new epoch after a
  * loss starts a valid history again.
  *
- * Return: 0 or a negative error; on error nothing changed.
+ * Return: 0 or a negative error; on error the epoch is unchanged (a merge
+ * that failed half-way may have added marks: never fewer).
  */
 static int ft_checkpoint(struct ft_store *ft)
 {
