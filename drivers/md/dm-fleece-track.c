@@ -124,6 +124,21 @@ static void ft_store_error(struct ft_store *ft, const char *what, int r)
 	DMERR_LIMIT("%pg: %s failed: %d", ft->store_bdev, what, r);
 }
 
+/* Set bits @first..@last of a little-endian bitmap. */
+static void ft_set_bits_le(void *map, unsigned long first, unsigned long last)
+{
+	unsigned long c = first;
+
+	for (; c <= last && c % 8; c++)
+		__set_bit_le(c, map);
+	if (last - c + 1 >= 8 && c <= last) {
+		memset(map + c / 8, 0xff, (last - c + 1) / 8);
+		c += (last - c + 1) / 8 * 8;
+	}
+	for (; c <= last; c++)
+		__set_bit_le(c, map);
+}
+
 /* Buffer of bitmap block @b in this batch, or a new one; -1 when full. */
 static int ft_batch_block(struct ft_store *ft, unsigned int *n, unsigned int b)
 {
@@ -139,6 +154,50 @@ static int ft_batch_block(struct ft_store *ft, unsigned int *n, unsigned int b)
 	return (*n)++;
 }
 
+/* Write, flush and publish buffers 0..@n; a failure loses the history. */
+static int ft_commit_blocks(struct ft_store *ft, unsigned int n)
+{
+	int r = ft_write_blocks(ft, n);
+
+	if (r) {
+		ft_store_error(ft, "bitmap commit", r);
+		if (ft->history != FT_LOST)
+			ft_record_lost(ft);
+		return r;
+	}
+	ft_publish(ft, n);
+	atomic64_inc(&ft->commits);
+	return 0;
+}
+
+/*
+ * Marks for chunks @first..@last, which span bitmap blocks (a large discard,
+ * say), in as many commits as it takes.  Each commit's marks are published
+ * once durable: marks ahead of their write are harmless.
+ */
+static void ft_commit_span(struct ft_store *ft, unsigned long first,
+			   unsigned long last)
+{
+	unsigned long c = first;
+
+	while (c <= last) {
+		unsigned int n = 0;
+
+		while (c <= last && n < FT_COMMIT_BLOCKS) {
+			unsigned int b = c / FT_BITS;
+			unsigned long base = (unsigned long)b * FT_BITS;
+			unsigned long end = min(last, base + FT_BITS - 1);
+			int i = ft_batch_block(ft, &n, b);
+
+			ft_set_bits_le(ft_buf_bits(ft->blk_buf[i]), c - base,
+				       end - base);
+			c = end + 1;
+		}
+		if (ft_commit_blocks(ft, n))
+			return;
+	}
+}
+
 /*
  * One commit: marks for as many bios of @in as fit in FT_COMMIT_BLOCKS
  * bitmap blocks, written and flushed; then those bios are issued (or failed,
@@ -148,10 +207,10 @@ static int ft_batch_block(struct ft_store *ft, unsigned int *n, unsigned int b)
 static void ft_commit(struct ft_store *ft, struct bio_list *in)
 {
 	struct bio_list batch = BIO_EMPTY_LIST;
-	unsigned long first, last, c;
+	unsigned long first, last;
 	unsigned int n = 0;
 	struct bio *bio;
-	int i, r;
+	int i;
 
 	if (ft->history == FT_FAILED)
 		ft_record_lost(ft);	/* the store may be back */
@@ -159,33 +218,30 @@ static void ft_commit(struct ft_store *ft, struct bio_list *in)
 	while ((bio = bio_list_peek(in))) {
 		ft_chunks(ft, bio, &first, &last);
 		if (ft->history == FT_VALID && !ft_all_marked(ft->cur, first, last)) {
-			/* map() cut the bio to one bitmap block. */
 			unsigned int b = first / FT_BITS;
-			unsigned long base = (unsigned long)b * FT_BITS;
-			unsigned long *bits;
 
+			if (last / FT_BITS != b) {
+				/* Across bitmap blocks: alone, in commits of its own. */
+				if (n)
+					break;
+				bio_list_pop(in);
+				bio_list_add(&batch, bio);
+				ft_commit_span(ft, first, last);
+				break;
+			}
 			i = ft_batch_block(ft, &n, b);
 			if (i < 0)
 				break;
-			bits = ft_buf_bits(ft->blk_buf[i]);
-			for (c = first; c <= last; c++)
-				__set_bit_le(c - base, bits);
+			ft_set_bits_le(ft_buf_bits(ft->blk_buf[i]),
+				       first - (unsigned long)b * FT_BITS,
+				       last - (unsigned long)b * FT_BITS);
 		}
 		bio_list_pop(in);
 		bio_list_add(&batch, bio);
 	}
 
-	if (n) {
-		r = ft_write_blocks(ft, n);
-		if (r) {
-			ft_store_error(ft, "bitmap commit", r);
-			if (ft->history != FT_LOST)
-				ft_record_lost(ft);
-		} else {
-			ft_publish(ft, n);
-			atomic64_inc(&ft->commits);
-		}
-	}
+	if (n)
+		ft_commit_blocks(ft, n);
 
 	while ((bio = bio_list_pop(&batch))) {
 		ft_chunks(ft, bio, &first, &last);
@@ -223,7 +279,7 @@ static int ft_map(struct dm_target *ti, struct bio *bio)
 	struct ft_target *t = ti->private;
 	struct ft_store *ft = t->ft;
 	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	unsigned long first, last, end;
+	unsigned long first, last;
 	unsigned long flags;
 
 	bio_set_dev(bio, t->data->bdev);
@@ -241,11 +297,11 @@ static int ft_map(struct dm_target *ti, struct bio *bio)
 	    READ_ONCE(ft->history) == FT_LOST)
 		return DM_MAPIO_REMAPPED;
 
-	/* Marks needed: within one bitmap block, so one commit covers it. */
-	end = (first / FT_BITS + 1) * FT_BITS;
-	if (last >= end)
-		dm_accept_partial_bio(bio, ((sector_t)end << ft->chunk_shift) - off);
-
+	/*
+	 * Marks needed.  The bio is deferred whole, never cut: dm core may
+	 * send discards and write-zeroes as duplicate bios, which
+	 * dm_accept_partial_bio() does not take.
+	 */
 	spin_lock_irqsave(&ft->bio_lock, flags);
 	bio_list_add(&ft->deferred, bio);
 	spin_unlock_irqrestore(&ft->bio_lock, flags);
@@ -783,6 +839,11 @@ static int ft_check_devices(struct ft_target *t, sector_t offset,
 	}
 	if (bdev_logical_block_size(store) > FLEECE_TRACK_BLOCK_SIZE) {
 		ti->error = "Store device's logical block size is larger than 4096";
+		return -EINVAL;
+	}
+	/* The *_bit_le() helpers take an int. */
+	if (nr_chunks > INT_MAX) {
+		ti->error = "Too many chunks: use a larger chunk size";
 		return -EINVAL;
 	}
 	if (bdev_nr_sectors(store) < ft_store_min_sectors(nr_chunks)) {

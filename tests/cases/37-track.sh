@@ -146,14 +146,19 @@ write_chunks 1 2 3 32600
 # one 8 KiB bio over chunks 32511-32512: across a bitmap block boundary,
 # map() cuts it, and each part gets its mark
 dd if=/dev/urandom of=$trk bs=8k count=1 seek=$((32511 * CH)) iflag=fullblock oflag=direct,seek_bytes conv=notrunc status=none
-cur4="1-3,32511-32512,32600"
+cur4="1-3,32511-32512,32600" n4=6 bad4="0-32512,32600" nbad4=32514
+# where the ram disk takes discards, one over chunks 32510-32513: two new
+# marks in two bitmap blocks, a bio dm core may not let a target cut
+if blkdiscard -o $((32510 * CH)) -l $((4 * CH)) $trk 2> /dev/null; then
+	cur4="1-3,32510-32513,32600" n4=8 bad4="0-32513,32600" nbad4=32515
+fi
 dmsetup suspend trk
 dmsetup resume trk
 expect_set "$cur4" - "after suspend and resume"
 dmsetup load trk --table "$TABLE"
 dmsetup suspend trk
 dmsetup resume trk
-assert_eq "$(status | cut -d' ' -f3-4)" "5 6" "status after a reload"
+assert_eq "$(status | cut -d' ' -f3-4)" "5 $n4" "status after a reload"
 expect_set "$cur4" - "after a reload"
 dmesg_mark
 expect_fail dmsetup load trk --table "0 $LEN fleece-track $data 0 $store 16 disk-A"
@@ -168,7 +173,7 @@ dmsetup remove trk
 snap
 assert_eq "$(st clean)" 1 "store clean after remove"
 dmsetup create trk --table "$TABLE"
-assert_eq "$(status | cut -d' ' -f3-4,7,13)" "5 6 dirty clean" "re-created: epoch, changed, store, as opened"
+assert_eq "$(status | cut -d' ' -f3-4,7,13)" "5 $n4 dirty clean" "re-created: epoch, changed, store, as opened"
 expect_set "$cur4" - "re-created"
 dmsetup remove trk
 
@@ -180,13 +185,13 @@ restore() { dd if=good.img of="$store" bs=512 oflag=direct conv=notrunc status=n
 seq_now=$("${TS[@]}" show good.img | sed -n 's/^seq=//p')
 corrupt $(((seq_now & 1) * 8 + 1))	# the newest superblock slot: torn
 dmsetup create trk --table "$TABLE"
-assert_eq "$(status | cut -d' ' -f3-4,13)" "5 6 unclean" "newest superblock torn: the older (dirty) one"
+assert_eq "$(status | cut -d' ' -f3-4,13)" "5 $n4 unclean" "newest superblock torn: the older (dirty) one"
 dmsetup remove trk
 restore
 corrupt $(((2 + (5 & 1) * 2) * 8 + 2))	# bitmap block 0 of epoch 5's area
 dmsetup create trk --table "$TABLE"
-assert_eq "$(status | cut -d' ' -f4,10)" "32514 1" "corrupted bitmap block: all its chunks changed"
-expect_set "0-32512,32600" - "corrupted bitmap block, after the store was opened"
+assert_eq "$(status | cut -d' ' -f4,10)" "$nbad4 1" "corrupted bitmap block: all its chunks changed"
+expect_set "$bad4" - "corrupted bitmap block, after the store was opened"
 dmsetup remove trk
 restore
 corrupt 1
