@@ -52,6 +52,8 @@ st() { sed -n "s/^$1=//p" st; }
 store_image() { dd if=/dev/ram1 bs=512 skip="$ram_off" count=$STORE_SECTORS iflag=direct status=none; }
 status() { dmsetup status trk | cut -d' ' -f4-; }
 write_chunks() { "${TS[@]}" write $trk $CH "$@"; }
+# udev probes a device that a writer closed: let it finish before a remove.
+rm_trk() { udevadm settle; dmsetup remove --retry trk; }
 checkpoint() { dmsetup suspend trk; dmsetup message trk 0 checkpoint; dmsetup resume trk; }
 expect_set() { # cur prev what: the store read now
 	snap
@@ -169,13 +171,13 @@ store2=$(mkdev store2 1 1)
 bad "0 $LEN fleece-track $data 0 $store2 8 disk-B 1 format" "Data device is already tracked"
 cmp <(dev_bytes "$store2" $STORE_SECTORS) <(head -c $((STORE_SECTORS * 512)) /dev/zero) ||
 	fail "a refused table wrote to store2"
-dmsetup remove trk
+rm_trk
 snap
 assert_eq "$(st clean)" 1 "store clean after remove"
 dmsetup create trk --table "$TABLE"
 assert_eq "$(status | cut -d' ' -f3-4,7,13)" "5 $n4 dirty clean" "re-created: epoch, changed, store, as opened"
 expect_set "$cur4" - "re-created"
-dmsetup remove trk
+rm_trk
 
 log "(e) torn and corrupted stores"
 store_image > good.img
@@ -186,13 +188,13 @@ seq_now=$("${TS[@]}" show good.img | sed -n 's/^seq=//p')
 corrupt $(((seq_now & 1) * 8 + 1))	# the newest superblock slot: torn
 dmsetup create trk --table "$TABLE"
 assert_eq "$(status | cut -d' ' -f3-4,13)" "5 $n4 unclean" "newest superblock torn: the older (dirty) one"
-dmsetup remove trk
+rm_trk
 restore
 corrupt $(((2 + (5 & 1) * 2) * 8 + 2))	# bitmap block 0 of epoch 5's area
 dmsetup create trk --table "$TABLE"
 assert_eq "$(status | cut -d' ' -f4,10)" "$nbad4 1" "corrupted bitmap block: all its chunks changed"
 expect_set "$bad4" - "corrupted bitmap block, after the store was opened"
-dmsetup remove trk
+rm_trk
 restore
 corrupt 1
 corrupt 9
@@ -238,7 +240,7 @@ done
 kill $wpid
 wait $wpid 2> /dev/null || true
 [ "$(wc -l < acked.crash)" -gt 0 ] || fail "no write acknowledged"
-dmsetup remove trk
+rm_trk
 dd if=crash.img of="$store" bs=512 oflag=direct conv=notrunc status=none	# the power loss
 dmsetup create trk --table "$TABLE"
 assert_eq "$(status_field trk 12)" unclean "re-created from the crash image"
@@ -270,6 +272,6 @@ checkpoint
 assert_eq "$(status | cut -d' ' -f4,5,8,9)" "0 $N valid lost" "after a checkpoint: a new, valid history"
 write_chunks 9
 expect_set 9 "0-$((N - 1))" "history after the loss"
-dmsetup remove trk
+rm_trk
 snap
 assert_eq "$(st clean)" 1 "clean at the end"
