@@ -10,8 +10,8 @@
 #   (c) checkpoint (only while suspended): the set moves to the previous
 #       epoch, the new one starts empty; merge, backup_done; a checkpoint
 #       over a previous set that no backup confirmed merges it first
-#   (d) a write across a bitmap block boundary (cut by map()) marks both
-#       chunks; suspend/resume, a table reload, remove and re-create keep
+#   (d) writes across a bitmap block boundary (never cut: marked in
+#       commits of their own) mark their chunks exactly; suspend/resume, a table reload, remove and re-create keep
 #       the set; clean on the store while suspended or removed, dirty while
 #       live
 #   (e) torn or corrupted store: one superblock slot torn falls back to the
@@ -146,7 +146,7 @@ dmsetup message trk 0 backup_done
 log "(d) suspend/resume, reload, re-create keep the set"
 write_chunks 1 2 3 32600
 # one 8 KiB bio over chunks 32511-32512: across a bitmap block boundary,
-# map() cuts it, and each part gets its mark
+# marked in commits of its own before it is issued
 dd if=/dev/urandom of=$trk bs=8k count=1 seek=$((32511 * CH)) iflag=fullblock oflag=direct,seek_bytes conv=notrunc status=none
 cur4="1-3,32511-32512,32600" n4=6 bad4="0-32512,32600" nbad4=32514
 # where the ram disk takes discards, one over chunks 32510-32513: two new
