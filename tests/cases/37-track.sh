@@ -11,9 +11,9 @@
 #       epoch, the new one starts empty; merge, backup_done; a checkpoint
 #       over a previous set that no backup confirmed merges it first
 #   (d) writes across a bitmap block boundary (never cut: marked in
-#       commits of their own) mark their chunks exactly; suspend/resume, a table reload, remove and re-create keep
-#       the set; clean on the store while suspended or removed, dirty while
-#       live
+#       commits of their own) mark their chunks exactly; suspend/resume, a
+#       table reload, remove and re-create keep the set; clean on the store
+#       while suspended or removed, dirty while live
 #   (e) torn or corrupted store: one superblock slot torn falls back to the
 #       other; a corrupted bitmap block reads as all changed; both slots
 #       corrupted, another device's store, another size: refused
