@@ -46,4 +46,56 @@ enum fleece_view_status_field {
 #define FLEECE_STATE_ACTIVE	"active"
 #define FLEECE_STATE_INVALID	"invalid"
 
+/*
+ * The "fleece-track" target: persistent changed-chunk tracking on a store
+ * device (Documentation/admin-guide/device-mapper/dm-fleece.rst, "Change
+ * tracking").  The store's format is described there and in
+ * drivers/md/dm-fleece-track.h; all numbers are little endian.
+ */
+#define FLEECE_TRACK_TARGET_NAME	"fleece-track"
+#define FLEECE_TRACK_FEATURE_FORMAT	"format"
+#define FLEECE_TRACK_MSG_CHECKPOINT	"checkpoint"
+#define FLEECE_TRACK_MSG_BACKUP_DONE	"backup_done"
+#define FLEECE_TRACK_MSG_MERGE		"merge"
+#define FLEECE_TRACK_DEVICE_ID_MAX	63	/* bytes, without the NUL */
+
+#define FLEECE_TRACK_BLOCK_SIZE		4096	/* every store block */
+#define FLEECE_TRACK_SB_MAGIC		0x4b544c46u	/* "FLTK" */
+#define FLEECE_TRACK_BITMAP_MAGIC	0x42544c46u	/* "FLTB" */
+#define FLEECE_TRACK_VERSION		1
+#define FLEECE_TRACK_BITMAP_HDR		32	/* bytes before the bits */
+#define FLEECE_TRACK_BITS_PER_BLOCK	((FLEECE_TRACK_BLOCK_SIZE - FLEECE_TRACK_BITMAP_HDR) * 8)
+#define FLEECE_TRACK_BITMAP_START	2	/* block: after superblocks A, B */
+
+/* Superblock flags. */
+#define FLEECE_TRACK_SB_CLEAN		0x1u	/* closed cleanly */
+#define FLEECE_TRACK_SB_CUR_LOST	0x2u	/* current set: every chunk */
+#define FLEECE_TRACK_SB_PREV_LOST	0x4u	/* previous set: every chunk */
+
+/* State of the previous epoch's set (superblock, status). */
+enum fleece_track_prev_state {
+	FLEECE_TRACK_PREV_NONE,		/* no checkpoint yet */
+	FLEECE_TRACK_PREV_READY,	/* readable, its backup not ended */
+	FLEECE_TRACK_PREV_DONE,		/* backup_done: dropped */
+	FLEECE_TRACK_PREV_MERGED,	/* merge: added to the current set */
+};
+
+/* Fields of the fleece-track target's status line, in order. */
+enum fleece_track_status_field {
+	FLEECE_TRACK_ST_CHUNK_SECTORS,
+	FLEECE_TRACK_ST_CHUNKS_TOTAL,
+	FLEECE_TRACK_ST_EPOCH,
+	FLEECE_TRACK_ST_CHANGED,	/* current epoch */
+	FLEECE_TRACK_ST_CHANGED_PREV,	/* previous epoch */
+	FLEECE_TRACK_ST_GENERATION,
+	FLEECE_TRACK_ST_STORE_STATE,	/* clean | dirty, on the store now */
+	FLEECE_TRACK_ST_HISTORY,	/* valid | lost | failed */
+	FLEECE_TRACK_ST_PREV,		/* none | ready | done | merged | lost */
+	FLEECE_TRACK_ST_CONSERVATIVE,	/* blocks read as "all changed" */
+	FLEECE_TRACK_ST_STORE_ERRORS,
+	FLEECE_TRACK_ST_COMMITS,
+	FLEECE_TRACK_ST_OPENED,		/* clean | unclean: the store as found */
+	FLEECE_TRACK_ST_NR_FIELDS
+};
+
 #endif /* DM_FLEECE_INTERFACE_H */

@@ -8,6 +8,7 @@
 #include <linux/module.h>
 
 #include "dm-fleece.h"
+#include "dm-fleece-track.h"
 
 static int __init dm_fleece_init(void)
 {
@@ -22,8 +23,13 @@ static int __init dm_fleece_init(void)
 	r = fleece_view_register();
 	if (r)
 		goto bad_view;
+	r = fleece_track_register();
+	if (r)
+		goto bad_track;
 	return 0;
 
+bad_track:
+	fleece_view_unregister();
 bad_view:
 	fleece_origin_unregister();
 bad_origin:
@@ -33,6 +39,7 @@ bad_origin:
 
 static void __exit dm_fleece_exit(void)
 {
+	fleece_track_unregister();
 	fleece_view_unregister();
 	fleece_origin_unregister();
 	fleece_cbw_module_exit();
@@ -41,6 +48,6 @@ static void __exit dm_fleece_exit(void)
 module_init(dm_fleece_init);
 module_exit(dm_fleece_exit);
 
-MODULE_DESCRIPTION(DM_NAME " copy-before-write onto a fleece device, with a frozen view");
+MODULE_DESCRIPTION(DM_NAME " copy-before-write onto a fleece device, with a frozen view, and change tracking");
 MODULE_AUTHOR("The dm-fleece authors");
 MODULE_LICENSE("GPL");
