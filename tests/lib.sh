@@ -272,3 +272,23 @@ run_held() { # out command...
 	done
 	fail "$* does not reach its fault point"
 }
+
+# --- dm-ima (11-origin-offset, 37-track) -------------------------------------
+
+# Load, once per boot, an IMA policy that records device-mapper's critical
+# data (Debian's kernels take one policy write per boot).  Fails where the
+# kernel has no IMA (the debug kernel): the caller says so.
+ima_setup() {
+	local sec=/sys/kernel/security
+	[ -d $sec ] || return 1
+	mountpoint -q $sec || mount -t securityfs securityfs $sec
+	[ -d $sec/ima ] || return 1
+	[ ! -e $sec/ima/policy ] ||
+		echo "measure func=CRITICAL_DATA label=device-mapper template=ima-buf" > $sec/ima/policy
+}
+# The last record dm-ima made of a target of this type, at a table load.
+ima_record() { # target-name
+	awk '$5 == "dm_table_load" { print $6 }' /sys/kernel/security/ima/ascii_runtime_measurements |
+		python3 -c 'import sys; [print(bytes.fromhex(l.strip()).decode("ascii", "replace")) for l in sys.stdin]' |
+		grep -o "target_name=$1,[^;]*;" | tail -n 1
+}

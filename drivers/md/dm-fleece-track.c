@@ -560,7 +560,17 @@ static void ft_status(struct dm_target *ti, status_type_t type,
 		if (t->format)
 			DMEMIT(" 1 %s", FLEECE_TRACK_FEATURE_FORMAT);
 		break;
+	case STATUSTYPE_IMA:
+		/* The setup, for dm-ima: what is tracked, where it is kept. */
+		DMEMIT_TARGET_NAME_VERSION(ti->type);
+		DMEMIT(",data_name=%s,data_offset=%llu,store_name=%s",
+		       t->data->name, (unsigned long long)ft->data_offset,
+		       t->store->name);
+		DMEMIT(",chunk_sectors=%u,device_id=%s;", ft->chunk_sectors,
+		       ft->device_id);
+		break;
 	default:
+		result[0] = '\0';
 		break;
 	}
 }

@@ -19,27 +19,14 @@ mkpattern new 8 new
 put img "$disk"
 file_range img $OFF_K $LEN_K > old	# the slice at the point in time
 
-# dm-ima records each table's setup (the targets' STATUSTYPE_IMA) once the
-# IMA policy asks for device-mapper's critical data.  Debian's kernels take
-# one policy per boot, loaded here; the debug kernel has no IMA.
-ima=/sys/kernel/security/ima
-[ ! -d /sys/kernel/security ] || mountpoint -q /sys/kernel/security ||
-	mount -t securityfs securityfs /sys/kernel/security
+# dm-ima records each table's setup (the targets' STATUSTYPE_IMA).
 ima_ok=
-if [ -d $ima ]; then
-	[ ! -e $ima/policy ] ||
-		echo "measure func=CRITICAL_DATA label=device-mapper template=ima-buf" > $ima/policy
+if ima_setup; then
 	ima_ok=1
 else
 	[[ $(uname -r) == *-fleece-debug ]] || fail "no IMA in this kernel (Debian's kernels have it)"
 	log "no IMA in the debug kernel: dm-ima's records are not checked"
 fi
-# The last record dm-ima made of a target of this type, at a table load.
-ima_record() { # target-name
-	awk '$5 == "dm_table_load" { print $6 }' $ima/ascii_runtime_measurements |
-		python3 -c 'import sys; [print(bytes.fromhex(l.strip()).decode("ascii", "replace")) for l in sys.stdin]' |
-		grep -o "target_name=$1,[^;]*;" | tail -n 1
-}
 
 TABLE="0 $LEN fleece $disk $fl 128 2 origin_offset $OFF"
 dmsetup create fo --table "$TABLE"

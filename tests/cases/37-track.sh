@@ -85,7 +85,19 @@ cmp <(dev_bytes "$store" $STORE_SECTORS) <(head -c $((STORE_SECTORS * 512)) /dev
 	fail "a refused table wrote to the store"
 
 log "(b) format; writes mark exactly their chunks"
+ima_ok=
+if ima_setup; then
+	ima_ok=1
+else
+	[[ $(uname -r) == *-fleece-debug ]] || fail "no IMA in this kernel (Debian's kernels have it)"
+	log "no IMA in the debug kernel: dm-ima's record is not checked"
+fi
 dmsetup create trk --table "$TABLE 1 format"
+if [ -n "$ima_ok" ]; then
+	assert_eq "$(ima_record fleece-track)" \
+		"target_name=fleece-track,target_version=1.0.0,data_name=$(devno data),data_offset=0,store_name=$(devno store),chunk_sectors=8,device_id=disk-A;" \
+		"dm-ima's record of the fleece-track table"
+fi
 assert_eq "$(dmsetup table trk)" "0 $LEN fleece-track $(devno data) 0 $(devno store) 8 disk-A 1 format" "table"
 assert_eq "$(status)" "8 $N 1 0 0 1 dirty valid none 0 0 0 clean" "status after format"
 expect_set - - "after format"

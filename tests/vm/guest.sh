@@ -74,6 +74,7 @@ echo 4 > /proc/sys/kernel/printk
 modprobe dm-mod 2>/dev/null
 modprobe dm-snapshot 2>/dev/null
 modprobe dm-thin-pool 2>/dev/null
+modprobe libcrc32c 2>/dev/null	# fleece-track's checksums (dm-thin-pool pulls it in too)
 if ! insmod "$MODULE"; then
 	echo "not ok 1 load-module # insmod $MODULE failed"
 	dmesg > "$OUT/dmesg.txt"
