@@ -18,8 +18,8 @@
 #   linear-on-base    control: dm-linear on "base", i.e. the raw read through
 #                     one more dm layer, as view reads of pending chunks go
 #                     (view -> base -> ram0)
-# The whole region once, output /dev/null, timed by each program itself
-# (dd's summary, fleece read's summary):
+# The whole origin (1 GiB, "base") once, output /dev/null, timed by each
+# program itself (dd's summary, fleece read's summary):
 #   raw-origin-reader `dd iflag=direct bs=4M` of the origin itself
 #   view-64k-backup   `tools/fleece read` of the view of a new fleece (64 KiB
 #                     chunks): 4 MiB O_DIRECT reads to stdout, discarding each
@@ -53,7 +53,7 @@ dmsetup create view-64k --table "0 $len fleece-view /dev/mapper/base $D1"
 # Two fleece devices that nothing is copied to (no writer): dm-zero, as
 # the four ram disks of 1 GiB are taken.
 dmsetup create fl-1m --table "0 $len zero"
-dmsetup create fl-bk --table "0 $len zero"
+dmsetup create fl-bk --table "0 $((4 * len)) zero"
 dmsetup create fo-1m --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-1m 2048 2 origin_offset $((2 * len))"
 dmsetup create view-1m --table "0 $len fleece-view /dev/mapper/base /dev/mapper/fl-1m"
 udevadm settle
@@ -108,18 +108,23 @@ CASES=(raw-origin view-64k view-1m view-64k-copied split-64k linear-on-base)
 } > read.fio
 run_jobfile read read-1m-qd1
 
+for d in fo-64k-copied fo-64k fo-1m; do log "$d: $(fleece_json $d)"; done
+
+# The whole-device reads cover all of "base" (1 GiB, as before origin
+# slices): the other fleece tables go first, so that this one overlaps none.
+for d in view-64k-copied view-64k view-1m fo-64k-copied fo-64k fo-1m; do dm_remove $d; done
+BK=$((4 * len))
 for round in $(seq 1 "$ROUNDS"); do
 	for c in $(rotate "$round" raw-origin-reader view-64k-backup); do
 		if [ "$c" = raw-origin-reader ]; then
-			reader "$c" "$round" /dev/mapper/raw --no-discard
+			reader "$c" "$round" /dev/mapper/base --no-discard
 		else
-			dmsetup create fo-bk --table "0 $len fleece /dev/mapper/base /dev/mapper/fl-bk 128 2 origin_offset $((3 * len))"
-			dmsetup create view-bk --table "0 $len fleece-view /dev/mapper/base /dev/mapper/fl-bk"
+			dmsetup create fo-bk --table "0 $BK fleece /dev/mapper/base /dev/mapper/fl-bk 128"
+			dmsetup create view-bk --table "0 $BK fleece-view /dev/mapper/base /dev/mapper/fl-bk"
 			reader "$c" "$round" /dev/mapper/view-bk
-			assert_eq "$(status_field fo-bk 4)" $((len / 128)) "$c: all chunks released"
+			assert_eq "$(status_field fo-bk 4)" $((BK / 128)) "$c: all chunks released"
 			dm_remove view-bk
 			dm_remove fo-bk
 		fi
 	done
 done
-for d in fo-64k-copied fo-64k fo-1m; do log "$d: $(fleece_json $d)"; done
