@@ -197,11 +197,12 @@ static int fleece_view_discard(struct dm_target *ti, struct bio *bio)
 		goto ignore;
 
 	r = fleece_view_release(ctx, bio, first, last, &released, &was_copied);
-	if (r != DM_MAPIO_REMAPPED)
-		return r;
+	/* Counted now: chunks released before a wait are not seen again. */
 	atomic64_add(released, &fv->chunks_released);
 	/* Released before a wait, or now: their fleece range may hold data. */
 	fb->released_copied |= was_copied;
+	if (r != DM_MAPIO_REMAPPED)
+		return r;
 	/* Pending chunks released with it have nothing there: no harm. */
 	if (fb->released_copied && bdev_max_discard_sectors(fv->fleece->bdev)) {
 		start = fleece_chunk_start(ctx, first);
