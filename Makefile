@@ -90,11 +90,13 @@ demo:
 # clock): the ratios then measure work per I/O and repeat to within 1%.
 # A disk's latency is host time, so DISK runs keep the host's clock.
 ICOUNT      ?= 3
+# The commit the run is of: taken when make starts, not when the report is.
+BENCH_COMMIT := $(shell git describe --always --dirty --abbrev=7 2>/dev/null)
 bench: export VM_DISK = $(if $(DISK),$(abspath $(DISK)))
 bench: export VM_ICOUNT = $(if $(DISK),,$(ICOUNT))
 bench:
 	$(call vm_run,bench)
-	@FLEECE_COMMIT=$$(git describe --always --dirty --abbrev=7 2>/dev/null) \
+	@FLEECE_COMMIT=$(BENCH_COMMIT) \
 		tests/bench/report.py --save tests/bench/results $$(ls -dt $(OUT)/bench-*/ | head -n 1)
 
 lint:
