@@ -11,7 +11,9 @@
 #    thin LV's usage unchanged) and reach the origin;
 #  - view reads of released chunks fail with EIO (O_DIRECT), also a read
 #    that only partly covers one, while neighbouring chunks read the old data;
-#  - releasing the whole view empties the thin LV.
+#  - releasing the whole view empties the thin LV;
+#  - a discard that meets a chunk with a copy under way waits for it and
+#    releases, and counts, every chunk it covers.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 
@@ -144,3 +146,30 @@ assert_eq "$(mapped)" 0 "thin LV mapped sectors after overwriting the released o
 dmsetup remove fv
 dmsetup remove fo
 same "$origin" new "origin device after removal"
+
+# A discard that meets a chunk whose copy is under way waits for it whole
+# (it is never cut: dm core sends discards as duplicate bios), then releases
+# the rest: every chunk it covers is released and counted once, also those
+# it released before it waited.  The copy's fleece write is held 3 s by a
+# dm-delay fleece device.
+log "a discard over chunks 0-3 waits for the copy of chunk 2, then releases all four"
+origin2=$(mkdev origin2 16 2)
+put old "$origin2"
+slice2=$(mkdev slice2 16 3)
+dmsetup create delay2 --table "0 32768 delay $slice2 0 0 $slice2 0 3000"
+fleece_create fo2 "$origin2" /dev/mapper/delay2 256 > /dev/null
+view2=$(view_create fv2 "$origin2" /dev/mapper/delay2)
+udevadm settle
+# Default policy: the write passes once the old data is in memory; the
+# copy's fleece write then takes 3 s.
+dd if=new of=/dev/mapper/fo2 bs=128k seek=2 count=1 oflag=direct conv=notrunc status=none
+assert_eq "$(copies_in_flight fo2)" 1 "the copy of chunk 2 is under way"
+t0=$(ms)
+blkdiscard -f -o 0 -l $((4 * CH)) "$view2" 2> err || { cat err; fail "the discard over chunks 0-3"; }
+t=$(($(ms) - t0))
+log "the discard took $t ms"
+[ $t -ge 1000 ] || fail "the discard did not wait for the copy under way ($t ms)"
+assert_eq "$(status_field fv2 3)" 4 "chunks_released in the view status after the discard over chunks 0-3"
+read -r pending copied released cbw errors state <<< "$(fleece_counts fo2)"
+assert_eq "$released $copied $cbw $errors $state" "4 0 1 0 active" "fleece status after the discard over chunks 0-3"
+dmsetup remove fv2 fo2 delay2
