@@ -717,80 +717,20 @@ void fleece_cbw_release_all(struct fleece_ctx *ctx)
 
 /* --- entry points from the targets -------------------------------------- */
 
-/**
- * fleece_origin_write() - an origin write to a chunk that looked pending
- * @ctx: the context
- * @bio: a write within @chunk
- * @chunk: the chunk
- *
- * Called from .map: it may wait for a region descriptor from the mempool
- * (GFP_NOIO), never for a copy.
- *
- * Return: a DM_MAPIO_* value; SUBMITTED when @bio waits for the copy.
- */
-int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
-			unsigned long chunk)
-{
-	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
-	struct fleece_region *r, *spare = NULL;
-	int ret = DM_MAPIO_SUBMITTED;
-	unsigned long flags;
-
-again:
-	spin_lock_irqsave(&b->lock, flags);
-	if (fleece_chunk_done(ctx, chunk) || fleece_ctx_invalid(ctx)) {
-		ret = DM_MAPIO_REMAPPED;
-		goto out;
-	}
-	r = fleece_region_find(b, chunk);
-	if (r && r->abandoned) {
-		/*
-		 * The copy is stuck past its timeout.  Unless it passed a
-		 * write, which made the view invalid (tested above), it is
-		 * under fail_origin_writes: writes fail until it ends.
-		 */
-		if (WARN_ON_ONCE(!r->fail_writes)) {
-			ret = DM_MAPIO_REMAPPED;
-			goto out;
-		}
-		atomic64_inc(&ctx->cbw_errors);
-		ret = DM_MAPIO_KILL;
-		goto out;
-	}
-	if (r && fleece_region_writable(r)) {
-		if (!r->copied)
-			r->writes_passed = true;
-		ret = DM_MAPIO_REMAPPED;
-		goto out;
-	}
-	if (!r) {
-		if (!spare) {
-			spin_unlock_irqrestore(&b->lock, flags);
-			spare = mempool_alloc(&ctx->region_pool, GFP_NOIO);
-			goto again;
-		}
-		r = fleece_region_new(ctx, b, spare, chunk);
-		spare = NULL;
-	}
-	bio_list_add(&r->writes, bio);
-	if (!r->copying && !r->copied)
-		fleece_copy_request(r);
-out:
-	spin_unlock_irqrestore(&b->lock, flags);
-	if (spare)
-		mempool_free(spare, &ctx->region_pool);
-	return ret;
-}
-
 /*
- * One chunk of an origin bio over several (fleece_origin_extent()): ask for
- * its copy if it needs one and has none.  Called from .map: it may wait for
- * a region descriptor from the mempool (GFP_NOIO), never for a copy.
+ * An origin write, write-zeroes or secure erase reaches pending @chunk: ask
+ * for its copy if it needs one and has none.  With @bio, a write that is
+ * not ready waits on the chunk's region; with @pass, a write that is ready
+ * is recorded as passed ahead of an unfinished copy.  Called from .map: it
+ * may wait for a region descriptor from the mempool (GFP_NOIO), never for
+ * a copy.
  *
- * Return: 1 if writes to the chunk may go on now, 0 if they must wait,
- * -EIO if they must fail (a copy abandoned under fail_origin_writes).
+ * Return: 1 if writes to the chunk may go on now, 0 if they must wait (on
+ * the region, with @bio), -EIO if they must fail (a copy abandoned under
+ * fail_origin_writes).
  */
-static int fleece_extent_chunk(struct fleece_ctx *ctx, unsigned long chunk,
+static int fleece_origin_chunk(struct fleece_ctx *ctx, unsigned long chunk,
+			       struct bio *bio, bool pass,
 			       struct fleece_region **spare)
 {
 	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
@@ -806,15 +746,22 @@ again:
 	}
 	r = fleece_region_find(b, chunk);
 	if (r && r->abandoned) {
-		/* As in fleece_origin_write(). */
+		/*
+		 * The copy is stuck past its timeout.  Unless it passed a
+		 * write, which made the view invalid (tested above), it is
+		 * under fail_origin_writes: writes fail until it ends.
+		 */
 		if (WARN_ON_ONCE(!r->fail_writes)) {
 			ret = 1;
 			goto out;
 		}
+		atomic64_inc(&ctx->cbw_errors);
 		ret = -EIO;
 		goto out;
 	}
 	if (r && fleece_region_writable(r)) {
+		if (pass && !r->copied)
+			r->writes_passed = true;
 		ret = 1;
 		goto out;
 	}
@@ -827,6 +774,8 @@ again:
 		r = fleece_region_new(ctx, b, *spare, chunk);
 		*spare = NULL;
 	}
+	if (bio)
+		bio_list_add(&r->writes, bio);
 	if (!r->copying && !r->copied)
 		fleece_copy_request(r);
 out:
@@ -834,28 +783,32 @@ out:
 	return ret;
 }
 
-/*
- * Wait on @chunk, unless it became writable meanwhile.  Return: true if
- * @bio now waits on it.
- */
-static bool fleece_extent_wait(struct fleece_ctx *ctx, struct bio *bio,
-			       unsigned long chunk)
+static int fleece_mapio(int ready)
 {
-	struct fleece_bucket *b = fleece_bucket(ctx, chunk);
-	struct fleece_region *r;
-	unsigned long flags;
-	bool waits = false;
+	return ready > 0 ? DM_MAPIO_REMAPPED :
+	       ready < 0 ? DM_MAPIO_KILL : DM_MAPIO_SUBMITTED;
+}
 
-	spin_lock_irqsave(&b->lock, flags);
-	if (!fleece_chunk_done(ctx, chunk) && !fleece_ctx_invalid(ctx)) {
-		r = fleece_region_find(b, chunk);
-		if (r && !r->abandoned && !fleece_region_writable(r)) {
-			bio_list_add(&r->writes, bio);
-			waits = true;
-		}
-	}
-	spin_unlock_irqrestore(&b->lock, flags);
-	return waits;
+/**
+ * fleece_origin_write() - an origin write to a chunk that looked pending
+ * @ctx: the context
+ * @bio: a write within @chunk
+ * @chunk: the chunk
+ *
+ * Called from .map: it may wait for a region descriptor from the mempool
+ * (GFP_NOIO), never for a copy.
+ *
+ * Return: a DM_MAPIO_* value; SUBMITTED when @bio waits for the copy.
+ */
+int fleece_origin_write(struct fleece_ctx *ctx, struct bio *bio,
+			unsigned long chunk)
+{
+	struct fleece_region *spare = NULL;
+	int ready = fleece_origin_chunk(ctx, chunk, bio, true, &spare);
+
+	if (spare)
+		mempool_free(spare, &ctx->region_pool);
+	return fleece_mapio(ready);
 }
 
 /*
@@ -912,35 +865,33 @@ int fleece_origin_extent(struct fleece_ctx *ctx, struct bio *bio,
 {
 	struct fleece_region *spare = NULL;
 	unsigned long chunk, blocked;
-	int ret, ready;
+	int ready;
 
 again:
 	blocked = ULONG_MAX;
 	for (chunk = first; chunk <= last; chunk++) {
 		if (fleece_chunk_done(ctx, chunk))
 			continue;
-		ready = fleece_extent_chunk(ctx, chunk, &spare);
-		if (ready < 0) {
-			atomic64_inc(&ctx->cbw_errors);
-			ret = DM_MAPIO_KILL;
+		ready = fleece_origin_chunk(ctx, chunk, NULL, false, &spare);
+		if (ready < 0)
 			goto out;
-		}
 		if (!ready && blocked == ULONG_MAX)
 			blocked = chunk;
 	}
 	if (blocked != ULONG_MAX) {
-		if (!fleece_extent_wait(ctx, bio, blocked))
+		/* It may have become writable meanwhile: then look again. */
+		ready = fleece_origin_chunk(ctx, blocked, bio, false, &spare);
+		if (ready > 0)
 			goto again;
-		ret = DM_MAPIO_SUBMITTED;
 		goto out;
 	}
+	ready = 1;
 	if (!fleece_extent_pass(ctx, first, last))
 		goto again;
-	ret = DM_MAPIO_REMAPPED;
 out:
 	if (spare)
 		mempool_free(spare, &ctx->region_pool);
-	return ret;
+	return fleece_mapio(ready);
 }
 
 /**
