@@ -46,17 +46,15 @@ mkpattern old $MIB old
 mkpattern new $MIB new
 
 # 4 KiB of "new", O_DIRECT, at the start of chunk N.
-wr() { # dev chunk
+wr_dd() { # dev chunk [dd operand...]
 	dd if=new of="$1" bs=4k seek=$(($2 * CHUNK_KIB / 4)) skip=$(($2 * CHUNK_KIB / 4)) \
-		count=1 oflag=direct conv=notrunc status=none
+		count=1 oflag=direct conv=notrunc "${@:3}"
 }
+wr() { wr_dd "$1" "$2" status=none; }	# dev chunk
 # The same write, timed by dd itself (its summary, in FILE): from after its
 # open to its end, the time the write was held.  A time taken by the shell
 # around it also counts the fork and exec, seconds on a debug kernel.
-wr_timed() { # dev chunk file
-	dd if=new of="$1" bs=4k seek=$(($2 * CHUNK_KIB / 4)) skip=$(($2 * CHUNK_KIB / 4)) \
-		count=1 oflag=direct conv=notrunc 2> "$3"
-}
+wr_timed() { wr_dd "$1" "$2" 2> "$3"; }	# dev chunk file
 held_ms() { # file...: the longest time dd reports in them, in ms
 	local f t max=-1
 	for f in "$@"; do

@@ -11,7 +11,6 @@ TEST_TIMEOUT=$(arg fleece.test_timeout)
 
 # Each step of the teardown is timed: a slow one (the debug kernel) shows in
 # the report as a comment.
-td_t0=0 td_steps=
 td_step() { td_steps+=" $1 $((SECONDS - td_t0))s"; td_t0=$SECONDS; }
 
 teardown() {
