@@ -317,7 +317,13 @@ bstore=$(mkdev bstore 1 2)
 dmsetup create bt --table "0 $((N * 8)) fleece-track $big 0 $bstore 8 disk-B 1 format"
 # every third chunk, and one 64 KiB write over chunks 32500-32515, across
 # the bitmap block boundary at 32512
-"${TS[@]}" write /dev/mapper/bt 4096 $(seq 0 3 $((N - 1)))
+# (four writers: their first writes to chunks share commits)
+wpids=()
+for i in 0 1 2 3; do
+	"${TS[@]}" write /dev/mapper/bt 4096 $(seq $((i * 3)) 12 $((N - 1))) &
+	wpids+=($!)
+done
+for p in "${wpids[@]}"; do wait "$p" || fail "a writer failed"; done
 dd if=/dev/urandom of=/dev/mapper/bt bs=64k count=1 seek=$((32500 * 4096)) oflag=direct,seek_bytes conv=notrunc status=none
 dmsetup suspend bt
 dmsetup message bt 0 checkpoint
