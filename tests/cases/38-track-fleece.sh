@@ -141,7 +141,7 @@ W="0+1 5+3 100+1 1023+2 2047+1"
 
 log "(a)+(b) the move with track_store (fleece chunk 64 > tracker chunk 16, default policy)"
 dd if=$trk of=pit.img bs=1M iflag=direct status=none	# the point in time to come
-dd if=/dev/zero of="$fl" bs=1M oflag=direct status=none
+dd if=/dev/zero of="$fl" bs=1M count=16 oflag=direct status=none
 FC=64 NF=$((LEN / 64))
 dmsetup create trk-fo --table "$TABLE"
 store_state dirty trk trk-fo
@@ -218,7 +218,7 @@ dmsetup message trk 0 backup_done
 log "(b) fleece chunk 8 < tracker chunk 16, fail_origin_writes"
 write_tchunks $trk 1500 2047
 dd if=$trk of=pit.img bs=1M iflag=direct status=none
-dd if=/dev/zero of="$fl" bs=1M oflag=direct status=none
+dd if=/dev/zero of="$fl" bs=1M count=16 oflag=direct status=none
 FC=8 NF=$((LEN / 8))
 dmesg_mark
 move "$(fleece_table $FC fail_origin_writes)"
