@@ -176,6 +176,11 @@ struct start_opts {
 	const char *fleece_dir;
 	bool force;			/* a --fleece-dev with a signature */
 	const char *partial;		/* recorded in the state (backup) */
+	/*
+	 * A tracked NAME (fleece-track table): ask the fleece target to
+	 * release every chunk the tracker saw no change in (track_store).
+	 */
+	bool incremental;
 };
 /* Parse one start option (long option index / value); see start.c. */
 int start_opts_init(struct start_opts *o);
