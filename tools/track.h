@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "dm.h"
+
 #define FLEECE_TRACK_DIR	"/etc/fleece/track"
 
 enum track_history {
@@ -55,6 +57,25 @@ struct track_info {
  * query (with a message): never "not tracked" then.
  */
 int track_query(const char *name, struct track_info *ti);
+
+/* A fleece-track table line's parameters. */
+struct track_params {
+	dev_t data_dev;
+	uint64_t data_offset;
+	dev_t store_dev;
+	unsigned int chunk_sectors;
+	char device_id[64];
+	bool format;			/* "1 format" */
+};
+int track_parse_params(const char *params, struct track_params *tp);
+/* One fleece-track target over all of the table: its parameters. */
+bool track_table_parse(const struct dmw_table *t, struct track_params *tp);
+/*
+ * The same table without "1 format", for a copy of it (a hidden origin,
+ * the table "fleece stop" puts back): a store wiped meanwhile must never
+ * be formatted silently by a reload.
+ */
+void track_table_no_format(struct dmw_table *t);
 
 /* The store's size for @nr_chunks: (2 + 2 * ceil(chunks / 32512)) blocks. */
 uint64_t track_store_bytes(uint64_t nr_chunks);
