@@ -61,7 +61,7 @@ $F start --fleece-dev "$fl" data > start.out 2>&1 || { cat start.out; fail "star
 cat start.out
 omm=$(devno data-fleece-origin)
 assert_eq "$(dmsetup table data-fleece-origin)" "$track_table" "the hidden origin: the fleece-track table, no format"
-assert_eq "$(dmsetup table data)" "0 131072 fleece $omm $(devno fl) 128 4 cbw_timeout_ms 45000" "data's fleece table"
+assert_eq "$(dmsetup table data)" "0 131072 fleece $omm $(devno fl) 128 2 cbw_timeout_ms 45000" "data's fleece table"
 grep_q -x "track_store=$smm" state/data || fail "the state file does not record the tracking: $(cat state/data)"
 assert_eq "$(tstat table_device epoch generation changed changed_prev prev_state store_uuid)" \
 	"data-fleece-origin 2 1 0 2 ready $uuid0" "the point in time is the checkpoint"
