@@ -135,6 +135,8 @@ int parse_fleece_status(const char *params, struct fleece_status *s);
  * -EFLEECE_REFUSED with a message.  fleece_lock() checks it first.
  */
 int fleece_dirs_check(void);
+/* The same check of another directory (@what names it in messages). */
+int private_dir_check(const char *dir, const char *what);
 
 /* Lock NAME against other fleece commands, until the process ends. */
 int fleece_lock(const char *name);

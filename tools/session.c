@@ -418,7 +418,7 @@ static const char *lock_dir(void)
  * created by fleece, 0700: then the directories above it are checked.
  * 0, or -EFLEECE_REFUSED with a message.
  */
-static int private_dir_check(const char *dir, const char *what)
+int private_dir_check(const char *dir, const char *what)
 {
 	char *path = xstrdup(dir), *real, *p;
 	struct stat st;

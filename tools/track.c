@@ -1716,6 +1716,9 @@ int cmd_track(int argc, char **argv)
 		return usage_error("--json is for 'track status'");
 	if (o.all && strcmp(sub, "attach"))
 		return usage_error("--all is for 'track attach'");
+	/* Records decide which store a device is attached to: root's alone. */
+	if (private_dir_check(track_dir(), "FLEECE_TRACK_DIR"))
+		return EX_FLEECE_REFUSED;
 	if (!strcmp(sub, "status"))
 		return cmd_track_status(&o, names, n);
 	if (fleece_need_module())
