@@ -8,10 +8,11 @@
 #       the linear's place, the store formatted, the record written; status
 #       (text and JSON, parsed with python3) counts the chunks written;
 #       already tracked: refused
-#   (c) a simulated reboot: NAME removed (the store closed cleanly) and
-#       re-created with its linear table; status says "not attached";
-#       attach refuses a NAME whose size changed, then attaches without
-#       format: epoch, generation and the marks are kept
+#   (c) a simulated crash and reboot: the store's image taken while it is
+#       live (dirty), NAME removed, the image put back, NAME re-created with
+#       its linear table; status says "not attached"; attach refuses a NAME
+#       whose size changed, then attaches without format and reports the
+#       store not closed cleanly: epoch, generation and the marks are kept
 #   (d) track stop: the linear table back, the record gone; the store's old
 #       history is refused without --force, another device's always
 #   (e) an LV of a real volume group: start, writes counted, stop
@@ -93,6 +94,12 @@ grep_q -x "data=1:0 4096" trackdir/data.conf || fail "record data device"
 blkid -p "$store" > /dev/null 2>&1 && fail "blkid still finds a signature on the store"
 expect_exit 3 $F track start --store "$other" data
 [[ $T_ERR == *"data: already tracked (store /dev/mapper/store)"* ]] || fail "already tracked: $T_ERR"
+dmsetup create o3 --table "0 16384 linear /dev/ram3 0"
+expect_exit 3 $F track start --store "$store" o3
+[[ $T_ERR == *"store $store: in use"* ]] || fail "the store of another tracker: $T_ERR"
+assert_eq "$(dmsetup table o3)" "0 16384 linear 1:3 0" "o3 after the refused start"
+[ ! -e trackdir/o3.conf ] || fail "a record for o3"
+dmsetup remove o3
 
 # Chunks 0, 5 and 100 (and 100 again).
 for c in 0 5 100 100; do
@@ -122,9 +129,11 @@ expect_exit 3 $F track status other
 expect_exit 3 $F track status nosuch
 [[ $T_ERR == *"nosuch: no such device-mapper device"* ]] || fail "status of no device: $T_ERR"
 
-step "(c) a simulated reboot: remove data, re-create it linear, attach"
+step "(c) a simulated crash and reboot: the live store's image back, data re-created linear, attach"
+dd if="$store" of=store.img bs=64k iflag=direct status=none	# dirty, as at a crash
 udevadm settle
 dmsetup remove data
+dd if=store.img of="$store" bs=64k oflag=direct status=none
 dmsetup create data -u TEST-data --table "$table"
 same_before=$(dd if=$data bs=64k count=101 iflag=direct status=none | sha256sum)
 $F track status data > status2.out; cat status2.out
@@ -141,6 +150,7 @@ $F track attach --all > attach.out 2>&1 || { cat attach.out; fail "attach"; }
 cat attach.out
 grep_q "data: attached: store /dev/mapper/store, epoch 1, generation 1, 3 chunks changed" attach.out ||
 	fail "attach's output"
+grep_q "data: its store was not closed cleanly" attach.out || fail "attach does not report the unclean store"
 assert_eq "$(dmsetup table data)" "0 131072 fleece-track 1:0 4096 $smm 128 TEST-data" \
 	"attached: no format"
 $F track status --json data > status3.json
@@ -148,7 +158,7 @@ python3 - status3.json <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))["devices"][0]
 assert d["epoch"] == 1 and d["generation"] == 1 and d["changed"] == 3, d
-assert d["history"] == "valid" and d["opened"] == "clean", d
+assert d["history"] == "valid" and d["opened"] == "unclean", d
 EOF
 $F track attach data > attach2.out 2>&1
 grep_q "data: already attached" attach2.out || fail "attach twice: $(cat attach2.out)"
