@@ -642,6 +642,7 @@ int track_query(const char *name, struct track_info *ti)
 	int r;
 
 	memset(ti, 0, sizeof(*ti));
+	memset(&tp, 0, sizeof(tp));
 	r = find_track_table(name, &tp, ti->table_dev, sizeof(ti->table_dev), &ti->sectors);
 	if (r <= 0)
 		return r;
