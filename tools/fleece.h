@@ -227,6 +227,7 @@ struct fleece_report {
 	char origin_path[PATH_MAX];	/* hidden origin, or the linear's device */
 	char fleece_path[PATH_MAX];
 	char fleece_file[PATH_MAX];
+	char track_store[PATH_MAX];	/* a tracked NAME's store (state file), or "" */
 	uint64_t size_bytes;
 	uint64_t fleece_used;		/* bytes held by the fleece device */
 	bool fleece_used_exact;		/* from the file's allocation */

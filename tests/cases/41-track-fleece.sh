@@ -67,6 +67,10 @@ assert_eq "$(tstat table_device epoch generation changed changed_prev prev_state
 	"data-fleece-origin 2 1 0 2 ready $uuid0" "the point in time is the checkpoint"
 expect_exit 3 $F track stop data
 [[ $T_ERR == *"data: is fleeced"* ]] || fail "track stop while fleeced: $T_ERR"
+$F status data > fstatus.out; cat fstatus.out
+grep_q "tracked: *store /dev/mapper/store" fstatus.out || fail "fleece status does not say data is tracked"
+assert_eq "$($F status --json data | python3 -c 'import json,sys; print(json.load(sys.stdin)["devices"][0]["track_store"])')" \
+	/dev/mapper/store "fleece status --json: track_store"
 
 step "writes during the backup are marked; the view is the point in time"
 wr 10 11 500
