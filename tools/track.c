@@ -1498,11 +1498,13 @@ static int status_all_names(char ***out, unsigned int *nout)
 			    !strncmp(info.uuid, FLEECE_UUID_PREFIX, strlen(FLEECE_UUID_PREFIX)))
 				continue;
 			r = track_query(cand, &ti);
-			if (r == -ENXIO) {
+			if (r == -ENXIO) {	/* removed meanwhile */
 				r = 0;
 				continue;
 			}
-			if (r || !ti.tracked)
+			if (r)	/* an error, never "not tracked" */
+				break;
+			if (!ti.tracked)
 				continue;
 		}
 		for (j = 0; j < *nout; j++)
@@ -1663,7 +1665,8 @@ static int cmd_track_status(const struct track_opts *o, char **names, unsigned i
 		if (e > ret)
 			ret = e;
 	}
-	if (o->json)
+	/* A failed query: no JSON at all, as "fleece status". */
+	if (o->json && ret != EX_FLEECE_FAIL)
 		printf("{\"devices\":[%s]}\n", sb.s ? sb.s : "");
 	else if (first && !nall && !n)
 		printf("no tracked devices\n");
