@@ -7,7 +7,8 @@
 #   (b) track start on a dmsetup linear device: the fleece-track table in
 #       the linear's place, the store formatted, the record written; status
 #       (text and JSON, parsed with python3) counts the chunks written;
-#       already tracked: refused
+#       already tracked: refused; a failed query is an error (exit 1, no
+#       JSON), never "not tracked"
 #   (c) a simulated crash and reboot: the store's image taken while it is
 #       live (dirty), NAME removed, the image put back, NAME re-created with
 #       its linear table; status says "not attached"; attach refuses a NAME
@@ -124,6 +125,13 @@ assert d["store_state"] == "dirty" and d["opened"] == "clean", d
 assert d["device_id"] == "TEST-data" and d["data_offset_sectors"] == 4096, d
 assert d["checkpoint_time"] == 0, d
 EOF
+# A failed query is an error (exit 1, no JSON), never "not tracked".
+FLEECE_FAULT=dm-status=EIO expect_exit 1 $F track status --json data
+[[ $T_ERR == *"data: cannot read the tracker's status from data: Input/output error"* ]] || fail "failed status query: $T_ERR"
+FLEECE_FAULT=dm-table=EIO expect_exit 1 $F track status --json
+[[ $T_ERR == *"cannot read the table of "*": Input/output error"* ]] || fail "failed table query: $T_ERR"
+out=$(FLEECE_FAULT=dm-table=EIO $F track status --json 2>/dev/null) && fail "exit 0 with a failed query"
+assert_eq "$out" "" "standard output after a failed query"
 expect_exit 3 $F track status other
 [[ $T_ERR == *"other: not tracked"* ]] || fail "status of an untracked device: $T_ERR"
 expect_exit 3 $F track status nosuch
