@@ -128,6 +128,8 @@ EOF
 # A failed query is an error (exit 1, no JSON), never "not tracked".
 FLEECE_FAULT=dm-status=EIO expect_exit 1 $F track status --json data
 [[ $T_ERR == *"data: cannot read the tracker's status from data: Input/output error"* ]] || fail "failed status query: $T_ERR"
+out=$(FLEECE_FAULT=dm-status=EIO $F track status --json data 2>/dev/null) && fail "exit 0 with a failed status query"
+assert_eq "$out" "" "standard output after a failed status query"
 FLEECE_FAULT=dm-table=EIO expect_exit 1 $F track status --json
 [[ $T_ERR == *"cannot read the table of "*": Input/output error"* ]] || fail "failed table query: $T_ERR"
 out=$(FLEECE_FAULT=dm-table=EIO $F track status --json 2>/dev/null) && fail "exit 0 with a failed query"
