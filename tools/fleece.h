@@ -86,6 +86,7 @@ struct fleece_state {
 	/* NAME's linear table, when the fleece table takes its place: */
 	dev_t linear_dev;		/* 0: NAME-fleece-origin keeps it */
 	uint64_t linear_offset;
+	dev_t track_store;		/* NAME is tracked: its store (0: not) */
 	long pid;
 };
 
@@ -134,6 +135,8 @@ int parse_fleece_status(const char *params, struct fleece_status *s);
  * -EFLEECE_REFUSED with a message.  fleece_lock() checks it first.
  */
 int fleece_dirs_check(void);
+/* The same check of another directory (@what names it in messages). */
+int private_dir_check(const char *dir, const char *what);
 
 /* Lock NAME against other fleece commands, until the process ends. */
 int fleece_lock(const char *name);
@@ -176,12 +179,30 @@ struct start_opts {
 	const char *fleece_dir;
 	bool force;			/* a --fleece-dev with a signature */
 	const char *partial;		/* recorded in the state (backup) */
+	/*
+	 * A tracked NAME (fleece-track table): ask the fleece target to
+	 * release every chunk the tracker saw no change in (track_store).
+	 */
+	bool incremental;
 };
 /* Parse one start option (long option index / value); see start.c. */
 int start_opts_init(struct start_opts *o);
 int start_parse_opt(struct start_opts *o, int opt, const char *arg);
 void start_opts_free(struct start_opts *o);
 int fleece_start(struct start_opts *o, char **names, unsigned int n);
+/*
+ * Suspend NAME, flushing and freezing its file system (without freezing
+ * one that fsfreeze froze already): 0, or -errno with a message.  For the
+ * suspend window: the caller holds messages and has locked its memory.
+ */
+int fleece_suspend(const char *name);
+/*
+ * The first signature libblkid finds on @path (a file system, raid, PV,
+ * partition table): 1 with "TYPE" and its UUID filled in, 0 when there is
+ * none, -errno when the device cannot be probed.
+ */
+int probe_signature(const char *path, char *type, size_t tlen, char *uuid,
+		    size_t ulen);
 
 /* --- stop ----------------------------------------------------------- */
 /*
@@ -206,6 +227,7 @@ struct fleece_report {
 	char origin_path[PATH_MAX];	/* hidden origin, or the linear's device */
 	char fleece_path[PATH_MAX];
 	char fleece_file[PATH_MAX];
+	char track_store[PATH_MAX];	/* a tracked NAME's store (state file), or "" */
 	uint64_t size_bytes;
 	uint64_t fleece_used;		/* bytes held by the fleece device */
 	bool fleece_used_exact;		/* from the file's allocation */

@@ -67,6 +67,8 @@ int fleece_report(const char *name, struct fleece_report *r)
 	}
 	if (st.fleece_file[0])
 		snprintf(r->fleece_file, sizeof(r->fleece_file), "%s", st.fleece_file);
+	if (st.track_store)
+		devno_display(st.track_store, r->track_store, sizeof(r->track_store));
 	if (ours) {
 		struct dmw_table s;
 
@@ -174,6 +176,9 @@ static void print_human(const struct fleece_report *r)
 	} else if (r->fleece_file[0]) {
 		printf("  fleece file: %s\n", r->fleece_file);
 	}
+	if (r->track_store[0])
+		printf("  tracked:    store %s (the tracker is on the hidden origin: 'fleece track status %s')\n",
+		       r->track_store, r->fn.name);
 	if (r->view_path[0])
 		printf("  view reads: %llu from the origin, %llu from the fleece, %llu refused\n",
 		       (unsigned long long)r->view_reads_origin,
@@ -220,6 +225,11 @@ static void print_json(struct sbuf *sb, const struct fleece_report *r)
 			  r->params.fail_origin_writes ? "true" : "false",
 			  r->params.cbw_timeout_ms);
 	}
+	sb_printf(sb, ",\"track_store\":");
+	if (r->track_store[0])
+		sb_json_str(sb, r->track_store);
+	else
+		sb_printf(sb, "null");
 	sb_printf(sb, ",\"fleece_file\":");
 	if (r->fleece_file[0])
 		sb_json_str(sb, r->fleece_file);
