@@ -176,6 +176,7 @@ struct start_opts {
 	const char *fleece_dir;
 	bool force;			/* a --fleece-dev with a signature */
 	const char *partial;		/* recorded in the state (backup) */
+	bool incremental;		/* track_store: release unchanged chunks */
 };
 /* Parse one start option (long option index / value); see start.c. */
 int start_opts_init(struct start_opts *o);
