@@ -414,6 +414,13 @@ static bool plan_check_image(const char *name, const char *output, struct incr_p
 		    p->dm_uuid);
 		return false;
 	}
+	/* Before the store: a new size needs a new store, the size says more. */
+	if (rec->size_bytes != p->size_bytes || rec->image_size != p->size_bytes ||
+	    ts->len_bytes != p->size_bytes) {
+		WHY(p, "size changed (%" PRIu64 " bytes, the image's %" PRIu64 ")",
+		    p->size_bytes, rec->size_bytes);
+		return false;
+	}
 	if (!ts->store_uuid[0]) {
 		WHY(p, "the tracker does not report its store UUID (kernel too old)");
 		return false;
@@ -430,12 +437,6 @@ static bool plan_check_image(const char *name, const char *output, struct incr_p
 	}
 	if (strcmp(ts->history, "valid")) {
 		WHY(p, "tracker reported unclean history (%s)", ts->history);
-		return false;
-	}
-	if (rec->size_bytes != p->size_bytes || rec->image_size != p->size_bytes ||
-	    ts->len_bytes != p->size_bytes) {
-		WHY(p, "size changed (%" PRIu64 " bytes, the image's %" PRIu64 ")",
-		    p->size_bytes, rec->size_bytes);
 		return false;
 	}
 	if (rec->chunk_bytes != ts->chunk_sectors << 9) {
