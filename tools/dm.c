@@ -110,6 +110,19 @@ uint64_t dmw_table_len(const struct dmw_table *t)
 	return len;
 }
 
+bool dmw_tables_equal(const struct dmw_table *a, const struct dmw_table *b)
+{
+	unsigned int i;
+
+	if (a->n != b->n)
+		return false;
+	for (i = 0; i < a->n; i++)
+		if (a->t[i].start != b->t[i].start || a->t[i].len != b->t[i].len ||
+		    strcmp(a->t[i].type, b->t[i].type) || strcmp(a->t[i].params, b->t[i].params))
+			return false;
+	return true;
+}
+
 /*
  * Why libdevmapper could not start a task: it opens /dev/mapper/control
  * then, and keeps the reason to itself.  Opening the node again tells it:
@@ -472,6 +485,34 @@ int dmw_remove(const char *name, bool retry)
 	if (retry)
 		dm_task_retry_remove(dmt);
 	r = run_with_cookie(dmt, 0);
+	dm_task_destroy(dmt);
+	return r;
+}
+
+int dmw_message(const char *name, const char *msg, char **response)
+{
+	struct dm_task *dmt;
+	const char *resp;
+	int r = 0;
+
+	if (response)
+		*response = NULL;
+	dmt = task_new(DM_DEVICE_TARGET_MSG, name, "dm-message", &r);
+	if (!dmt)
+		return r;
+	if (!dm_task_set_sector(dmt, 0) || !dm_task_set_message(dmt, msg)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
+	dmw_quiet(1);
+	if (!dm_task_run(dmt))
+		r = dm_task_get_errno(dmt) ? task_errno(dmt) : control_errno();
+	dmw_quiet(-1);
+	if (!r && response) {
+		resp = dm_task_get_message_response(dmt);
+		if (resp && *resp)
+			*response = xstrdup(resp);
+	}
 	dm_task_destroy(dmt);
 	return r;
 }

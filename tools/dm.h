@@ -46,6 +46,7 @@ void dmw_table_add(struct dmw_table *t, uint64_t start, uint64_t len,
 		   const char *type, const char *params);
 void dmw_table_free(struct dmw_table *t);
 uint64_t dmw_table_len(const struct dmw_table *t);
+bool dmw_tables_equal(const struct dmw_table *a, const struct dmw_table *b);
 
 /*
  * Every function returns 0 or -errno.  Only the kernel's "no such device"
@@ -82,6 +83,11 @@ int dmw_resume(const char *name, uint16_t udev_flags);
 int dmw_resume_many(char *const names[], unsigned int n, uint16_t udev_flags,
 		    unsigned int *done, double *resumed_at);
 int dmw_remove(const char *name, bool retry);
+/*
+ * Send a target message ("dmsetup message NAME 0 MSG"): 0 or -errno.  With
+ * @response, the target's answer (NULL: none) is returned there, to free.
+ */
+int dmw_message(const char *name, const char *msg, char **response);
 
 /* All dm device names; free each and the array. */
 int dmw_list(char ***names, unsigned int *n);

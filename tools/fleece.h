@@ -176,13 +176,30 @@ struct start_opts {
 	const char *fleece_dir;
 	bool force;			/* a --fleece-dev with a signature */
 	const char *partial;		/* recorded in the state (backup) */
-	bool incremental;		/* track_store: release unchanged chunks */
+	/*
+	 * A tracked NAME (fleece-track table): ask the fleece target to
+	 * release every chunk the tracker saw no change in (track_store).
+	 */
+	bool incremental;
 };
 /* Parse one start option (long option index / value); see start.c. */
 int start_opts_init(struct start_opts *o);
 int start_parse_opt(struct start_opts *o, int opt, const char *arg);
 void start_opts_free(struct start_opts *o);
 int fleece_start(struct start_opts *o, char **names, unsigned int n);
+/*
+ * Suspend NAME, flushing and freezing its file system (without freezing
+ * one that fsfreeze froze already): 0, or -errno with a message.  For the
+ * suspend window: the caller holds messages and has locked its memory.
+ */
+int fleece_suspend(const char *name);
+/*
+ * The first signature libblkid finds on @path (a file system, raid, PV,
+ * partition table): 1 with "TYPE" and its UUID filled in, 0 when there is
+ * none, -errno when the device cannot be probed.
+ */
+int probe_signature(const char *path, char *type, size_t tlen, char *uuid,
+		    size_t ulen);
 
 /* --- stop ----------------------------------------------------------- */
 /*

@@ -7,6 +7,7 @@
  *   fleece status  what is fleeced, how far the backup is
  *   fleece backup  start, read the view to a file or stdout, stop
  *   fleece read    the reader alone, on any fleece view
+ *   fleece track   change tracking (start, stop, status, attach)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "fleece.h"
+#include "track.h"
 #include "util.h"
 
 static const struct {
@@ -27,6 +29,7 @@ static const struct {
 	{ "status", cmd_status, "show fleeced devices, chunk counts and progress" },
 	{ "backup", cmd_backup, "start, read the view to a file or stdout, stop" },
 	{ "read", cmd_read, "read a fleece view to a file or stdout, releasing chunks" },
+	{ "track", cmd_track, "change tracking for incremental backups (start, stop, status, attach)" },
 };
 
 static void help(FILE *f)

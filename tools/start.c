@@ -348,7 +348,7 @@ static int check_name(struct plan *p, const struct start_opts *o)
  * partition table): 1 with "TYPE" and its UUID filled in, 0 when there is
  * none, -errno when the device cannot be probed.
  */
-static int probe_signature(const char *path, char *type, size_t tlen, char *uuid,
+int probe_signature(const char *path, char *type, size_t tlen, char *uuid,
 			   size_t ulen)
 {
 	const char *v;
@@ -658,19 +658,6 @@ static void view_table(const struct plan *p, struct dmw_table *t)
 	dmw_table_add(t, 0, p->sectors, FLEECE_VIEW_TARGET_NAME, params);
 }
 
-static bool tables_equal(const struct dmw_table *a, const struct dmw_table *b)
-{
-	unsigned int i;
-
-	if (a->n != b->n)
-		return false;
-	for (i = 0; i < a->n; i++)
-		if (a->t[i].start != b->t[i].start || a->t[i].len != b->t[i].len ||
-		    strcmp(a->t[i].type, b->t[i].type) || strcmp(a->t[i].params, b->t[i].params))
-			return false;
-	return true;
-}
-
 /*
  * With NAME suspended: is its live table still the one the plan was made
  * from, and its inactive table still the fleece table loaded?  An lvextend
@@ -690,7 +677,7 @@ static int check_unchanged(const struct plan *p)
 		msg_error("%s: cannot read its table again: %s", name, dmw_strerror(r));
 		return r;
 	}
-	if (!tables_equal(&t, &p->table)) {
+	if (!dmw_tables_equal(&t, &p->table)) {
 		dmw_table_free(&t);
 		msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): not fleecing it",
 			  name);
@@ -702,7 +689,7 @@ static int check_unchanged(const struct plan *p)
 		msg_error("%s: cannot read its inactive table: %s", name, dmw_strerror(r));
 		return r;
 	}
-	if (!tables_equal(&t, &p->fleece)) {
+	if (!dmw_tables_equal(&t, &p->fleece)) {
 		dmw_table_free(&t);
 		msg_error("%s: another tool replaced the fleece table fleece loaded: not fleecing it",
 			  name);
@@ -712,7 +699,7 @@ static int check_unchanged(const struct plan *p)
 	return 0;
 }
 
-static int suspend_one(const char *name)
+int fleece_suspend(const char *name)
 {
 	int r;
 
@@ -765,7 +752,7 @@ static int swap_in(struct plan *plans, unsigned int n, double *frozen)
 	for (i = 0; i < n && !r; i++) {
 		r = fault_point("suspend");
 		if (!r)
-			r = suspend_one(names[i]);
+			r = fleece_suspend(names[i]);
 		if (!r)
 			suspended++;
 	}

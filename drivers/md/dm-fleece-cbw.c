@@ -1120,6 +1120,38 @@ again:
 	return ret;
 }
 
+/**
+ * fleece_cbw_release_unused() - release chunks before the point in time
+ * @ctx: the context, not started: no origin target has resumed, so no
+ *	write, copy or view read can be under way
+ * @first: the first chunk
+ * @last: the last chunk
+ *
+ * As a view discard releases them (fleece_chunk_set_released(), under the
+ * bucket lock, counted in @nr_released), with nothing copied yet: no fleece
+ * range to discard.  A chunk that is busy after all is left pending.
+ *
+ * Return: the number of chunks released.
+ */
+unsigned long fleece_cbw_release_unused(struct fleece_ctx *ctx,
+					unsigned long first, unsigned long last)
+{
+	struct fleece_bucket *b;
+	unsigned long chunk, flags, n = 0;
+
+	for (chunk = first; chunk <= last; chunk++) {
+		b = fleece_bucket(ctx, chunk);
+		spin_lock_irqsave(&b->lock, flags);
+		if (!WARN_ON_ONCE(fleece_region_find(b, chunk)) &&
+		    !fleece_chunk_done(ctx, chunk)) {
+			WARN_ON_ONCE(fleece_chunk_set_released(ctx, chunk));
+			n++;
+		}
+		spin_unlock_irqrestore(&b->lock, flags);
+	}
+	return n;
+}
+
 /* --- the worker -------------------------------------------------------- */
 
 /* Map a bio that waited, and submit it unless it waits again. */

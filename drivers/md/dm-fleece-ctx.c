@@ -9,6 +9,7 @@
 #include <linux/vmalloc.h>
 
 #include "dm-fleece.h"
+#include "dm-fleece-track.h"
 
 #define FLEECE_HASH_BUCKETS BIT(FLEECE_HASH_BITS)
 
@@ -394,18 +395,61 @@ void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
 	kref_put(&ctx->kref, fleece_ctx_release);
 }
 
+static void fleece_ctx_release_run(void *arg, unsigned long first,
+				   unsigned long last)
+{
+	struct fleece_ctx *ctx = arg;
+
+	ctx->nr_track_released += fleece_cbw_release_unused(ctx, first, last);
+}
+
+/*
+ * track_store at the point in time: release every chunk that the tracker
+ * of @store saw no write to (fleece_track_unchanged()), or nothing, and
+ * say why.
+ */
+static void fleece_ctx_track_release(struct fleece_ctx *ctx,
+				     struct block_device *store)
+{
+	const char *why = "";
+	int r;
+
+	lockdep_assert_held(&fleece_registry_lock);
+	r = fleece_track_unchanged(store->bd_dev, ctx->region_sectors,
+				   ctx->chunk_sectors, fleece_ctx_release_run,
+				   ctx, &why);
+	if (r) {
+		DMWARN("origin %u:%u fleece %u:%u: track_store %pg: nothing released: %s",
+		       MAJOR(ctx->origin_dev), MINOR(ctx->origin_dev),
+		       MAJOR(ctx->fleece_dev), MINOR(ctx->fleece_dev), store,
+		       why);
+		return;
+	}
+	DMINFO("origin %u:%u fleece %u:%u: track_store %pg: %lu of %lu chunks unchanged, released",
+	       MAJOR(ctx->origin_dev), MINOR(ctx->origin_dev),
+	       MAJOR(ctx->fleece_dev), MINOR(ctx->fleece_dev), store,
+	       ctx->nr_track_released, ctx->nr_chunks);
+}
+
 /**
  * fleece_ctx_origin_resume() - an origin target resumed
  * @ctx: the context
+ * @track_store: the resuming table's track_store, or NULL
  *
- * The first resume of any origin table of the pair is the point in time.
- * View reads that waited for a live origin go on.
+ * The first resume of any origin table of the pair is the point in time:
+ * then, before any write can pass and before a view can bind, chunks the
+ * tracker of @track_store saw unchanged are released (once per point in
+ * time: a later resume or reload does not do it again).  View reads that
+ * waited for a live origin go on.
  */
-void fleece_ctx_origin_resume(struct fleece_ctx *ctx)
+void fleece_ctx_origin_resume(struct fleece_ctx *ctx,
+			      struct block_device *track_store)
 {
 	unsigned long flags;
 
 	mutex_lock(&fleece_registry_lock);
+	if (!ctx->started && track_store)
+		fleece_ctx_track_release(ctx, track_store);
 	ctx->started = true;
 	mutex_unlock(&fleece_registry_lock);
 

@@ -6,7 +6,9 @@
  *                        [<#feature_args> <feature_arg>...]
  *
  * Features: fail_origin_writes, cbw_timeout_ms <ms>, origin_offset <sectors>
- * (where the target's region starts on the origin device; 0 by default).
+ * (where the target's region starts on the origin device; 0 by default),
+ * track_store <store_dev> (at the point in time, release the chunks that
+ * the fleece-track tracker of that store saw unchanged).
  *
  * Reads pass straight to the origin.  Writes to a pending chunk first copy
  * the chunk to the fleece device at the same offset (copy-before-write);
@@ -26,6 +28,8 @@ struct fleece_origin {
 	unsigned int chunk_sectors;
 	bool fail_origin_writes;
 	unsigned int cbw_timeout_ms;
+	const char *track_store_path;	/* in the table line, until opened */
+	struct dm_dev *track_store;	/* or NULL */
 	bool live;	/* resumed, not suspended since */
 };
 
@@ -42,7 +46,7 @@ static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo
 
 	if (!as->argc)
 		return 0;
-	if (kstrtouint(dm_shift_arg(as), 10, &argc) || argc > 5 || argc > as->argc) {
+	if (kstrtouint(dm_shift_arg(as), 10, &argc) || argc > 7 || argc > as->argc) {
 		ti->error = "Invalid number of feature arguments";
 		return -EINVAL;
 	}
@@ -74,6 +78,13 @@ static int fleece_parse_features(struct dm_arg_set *as, struct fleece_origin *fo
 			}
 			argc--;
 			fo->origin_offset = sectors;
+		} else if (!strcasecmp(name, FLEECE_FEATURE_TRACK_STORE)) {
+			if (!argc) {
+				ti->error = "Feature track_store needs a device";
+				return -EINVAL;
+			}
+			fo->track_store_path = dm_shift_arg(as);
+			argc--;
 		} else {
 			ti->error = "Unknown feature argument";
 			return -EINVAL;
@@ -200,6 +211,21 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 		ti->error = "Cannot open fleece device";
 		goto bad_fleece;
 	}
+	if (fo->track_store_path) {
+		/* Held open, so that its number stays the tracker's. */
+		r = dm_get_device(ti, fo->track_store_path,
+				  dm_table_get_mode(ti->table), &fo->track_store);
+		if (r) {
+			ti->error = "Cannot open track_store device";
+			goto bad_ctx;
+		}
+		if (fo->track_store->bdev == fo->origin->bdev ||
+		    fo->track_store->bdev == fo->fleece->bdev) {
+			ti->error = "track_store must differ from the origin and fleece devices";
+			r = -EINVAL;
+			goto bad_ctx;
+		}
+	}
 	r = fleece_check_devices(fo, ti);
 	if (r)
 		goto bad_ctx;
@@ -227,6 +253,8 @@ static int fleece_origin_ctr(struct dm_target *ti, unsigned int argc, char **arg
 	return 0;
 
 bad_ctx:
+	if (fo->track_store)
+		dm_put_device(ti, fo->track_store);
 	dm_put_device(ti, fo->fleece);
 bad_fleece:
 	dm_put_device(ti, fo->origin);
@@ -242,6 +270,8 @@ static void fleece_origin_dtr(struct dm_target *ti)
 	if (fo->live)
 		fleece_ctx_origin_suspend(fo->ctx);
 	fleece_ctx_unbind(fo->ctx, &fo->link, true);
+	if (fo->track_store)
+		dm_put_device(ti, fo->track_store);
 	dm_put_device(ti, fo->fleece);
 	dm_put_device(ti, fo->origin);
 	kfree(fo);
@@ -441,7 +471,8 @@ static void fleece_origin_resume(struct dm_target *ti)
 	WRITE_ONCE(ctx->cbw_timeout_ms, fo->cbw_timeout_ms);
 	if (!fo->live) {
 		fo->live = true;
-		fleece_ctx_origin_resume(ctx);
+		fleece_ctx_origin_resume(ctx, fo->track_store ?
+					 fo->track_store->bdev : NULL);
 	}
 }
 
@@ -468,21 +499,23 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 		spin_lock_irqsave(&ctx->lock, flags);
 		in_flight = ctx->nr_copies;
 		spin_unlock_irqrestore(&ctx->lock, flags);
-		DMEMIT("%u %lu %llu %llu %llu %llu %llu %s %u",
+		DMEMIT("%u %lu %llu %llu %llu %llu %llu %s %u %lu",
 		       ctx->chunk_sectors, ctx->nr_chunks,
 		       (unsigned long long)(ctx->nr_chunks - done),
 		       (unsigned long long)copied, (unsigned long long)released,
 		       (unsigned long long)atomic64_read(&ctx->cbw_count),
 		       (unsigned long long)atomic64_read(&ctx->cbw_errors),
 		       fleece_ctx_invalid(ctx) ? FLEECE_STATE_INVALID :
-						 FLEECE_STATE_ACTIVE, in_flight);
+						 FLEECE_STATE_ACTIVE, in_flight,
+		       READ_ONCE(ctx->nr_track_released));
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s %u", fo->origin->name, fo->fleece->name,
 		       fo->chunk_sectors);
 		nr_features = (fo->fail_origin_writes ? 1 : 0) +
 			      (fo->cbw_timeout_ms ? 2 : 0) +
-			      (fo->origin_offset ? 2 : 0);
+			      (fo->origin_offset ? 2 : 0) +
+			      (fo->track_store ? 2 : 0);
 		if (nr_features)
 			DMEMIT(" %u", nr_features);
 		if (fo->fail_origin_writes)
@@ -493,6 +526,9 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 		if (fo->origin_offset)
 			DMEMIT(" " FLEECE_FEATURE_ORIGIN_OFFSET " %llu",
 			       (unsigned long long)fo->origin_offset);
+		if (fo->track_store)
+			DMEMIT(" " FLEECE_FEATURE_TRACK_STORE " %s",
+			       fo->track_store->name);
 		break;
 	case STATUSTYPE_IMA:
 		/* What dm-ima measures at each load and resume: the setup. */
@@ -502,7 +538,9 @@ static void fleece_origin_status(struct dm_target *ti, status_type_t type,
 		DMEMIT(",origin_offset=%llu,fail_origin_writes=%c",
 		       (unsigned long long)fo->origin_offset,
 		       fo->fail_origin_writes ? 'y' : 'n');
-		DMEMIT(",cbw_timeout_ms=%u;", fo->cbw_timeout_ms);
+		DMEMIT(",cbw_timeout_ms=%u", fo->cbw_timeout_ms);
+		DMEMIT(",track_store=%s;", fo->track_store ?
+		       fo->track_store->name : "none");
 		break;
 	default:
 		result[0] = '\0';
@@ -521,7 +559,7 @@ static int fleece_origin_iterate_devices(struct dm_target *ti,
 
 static struct target_type fleece_origin_target = {
 	.name = FLEECE_TARGET_NAME,
-	.version = {1, 4, 0},
+	.version = {1, 5, 0},
 	.module = THIS_MODULE,
 	.ctr = fleece_origin_ctr,
 	.dtr = fleece_origin_dtr,

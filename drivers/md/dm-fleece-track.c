@@ -39,9 +39,13 @@ struct ft_target {
 	struct dm_dev *store;
 	struct ft_store *ft;
 	bool format;
+	bool live;			/* counted in ft->nr_live; ft->lock */
 };
 
-/* Stores in use and the targets on them: one store per mapped device. */
+/*
+ * Stores in use and the targets on them.  Tables with the same arguments
+ * share a store, on one mapped device or several.
+ */
 static LIST_HEAD(ft_registry);
 static LIST_HEAD(ft_targets);
 static DEFINE_MUTEX(ft_registry_lock);
@@ -472,6 +476,78 @@ static int ft_backup_done(struct ft_store *ft)
 	return 0;
 }
 
+static const char *ft_prev_name(struct ft_store *ft)
+{
+	switch (READ_ONCE(ft->prev_state)) {
+	case FLEECE_TRACK_PREV_READY:
+		return READ_ONCE(ft->flags) & FLEECE_TRACK_SB_PREV_LOST ?
+			"lost" : "ready";
+	case FLEECE_TRACK_PREV_DONE:
+		return "done";
+	case FLEECE_TRACK_PREV_MERGED:
+		return "merged";
+	default:
+		return "none";
+	}
+}
+
+/* Room "next=<chunk>" (chunk < 2^31), its NUL and one byte more need. */
+#define FT_EXTENTS_TAIL	(sizeof("next=2147483647") + 1)
+
+/**
+ * ft_prev_extents() - message "prev_extents <first_chunk>"
+ * @ft: the store, locked
+ * @arg: the first chunk to report, decimal
+ * @result: the message's result buffer
+ * @maxlen: its size
+ *
+ * The previous set from @arg on, as space-separated "<first>+<count>"
+ * ranges of chunks, as many whole ranges as fit, then "next=<chunk>" (the
+ * first chunk of the set not reported: ask again from there) or "end".
+ * dm core reads a result that fills its buffer as an overflow: one byte
+ * always stays free.
+ *
+ * Return: 1 (the result holds the answer), -EINVAL for a bad argument,
+ * -ENODATA unless the previous set is ready and not lost, -ENOSPC if not
+ * even the last token fits.
+ */
+static int ft_prev_extents(struct ft_store *ft, const char *arg, char *result,
+			   unsigned int maxlen)
+{
+	unsigned long n = ft->nr_chunks, c, e;
+	unsigned int sz = 0;
+	int len;
+
+	lockdep_assert_held(&ft->lock);
+	if (kstrtoul(arg, 10, &c)) {
+		DMWARN("%s: prev_extents: invalid chunk number", ft->device_id);
+		return -EINVAL;
+	}
+	if (ft->prev_state != FLEECE_TRACK_PREV_READY ||
+	    (ft->flags & FLEECE_TRACK_SB_PREV_LOST)) {
+		DMWARN("%s: prev_extents refused: no previous set ready (it is %s)",
+		       ft->device_id, ft_prev_name(ft));
+		return -ENODATA;
+	}
+	c = c < n ? find_next_bit_le(ft->prev, n, c) : n;
+	while (c < n) {
+		e = find_next_zero_bit_le(ft->prev, n, c);
+		len = snprintf(NULL, 0, "%lu+%lu ", c, e - c);
+		if (sz + len + FT_EXTENTS_TAIL > maxlen)
+			break;
+		sz += sprintf(result + sz, "%lu+%lu ", c, e - c);
+		c = e < n ? find_next_bit_le(ft->prev, n, e) : n;
+	}
+	len = c < n ? snprintf(NULL, 0, "next=%lu", c) : strlen("end");
+	if (sz + len + 2 > maxlen)
+		return -ENOSPC;
+	if (c < n)
+		sprintf(result + sz, "next=%lu", c);
+	else
+		strcpy(result + sz, "end");
+	return 1;
+}
+
 static int ft_message(struct dm_target *ti, unsigned int argc, char **argv,
 		      char *result, unsigned int maxlen)
 {
@@ -480,16 +556,23 @@ static int ft_message(struct dm_target *ti, unsigned int argc, char **argv,
 	const char *msg = argc == 1 ? argv[0] : "";
 	int r;
 
+	if (argc == 2 && !strcasecmp(argv[0], FT_MSG_PREV_EXTENTS)) {
+		mutex_lock(&ft->lock);
+		r = ft_prev_extents(ft, argv[1], result, maxlen);
+		mutex_unlock(&ft->lock);
+		return r;
+	}
 	if (!strcasecmp(msg, FLEECE_TRACK_MSG_CHECKPOINT)) {
 		/*
-		 * The switch must not fall between writes in flight: @live is
-		 * set by preresume under the lock, before any write can pass.
+		 * The switch must not fall between writes in flight through
+		 * any device holding the store: a preresume counts itself in
+		 * @nr_live under the lock, before any write can pass.
 		 */
 		mutex_lock(&ft->lock);
-		r = ft->live ? -EBUSY : ft_checkpoint(ft);
+		r = ft->nr_live ? -EBUSY : ft_checkpoint(ft);
 		mutex_unlock(&ft->lock);
 		if (r == -EBUSY)
-			DMWARN("%s: checkpoint refused: the device is not suspended",
+			DMWARN("%s: checkpoint refused: a device holding the store is not suspended",
 			       ft->device_id);
 	} else if (!strcasecmp(msg, FLEECE_TRACK_MSG_MERGE)) {
 		mutex_lock(&ft->lock);
@@ -513,21 +596,6 @@ static int ft_message(struct dm_target *ti, unsigned int argc, char **argv,
 
 /* --- status ---------------------------------------------------------------- */
 
-static const char *ft_prev_name(struct ft_store *ft)
-{
-	switch (READ_ONCE(ft->prev_state)) {
-	case FLEECE_TRACK_PREV_READY:
-		return READ_ONCE(ft->flags) & FLEECE_TRACK_SB_PREV_LOST ?
-			"lost" : "ready";
-	case FLEECE_TRACK_PREV_DONE:
-		return "done";
-	case FLEECE_TRACK_PREV_MERGED:
-		return "merged";
-	default:
-		return "none";
-	}
-}
-
 static void ft_status(struct dm_target *ti, status_type_t type,
 		      unsigned int status_flags, char *result, unsigned int maxlen)
 {
@@ -542,7 +610,7 @@ static void ft_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_INFO:
 		if (flags & FLEECE_TRACK_SB_PREV_LOST)
 			prev = ft->nr_chunks;
-		DMEMIT("%u %lu %llu %lu %lu %llu %s %s %s %u %lld %lld %s",
+		DMEMIT("%u %lu %llu %lu %lu %llu %s %s %s %u %lld %lld %s %16phN",
 		       ft->chunk_sectors, ft->nr_chunks, READ_ONCE(ft->epoch),
 		       h == FT_VALID ? READ_ONCE(ft->nr_cur) : ft->nr_chunks,
 		       prev, READ_ONCE(ft->generation),
@@ -551,7 +619,7 @@ static void ft_status(struct dm_target *ti, status_type_t type,
 		       ft_prev_name(ft), READ_ONCE(ft->nr_conservative),
 		       atomic64_read(&ft->store_errors),
 		       atomic64_read(&ft->commits),
-		       ft->opened_clean ? "clean" : "unclean");
+		       ft->opened_clean ? "clean" : "unclean", ft->store_uuid);
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %llu %s %u %s", t->data->name,
@@ -577,17 +645,25 @@ static void ft_status(struct dm_target *ti, status_type_t type,
 
 /* --- suspend and resume ------------------------------------------------ */
 
-/* The store is clean while no write can reach the data device. */
-static void ft_postsuspend(struct dm_target *ti)
+/**
+ * ft_go_idle() - @t is no longer live: the store is clean once none is
+ * @t: the target
+ *
+ * The invariant of struct ft_store: the store is marked clean only while
+ * no table holding it is live, so no write can be passing through any
+ * device that holds it.
+ */
+static void ft_go_idle(struct ft_target *t)
 {
-	struct ft_target *t = ti->private;
 	struct ft_store *ft = t->ft;
 	int r;
 
-	flush_workqueue(ft->wq);
 	mutex_lock(&ft->lock);
-	ft->live = false;
-	if (!(ft->flags & FLEECE_TRACK_SB_CLEAN)) {
+	if (t->live) {
+		t->live = false;
+		ft->nr_live--;
+	}
+	if (!ft->nr_live && !(ft->flags & FLEECE_TRACK_SB_CLEAN)) {
 		ft->flags |= FLEECE_TRACK_SB_CLEAN;
 		r = ft_write_sb(ft);
 		if (r) {
@@ -598,7 +674,27 @@ static void ft_postsuspend(struct dm_target *ti)
 	mutex_unlock(&ft->lock);
 }
 
-/* Dirty on the store before the first write can pass. */
+static void ft_postsuspend(struct dm_target *ti)
+{
+	struct ft_target *t = ti->private;
+
+	/* The deferred writes of every device holding the store. */
+	flush_workqueue(t->ft->wq);
+	ft_go_idle(t);
+}
+
+/**
+ * ft_preresume() - @t goes live: the store is dirty on disk first
+ * @ti: the target
+ *
+ * The invariant of struct ft_store: the first table holding the store to
+ * go live marks it dirty before any write can pass; @t counts itself in
+ * @nr_live only then.  A resume that fails after this (another target's
+ * preresume) leaves @t counted until its postsuspend or destructor:
+ * dirty and no checkpoint meanwhile, which is safe.
+ *
+ * Return: 0, or the error of the superblock write (the resume fails).
+ */
 static int ft_preresume(struct dm_target *ti)
 {
 	struct ft_target *t = ti->private;
@@ -616,8 +712,10 @@ static int ft_preresume(struct dm_target *ti)
 			ft_store_error(ft, "marking the store dirty (resume refused)", r);
 		}
 	}
-	if (!r)
-		ft->live = true;
+	if (!r && !t->live) {
+		t->live = true;
+		ft->nr_live++;
+	}
 	mutex_unlock(&ft->lock);
 	return r;
 }
@@ -662,7 +760,6 @@ static struct ft_store *ft_store_create(struct ft_target *t, sector_t offset,
 	ft = kzalloc(sizeof(*ft), GFP_KERNEL);
 	if (!ft)
 		goto nomem;
-	ft->md = dm_table_get_md(ti->table);
 	ft->store_dev = t->store->bdev->bd_dev;
 	ft->data_dev = t->data->bdev->bd_dev;
 	ft->store_bdev = t->store->bdev;
@@ -722,15 +819,26 @@ static bool ft_overlap(sector_t a, sector_t alen, sector_t b, sector_t blen)
 	return a < b + blen && b < a + alen;
 }
 
-/*
- * The store of @t's device (a table reload shares it), a new one, or an
- * error: one store per mapped device, one tracker per data region.
+/**
+ * ft_store_get() - the store for a new table, shared or new
+ * @t: the target being constructed
+ * @offset: its data_offset
+ * @chunk: its chunk size
+ * @id: its device_id
+ *
+ * A table that names a store in use with the same arguments shares it,
+ * whichever mapped device it is for: a reload, or a second device with the
+ * same table (the fleece command moves a tracked device's table to a hidden
+ * origin device, and back at stop).  Refused: the store with other
+ * arguments, twice in one table, a data range that another store tracks,
+ * one tracker's store as another's data device or the reverse.
+ *
+ * Return: the store, with @t counted in it, or an ERR_PTR with ti->error set.
  */
 static struct ft_store *ft_store_get(struct ft_target *t, sector_t offset,
 				     unsigned int chunk, const char *id)
 {
 	struct dm_target *ti = t->ti;
-	struct mapped_device *md = dm_table_get_md(ti->table);
 	dev_t sdev = t->store->bdev->bd_dev, ddev = t->data->bdev->bd_dev;
 	struct ft_store *ft, *found = NULL;
 	struct ft_target *o;
@@ -738,15 +846,11 @@ static struct ft_store *ft_store_get(struct ft_target *t, sector_t offset,
 	lockdep_assert_held(&ft_registry_lock);
 	list_for_each_entry(ft, &ft_registry, node) {
 		if (ft->store_dev == sdev) {
-			if (ft->md != md) {
-				ti->error = "Store device is in use by another tracker";
-				return ERR_PTR(-EBUSY);
-			}
 			if (ft->data_dev != ddev || ft->data_offset != offset ||
 			    ft->data_sectors != ti->len ||
 			    ft->chunk_sectors != chunk ||
 			    strcmp(ft->device_id, id)) {
-				ti->error = "Store is in use by this device with other arguments";
+				ti->error = "Store is in use with other arguments";
 				return ERR_PTR(-EBUSY);
 			}
 			found = ft;
@@ -942,6 +1046,9 @@ static void ft_dtr(struct dm_target *ti)
 	struct ft_store *ft = t->ft;
 	bool last;
 
+	/* A table whose resume failed after its preresume is still counted. */
+	if (t->live)
+		ft_go_idle(t);
 	mutex_lock(&ft_registry_lock);
 	list_del(&t->node);
 	last = !--ft->nr_targets;
@@ -960,9 +1067,111 @@ static void ft_dtr(struct dm_target *ti)
 	kfree(t);
 }
 
+/* --- for the fleece target ------------------------------------------------ */
+
+/* Does a chunk of @ft's in @map overlap sectors @start..@end? */
+static bool ft_range_changed(struct ft_store *ft, unsigned long *map,
+			     sector_t start, sector_t end)
+{
+	unsigned long first = start >> ft->chunk_shift;
+	unsigned long last = end >> ft->chunk_shift;
+
+	return find_next_bit_le(map, last + 1, first) <= last;
+}
+
+/**
+ * fleece_track_unchanged() - the chunks of a region that a tracker saw no
+ *	write to since its previous set began
+ * @store: the tracker's store device
+ * @len: the region's length in sectors: must be the tracked target's
+ * @chunk_sectors: the caller's chunk size, a power of two; it may differ
+ *	from the tracker's
+ * @release: called with each run @first..@last of the caller's chunks
+ *	that no changed chunk of the tracker overlaps, in order, under the
+ *	tracker's locks (a mutex: it may take spinlocks, not sleep on I/O)
+ * @arg: passed to @release
+ * @why: set to the reason when nothing is reported
+ *
+ * Sector s of the region is sector s of the tracked target.  Changed means
+ * marked in the previous set (ready, not lost) or in the current one: the
+ * latter is empty when the checkpoint is taken in the same suspend as the
+ * caller's point in time, and otherwise holds writes made since, which
+ * count as changes too.
+ *
+ * Return: 0, or -ENOENT (no tracker holds @store), -EINVAL (another
+ * length) or -ENODATA (no previous set ready, or history lost) with @why.
+ */
+int fleece_track_unchanged(dev_t store, sector_t len, unsigned int chunk_sectors,
+			   void (*release)(void *arg, unsigned long first,
+					   unsigned long last),
+			   void *arg, const char **why)
+{
+	unsigned long f, nr, run = ULONG_MAX;
+	struct ft_store *ft, *found = NULL;
+	sector_t start, end;
+	int r = 0;
+
+	mutex_lock(&ft_registry_lock);
+	list_for_each_entry(ft, &ft_registry, node) {
+		if (ft->store_dev == store) {
+			found = ft;
+			break;
+		}
+	}
+	if (!found) {
+		*why = "no fleece-track table holds the store";
+		r = -ENOENT;
+		goto out;
+	}
+	ft = found;
+	mutex_lock(&ft->lock);
+	if (ft->data_sectors != len) {
+		*why = "the tracked length differs from the fleece region's";
+		r = -EINVAL;
+	} else if (ft->prev_state == FLEECE_TRACK_PREV_READY &&
+		   (ft->flags & FLEECE_TRACK_SB_PREV_LOST)) {
+		*why = "the history was lost before the last checkpoint";
+		r = -ENODATA;
+	} else if (ft->prev_state != FLEECE_TRACK_PREV_READY) {
+		*why = ft->prev_state == FLEECE_TRACK_PREV_NONE ?
+			"no previous set: no checkpoint yet" :
+			"no previous set ready: its backup is done or merged";
+		r = -ENODATA;
+	} else if (ft->history != FT_VALID ||
+		   (ft->flags & FLEECE_TRACK_SB_CUR_LOST)) {
+		*why = "the history was lost since the last checkpoint";
+		r = -ENODATA;
+	}
+	if (r) {
+		mutex_unlock(&ft->lock);
+		goto out;
+	}
+
+	nr = DIV_ROUND_UP_SECTOR_T(len, chunk_sectors);
+	for (f = 0; f < nr; f++) {
+		start = (sector_t)f * chunk_sectors;
+		end = min_t(sector_t, start + chunk_sectors, len) - 1;
+		if (!ft_range_changed(ft, ft->prev, start, end) &&
+		    !ft_range_changed(ft, ft->cur, start, end)) {
+			if (run == ULONG_MAX)
+				run = f;
+			continue;
+		}
+		if (run != ULONG_MAX)
+			release(arg, run, f - 1);
+		run = ULONG_MAX;
+	}
+	if (run != ULONG_MAX)
+		release(arg, run, nr - 1);
+	mutex_unlock(&ft->lock);
+out:
+	mutex_unlock(&ft_registry_lock);
+	return r;
+}
+
 static struct target_type fleece_track_target = {
 	.name = FLEECE_TRACK_TARGET_NAME,
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
 	.module = THIS_MODULE,
 	.ctr = ft_ctr,
 	.dtr = ft_dtr,

@@ -38,6 +38,13 @@
 #define FT_BITS			FLEECE_TRACK_BITS_PER_BLOCK
 #define FT_COMMIT_BLOCKS	32	/* bitmap blocks one commit writes at most */
 
+/*
+ * Message "prev_extents <first_chunk>" (target version 1.1): the previous
+ * set as "<first>+<count>" ranges, then "next=<chunk>" or "end".  Kernel
+ * side only for now: the tools spell it themselves.
+ */
+#define FT_MSG_PREV_EXTENTS	"prev_extents"
+
 /* Superblock, at the start of blocks 0 and 1; the rest of the block is 0. */
 struct ft_disk_sb {
 	__le32 csum;		/* CRC-32C of bytes 4..4095 of the block */
@@ -75,8 +82,9 @@ enum ft_history {
 };
 
 /**
- * struct ft_store - one store and its tracked region, shared by the tables
- *	of one mapped device (a reload hands it to the new table)
+ * struct ft_store - one store and its tracked region, shared by every table
+ *	that names it with the same arguments: a reload of one mapped device,
+ *	or a table of another one (the fleece command's hidden origin)
  *
  * @cur is the current epoch's bitmap, @prev the previous one's, chunk i at
  * bit i of a little-endian bitmap (so block b's bits are bytes
@@ -87,11 +95,14 @@ enum ft_history {
  * every chunk it touches has its bit set in @cur, or the store durably says
  * that the history is lost.  Only the worker and the messages set bits,
  * under @lock; map() tests them without a lock.
+ *
+ * Invariant (ft_go_live(), ft_go_idle()): the store is marked dirty on
+ * disk before any table holding it is live (resumed), and marked clean
+ * only while none is (@nr_live == 0).  A checkpoint needs @nr_live == 0.
  */
 struct ft_store {
 	struct list_head node;		/* in the registry */
 	unsigned int nr_targets;	/* registry lock */
-	struct mapped_device *md;
 	dev_t store_dev;
 	dev_t data_dev;
 	sector_t data_offset;
@@ -123,7 +134,7 @@ struct ft_store {
 	unsigned long nr_prev;
 	unsigned int nr_conservative;	/* blocks read as all changed */
 	bool opened_clean;
-	bool live;			/* between preresume and postsuspend */
+	unsigned int nr_live;		/* live tables: preresume to postsuspend */
 	void *sb_buf;
 	void *blk_buf[FT_COMMIT_BLOCKS];
 	unsigned int blk_index[FT_COMMIT_BLOCKS];
@@ -150,6 +161,11 @@ sector_t ft_store_min_sectors(unsigned long nr_chunks);
 /* dm-fleece-track.c */
 int fleece_track_register(void);
 void fleece_track_unregister(void);
+/* For the fleece target's track_store (dm-fleece-ctx.c). */
+int fleece_track_unchanged(dev_t store, sector_t len, unsigned int chunk_sectors,
+			   void (*release)(void *arg, unsigned long first,
+					   unsigned long last),
+			   void *arg, const char **why);
 
 static inline unsigned long *ft_block_bits(unsigned long *map,
 					   unsigned int block)

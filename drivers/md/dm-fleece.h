@@ -27,6 +27,13 @@
 #define FLEECE_HASH_BITS 8	/* in-flight chunk descriptors: 256 buckets */
 
 /*
+ * Feature "track_store <store_dev>" (target version 1.5): at the point in
+ * time, release the chunks that the fleece-track tracker of that store saw
+ * unchanged.  Kernel side only for now: the tools spell it themselves.
+ */
+#define FLEECE_FEATURE_TRACK_STORE	"track_store"
+
+/*
  * Chunk states, two bits per chunk:
  *
  *   done  released
@@ -104,6 +111,11 @@ struct fleece_ctx {
 	bool invalid;
 	bool announced;			/* fleece_ctx_invalidate() ran; @lock */
 	bool started;			/* the point in time has been taken */
+	/*
+	 * Chunks released at the point in time by a track_store (also in
+	 * @nr_released): set once under the registry lock, before @started.
+	 */
+	unsigned long nr_track_released;
 	bool dying;			/* no origin target left; registry lock */
 	unsigned int nr_origins;	/* bound origin targets, registry lock */
 
@@ -172,7 +184,8 @@ struct fleece_ctx *fleece_ctx_find_live(struct fleece_target_link *link,
 					struct dm_dev *fleece);
 void fleece_ctx_unbind(struct fleece_ctx *ctx, struct fleece_target_link *link,
 		       bool is_origin);
-void fleece_ctx_origin_resume(struct fleece_ctx *ctx);
+void fleece_ctx_origin_resume(struct fleece_ctx *ctx,
+			      struct block_device *track_store);
 void fleece_ctx_origin_suspend(struct fleece_ctx *ctx);
 __printf(3, 4)
 void fleece_ctx_error(struct fleece_ctx *ctx, bool limit, const char *fmt, ...);
@@ -279,6 +292,8 @@ int fleece_view_release(struct fleece_ctx *ctx, struct bio *bio,
 void fleece_view_read_done(struct fleece_ctx *ctx, struct bio *bio);
 void fleece_worker(struct work_struct *work);
 void fleece_cbw_release_all(struct fleece_ctx *ctx);
+unsigned long fleece_cbw_release_unused(struct fleece_ctx *ctx,
+					unsigned long first, unsigned long last);
 bool fleece_cbw_quiet(struct fleece_ctx *ctx);
 int fleece_cbw_module_init(void);
 void fleece_cbw_module_exit(void);

@@ -30,7 +30,7 @@ udevadm settle
 assert_eq "$(dmsetup table fo)" "0 $LEN fleece $(devno disk) $(devno fl) 128 2 origin_offset $OFF" "table"
 if [ -n "$ima_ok" ]; then
 	assert_eq "$(ima_record fleece)" \
-		"target_name=fleece,target_version=1.4.0,origin_name=$(devno disk),fleece_name=$(devno fl),chunk_sectors=128,origin_offset=$OFF,fail_origin_writes=n,cbw_timeout_ms=0;" \
+		"target_name=fleece,target_version=1.5.0,origin_name=$(devno disk),fleece_name=$(devno fl),chunk_sectors=128,origin_offset=$OFF,fail_origin_writes=n,cbw_timeout_ms=0,track_store=none;" \
 		"dm-ima's record of the fleece table"
 	assert_eq "$(ima_record fleece-view)" \
 		"target_name=fleece-view,target_version=1.1.0,origin_name=$(devno disk),fleece_name=$(devno fl);" \

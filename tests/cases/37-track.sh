@@ -90,11 +90,13 @@ if ima_setup; then ima_ok=1; fi
 dmsetup create trk --table "$TABLE 1 format"
 if [ -n "$ima_ok" ]; then
 	assert_eq "$(ima_record fleece-track)" \
-		"target_name=fleece-track,target_version=1.0.0,data_name=$(devno data),data_offset=0,store_name=$(devno store),chunk_sectors=8,device_id=disk-A;" \
+		"target_name=fleece-track,target_version=1.1.0,data_name=$(devno data),data_offset=0,store_name=$(devno store),chunk_sectors=8,device_id=disk-A;" \
 		"dm-ima's record of the fleece-track table"
 fi
 assert_eq "$(dmsetup table trk)" "0 $LEN fleece-track $(devno data) 0 $(devno store) 8 disk-A 1 format" "table"
-assert_eq "$(status)" "8 $N 1 0 0 1 dirty valid none 0 0 0 clean" "status after format"
+snap
+assert_eq "$(status)" "8 $N 1 0 0 1 dirty valid none 0 0 0 clean $(st store_uuid)" "status after format (the last field: the store's UUID)"
+[[ $(st store_uuid) =~ ^[0-9a-f]{32}$ ]] || fail "store_uuid on the store: $(st store_uuid)"
 expect_set - - "after format"
 assert_eq "$(st clean)" 0 "store dirty while live"
 S1="0 5 100 32511 32512 32767"
@@ -121,7 +123,7 @@ expect_set "$cur1" - "after writes to marked chunks and reads"
 log "(c) checkpoint, merge, backup_done"
 dmesg_mark
 expect_fail dmsetup message trk 0 checkpoint
-expect_dmesg_since_mark "checkpoint refused: the device is not suspended"
+expect_dmesg_since_mark "checkpoint refused: a device holding the store is not suspended"
 dmsetup suspend trk
 snap
 assert_eq "$(st clean)" 1 "store clean while suspended"
@@ -171,9 +173,12 @@ assert_eq "$(status | cut -d' ' -f3-4)" "5 $n4" "status after a reload"
 expect_set "$cur4" - "after a reload"
 dmesg_mark
 expect_fail dmsetup load trk --table "0 $LEN fleece-track $data 0 $store 16 disk-A"
-expect_dmesg_since_mark "Store is in use by this device with other arguments"
+expect_dmesg_since_mark "Store is in use with other arguments"
 dmsetup clear trk 2> /dev/null || true
-bad "0 $LEN fleece-track $data 0 $store 8 disk-A" "Store device is in use by another tracker"
+# another device with the same table shares the store (38-track-fleece);
+# with other arguments it is refused
+bad "0 $LEN fleece-track $data 0 $store 16 disk-A" "Store is in use with other arguments"
+bad "0 $LEN fleece-track $data 0 $store 8 disk-B" "Store is in use with other arguments"
 store2=$(mkdev store2 1 1)
 bad "0 $LEN fleece-track $data 0 $store2 8 disk-B 1 format" "Data device is already tracked"
 cmp <(dev_bytes "$store2" $STORE_SECTORS) <(head -c $((STORE_SECTORS * 512)) /dev/zero) ||

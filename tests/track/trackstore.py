@@ -147,6 +147,7 @@ def show(path, skip=0):
     print("chunk_sectors=%d" % sb["chunk_sectors"])
     print("nr_chunks=%d" % sb["nr_chunks"])
     print("device_id=%s" % sb["device_id"].rstrip(b"\0").decode())
+    print("store_uuid=%s" % sb["store_uuid"].hex())
     print("bad_blocks=%d" % bad)
     print("cur=%s" % ranges(sets["cur"]))
     print("prev=%s" % ranges(sets["prev"]))
