@@ -15,7 +15,7 @@
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
-export FLEECE_STATE_DIR=$PWD/state
+export FLEECE_STATE_DIR=$PWD/state FLEECE_TRACK_DIR=$PWD/trackdir
 
 say() { echo "$*"; echo "# $*" > /dev/console; }
 show() { sed -u 's/^/    /' | while IFS= read -r l; do say "$l"; done; }
