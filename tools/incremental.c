@@ -574,7 +574,7 @@ int incr_prev_extents(const char *dmname, const struct track_st *ts, uint64_t un
 			}
 			if (sscanf(tok, "next=%llu%c", &first, &c) == 1) {
 				/* Forward only: a "next" that does not advance would loop. */
-				if (first <= next && next) {
+				if (first <= next) {
 					r = -EPROTO;
 					break;
 				}
