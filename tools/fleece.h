@@ -86,6 +86,7 @@ struct fleece_state {
 	/* NAME's linear table, when the fleece table takes its place: */
 	dev_t linear_dev;		/* 0: NAME-fleece-origin keeps it */
 	uint64_t linear_offset;
+	dev_t track_store;		/* NAME is tracked: its store (0: not) */
 	long pid;
 };
 

@@ -244,6 +244,8 @@ int state_read(const char *name, struct fleece_state *st)
 			parse_devno(v, &st->fleece_dev);
 		else if (!strcmp(line, "linear"))
 			parse_linear_params(v, &st->linear_dev, &st->linear_offset);
+		else if (!strcmp(line, "track_store"))
+			parse_devno(v, &st->track_store);
 		else if (!strcmp(line, "pid"))
 			st->pid = strtol(v, NULL, 10);
 	}
@@ -290,6 +292,8 @@ int state_write(const char *name, const struct fleece_state *st)
 	if (st->linear_dev)
 		fprintf(f, "linear=%u:%u %llu\n", major(st->linear_dev), minor(st->linear_dev),
 			(unsigned long long)st->linear_offset);
+	if (st->track_store)
+		fprintf(f, "track_store=%u:%u\n", major(st->track_store), minor(st->track_store));
 	fprintf(f, "pid=%ld\n", (long)getpid());
 	if (fflush(f) || fsync(fileno(f))) {
 		r = -errno;

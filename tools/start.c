@@ -12,7 +12,16 @@
  *      or fleece <linear dev> <fleece dev> ... origin_offset <offset>.
  * Then suspend every NAME (flushing and freezing file systems), resume them
  * all (each resume swaps in the fleece table: the point in time), and create
- * each view NAME-fleece-view.  Writers only wait during the suspend/resume.
+ * each view NAME-fleece-view.
+ *
+ * A tracked NAME (one fleece-track target over all of it, "fleece track")
+ * always gets a hidden origin, with its fleece-track table (the kernel
+ * shares the tracker between the two tables); in the suspend window its
+ * hidden origin is suspended as well and the tracker told "checkpoint",
+ * so that the point in time also ends the tracker's epoch; the hidden
+ * origin is resumed before NAME.  With start_opts.incremental the fleece
+ * table gets "track_store <store>": the chunks the tracker saw unchanged
+ * are released at the point in time.  Writers only wait during the suspend/resume.
  * Any failure undoes everything through fleece_stop().
  */
 #define _GNU_SOURCE
@@ -33,6 +42,7 @@
 #include "fleece.h"
 #include "loop.h"
 #include "opts.h"
+#include "track.h"
 #include "util.h"
 
 /*
@@ -73,6 +83,8 @@ struct plan {
 	dev_t origin_dev;
 	uint64_t origin_offset;
 	bool direct;			/* no hidden origin: see above */
+	bool tracked;			/* a fleece-track table: see above */
+	struct track_params tp;		/* ... its parameters */
 	char vg[128];			/* an LV's VG, its lvm2 lock held */
 };
 
@@ -320,7 +332,8 @@ static int check_name(struct plan *p, const struct start_opts *o)
 		msg_error("%s: has an inactive table loaded (is another tool changing it?)", name);
 		return -EFLEECE_REFUSED;
 	}
-	for (i = 0; i < p->table.n; i++) {
+	p->tracked = track_table_parse(&p->table, &p->tp);
+	for (i = 0; i < p->table.n && !p->tracked; i++) {
 		if (!target_is_safe(p->table.t[i].type)) {
 			msg_error("%s: its table has a '%s' target, which fleece cannot duplicate safely (supported: "
 				  SAFE_TARGETS_TEXT ")", name, p->table.t[i].type);
@@ -625,6 +638,8 @@ static void fleece_table(const struct plan *p, const struct start_opts *o,
 		nfeat += 2;
 	if (p->origin_offset)
 		nfeat += 2;
+	if (p->tracked && o->incremental)
+		nfeat += 2;
 	if (nfeat) {
 		int k = snprintf(feat, sizeof(feat), " %u", nfeat);
 
@@ -635,9 +650,12 @@ static void fleece_table(const struct plan *p, const struct start_opts *o,
 			k += snprintf(feat + k, sizeof(feat) - k, " %s %u",
 				      FLEECE_FEATURE_CBW_TIMEOUT_MS, o->cbw_timeout_ms);
 		if (p->origin_offset)
-			snprintf(feat + k, sizeof(feat) - k, " %s %llu",
-				 FLEECE_FEATURE_ORIGIN_OFFSET,
-				 (unsigned long long)p->origin_offset);
+			k += snprintf(feat + k, sizeof(feat) - k, " %s %llu",
+				      FLEECE_FEATURE_ORIGIN_OFFSET,
+				      (unsigned long long)p->origin_offset);
+		if (p->tracked && o->incremental)
+			snprintf(feat + k, sizeof(feat) - k, " %s %u:%u", FLEECE_FEATURE_TRACK_STORE,
+				 major(p->tp.store_dev), minor(p->tp.store_dev));
 	}
 	snprintf(params, sizeof(params), "%u:%u %u:%u %llu%s",
 		 major(p->origin_dev), minor(p->origin_dev),
@@ -728,8 +746,9 @@ int fleece_suspend(const char *name)
  */
 static int swap_in(struct plan *plans, unsigned int n, double *frozen)
 {
-	char **names = xcalloc(n, sizeof(char *));
-	unsigned int i, suspended = 0, done;
+	/* The hidden origins of tracked NAMEs first, then the NAMEs. */
+	char **names = xcalloc(2 * n, sizeof(char *)), **nm;
+	unsigned int i, suspended = 0, nt = 0, tsusp = 0, done;
 	sigset_t oldmask;
 	bool locked;
 	double t0;
@@ -745,34 +764,56 @@ static int swap_in(struct plan *plans, unsigned int n, double *frozen)
 		msg_warn("cannot lock the memory of fleece (%s): a device holding its files must not be fleeced",
 			 strerror(errno));
 	for (i = 0; i < n; i++)
-		names[i] = plans[i].fn.name;
+		if (plans[i].tracked)
+			names[nt++] = plans[i].fn.origin;
+	nm = names + nt;
+	for (i = 0; i < n; i++)
+		nm[i] = plans[i].fn.name;
 	signals_block(&oldmask);
 	msg_hold(true);
 	t0 = now_mono();
 	for (i = 0; i < n && !r; i++) {
 		r = fault_point("suspend");
 		if (!r)
-			r = fleece_suspend(names[i]);
+			r = fleece_suspend(nm[i]);
 		if (!r)
 			suspended++;
 	}
 	for (i = 0; i < suspended && !r; i++)
 		r = check_unchanged(&plans[i]);
+	/* The tracker's checkpoint, once every table holding its store is suspended. */
+	for (i = 0; i < nt && !r; i++) {
+		r = dmw_suspend(names[i], false);
+		if (r) {
+			msg_error("%s: cannot suspend: %s", names[i], dmw_strerror(r));
+			break;
+		}
+		tsusp++;
+		r = fault_point("track-checkpoint");
+		if (!r)
+			r = dmw_message(names[i], FLEECE_TRACK_MSG_CHECKPOINT, NULL);
+		if (r)
+			msg_error("%s: the tracker refused the checkpoint: %s", names[i],
+				  dmw_strerror(r));
+	}
 	if (r) {
 		/* Back as they were: nothing swapped in. */
 		for (i = 0; i < suspended; i++) {
-			r2 = dmw_clear(names[i]);
+			r2 = dmw_clear(nm[i]);
 			if (r2)
-				msg_error("%s: cannot clear the fleece table: %s", names[i],
+				msg_error("%s: cannot clear the fleece table: %s", nm[i],
 					  dmw_strerror(r2));
 		}
-		r2 = dmw_resume_many(names, suspended, 0, &done, frozen);
+		r2 = dmw_resume_many(names, tsusp, 0, &done, frozen);
 		if (r2)
 			msg_error("%s: cannot resume: %s", names[done], dmw_strerror(r2));
+		r2 = dmw_resume_many(nm, suspended, 0, &done, frozen);
+		if (r2)
+			msg_error("%s: cannot resume: %s", nm[done], dmw_strerror(r2));
 	} else {
 		r = fault_point("resume");
 		if (!r)
-			r = dmw_resume_many(names, n, 0, &done, frozen);
+			r = dmw_resume_many(names, nt + n, 0, &done, frozen);
 		else
 			done = 0;
 		if (r)
@@ -884,6 +925,8 @@ static int start_record(const struct start_opts *o, struct plan *plans, unsigned
 			st.linear_dev = plans[i].origin_dev;
 			st.linear_offset = plans[i].origin_offset;
 		}
+		if (plans[i].tracked)
+			st.track_store = plans[i].tp.store_dev;
 		if (o->partial)
 			snprintf(st.partial, sizeof(st.partial), "%s", o->partial);
 		r = state_write(plans[i].fn.name, &st);
@@ -954,13 +997,25 @@ static int start_tables(const struct start_opts *o, struct plan *plans, unsigned
 		struct plan *p = &plans[i];
 
 		if (!p->direct) {
-			r = dmw_create(p->fn.origin, p->fn.origin_uuid, &p->table,
+			struct dmw_table ot = { 0 };
+			unsigned int k;
+
+			for (k = 0; k < p->table.n; k++)
+				dmw_table_add(&ot, p->table.t[k].start, p->table.t[k].len,
+					      p->table.t[k].type, p->table.t[k].params);
+			track_table_no_format(&ot);
+			kmsg = kmsg_mark();
+			r = dmw_create(p->fn.origin, p->fn.origin_uuid, &ot,
 				       p->info.read_only, FLEECE_UDEV_FLAGS);
+			dmw_table_free(&ot);
 			if (r) {
 				msg_error("%s: cannot create %s: %s", p->fn.name, p->fn.origin,
 					  dmw_strerror(r));
+				kmsg_report(kmsg, "fleece");
 				return r;
 			}
+			if (kmsg >= 0)
+				close(kmsg);
 			r = dmw_info(p->fn.origin, &oi);
 			if (r || !oi.exists) {
 				msg_error("%s: %s vanished", p->fn.name, p->fn.origin);

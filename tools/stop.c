@@ -7,7 +7,8 @@
  * nothing left:
  *   1. remove the view NAME-fleece-view;
  *   2. if NAME runs the fleece table "start" loaded: load NAME's original
- *      table (the hidden origin's, or the linear one the state file keeps)
+ *      table (the hidden origin's, or the linear one the state file keeps;
+ *      a tracked NAME's fleece-track table, which shares the tracker)
  *      into NAME, suspend, resume; if NAME only has such a fleece table
  *      loaded (inactive), clear it, and resume NAME if a start left it
  *      suspended;
@@ -29,6 +30,7 @@
 #include "fleece.h"
 #include "loop.h"
 #include "opts.h"
+#include "track.h"
 #include "util.h"
 
 /* What stop finds of a fleece of NAME, all of it read before anything is changed. */
@@ -71,6 +73,9 @@ static int original_table(struct stop_ctx *c, uint64_t sectors)
 	r = dmw_get_table(c->oi.name, false, &c->orig);
 	if (!r && !c->orig.n)
 		r = -ENODATA;
+	/* A tracked NAME: its fleece-track table goes back, sharing the tracker. */
+	if (!r)
+		track_table_no_format(&c->orig);
 	if (r) {
 		dmw_table_free(&c->orig);
 		msg_error("%s: cannot read the original table from %s: %s: nothing was changed",

@@ -1044,8 +1044,10 @@ static int check_store_content(const struct track_ctx *c, const struct track_opt
 				  arg);
 		return -EFLEECE_REFUSED;
 	}
-	msg_warn("store %s: holds %s%s: overwriting it (--force)", arg, r ? "a signature " : "data",
-		 r ? type : "");
+	if (r)
+		msg_warn("store %s: holds a %s signature: overwriting it (--force)", arg, type);
+	else
+		msg_warn("store %s: holds data: overwriting it (--force)", arg);
 	*wipe = true;
 	return 0;
 }

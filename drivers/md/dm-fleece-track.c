@@ -572,8 +572,8 @@ static int ft_message(struct dm_target *ti, unsigned int argc, char **argv,
 		r = ft->nr_live ? -EBUSY : ft_checkpoint(ft);
 		mutex_unlock(&ft->lock);
 		if (r == -EBUSY)
-			DMWARN("%s: checkpoint refused: a device holding the store is not suspended",
-			       ft->device_id);
+			DMWARN("%s: checkpoint refused: %s", ft->device_id,
+			       "a device holding the store is not suspended");
 	} else if (!strcasecmp(msg, FLEECE_TRACK_MSG_MERGE)) {
 		mutex_lock(&ft->lock);
 		r = ft_merge(ft);

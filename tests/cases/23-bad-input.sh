@@ -117,8 +117,8 @@ reject "unknown feature after a valid one" fleece -EINVAL "Unknown feature argum
 reject "feature count larger than the arguments" fleece -EINVAL "$F" "$FL $o $f 8 2 fail_origin_writes"
 reject "feature count not a number" fleece -EINVAL "$F" "$FL $o $f 8 x fail_origin_writes"
 reject "feature count negative" fleece -EINVAL "$F" "$FL $o $f 8 -1"
-reject "feature count above 5" fleece -EINVAL "$F" \
-	"$FL $o $f 8 6 fail_origin_writes cbw_timeout_ms 5 origin_offset 0 fail_origin_writes"
+reject "feature count above 7" fleece -EINVAL "$F" \
+	"$FL $o $f 8 8 fail_origin_writes cbw_timeout_ms 5 origin_offset 0 track_store $f fail_origin_writes"
 reject "cbw_timeout_ms without its value" fleece -EINVAL "Feature cbw_timeout_ms needs a value" \
 	"$FL $o $f 8 1 cbw_timeout_ms"
 reject "cbw_timeout_ms not a number" fleece -EINVAL "Invalid cbw_timeout_ms: not a number of milliseconds" \

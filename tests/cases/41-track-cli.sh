@@ -1,0 +1,193 @@
+#!/bin/bash
+# fleece track start/stop/status/attach (issue 14, "Tool"):
+#   (a) bad input, each refused with a clear message and nothing changed:
+#       unknown NAME, a store too small, a store with a file system (swap)
+#       signature, a store in use, the store NAME itself, a table that is not
+#       one linear target, a fleeced device
+#   (b) track start on a dmsetup linear device: the fleece-track table in
+#       the linear's place, the store formatted, the record written; status
+#       (text and JSON, parsed with python3) counts the chunks written;
+#       already tracked: refused
+#   (c) a simulated reboot: NAME removed (the store closed cleanly) and
+#       re-created with its linear table; status says "not attached";
+#       attach refuses a NAME whose size changed, then attaches without
+#       format: epoch, generation and the marks are kept
+#   (d) track stop: the linear table back, the record gone; the store's old
+#       history is refused without --force, another device's always
+#   (e) an LV of a real volume group: start, writes counted, stop
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
+F=$(fleece_bin)
+export FLEECE_STATE_DIR=$PWD/state FLEECE_TRACK_DIR=$PWD/trackdir
+
+# data: 64 MiB, 1 MiB into ram0, with a DM UUID; 64 KiB chunks: 1024 of
+# them, so the store needs (2 + 2 * 1) * 4096 = 16384 bytes.
+mkdev pad 1 > /dev/null
+dmsetup create data -u TEST-data --table "0 131072 linear /dev/ram0 4096"
+data=/dev/mapper/data
+table=$(dmsetup table data)
+store=$(mkdev store 1 1)
+other=$(mkdev other 8 1)
+head -c 8192 /dev/zero | cmp - <(dd if="$store" bs=8192 count=1 iflag=direct status=none) ||
+	fail "the store is not blank to begin with"
+
+unchanged() { # what
+	assert_eq "$(dmsetup table data)" "$table" "$1: data's table"
+	[ ! -e trackdir/data.conf ] || fail "$1: a record was written"
+	head -c 8192 /dev/zero | cmp -s - <(dd if="$store" bs=8192 count=1 iflag=direct status=none) ||
+		fail "$1: the store was written"
+}
+refused() { # what message-regex command...
+	local what=$1 re=$2
+	shift 2
+	expect_exit 3 "$@"
+	echo "$T_ERR"
+	[[ $T_ERR =~ $re ]] || fail "$what: message '$T_ERR' does not match '$re'"
+	unchanged "$what"
+}
+
+step "(a) bad input"
+refused "unknown NAME" "nosuch: no such device-mapper device" $F track start --store "$store" nosuch
+dmsetup create tiny --table "0 24 linear $store 0"	# 12 KiB
+refused "store too small" "store /dev/mapper/tiny is too small: .*needs 16384 bytes" \
+	$F track start --store /dev/mapper/tiny data
+dmsetup remove tiny
+dmsetup create holder --table "0 8 linear $store 0"
+refused "store in use" "store $store: in use" $F track start --store "$store" data
+dmsetup remove holder
+refused "store is NAME" "store /dev/mapper/data: it is data itself" $F track start --store "$data" data
+dmsetup create two --table "0 2048 linear /dev/ram3 0
+2048 2048 linear /dev/ram3 8192"
+refused "two targets" "two: its table is 2 target\(s\).*only a device whose table is one linear target" \
+	$F track start --store "$store" two
+dmsetup remove two
+expect_exit 2 $F track start data
+[[ $T_ERR == *"give the store: --store DEV"* ]] || fail "no --store: $T_ERR"
+expect_exit 2 $F track start --store "$store" --chunk-size 3K data
+unchanged "bad chunk size"
+# A fleeced device.
+fl=$(mkdev fl 8 1)
+dmsetup create fd --table "0 16384 linear /dev/ram3 0"
+$F start -q --fleece-dev "$fl" fd
+refused "fleeced" "fd: is fleeced .*: run 'fleece stop fd' first" $F track start --store "$store" fd
+$F stop -q fd
+dmsetup remove fd
+# A store with a signature: refused, then --force takes it.
+mkswap "$store" > /dev/null
+expect_exit 3 $F track start --store "$store" data
+[[ $T_ERR == *"holds a swap signature"* ]] || fail "swap store: $T_ERR"
+assert_eq "$(dmsetup table data)" "$table" "after a store with a signature: data's table"
+[ ! -e trackdir/data.conf ] || fail "a record for a refused store"
+
+step "(b) track start: --force over the swap signature"
+$F track start --force --store "$store" data > start.out 2>&1 || { cat start.out; fail "track start"; }
+cat start.out
+grep_q "data: tracked: store $store formatted (a new history), chunk 64.0 KiB, 1024 chunks" start.out ||
+	fail "track start's output"
+smm=$(devno store)
+assert_eq "$(dmsetup table data)" "0 131072 fleece-track 1:0 4096 $smm 128 TEST-data 1 format" \
+	"the fleece-track table in the linear's place"
+grep_q -x "store=/dev/mapper/store" trackdir/data.conf || fail "record: $(cat trackdir/data.conf)"
+grep_q -x "uuid=TEST-data" trackdir/data.conf || fail "record uuid"
+grep_q -x "data=1:0 4096" trackdir/data.conf || fail "record data device"
+blkid -p "$store" > /dev/null 2>&1 && fail "blkid still finds a signature on the store"
+expect_exit 3 $F track start --store "$other" data
+[[ $T_ERR == *"data: already tracked (store /dev/mapper/store)"* ]] || fail "already tracked: $T_ERR"
+
+# Chunks 0, 5 and 100 (and 100 again).
+for c in 0 5 100 100; do
+	dd if=/dev/urandom of=$data bs=64k seek=$c count=1 oflag=direct status=none
+done
+$F track status data > status.out; cat status.out
+grep_q "^data: tracked" status.out || fail "status: tracked"
+grep_q "changed: *3 chunks since the last checkpoint" status.out || fail "status: 3 chunks changed"
+grep_q "epoch: *1, generation 1, history valid" status.out || fail "status: epoch"
+$F track status --json > status.json; cat status.json
+python3 - status.json <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))["devices"]
+assert len(d) == 1, d
+d = d[0]
+assert d["name"] == "data" and d["tracked"] is True and d["recorded"] is True, d
+assert d["store"] == "/dev/mapper/store" and d["chunk_bytes"] == 65536, d
+assert d["chunks_total"] == 1024 and d["changed"] == 3 and d["changed_prev"] == 0, d
+assert d["epoch"] == 1 and d["generation"] == 1, d
+assert d["history"] == "valid" and d["prev_state"] == "none", d
+assert d["store_state"] == "dirty" and d["opened"] == "clean", d
+assert d["device_id"] == "TEST-data" and d["data_offset_sectors"] == 4096, d
+assert d["checkpoint_time"] == 0, d
+EOF
+expect_exit 3 $F track status other
+[[ $T_ERR == *"other: not tracked"* ]] || fail "status of an untracked device: $T_ERR"
+expect_exit 3 $F track status nosuch
+[[ $T_ERR == *"nosuch: no such device-mapper device"* ]] || fail "status of no device: $T_ERR"
+
+step "(c) a simulated reboot: remove data, re-create it linear, attach"
+udevadm settle
+dmsetup remove data
+dmsetup create data -u TEST-data --table "$table"
+same_before=$(dd if=$data bs=64k count=101 iflag=direct status=none | sha256sum)
+$F track status data > status2.out; cat status2.out
+grep_q "data: recorded, not attached" status2.out || fail "status after the reboot"
+# Size changed: refused, nothing changed.
+dmsetup remove data
+dmsetup create data -u TEST-data --table "0 65536 linear /dev/ram0 4096"
+expect_exit 3 $F track attach data
+[[ $T_ERR == *"data: its size changed (64.0 MiB when tracking started, 32.0 MiB now)"* ]] || fail "attach, size: $T_ERR"
+assert_eq "$(dmsetup table data)" "0 65536 linear 1:0 4096" "a refused attach changed data"
+dmsetup remove data
+dmsetup create data -u TEST-data --table "$table"
+$F track attach --all > attach.out 2>&1 || { cat attach.out; fail "attach"; }
+cat attach.out
+grep_q "data: attached: store /dev/mapper/store, epoch 1, generation 1, 3 chunks changed" attach.out ||
+	fail "attach's output"
+assert_eq "$(dmsetup table data)" "0 131072 fleece-track 1:0 4096 $smm 128 TEST-data" \
+	"attached: no format"
+$F track status --json data > status3.json
+python3 - status3.json <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))["devices"][0]
+assert d["epoch"] == 1 and d["generation"] == 1 and d["changed"] == 3, d
+assert d["history"] == "valid" and d["opened"] == "clean", d
+EOF
+$F track attach data > attach2.out 2>&1
+grep_q "data: already attached" attach2.out || fail "attach twice: $(cat attach2.out)"
+
+step "(d) track stop"
+$F track stop data > stop.out 2>&1 || { cat stop.out; fail "track stop"; }
+cat stop.out
+assert_eq "$(dmsetup table data)" "$table" "linear table back"
+[ ! -e trackdir/data.conf ] || fail "record left after stop"
+assert_eq "$(dd if=$data bs=64k count=101 iflag=direct status=none | sha256sum)" "$same_before" \
+	"data's content"
+expect_exit 3 $F track stop data
+[[ $T_ERR == *"data: not tracked"* ]] || fail "stop twice: $T_ERR"
+expect_exit 3 $F track start --store "$store" data
+[[ $T_ERR == *"holds an earlier tracking history of data"*"--force"* ]] || fail "old history: $T_ERR"
+assert_eq "$(dmsetup table data)" "$table" "after the refused start"
+dmsetup create o2 -u TEST-o2 --table "0 131072 linear /dev/ram3 0"
+expect_exit 3 $F track start --force --store "$store" o2
+[[ $T_ERR == *"holds the change tracking of another device (device_id TEST-data"* ]] || fail "another device's store: $T_ERR"
+assert_eq "$(dmsetup table o2)" "0 131072 linear 1:3 0" "o2 after the refused start"
+dmsetup remove o2
+
+step "(e) an LV"
+pvcreate -q /dev/ram2 > /dev/null
+vgcreate -q vgt /dev/ram2 > /dev/null
+lvcreate -q -y -L 32M -n lv vgt > /dev/null
+lvcreate -q -y -L 4M -n st vgt > /dev/null
+lv_table=$(dmsetup table vgt-lv)
+lv_uuid=$(dmsetup info -c --noheadings -o uuid vgt-lv)
+$F track start --store /dev/vgt/st --chunk-size 4K /dev/vgt/lv
+read -r _ len _ pv off <<< "$lv_table"
+assert_eq "$(dmsetup table vgt-lv)" \
+	"0 $len fleece-track $pv $off $(devno vgt-st) 8 LVM-LV-${lv_uuid:36} 1 format" "the LV's table"
+grep_q -x "store=/dev/mapper/vgt-st" trackdir/vgt-lv.conf || fail "LV record: $(cat trackdir/vgt-lv.conf)"
+dd if=/dev/urandom of=/dev/vgt/lv bs=4k seek=10 count=3 oflag=direct status=none
+assert_eq "$($F track status --json vgt-lv | python3 -c 'import json,sys; print(json.load(sys.stdin)["devices"][0]["changed"])')" 3 \
+	"LV: chunks changed"
+lvs vgt/lv > /dev/null || fail "lvs"
+$F track stop vgt/lv
+assert_eq "$(dmsetup table vgt-lv)" "$lv_table" "LV table back"
+vgchange -q -an vgt > /dev/null
+step "ok"
