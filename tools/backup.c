@@ -264,7 +264,7 @@ static int backup_prepare_read(struct backup_run *b, const char *view)
 
 	if (!p->tracked)
 		return 0;
-	r = incr_check_after(p, b->fn.origin, &b->after);
+	r = incr_check_after(p, b->name, &b->after);
 	/* Recorded even when not as planned: read after the point in time, it is safe. */
 	b->have_after = b->after.chunk_sectors != 0;
 	if (!p->incremental)
@@ -272,7 +272,7 @@ static int backup_prepare_read(struct backup_run *b, const char *view)
 	if (!r && (stat(view, &st) || view_chunk_bytes(st.st_rdev, &unit)))
 		unit = 4096;
 	if (!r)
-		r = incr_prev_extents(b->fn.origin, &b->after, unit, &b->ext, &b->n_ext);
+		r = incr_prev_extents(&b->after, unit, &b->ext, &b->n_ext);
 	if (!r)
 		return 0;
 	if (r != -ESTALE)
@@ -350,20 +350,17 @@ static void backup_record_commit(struct backup_run *b, int r)
 static void backup_track_end(struct backup_run *b, int r)
 {
 	const char *msg = r ? FLEECE_TRACK_MSG_MERGE : FLEECE_TRACK_MSG_BACKUP_DONE;
-	const char *dev = b->name;
 	struct track_st ts;
 
-	if (!b->plan.tracked)
+	/* On NAME again, or still on its hidden origin when stop failed. */
+	if (!b->plan.tracked || track_read(b->name, &ts))
 		return;
-	if (track_read(dev, &ts)) {
-		dev = b->fn.origin;	/* stop failed: the tracker is still there */
-		if (track_read(dev, &ts))
-			return;
-	}
-	if (ts.epoch != b->plan.before.epoch + 1 || strcmp(ts.prev, "ready") ||
+	/* "lost": ready, but every chunk (after a store failure); a full backup ends it. */
+	if (ts.epoch != b->plan.before.epoch + 1 ||
+	    (strcmp(ts.prev, "ready") && strcmp(ts.prev, "lost")) ||
 	    strcmp(ts.store_uuid, b->plan.before.store_uuid))
 		return;
-	if (track_message(dev, msg, NULL, 0)) {
+	if (track_message(ts.dev, msg, NULL, 0)) {
 		msg_warn("%s: the tracker was not told '%s': its next checkpoint merges the set",
 			 b->name, msg);
 		return;

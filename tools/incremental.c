@@ -30,77 +30,36 @@
 
 #include "fleece.h"
 #include "incremental.h"
+#include "track.h"
 #include "util.h"
 
 /* --- the tracker ------------------------------------------------------- */
 
-/* "<data> <offset> <store> <chunk_sectors> <device_id> ..." */
-static int track_parse_table(const char *params, struct track_st *ts)
-{
-	char data[32], store[32];
-	unsigned long long off, chunk;
-
-	if (sscanf(params, "%31s %llu %31s %llu", data, &off, store, &chunk) != 4 ||
-	    parse_devno(data, &ts->data) || parse_devno(store, &ts->store))
-		return -EINVAL;
-	return 0;
-}
-
-static int track_parse_status(const char *params, struct track_st *ts)
-{
-	unsigned long long v[6], cons, errs, commits;
-	char uuid[40] = "";
-	int n;
-
-	n = sscanf(params, "%llu %llu %llu %llu %llu %llu %7s %7s %7s %llu %llu %llu %7s %39s",
-		   &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], ts->live, ts->history, ts->prev,
-		   &cons, &errs, &commits, ts->opened, uuid);
-	if (n < 13)
-		return -EINVAL;
-	ts->chunk_sectors = v[0];
-	ts->nr_chunks = v[1];
-	ts->epoch = v[2];
-	ts->changed = v[3];
-	ts->changed_prev = v[4];
-	ts->generation = v[5];
-	if (n == 14 && strlen(uuid) == 32)
-		memcpy(ts->store_uuid, uuid, 33);
-	if (!ts->chunk_sectors)
-		return -EINVAL;
-	return 0;
-}
-
 int track_read(const char *name, struct track_st *ts)
 {
-	struct dmw_table t = { 0 }, s = { 0 };
+	struct track_info ti;
 	int r;
 
 	memset(ts, 0, sizeof(*ts));
-	r = dmw_get_table(name, false, &t);
-	if (r) {
-		msg_error("%s: cannot read its table: %s", name, dmw_strerror(r));
+	r = track_query(name, &ti);
+	if (r)
 		return r;
-	}
-	if (t.n != 1 || t.t[0].start || strcmp(t.t[0].type, FLEECE_TRACK_TARGET_NAME)) {
-		dmw_table_free(&t);
+	if (!ti.tracked)
 		return -ENOENT;
-	}
-	ts->len_bytes = t.t[0].len << 9;
-	r = track_parse_table(t.t[0].params, ts);
-	dmw_table_free(&t);
-	if (!r) {
-		r = dmw_get_status(name, &s);
-		if (r) {
-			msg_error("%s: cannot read its status: %s", name, dmw_strerror(r));
-			return r;
-		}
-		r = s.n == 1 ? track_parse_status(s.t[0].params, ts) : -EINVAL;
-		dmw_table_free(&s);
-	}
-	if (r == -EINVAL)
-		msg_error("%s: cannot parse its %s table or status", name,
-			  FLEECE_TRACK_TARGET_NAME);
-	return r;
+	snprintf(ts->dev, sizeof(ts->dev), "%s", ti.table_dev);
+	ts->data = ti.data_dev;
+	ts->store = ti.store_dev;
+	ts->len_bytes = ti.sectors << 9;
+	ts->chunk_sectors = ti.chunk_sectors;
+	ts->nr_chunks = ti.nr_chunks;
+	ts->epoch = ti.epoch;
+	ts->changed = ti.changed;
+	ts->changed_prev = ti.changed_prev;
+	ts->generation = ti.generation;
+	snprintf(ts->history, sizeof(ts->history), "%s", ti.history_str);
+	snprintf(ts->prev, sizeof(ts->prev), "%s", ti.prev_state);
+	snprintf(ts->store_uuid, sizeof(ts->store_uuid), "%s", ti.store_uuid);
+	return 0;
 }
 
 int track_message(const char *name, const char *msg, char *resp, size_t len)
@@ -390,8 +349,13 @@ static bool plan_check_image(const char *name, const char *output, struct incr_p
 	struct stat st;
 	int r;
 
-	if (stat(output, &st)) {
+	if (lstat(output, &st)) {
 		WHY(p, "no previous image");
+		return false;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		/* Replaced by the new image, never followed: as a full backup does. */
+		WHY(p, "the image is a symbolic link");
 		return false;
 	}
 	r = record_read(output, &p->prev);
@@ -490,13 +454,13 @@ int incr_plan(const char *name, const char *output, bool want, struct incr_plan 
 	return 0;
 }
 
-int incr_check_after(const struct incr_plan *p, const char *origin, struct track_st *after)
+int incr_check_after(const struct incr_plan *p, const char *name, struct track_st *after)
 {
 	struct incr_plan *q = (struct incr_plan *)p;
-	int r = track_read(origin, after);
+	int r = track_read(name, after);
 
 	if (r == -ENOENT) {
-		WHY(q, "the tracker is not on %s after the point in time", origin);
+		WHY(q, "%s is not tracked after the point in time", name);
 		return -ESTALE;
 	}
 	if (r) {
@@ -545,9 +509,10 @@ static void extent_add(struct reader_extent **ext, unsigned int *n, unsigned int
 	(*ext)[(*n)++].len = end - off;
 }
 
-int incr_prev_extents(const char *dmname, const struct track_st *ts, uint64_t unit,
+int incr_prev_extents(const struct track_st *ts, uint64_t unit,
 		      struct reader_extent **ext, unsigned int *n)
 {
+	const char *dmname = ts->dev;
 	uint64_t tc = ts->chunk_sectors << 9, next = 0, last_first = 0, size = ts->len_bytes;
 	unsigned int cap = 0;
 	char msg[64], *resp = xmalloc(1 << 16), *tok, *save;

@@ -40,21 +40,21 @@ int reader_run_extents(const struct reader_opts *o, int out_fd,
 #define INCR_RECORD_SUFFIX	".fleece.json"
 #define INCR_RECORD_VERSION	1
 
-/* A fleece-track target's table and status (one target over the device). */
+/* A tracker, as track_query() (track.h) reports it. */
 struct track_st {
+	char dev[128];		/* the device holding its table: NAME or NAME-fleece-origin */
 	dev_t data, store;
 	uint64_t len_bytes;
 	uint64_t chunk_sectors, nr_chunks, epoch, changed, changed_prev, generation;
-	char live[8];		/* clean, dirty */
-	char history[8];	/* valid, lost, failed */
-	char prev[8];		/* none, ready, done, merged, lost */
-	char opened[8];		/* clean, unclean */
-	char store_uuid[33];	/* 14th field; "" when the kernel has none */
+	char history[16];	/* valid, lost, failed */
+	char prev[16];		/* none, ready, done, merged, lost */
+	char store_uuid[33];	/* "" when neither the kernel nor the store tells */
 };
 
 /*
- * The tracker of dm device @name: 0, -ENOENT when its table is not one
- * fleece-track target over all of it, else -errno with a message.
+ * The tracker of dm device @name (on NAME, or on its hidden origin while
+ * NAME is fleeced): 0, -ENOENT when NAME is not tracked, else -errno with
+ * a message.
  */
 int track_read(const char *name, struct track_st *ts);
 
@@ -88,19 +88,20 @@ struct incr_plan {
 int incr_plan(const char *name, const char *output, bool want, struct incr_plan *p);
 
 /*
- * After the point in time: the tracker on @origin (NAME-fleece-origin)
- * must be the one planned, one checkpoint later, with its previous set
- * ready.  0 with @after filled, or -ESTALE with the reason in p->reason
- * (the incremental becomes a full read).
+ * After the point in time: the tracker of @name (now on its hidden
+ * origin) must be the one planned, one checkpoint later, with its
+ * previous set ready.  0 with @after filled, or -ESTALE with the reason in
+ * p->reason (the incremental becomes a full read).
  */
-int incr_check_after(const struct incr_plan *p, const char *origin, struct track_st *after);
+int incr_check_after(const struct incr_plan *p, const char *name, struct track_st *after);
 
 /*
- * The previous set, read with "prev_extents" from @dmname, as byte
- * ranges rounded out to @unit (the fleece chunk) and merged, within the
- * device: 0 with *ext (malloc'ed) and *n, or -errno with a message.
+ * The previous set of the tracker @ts, read with "prev_extents" from the
+ * device holding it, as byte ranges rounded out to @unit (the fleece
+ * chunk) and merged, within the device: 0 with *ext (malloc'ed) and *n,
+ * or -errno with a message.
  */
-int incr_prev_extents(const char *dmname, const struct track_st *ts, uint64_t unit,
+int incr_prev_extents(const struct track_st *ts, uint64_t unit,
 		      struct reader_extent **ext, unsigned int *n);
 
 /* Send @msg to the tracker's device @name: 0 or -errno (with a message). */
