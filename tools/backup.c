@@ -195,7 +195,6 @@ static void backup_summary(const char *name, const struct reader_opts *ro,
 			 fmt_duration(res->seconds, c2, sizeof(c2)),
 			 smp->have_last ? (unsigned long long)f[FLEECE_ST_CBW_COUNT] : 0ULL,
 			 smp->exact ? "" : "about ", fmt_size(smp->peak_used, e, sizeof(e)));
-		(void)d;
 		return;
 	}
 	msg_info("%s: backup complete: %s in %s (%s/s), %s of zero chunks%s; %llu chunks copied before they were read, fleece peak %s%s",
@@ -393,7 +392,6 @@ static int backup_run(const char *name, struct backup_args *a, const char *outpu
 	struct backup_run *b = xcalloc(1, sizeof(*b));
 	struct dmw_info vi;
 	char view[PATH_MAX], *partial_abs, *names[1];
-	bool started = false;
 	int r, r2;
 
 	b->name = name;
@@ -438,7 +436,6 @@ static int backup_run(const char *name, struct backup_args *a, const char *outpu
 		r = output_finish(&b->out, r);
 		goto end;
 	}
-	started = true;
 	if (dmw_info_uuid(b->fn.view_uuid, &vi) || !vi.exists ||
 	    devno_path(makedev(vi.major, vi.minor), view, sizeof(view))) {
 		msg_error("%s: the view vanished", name);
@@ -459,8 +456,7 @@ static int backup_run(const char *name, struct backup_args *a, const char *outpu
 		r = r2;
 end:
 	/* A failed start may have taken its checkpoint: merge that set too. */
-	if (started || b->plan.tracked)
-		backup_track_end(b, r);
+	backup_track_end(b, r);
 	if (!r) {
 		r2 = backup_map(b);
 		backup_summary(name, &a->ro, &b->res, &b->smp, &b->out, b->plan.incremental);
