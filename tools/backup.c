@@ -18,9 +18,14 @@
 #include <unistd.h>
 
 #include "fleece.h"
+#include "incremental.h"
 #include "opts.h"
 #include "output.h"
+#include "sha256.h"
 #include "util.h"
+
+/* Options of backup alone (long only). */
+enum { OPT_INCREMENTAL = 0x100, OPT_CHANGED_MAP };
 
 struct sampler {
 	const char *name;
@@ -104,6 +109,12 @@ static void backup_help(void)
 	       "  -D, --fleece-dir DIR      or a sparse file DIR/NAME.fleece on a loop device\n"
 	       HELP_START_POLICY
 	       "\n"
+	       "Incremental backups (NAME tracked by 'fleece track start'):\n"
+	       "      --incremental         bring FILE, the previous image of NAME, up to date:\n"
+	       "                            read only the chunks changed since (a full\n"
+	       "                            backup, saying why, when FILE cannot be)\n"
+	       "      --changed-map MAP     write what was read, as JSON, to MAP\n"
+	       "\n"
 	       "Reader options:\n"
 	       HELP_READER
 	       HELP_COMMON);
@@ -112,20 +123,35 @@ static void backup_help(void)
 struct backup_args {
 	struct start_opts so;
 	struct reader_opts ro;
+	bool incremental;
+	const char *changed_map;
 };
 
 static int backup_opt(int c, const char *arg, void *ctx)
 {
 	struct backup_args *a = ctx;
-	int r = start_parse_opt(&a->so, c, arg);
+	int r;
+
+	if (c == OPT_INCREMENTAL) {
+		a->incremental = true;
+		return 0;
+	}
+	if (c == OPT_CHANGED_MAP) {
+		a->changed_map = arg;
+		return 0;
+	}
+	r = start_parse_opt(&a->so, c, arg);
 
 	return r == 1 ? reader_parse_opt(&a->ro, c, arg) : r;
 }
 
 /* The arguments that parse_opts() leaves to check: 0 or -EFLEECE_USAGE. */
 static int backup_args_check(int argc, char **argv, const struct start_opts *so,
-			     const char *output)
+			     const char *output, const char *map)
 {
+	char *copy;
+	int r = 0;
+
 	if (optind >= argc)
 		return usage_err("no device given");
 	if (optind + 1 < argc)
@@ -137,18 +163,40 @@ static int backup_args_check(int argc, char **argv, const struct start_opts *so,
 		return usage_err("one device, one --fleece-dev");
 	if (!so->nr_fleece_devs && !so->fleece_dir)
 		return usage_err("give the fleece space: --fleece-dev DEV or --fleece-dir DIR");
+	if (map) {
+		if (!*map || !strcmp(map, "-") || !strcmp(map, output))
+			return usage_err("--changed-map '%s': give a file other than the image", map);
+		copy = xstrdup(map);
+		if (access(dirname(copy), W_OK)) {
+			msg_errno("--changed-map %s: cannot write in its directory", map);
+			r = -EFLEECE_USAGE;
+		}
+		free(copy);
+		if (r)
+			return r;
+	}
 	return output_check(output);
 }
 
 static void backup_summary(const char *name, const struct reader_opts *ro,
 			   const struct reader_result *res, const struct sampler *smp,
-			   const struct output *out)
+			   const struct output *out, bool incremental)
 {
 	char a[32], b[32], c2[32], d[32], e[32];
 	const uint64_t *f = smp->last.st.f;
 
 	if (ro->sha256)
 		output_print_sha256(out, res->sha256);
+	if (incremental) {
+		msg_info("%s: incremental backup complete: read %s of %s (%.2f%%) in %s, %llu chunks copied before they were read, fleece peak %s%s",
+			 name, fmt_size(res->bytes_read, a, sizeof(a)),
+			 fmt_size(res->size, b, sizeof(b)),
+			 res->size ? 100.0 * (double)res->bytes_read / (double)res->size : 0.0,
+			 fmt_duration(res->seconds, c2, sizeof(c2)),
+			 smp->have_last ? (unsigned long long)f[FLEECE_ST_CBW_COUNT] : 0ULL,
+			 smp->exact ? "" : "about ", fmt_size(smp->peak_used, e, sizeof(e)));
+		return;
+	}
 	msg_info("%s: backup complete: %s in %s (%s/s), %s of zero chunks%s; %llu chunks copied before they were read, fleece peak %s%s",
 		 name, fmt_size(res->size, a, sizeof(a)),
 		 fmt_duration(res->seconds, b, sizeof(b)),
@@ -161,6 +209,178 @@ static void backup_summary(const char *name, const struct reader_opts *ro,
 		 fmt_size(smp->peak_used, e, sizeof(e)));
 }
 
+/* What one backup run carries from phase to phase. */
+struct backup_run {
+	const char *name;
+	const char *output;
+	struct backup_args *a;
+	struct fleece_names fn;
+	struct incr_plan plan;
+	struct track_st after;		/* the tracker after the point in time */
+	bool have_after;
+	struct reader_extent *ext;	/* incremental: what was read */
+	unsigned int n_ext;
+	struct reader_result res;
+	struct sampler smp;
+	struct output out;
+	struct incr_record rec;
+	bool recorded;			/* rec prepared as FILE.fleece.json.partial */
+};
+
+/*
+ * The output: FILE.partial new, or for an incremental a clone or copy of
+ * FILE (which becomes a full backup when FILE changed meanwhile).  0, or
+ * -errno with a message.
+ */
+static int backup_open(struct backup_run *b, const struct output_guard *g)
+{
+	struct incr_plan *p = &b->plan;
+	int r;
+
+	if (p->incremental) {
+		r = output_open_clone(b->output, g, (dev_t)p->prev.image_dev,
+				      (ino_t)p->prev.image_ino, &b->out);
+		if (r != -ESTALE)
+			return r;
+		p->incremental = false;
+		snprintf(p->reason, sizeof(p->reason), "the image changed while it was checked");
+		msg_info("%s: --incremental: a full backup: %s", b->name, p->reason);
+	}
+	return output_open(b->output, g, &b->out);
+}
+
+/*
+ * After the point in time: the tracker's state, and for an incremental
+ * the previous set (else it becomes a full read of the view into an
+ * emptied FILE.partial).  0, or -errno with a message.
+ */
+static int backup_prepare_read(struct backup_run *b, const char *view)
+{
+	struct incr_plan *p = &b->plan;
+	struct stat st;
+	uint64_t unit;
+	int r;
+
+	if (!p->tracked)
+		return 0;
+	r = incr_check_after(p, b->name, &b->after);
+	/* Recorded even when not as planned: read after the point in time, it is safe. */
+	b->have_after = b->after.chunk_sectors != 0;
+	if (!p->incremental)
+		return 0;
+	if (!r && (stat(view, &st) || view_chunk_bytes(st.st_rdev, &unit)))
+		unit = 4096;
+	if (!r)
+		r = incr_prev_extents(&b->after, unit, &b->ext, &b->n_ext);
+	if (!r)
+		return 0;
+	if (r != -ESTALE)
+		snprintf(p->reason, sizeof(p->reason), "the tracker cannot list its previous set");
+	p->incremental = false;
+	msg_info("%s: --incremental: a full backup after all: %s", b->name, p->reason);
+	return output_restart(&b->out);
+}
+
+/* Read the view (all of it, or the previous set): 0, or -errno with a message. */
+static int backup_read(struct backup_run *b, const char *view)
+{
+	struct reader_opts *ro = &b->a->ro;
+	int r;
+
+	b->smp.name = b->name;
+	ro->view = view;
+	ro->label = b->name;
+	ro->tick = sample;
+	ro->tick_arg = &b->smp;
+	r = backup_prepare_read(b, view);
+	if (r)
+		return r;
+	if (b->plan.incremental) {
+		r = reader_run_extents(ro, b->out.fd, b->ext, b->n_ext, &b->res);
+		if (!r && ro->sha256) {
+			r = sha256_fd(b->out.fd, b->res.sha256);
+			if (r)
+				msg_error("cannot read %s back for its SHA-256: %s",
+					  b->out.partial, strerror(-r));
+		}
+	} else {
+		r = reader_run(ro, b->out.fd, b->out.is_file, &b->res);
+	}
+	sample(&b->smp);
+	return r;
+}
+
+/*
+ * The image's record, written before the image is renamed into place and
+ * renamed after it (incremental.h).  0, or -errno with a message.
+ */
+static int backup_record_prepare(struct backup_run *b)
+{
+	if (!b->plan.record || !b->plan.tracked || !b->have_after)
+		return 0;
+	incr_record_fill(&b->rec, &b->plan, b->name, &b->after, b->out.fd);
+	b->recorded = !incr_record_prepare(b->output, &b->rec);
+	if (!b->recorded)
+		msg_warn("%s: no history recorded with %s: the next --incremental will be a full backup",
+			 b->name, b->output);
+	return 0;
+}
+
+static void backup_record_commit(struct backup_run *b, int r)
+{
+	if (!b->plan.record)
+		return;
+	if (b->recorded) {
+		if (incr_record_commit(b->output, r) && !r)
+			msg_warn("%s: the history of %s is not recorded: the next --incremental will be a full backup",
+				 b->name, b->output);
+	} else if (!r) {
+		/* A new image without a history: an old record must not stay. */
+		incr_record_remove(b->output);
+	}
+}
+
+/*
+ * Tell the tracker how the backup of its previous set ended, once NAME
+ * has its fleece-track table again: backup_done when the image (and its
+ * record) is in place, else merge (changes are never dropped).  Only for
+ * the set this backup's checkpoint made.
+ */
+static void backup_track_end(struct backup_run *b, int r)
+{
+	const char *msg = r ? FLEECE_TRACK_MSG_MERGE : FLEECE_TRACK_MSG_BACKUP_DONE;
+	struct track_st ts;
+
+	/* On NAME again, or still on its hidden origin when stop failed. */
+	if (!b->plan.tracked || track_read(b->name, &ts))
+		return;
+	/* "lost": ready, but every chunk (after a store failure); a full backup ends it. */
+	if (ts.epoch != b->plan.before.epoch + 1 ||
+	    (strcmp(ts.prev, "ready") && strcmp(ts.prev, "lost")) ||
+	    strcmp(ts.store_uuid, b->plan.before.store_uuid))
+		return;
+	if (track_message(ts.dev, msg, NULL, 0)) {
+		msg_warn("%s: the tracker was not told '%s': its next checkpoint merges the set",
+			 b->name, msg);
+		return;
+	}
+	msg_debug("%s: tracker told '%s'", b->name, msg);
+}
+
+static int backup_map(struct backup_run *b)
+{
+	const struct track_st *ts = b->have_after ? &b->after : &b->plan.before;
+	uint64_t chunk = ts->chunk_sectors ? ts->chunk_sectors << 9 : 0;
+
+	if (!b->a->changed_map)
+		return 0;
+	if (!chunk && b->smp.have_last)
+		chunk = (uint64_t)b->smp.last.st.f[FLEECE_ST_CHUNK_SECTORS] << 9;
+	return incr_write_map(b->a->changed_map, chunk, b->res.size, b->ext, b->n_ext,
+			      b->plan.incremental,
+			      b->plan.reason[0] ? b->plan.reason : "full backup requested");
+}
+
 /*
  * start, read, stop: 0, or -errno with a message.  Whatever fails, the
  * fleece is stopped and an incomplete FILE.partial removed (output_finish).
@@ -168,75 +388,94 @@ static void backup_summary(const char *name, const struct reader_opts *ro,
 static int backup_run(const char *name, struct backup_args *a, const char *output)
 {
 	struct start_opts *so = &a->so;
-	struct reader_opts *ro = &a->ro;
 	struct output_guard guard = { .n = 0 };
-	struct reader_result res;
-	struct fleece_names fn;
-	struct sampler smp;
-	struct output out;
+	struct backup_run *b = xcalloc(1, sizeof(*b));
 	struct dmw_info vi;
 	char view[PATH_MAX], *partial_abs, *names[1];
 	int r, r2;
 
-	memset(&res, 0, sizeof(res));
-	memset(&smp, 0, sizeof(smp));
-	r = fleece_names(name, &fn);
-	if (r)
-		return -EFLEECE_REFUSED;
+	b->name = name;
+	b->output = output;
+	b->a = a;
+	r = fleece_names(name, &b->fn);
+	if (r) {
+		r = -EFLEECE_REFUSED;
+		goto out;
+	}
 	/*
 	 * The lock and the state first, the output after: a second backup of
 	 * NAME (a timer firing twice) must not touch the first one's output.
 	 */
 	r = fleece_lock(name);
-	if (r)
-		return r == -EBUSY ? -EFLEECE_REFUSED : r;
+	if (r) {
+		r = r == -EBUSY ? -EFLEECE_REFUSED : r;
+		goto out;
+	}
 	r = backup_guard(name, so, &guard);
+	if (!r)
+		r = incr_plan(name, output, a->incremental, &b->plan);
 	if (r)
-		return r;
+		goto out;
+	if (a->incremental && !b->plan.incremental)
+		msg_info("%s: --incremental: a full backup: %s", name, b->plan.reason);
 	/* "fleece stop" removes FILE.partial after a SIGKILL: record it. */
 	partial_abs = partial_path(output);
 	signals_install();
-	r = output_open(output, &guard, &out);
+	r = backup_open(b, &guard);
 	if (r) {
 		free(partial_abs);
-		return r;
+		goto out;
 	}
-	so->partial = out.partial ? partial_abs : NULL;
+	so->partial = b->out.partial ? partial_abs : NULL;
+	so->incremental = b->plan.incremental;
 	names[0] = (char *)name;
 	r = fleece_start(so, names, 1);
 	free(partial_abs);
 	so->partial = NULL;
-	if (r)
-		return output_finish(&out, r);
-	if (dmw_info_uuid(fn.view_uuid, &vi) || !vi.exists ||
+	if (r) {
+		r = output_finish(&b->out, r);
+		goto end;
+	}
+	if (dmw_info_uuid(b->fn.view_uuid, &vi) || !vi.exists ||
 	    devno_path(makedev(vi.major, vi.minor), view, sizeof(view))) {
 		msg_error("%s: the view vanished", name);
 		r = -ENXIO;
 	} else if (fleece_signal) {
 		r = -EINTR;
 	} else {
-		smp.name = name;
-		ro->view = view;
-		ro->label = name;
-		ro->tick = sample;
-		ro->tick_arg = &smp;
-		r = reader_run(ro, out.fd, out.is_file, &res);
-		sample(&smp);
+		r = backup_read(b, view);
 	}
 	if (r == -EINTR)
 		msg_error("%s: interrupted by signal %d: stopping", name, (int)fleece_signal);
-	r = output_finish(&out, r);
+	if (!r)
+		r = backup_record_prepare(b);
+	r = output_finish(&b->out, r);
+	backup_record_commit(b, r);
 	r2 = fleece_stop(name, r ? 0 : STOP_KEEP_PARTIAL);
 	if (!r)
 		r = r2;
-	if (!r)
-		backup_summary(name, ro, &res, &smp, &out);
+end:
+	/* A failed start may have taken its checkpoint: merge that set too. */
+	backup_track_end(b, r);
+	if (!r) {
+		r2 = backup_map(b);
+		backup_summary(name, &a->ro, &b->res, &b->smp, &b->out, b->plan.incremental);
+		r = r2;
+	}
+out:
+	free(b->ext);
+	free(b);
 	return r;
 }
 
 int cmd_backup(int argc, char **argv)
 {
-	static const struct option opts[] = { LONGOPTS_START, LONGOPTS_READER, LONGOPTS_COMMON };
+	static const struct option opts[] = {
+		LONGOPTS_START, LONGOPTS_READER,
+		{ "incremental", no_argument, NULL, OPT_INCREMENTAL },
+		{ "changed-map", required_argument, NULL, OPT_CHANGED_MAP },
+		LONGOPTS_COMMON
+	};
 	struct backup_args a = { .ro = { .discard = true, .interval = 10 } };
 	char name[128];
 	int r;
@@ -249,7 +488,7 @@ int cmd_backup(int argc, char **argv)
 		start_opts_free(&a.so);
 		return r;
 	}
-	r = backup_args_check(argc, argv, &a.so, a.ro.output);
+	r = backup_args_check(argc, argv, &a.so, a.ro.output, a.changed_map);
 	if (!r)
 		r = resolve_dm_name(argv[optind], name, sizeof(name));
 	if (!r)

@@ -9,10 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include <linux/fs.h>
 
+#include "fleece.h"
 #include "output.h"
 #include "util.h"
 
@@ -136,6 +139,133 @@ static int open_blkdev(const char *name, const struct output_guard *g, struct ou
 	return r;
 }
 
+/* FILE.partial, new, 0600, never through a symlink: out->fd, or -errno. */
+static int open_partial(const char *name, int flags, struct output *out)
+{
+	struct stat st;
+	int r;
+
+	/*
+	 * New, never through a symlink, never someone else's: an image holds
+	 * every secret of the disk, so 0600 whatever the umask.
+	 */
+	out->partial = xasprintf("%s.partial", name);
+	out->fd = open(out->partial, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (out->fd < 0) {
+		r = errno == EEXIST ? -EFLEECE_REFUSED : -errno;
+		if (errno == EEXIST)
+			msg_error("%s exists: another backup to %s is running, or one was interrupted (its 'fleece stop' removes it): not touching it",
+				  out->partial, name);
+		else
+			msg_errno("cannot create %s", out->partial);
+		free(out->partial);
+		out->partial = NULL;
+		return r;
+	}
+	if (fstat(out->fd, &st) || !S_ISREG(st.st_mode)) {
+		msg_error("%s: not a regular file", out->partial);
+		close(out->fd);
+		out->fd = -1;
+		free(out->partial);
+		out->partial = NULL;
+		return -EINVAL;
+	}
+	out->is_file = true;
+	return 0;
+}
+
+/* Copy the data of @src to @dst (holes stay holes): 0 or -errno. */
+static int copy_data(int src, int dst, off_t size)
+{
+	off_t data = 0, hole;
+
+	for (;;) {
+		data = lseek(src, data, SEEK_DATA);
+		if (data < 0)
+			return errno == ENXIO ? 0 : -errno;
+		hole = lseek(src, data, SEEK_HOLE);
+		if (hole < 0)
+			return -errno;
+		while (data < hole) {
+			off_t in = data, o = data;
+			ssize_t n;
+
+			if (fleece_signal)
+				return -EINTR;
+			n = copy_file_range(src, &in, dst, &o, (size_t)(hole - data), 0);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				return n ? -errno : -EIO;
+			data += n;
+		}
+		if (hole >= size)
+			return 0;
+		data = hole;
+	}
+}
+
+int output_open_clone(const char *name, const struct output_guard *g, dev_t dev, ino_t ino,
+		      struct output *out)
+{
+	struct stat st;
+	char *copy, sz[32];
+	int src, r;
+
+	memset(out, 0, sizeof(*out));
+	out->name = name;
+	out->fd = -1;
+	copy = xstrdup(name);
+	r = guard_dir(name, dirname(copy), g);
+	free(copy);
+	if (r)
+		return r;
+	src = open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (src < 0) {
+		r = -errno;
+		msg_errno("cannot open the previous image %s", name);
+		return r;
+	}
+	if (fstat(src, &st) || !S_ISREG(st.st_mode) || st.st_dev != dev || st.st_ino != ino) {
+		msg_error("%s: changed since it was checked", name);
+		close(src);
+		return -ESTALE;
+	}
+	r = open_partial(name, O_RDWR, out);
+	if (r) {
+		close(src);
+		return r;
+	}
+	r = fault_point("ficlone");
+	if (!r && ioctl(out->fd, FICLONE, src))
+		r = -errno;
+	if (r) {
+		msg_info("%s: no reflink here (%s): copying it to %s first (%s)", name,
+			 strerror(-r), out->partial, fmt_size(st.st_size, sz, sizeof(sz)));
+		out->copied = true;
+		r = copy_data(src, out->fd, st.st_size);
+		if (!r && ftruncate(out->fd, st.st_size))
+			r = -errno;
+		if (r && r != -EINTR)
+			msg_error("cannot copy %s to %s: %s", name, out->partial, strerror(-r));
+	}
+	close(src);
+	if (r)
+		return output_finish(out, r);
+	return 0;
+}
+
+int output_restart(struct output *out)
+{
+	if (ftruncate(out->fd, 0)) {
+		int r = -errno;
+
+		msg_errno("cannot empty %s", out->partial);
+		return r;
+	}
+	return 0;
+}
+
 int output_open(const char *name, const struct output_guard *g, struct output *out)
 {
 	char *copy;
@@ -171,33 +301,7 @@ int output_open(const char *name, const struct output_guard *g, struct output *o
 	free(copy);
 	if (r)
 		return r;
-	/*
-	 * New, never through a symlink, never someone else's: an image holds
-	 * every secret of the disk, so 0600 whatever the umask.
-	 */
-	out->partial = xasprintf("%s.partial", name);
-	out->fd = open(out->partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (out->fd < 0) {
-		r = errno == EEXIST ? -EFLEECE_REFUSED : -errno;
-		if (errno == EEXIST)
-			msg_error("%s exists: another backup to %s is running, or one was interrupted (its 'fleece stop' removes it): not touching it",
-				  out->partial, name);
-		else
-			msg_errno("cannot create %s", out->partial);
-		free(out->partial);
-		out->partial = NULL;
-		return r;
-	}
-	if (fstat(out->fd, &st) || !S_ISREG(st.st_mode)) {
-		msg_error("%s: not a regular file", out->partial);
-		close(out->fd);
-		out->fd = -1;
-		free(out->partial);
-		out->partial = NULL;
-		return -EINVAL;
-	}
-	out->is_file = true;
-	return 0;
+	return open_partial(name, O_WRONLY, out);
 }
 
 int output_finish(struct output *out, int err)

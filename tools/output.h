@@ -15,6 +15,7 @@ struct output {
 	char *partial;		/* FILE.partial we created, or NULL */
 	int fd;
 	bool is_file;		/* a regular file: holes for zero chunks */
+	bool copied;		/* FILE.partial is a copy of FILE, not a reflink */
 };
 
 /* Devices the output must be neither on nor be (NAME, its fleece device...). */
@@ -35,6 +36,17 @@ int output_check(const char *name);
  * not held).  The output may neither be nor sit on a device of @g.
  */
 int output_open(const char *name, const struct output_guard *g, struct output *out);
+/*
+ * For an incremental backup: FILE.partial created as output_open() does
+ * (O_RDWR), holding a copy of FILE, which must still be the regular file
+ * @dev/@ino: a reflink clone (FICLONE) where the file system shares
+ * extents, else a copy of its data (said in a message; out->copied).  0,
+ * or -errno with a message (-ESTALE: FILE changed); FILE is never written.
+ */
+int output_open_clone(const char *name, const struct output_guard *g, dev_t dev, ino_t ino,
+		      struct output *out);
+/* Empty FILE.partial again (an incremental that became a full read). */
+int output_restart(struct output *out);
 /*
  * Close the output; given the outcome @err (0 or -errno): rename a complete
  * FILE.partial to FILE (and fsync the directory), or remove an incomplete

@@ -21,6 +21,7 @@
 #include <linux/fs.h>
 
 #include "fleece.h"
+#include "incremental.h"
 #include "opts.h"
 #include "output.h"
 #include "readahead.h"
@@ -190,9 +191,11 @@ struct reader {
 	int fd;				/* the view, O_DIRECT, O_EXCL */
 	dev_t dev;
 	uint64_t size, chunk, block, off;
+	uint64_t done;			/* bytes read and written so far */
 	bool discard;			/* releasing what is written */
 	int out_fd;
 	bool out_is_file;		/* holes for zero chunks */
+	bool punch;			/* the file has data there: punch them */
 	bool out_sync;			/* synced before each release */
 	struct readahead *ra;
 	struct sha256 sha;
@@ -202,8 +205,8 @@ struct reader {
 /*
  * Open: the view, exclusively (O_EXCL: one reader per view; two would each
  * release chunks the other has not read yet, and both fail), its size and
- * chunk, and the readahead.  0, or -errno with a message (-EFLEECE_REFUSED:
- * the view is in use); on failure nothing is left open.
+ * chunk.  0, or -errno with a message (-EFLEECE_REFUSED: the view is in
+ * use); on failure nothing is left open.
  */
 static int reader_open(struct reader *rd)
 {
@@ -247,13 +250,6 @@ static int reader_open(struct reader *rd)
 	if (rd->block < rd->chunk)
 		rd->block = rd->chunk;
 	rd->block -= rd->block % rd->chunk;
-	rd->ra = readahead_start(rd->fd, rd->size, rd->block);
-	if (!rd->ra) {
-		r = -errno;
-		msg_errno("cannot start reading with two %llu-byte buffers",
-			  (unsigned long long)rd->block);
-		goto fail;
-	}
 	rd->res->size = rd->size;
 	sha256_init(&rd->sha);
 	rd->prog.o = o;
@@ -331,7 +327,14 @@ static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
 
 			if (all_zero(buf + i, len)) {
 				res->zero_bytes += len;
-				continue;
+				if (!rd->punch)
+					continue;
+				if (!fallocate(rd->out_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					       (off_t)(rd->off + i), (off_t)len))
+					continue;
+				if (errno != EOPNOTSUPP)
+					return reader_write_failed(rd);
+				/* No holes here: write the zeros. */
 			}
 			if (!pwrite_all(rd->out_fd, buf + i, len, (off_t)(rd->off + i)))
 				return reader_write_failed(rd);
@@ -370,12 +373,12 @@ static int reader_throttle(struct reader *rd)
 
 	if (!rd->o->rate)
 		return 0;
-	ahead = (double)rd->off / rd->o->rate - (now_mono() - rd->prog.t0);
+	ahead = (double)rd->done / rd->o->rate - (now_mono() - rd->prog.t0);
 	while (ahead > 0) {
 		if (stop_requested(rd->res))
 			return -EINTR;
 		sleep_secs(ahead > 0.2 ? 0.2 : ahead);
-		ahead = (double)rd->off / rd->o->rate - (now_mono() - rd->prog.t0);
+		ahead = (double)rd->done / rd->o->rate - (now_mono() - rd->prog.t0);
 	}
 	return 0;
 }
@@ -409,7 +412,8 @@ static int reader_loop(struct reader *rd)
 		reader_release(rd, n);
 		readahead_done(rd->ra, rd->off);
 		rd->off += n;
-		progress_show(&rd->prog, rd->off, false);
+		rd->done += n;
+		progress_show(&rd->prog, rd->done, false);
 		r = reader_throttle(rd);
 	}
 	return r;
@@ -436,8 +440,130 @@ static int reader_finish(struct reader *rd)
 		sha256_hex(digest, rd->res->sha256);
 	}
 	rd->res->seconds = now_mono() - rd->prog.t0;
-	progress_show(&rd->prog, rd->off, true);
+	progress_show(&rd->prog, rd->done, true);
 	return 0;
+}
+
+/*
+ * Read @n bytes at @off of the view into @buf (no readahead: the ranges
+ * are scattered): 0, or -errno with a message, -EFLEECE_INVALID when the
+ * view became invalid.
+ */
+static int reader_pread(struct reader *rd, unsigned char *buf, size_t n, uint64_t off)
+{
+	size_t got = 0;
+	int r = fault_point("incr-read");
+
+	while (!r && got < n) {
+		ssize_t k = pread(rd->fd, buf + got, n - got, (off_t)(off + got));
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			r = k ? -errno : -EIO;
+		else
+			got += k;
+	}
+	if (!r)
+		return 0;
+	if (view_is_invalid(rd->dev)) {
+		rd->res->view_invalid = true;
+		msg_error("%s: the view became invalid at %llu bytes (a copy-before-write failed or timed out): the image is incomplete",
+			  rd->o->label, (unsigned long long)(off + got));
+		return -EFLEECE_INVALID;
+	}
+	errno = -r;
+	msg_errno("%s: read error at %llu bytes", rd->o->label, (unsigned long long)(off + got));
+	return r;
+}
+
+/* reader_loop() over the ranges @ext only. */
+static int reader_extents_loop(struct reader *rd, const struct reader_extent *ext,
+			       unsigned int n_ext)
+{
+	unsigned char *buf;
+	unsigned int i;
+	int r = 0;
+
+	if (posix_memalign((void **)&buf, 4096, rd->block)) {
+		msg_error("out of memory");
+		return -ENOMEM;
+	}
+	/*
+	 * What is not to be read is unchanged since the previous image: release
+	 * it first (the kernel did already when it applied the tracker's set at
+	 * the point in time; if it did not, this stops its copies now).
+	 */
+	for (i = 0, rd->off = 0; i <= n_ext; i++) {
+		uint64_t next = i < n_ext ? ext[i].off : rd->size;
+
+		if (next > rd->off)
+			reader_release(rd, next - rd->off);
+		if (i < n_ext)
+			rd->off = ext[i].off + ext[i].len;
+	}
+	for (i = 0; !r && i < n_ext; i++) {
+		uint64_t end = ext[i].off + ext[i].len;
+
+		if (end > rd->size || ext[i].off % rd->chunk) {
+			msg_error("%s: range %llu+%llu is not chunk-aligned within the view",
+				  rd->o->label, (unsigned long long)ext[i].off,
+				  (unsigned long long)ext[i].len);
+			r = -EINVAL;
+			break;
+		}
+		for (rd->off = ext[i].off; !r && rd->off < end; ) {
+			size_t len = end - rd->off < rd->block ? (size_t)(end - rd->off) :
+								 (size_t)rd->block;
+
+			r = stop_requested(rd->res);
+			if (!r)
+				r = reader_pread(rd, buf, len, rd->off);
+			if (!r)
+				r = reader_put(rd, buf, len);
+			if (r)
+				break;
+			rd->res->bytes_read += len;
+			reader_release(rd, len);
+			rd->off += len;
+			rd->done += len;
+			progress_show(&rd->prog, rd->done, false);
+			r = reader_throttle(rd);
+		}
+	}
+	free(buf);
+	return r;
+}
+
+int reader_run_extents(const struct reader_opts *o, int out_fd,
+		       const struct reader_extent *ext, unsigned int n,
+		       struct reader_result *res)
+{
+	struct reader rd = {
+		.o = o, .res = res, .fd = -1, .discard = o->discard,
+		.out_fd = out_fd, .out_is_file = true, .punch = true,
+	};
+	uint64_t total = 0;
+	unsigned int i;
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	r = reader_open(&rd);
+	if (r)
+		return r;
+	for (i = 0; i < n; i++)
+		total += ext[i].len;
+	rd.prog.size = total;
+	r = reader_extents_loop(&rd, ext, n);
+	if (!r)
+		r = reader_finish(&rd);
+	if (r && rd.prog.drawn)
+		fputc('\n', stderr);
+	if (r && res->interrupted)
+		r = -EINTR;
+	res->seconds = now_mono() - rd.prog.t0;
+	close(rd.fd);
+	return r;
 }
 
 int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
@@ -453,6 +579,14 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 	r = reader_open(&rd);
 	if (r)
 		return r;
+	rd.ra = readahead_start(rd.fd, rd.size, rd.block);
+	if (!rd.ra) {
+		r = -errno;
+		msg_errno("cannot start reading with two %llu-byte buffers",
+			  (unsigned long long)rd.block);
+		close(rd.fd);
+		return r;
+	}
 	r = reader_loop(&rd);
 	if (!r)
 		r = reader_finish(&rd);

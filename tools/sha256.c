@@ -2,8 +2,11 @@
 /*
  * fleece(8): SHA-256 (FIPS 180-4), small and self-contained.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sha256.h"
 
@@ -110,4 +113,34 @@ void sha256_hex(const unsigned char digest[32], char hex[65])
 
 	for (i = 0; i < 32; i++)
 		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+}
+
+int sha256_fd(int fd, char hex[65])
+{
+	unsigned char digest[32], *buf = malloc(1 << 20);
+	struct sha256 s;
+	off_t off = 0;
+	ssize_t n;
+	int r = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	sha256_init(&s);
+	for (;;) {
+		n = pread(fd, buf, 1 << 20, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			r = -errno;
+		if (n <= 0)
+			break;
+		sha256_update(&s, buf, (size_t)n);
+		off += n;
+	}
+	free(buf);
+	if (!r) {
+		sha256_final(&s, digest);
+		sha256_hex(digest, hex);
+	}
+	return r;
 }

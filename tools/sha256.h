@@ -20,5 +20,7 @@ void sha256_update(struct sha256 *s, const void *data, size_t len);
 void sha256_final(struct sha256 *s, unsigned char out[32]);
 /* The digest as 64 lowercase hex digits and a NUL. */
 void sha256_hex(const unsigned char digest[32], char hex[65]);
+/* The SHA-256 of the whole file @fd (read from its start) in @hex: 0 or -errno. */
+int sha256_fd(int fd, char hex[65]);
 
 #endif

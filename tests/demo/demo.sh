@@ -6,14 +6,16 @@
 # takes a consistent point in time, reads the frozen image to a file while
 # the writes go on, and cleans up.  Then the proof: the image's SHA-256 is
 # the one the LV had at the point in time, fsck -n passes on it and every
-# file in it is intact.
+# file in it is intact.  The LV's changes are tracked ("fleece track"):
+# after more writes, "fleece backup --incremental" brings the image up to
+# date reading only the chunks that changed, proved the same way.
 #
 # The story is printed on the VM console ("# " lines reach the terminal of
 # "make demo") and into the log.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
-export FLEECE_STATE_DIR=$PWD/state
+export FLEECE_STATE_DIR=$PWD/state FLEECE_TRACK_DIR=$PWD/trackdir
 
 say() { echo "$*"; echo "# $*" > /dev/console; }
 show() { sed -u 's/^/    /' | while IFS= read -r l; do say "$l"; done; }
@@ -33,15 +35,20 @@ pvcreate -q /dev/ram2 > /dev/null
 vgcreate -q demo /dev/ram2 > /dev/null
 lvcreate -q -y -L 128M -n vm demo > /dev/null		# the VM's disk
 lvcreate -q -y -L 96M -n scratch demo > /dev/null	# local space for the fleece file
-lvcreate -q -y -L 192M -n backup demo > /dev/null	# the backup target
-for lv in vm scratch backup; do mkfs.ext4 -q -F -L $lv /dev/demo/$lv; done
+lvcreate -q -y -L 320M -n backup demo > /dev/null	# the backup target (xfs: reflink)
+lvcreate -q -y -L 4M -n track demo > /dev/null		# the change tracker's store
+for lv in vm scratch; do mkfs.ext4 -q -F -L $lv /dev/demo/$lv; done
+mkfs.xfs -q -f -m reflink=1 -L backup /dev/demo/backup
 mkdir -p /mnt/vm /mnt/scratch /mnt/backup /mnt/image
 mount /dev/demo/vm /mnt/vm
 mount /dev/demo/scratch /mnt/scratch
 mount /dev/demo/backup /mnt/backup
 say "    demo/vm      128 MiB, ext4, mounted on /mnt/vm      (the disk to back up)"
 say "    demo/scratch  96 MiB, ext4, mounted on /mnt/scratch (fleece space)"
-say "    demo/backup  192 MiB, ext4, mounted on /mnt/backup  (backup target)"
+say "    demo/backup  320 MiB, xfs,  mounted on /mnt/backup  (backup target)"
+say "    demo/track     4 MiB, the store of demo/vm's change tracker"
+say "\$ fleece track start demo/vm --store /dev/demo/track"
+$F track start demo/vm --store /dev/demo/track 2>&1 | show
 
 say "--- files on the disk"
 mkdir -p /mnt/vm/docs /mnt/vm/data
@@ -130,4 +137,54 @@ say "    backup time:      $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b
 say "    writer:           fio, ${writes:-?} write IOPS on average over its run (capped at 400)"
 say "    copies:           $copied chunks of 64 KiB were copied before the reader got to them"
 say "    fleece space:     peak $peak in /mnt/scratch, 0 at the end"
+say ""
+
+say "=== incremental: more writes, then only the changed chunks are read ==="
+say ""
+say "--- fio writes again, now into the first 2 MiB of db.dat"
+setsid fio --name=db --filename=/mnt/vm/db.dat --size=2M --rw=randwrite --bs=4k \
+	--direct=1 --ioengine=psync --rate_iops=400 --time_based --runtime=3600 \
+	--randrepeat=0 > fio2.log 2>&1 &
+fio_pid=$!
+sleep 3
+kill -0 $fio_pid || { cat fio2.log; fail "fio did not start"; }
+say "--- freeze for the proof only, checksum the LV"
+fsfreeze -f /mnt/vm
+ref2_sum=$(dd if=/dev/demo/vm bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1)
+say "    point-in-time SHA-256: $ref2_sum"
+incr=(backup --fleece-dir /mnt/scratch --incremental --changed-map /mnt/backup/vm.map
+	--sha256 --progress lines --interval 3 demo/vm -o /mnt/backup/vm.img)
+say "\$ fleece ${incr[*]}"
+t0=$(date +%s.%N)
+$F "${incr[@]}" > incr.out 2> incr.err &
+bpid=$!
+for i in $(seq 1 600); do
+	[ -b /dev/mapper/demo-vm-fleece-view ] && break
+	kill -0 $bpid 2>/dev/null || { cat incr.err; fail "the incremental backup ended early"; }
+	sleep 0.1
+done
+fsfreeze -u /mnt/vm
+wait $bpid || { cat incr.err; fail "fleece backup --incremental failed"; }
+t1=$(date +%s.%N)
+show < incr.err
+kill -- -$fio_pid; wait $fio_pid 2>/dev/null || true; fio_pid=
+img2_sum=$(sha256sum < /mnt/backup/vm.img | cut -d' ' -f1)
+say "    image SHA-256:         $img2_sum"
+say "    point-in-time SHA-256: $ref2_sum"
+[ "$img2_sum" = "$ref2_sum" ] || fail "the incremental image is not the point-in-time content"
+assert_eq "$(cut -d' ' -f1 incr.out)" "$ref2_sum" "fleece's --sha256 (incremental)"
+grep -q '"incremental": true' /mnt/backup/vm.map || { cat incr.err /mnt/backup/vm.map; fail "not incremental"; }
+read_bytes=$(sed -n 's/.*"read_bytes": \([0-9]*\).*/\1/p' /mnt/backup/vm.map)
+size=$(blockdev --getsize64 /dev/demo/vm)
+[ $((read_bytes * 10)) -lt "$size" ] || fail "the incremental read $read_bytes of $size bytes"
+grep_q "no reflink here" incr.err && fail "no reflink on xfs"
+say "    equal: the image is again the LV exactly as it was at the point in time"
+fsck.ext4 -n -f /mnt/backup/vm.img > fsck2.out 2>&1 || { cat fsck2.out; fail "fsck -n of the incremental image"; }
+say "    fsck.ext4 -n: $(tail -1 fsck2.out)"
+u=$(dmsetup info -c --noheadings -o uuid | grep '^FLEECE-' || true)
+[ -z "$u" ] || fail "fleece devices left: $u"
+say ""
+say "--- summary of the incremental"
+say "    read:             $(awk -v r="$read_bytes" -v s="$size" 'BEGIN { printf "%.1f MiB of %.0f MiB (%.1f%%)", r / 1048576, s / 1048576, 100 * r / s }') in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+say "    history:          $(tr -d '\n ' < /mnt/backup/vm.img.fleece.json | sed 's/,"image_dev.*//')"
 say ""

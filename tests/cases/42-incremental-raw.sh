@@ -1,0 +1,123 @@
+#!/bin/bash
+# fleece backup --incremental on a raw tracked device (no writer: the
+# device is its own point in time), the images on ext4, which has no
+# reflink (FILE is copied to FILE.partial first, and the backup says so):
+#  1. dd writes at known chunks: the changed map is exactly those chunks
+#     (and empty when nothing changed); each image equals the device.
+#  2. each fallback to a full backup, with its reason: no previous image,
+#     epoch mismatch (another image took the last backup), generation
+#     changed (the store failed: history lost), store reformatted, size
+#     changed, not tracked (which also removes the stale record); each
+#     such full backup is exact, and the next one is incremental again.
+[[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
+. "$SRC/tests/lib.sh" || exit 1
+F=$(fleece_bin)
+export FLEECE_STATE_DIR=$PWD/state FLEECE_TRACK_DIR=$PWD/trackdir
+
+CH=65536		# tracker and fleece chunk
+mkdir -p /mnt/out4 /mnt/fdir
+mount -t tmpfs -o size=100m tmpfs /mnt/fdir		# fleece space
+out4=$(mkdev out4 100 3)
+mkfs.ext4 -q -F "$out4"
+mount "$out4" /mnt/out4
+
+no_leftovers() {
+	local u
+	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "FLEECE- devices left: $u"
+	[ -z "$(ls -A state 2>/dev/null)" ] || fail "state files left: $(ls state)"
+	[ -z "$(ls /mnt/out4/*.partial 2>/dev/null)" ] || fail ".partial files left"
+	[ -z "$(ls -A /mnt/fdir)" ] || fail "fleece files left: $(ls /mnt/fdir)"
+}
+map_field() { python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"; }
+map_extents() { python3 -c 'import json,sys; [print("%d+%d" % tuple(e)) for e in json.load(open(sys.argv[1]))["extents"]]' "$1"; }
+
+# --- 1. dd at known chunks ---------------------------------------------------
+step "a raw tracked device: the map is exactly the chunks written"
+raw=$(mkdev raw 16)
+store2=$(mkdev store2 1 1)
+mkpattern pat 16 raw
+put pat "$raw"
+$F track start raw --store "$store2"
+R=/mnt/out4/raw.img
+rawbk() { # name options...: back up raw (no writer) to ${IMG:-$R}, check it
+	local n=$1 o=${IMG:-$R}
+	shift
+	dd if=/dev/mapper/raw of=rref bs=1M iflag=direct status=none
+	$F backup --fleece-dir /mnt/fdir --changed-map rmap.$n "$@" raw -o "$o" 2> rerr.$n ||
+		{ cat rerr.$n; fail "raw backup $n failed"; }
+	cat rerr.$n
+	cmp "$o" rref || fail "raw backup $n: the image differs from the device"
+	no_leftovers
+}
+wr() { # chunk count
+	dd if=/dev/urandom of=/dev/mapper/raw bs=$CH seek="$1" count="$2" oflag=direct \
+		conv=notrunc status=none
+}
+rawbk r1 --incremental
+grep_q "a full backup: no previous image" rerr.r1 || fail "r1: reason"
+wr 3 1; wr 100 2; wr 255 1
+rawbk r2 --incremental
+grep_q "no reflink here" rerr.r2 || fail "r2: FILE on ext4 copied without saying so"
+assert_eq "$(map_extents rmap.r2 | tr '\n' ' ')" \
+	"$((3 * CH))+$CH $((100 * CH))+$((2 * CH)) $((255 * CH))+$CH " "r2: the changed map"
+wr 7 1
+rawbk r3 --incremental
+assert_eq "$(map_extents rmap.r3 | tr '\n' ' ')" "$((7 * CH))+$CH " "r3: the changed map"
+rawbk r4 --incremental
+assert_eq "$(map_field rmap.r4 extents)" "[]" "r4: nothing changed, nothing read"
+
+# --- 2. fallbacks ----------------------------------------------------------
+fallback() { # name reason options...
+	local n=$1 why=$2
+	shift 2
+	rawbk "$n" "$@"
+	grep_q -- "--incremental: a full backup.*: $why" rerr.$n ||
+		fail "$n: no full backup for '$why'"
+	assert_eq "$(map_field rmap.$n incremental)" false "$n: map says full"
+}
+step "epoch mismatch: another image took the last backup"
+wr 9 1
+IMG=/mnt/out4/other.img rawbk r5
+wr 11 1
+fallback r6 "epoch mismatch" --incremental
+wr 12 1
+rawbk r7 --incremental
+assert_eq "$(map_extents rmap.r7 | tr '\n' ' ')" "$((12 * CH))+$CH " "r7: incremental again"
+
+step "generation changed: the store fails, the history is lost"
+stable=$(dmsetup table store2)
+dmsetup suspend store2
+dmsetup load store2 --table "0 2048 error"
+dmsetup resume store2
+expect_fail dd if=/dev/urandom of=/dev/mapper/raw bs=$CH seek=40 count=1 oflag=direct conv=notrunc status=none
+dmsetup suspend store2
+dmsetup load store2 --table "$stable"
+dmsetup resume store2
+wr 41 1
+echo "# tracker: $(dmsetup status raw)"
+fallback r8 "generation changed: history lost" --incremental
+wr 42 1
+rawbk r9 --incremental
+assert_eq "$(map_extents rmap.r9 | tr '\n' ' ')" "$((42 * CH))+$CH " "r9: incremental again"
+
+step "store reformatted"
+$F track stop raw
+dd if=/dev/zero of="$store2" bs=4k count=2 oflag=direct status=none
+$F track start raw --store "$store2"
+fallback r10 "store reformatted" --incremental
+
+step "size changed"
+$F track stop raw
+dmsetup suspend raw
+dmsetup load raw --table "0 $((20 * 2048)) linear /dev/ram3 $((120 * 2048))"
+dmsetup resume raw
+dd if=/dev/zero of="$store2" bs=4k count=2 oflag=direct status=none
+$F track start raw --store "$store2"
+fallback r11 "size changed" --incremental
+
+step "not tracked"
+$F track stop raw
+fallback r12 "not tracked" --incremental
+[ ! -e $R.fleece.json ] || fail "a stale record after an untracked full backup"
+log "done"
