@@ -9,9 +9,10 @@
 #     each kernel with headers (6.1 and 6.12 here); then, as a kernel upgrade
 #     does, the kernel hook /etc/kernel/postinst.d/dkms builds it again for
 #     6.12 after that build was removed;
-#  3. for each kernel, a VM loads the module DKMS built (not the build
-#     tree's) and tests/package/ runs a backup through the installed
-#     /usr/sbin/fleece (the guest sees this machine's root);
+#  3. for each kernel in PACKAGE_VM_KVERS (default both), a VM loads the
+#     module DKMS built (not the build tree's) and tests/package/ runs a
+#     backup through the installed /usr/sbin/fleece (the guest sees this
+#     machine's root);
 #  4. purging the packages removes the module builds, the command, its
 #     udev rules and man page.
 # Packages of the same names installed before are purged first: this
@@ -73,7 +74,7 @@ dkms remove -q "dm-fleece/$version" -k "$KVER_6_12" > "$out/dkms-remove.log" 2>&
 	{ cat "$out/dkms-hook.log"; fail "the kernel hook of DKMS failed for $KVER_6_12"; }
 
 rc=0
-for kver in "$KVER_6_1" "$KVER_6_12"; do
+for kver in ${PACKAGE_VM_KVERS:-$KVER_6_1 $KVER_6_12}; do
 	ko=$(dkms_module "$kver")
 	# The guest sees /lib/modules/$kver of the unpacked kernel, not this
 	# machine's: it loads DKMS's build from DKMS's tree (compared above
@@ -91,4 +92,4 @@ apt-get purge -y -qq fleece dm-fleece-dkms > "$out/purge.log" 2>&1 ||
 left=$(ls /lib/modules/*/updates/dkms/dm-fleece.ko* /var/lib/dkms/dm-fleece \
 	/usr/src/dm-fleece-"$version" /usr/sbin/fleece /usr/lib/udev/rules.d/60-fleece.rules 2>/dev/null || true)
 [ -z "$left" ] || fail "left after purging the packages: $left"
-step "ok: installed, built by DKMS for $KVER_6_1 and $KVER_6_12 (and again by the kernel hook), a backup in a VM on each, purged"
+step "ok: installed, built by DKMS for $KVER_6_1 and $KVER_6_12 (and again by the kernel hook), a backup in a VM on ${PACKAGE_VM_KVERS:-both}, purged"
