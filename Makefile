@@ -6,6 +6,9 @@
 #   make bench           fio benchmarks in a VM (T=pattern, DISK=file, ICOUNT=)
 #   make lint            checkpatch --strict and sparse on the module
 #   make install         module and tools on this host
+#   make deb             Debian packages dm-fleece-dkms and fleece, in $(BUILD)/deb
+#   make check-package   build and install the packages, DKMS-build the module for
+#                        6.1 and 6.12, back up through them in a VM, remove them
 
 KVER_DEFAULT := $(shell . tests/vm/config.sh && echo $$KVER_6_1)
 KVER        ?= $(KVER_DEFAULT)
@@ -20,7 +23,7 @@ PREFIX      ?= /usr/local
 
 MODULE_SRCS := Kbuild $(wildcard drivers/md/*.[ch] include/*.h)
 
-.PHONY: all module tools check selftest demo bench lint install clean deps
+.PHONY: all module tools check selftest demo bench lint install clean deps deb check-package
 
 all: module tools
 
@@ -98,6 +101,23 @@ bench:
 	$(call vm_run,bench)
 	@FLEECE_COMMIT=$(BENCH_COMMIT) \
 		tests/bench/report.py --save tests/bench/results $$(ls -dt $(OUT)/bench-*/ | head -n 1)
+
+# The packages are built from the files git tracks (with their changes in
+# the work tree), in a copy: the source tree stays clean.  lintian runs on
+# the result and any error fails the build.
+DEB_VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
+deb:
+	@tests/vm/deps.sh
+	@grep -q '^#define FLEECE_VERSION.*"$(DEB_VERSION)"' tools/fleece.h || \
+		{ echo "debian/changelog's version $(DEB_VERSION) is not tools/fleece.h's FLEECE_VERSION" >&2; exit 1; }
+	rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb/dm-fleece-$(DEB_VERSION)
+	git ls-files -z | rsync -a --from0 --files-from=- ./ $(BUILD)/deb/dm-fleece-$(DEB_VERSION)/
+	cd $(BUILD)/deb/dm-fleece-$(DEB_VERSION) && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error --info $(BUILD)/deb/dm-fleece_$(DEB_VERSION)_*.changes
+
+# KVER and KERNEL do not apply: both Debian kernels, one VM each.
+check-package: deb
+	tests/vm/package-check.sh $(BUILD)/deb $(DEB_VERSION) $(OUT)
 
 lint:
 	@tests/vm/deps.sh

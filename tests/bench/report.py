@@ -292,6 +292,26 @@ def build(res):
         goal(goals, "backup read, whole device: view with discards / raw origin MB/s", st, 0.9,
              detail="readers: " + ", ".join(tools))
 
+    # 7. Change tracking: marked chunks, and the first write per chunk per epoch
+    tk = "70-track"
+    for w in res.workloads(tk):
+        if (tk, w, "track") not in res.by:
+            continue
+        st = add_ratio(f"track / linear ({w})", tk, w, "track", "linear")
+        p99r = res.ratio(tk, w, "track", "linear", "lat_pct_us/99.0")
+        ratios.append({"name": f"track / linear p99 latency ({w})", "group": tk,
+                       "workload": w, "case": "track", "baseline": "linear",
+                       "metric": "lat_pct_us/99.0", "ratio": p99r})
+        detail = (f"p99 track {fmt(res.s(tk, w, 'track', 'lat_pct_us/99.0'), ' us')}, "
+                  f"linear {fmt(res.s(tk, w, 'linear', 'lat_pct_us/99.0'), ' us')}")
+        if w.startswith("marked-"):
+            goal(goals, f"tracking, marked chunks {w}: fleece-track / dm-linear IOPS", st, 0.99,
+                 detail=detail)
+        else:
+            commits = res.s(tk, w, "track", "extra/commits_during")
+            goal(goals, f"tracking, first write per chunk per epoch {w}: fleece-track / dm-linear IOPS",
+                 st, 0.9, detail=detail + f", store commits per run {fmt(commits)}")
+
     # 5. Memory
     mem = "50-memory"
     memory = {}
