@@ -1130,6 +1130,7 @@ again:
  * As a view discard releases them (fleece_chunk_set_released(), under the
  * bucket lock, counted in @nr_released), with nothing copied yet: no fleece
  * range to discard.  A chunk that is busy after all is left pending.
+ * Process context, no spinlock held: it reschedules now and then.
  *
  * Return: the number of chunks released.
  */
@@ -1140,6 +1141,8 @@ unsigned long fleece_cbw_release_unused(struct fleece_ctx *ctx,
 	unsigned long chunk, flags, n = 0;
 
 	for (chunk = first; chunk <= last; chunk++) {
+		if (!(chunk % 4096))
+			cond_resched();
 		b = fleece_bucket(ctx, chunk);
 		spin_lock_irqsave(&b->lock, flags);
 		if (!WARN_ON_ONCE(fleece_region_find(b, chunk)) &&

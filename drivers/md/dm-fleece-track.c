@@ -1088,7 +1088,8 @@ static bool ft_range_changed(struct ft_store *ft, unsigned long *map,
  *	from the tracker's
  * @release: called with each run @first..@last of the caller's chunks
  *	that no changed chunk of the tracker overlaps, in order, under the
- *	tracker's locks (a mutex: it may take spinlocks, not sleep on I/O)
+ *	tracker's locks (mutexes: it may take spinlocks and reschedule, not
+ *	wait for I/O)
  * @arg: passed to @release
  * @why: set to the reason when nothing is reported
  *
@@ -1149,6 +1150,8 @@ int fleece_track_unchanged(dev_t store, sector_t len, unsigned int chunk_sectors
 
 	nr = DIV_ROUND_UP_SECTOR_T(len, chunk_sectors);
 	for (f = 0; f < nr; f++) {
+		if (!(f % 4096))
+			cond_resched();	/* millions of chunks, under mutexes */
 		start = (sector_t)f * chunk_sectors;
 		end = min_t(sector_t, start + chunk_sectors, len) - 1;
 		if (!ft_range_changed(ft, ft->prev, start, end) &&
