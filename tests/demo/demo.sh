@@ -140,51 +140,61 @@ say "    fleece space:     peak $peak in /mnt/scratch, 0 at the end"
 say ""
 
 say "=== incremental: more writes, then only the changed chunks are read ==="
+# incr N FIO_SIZE MAX_PERCENT: fio writes into the first FIO_SIZE of db.dat
+# during the backup; the image must be the point in time, the read at most
+# MAX_PERCENT of the LV.
+incr() {
+	local n=$1 i
+	say ""
+	say "--- incremental $n: fio writes 4 KiB blocks into the first $2 of db.dat"
+	setsid fio --name=db --filename=/mnt/vm/db.dat --size="$2" --rw=randwrite --bs=4k \
+		--direct=1 --ioengine=psync --rate_iops=400 --time_based --runtime=3600 \
+		--randrepeat=0 > fio$n.log 2>&1 &
+	fio_pid=$!
+	sleep 3
+	kill -0 $fio_pid || { cat fio$n.log; fail "fio did not start"; }
+	say "    freeze for the proof only, checksum the LV"
+	fsfreeze -f /mnt/vm
+	ref_sum=$(dd if=/dev/demo/vm bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1)
+	say "    point-in-time SHA-256: $ref_sum"
+	incr=(backup --fleece-dir /mnt/scratch --incremental --changed-map /mnt/backup/vm.map
+		--sha256 --progress lines --interval 3 demo/vm -o /mnt/backup/vm.img)
+	say "\$ fleece ${incr[*]}"
+	t0=$(date +%s.%N)
+	$F "${incr[@]}" > incr$n.out 2> incr$n.err &
+	bpid=$!
+	for i in $(seq 1 600); do
+		[ -b /dev/mapper/demo-vm-fleece-view ] && break
+		kill -0 $bpid 2>/dev/null || { cat incr$n.err; fail "the incremental backup ended early"; }
+		sleep 0.1
+	done
+	fsfreeze -u /mnt/vm
+	wait $bpid || { cat incr$n.err; fail "fleece backup --incremental failed"; }
+	t1=$(date +%s.%N)
+	show < incr$n.err
+	kill -- -$fio_pid; wait $fio_pid 2>/dev/null || true; fio_pid=
+	img_sum=$(sha256sum < /mnt/backup/vm.img | cut -d' ' -f1)
+	say "    image SHA-256:         $img_sum"
+	say "    point-in-time SHA-256: $ref_sum"
+	[ "$img_sum" = "$ref_sum" ] || fail "incremental $n: the image is not the point-in-time content"
+	assert_eq "$(cut -d' ' -f1 incr$n.out)" "$ref_sum" "fleece's --sha256 (incremental $n)"
+	grep -q '"incremental": true' /mnt/backup/vm.map || { cat incr$n.err /mnt/backup/vm.map; fail "not incremental"; }
+	! grep_q "no reflink here" incr$n.err || fail "no reflink on xfs"
+	read_bytes=$(sed -n 's/.*"read_bytes": \([0-9]*\).*/\1/p' /mnt/backup/vm.map)
+	size=$(blockdev --getsize64 /dev/demo/vm)
+	[ $((read_bytes * 100)) -le $((size * $3)) ] || fail "incremental $n read $read_bytes of $size bytes"
+	say "    equal: the image is again the LV exactly as it was at the point in time"
+	fsck.ext4 -n -f /mnt/backup/vm.img > fsck$n.out 2>&1 || { cat fsck$n.out; fail "fsck -n of incremental $n"; }
+	say "    fsck.ext4 -n: $(tail -1 fsck$n.out)"
+	u=$(dmsetup info -c --noheadings -o uuid | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "fleece devices left: $u"
+	say "    read:             $(awk -v r="$read_bytes" -v s="$size" 'BEGIN { printf "%.1f MiB of %.0f MiB (%.1f%%)", r / 1048576, s / 1048576, 100 * r / s }'), backup in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+}
+say "    (the first incremental reads what fio changed during and after the"
+say "    first backup, all over db.dat; the second only what changed since)"
+incr 1 24M 30
+incr 2 2M 10
 say ""
-say "--- fio writes again, now into the first 2 MiB of db.dat"
-setsid fio --name=db --filename=/mnt/vm/db.dat --size=2M --rw=randwrite --bs=4k \
-	--direct=1 --ioengine=psync --rate_iops=400 --time_based --runtime=3600 \
-	--randrepeat=0 > fio2.log 2>&1 &
-fio_pid=$!
-sleep 3
-kill -0 $fio_pid || { cat fio2.log; fail "fio did not start"; }
-say "--- freeze for the proof only, checksum the LV"
-fsfreeze -f /mnt/vm
-ref2_sum=$(dd if=/dev/demo/vm bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1)
-say "    point-in-time SHA-256: $ref2_sum"
-incr=(backup --fleece-dir /mnt/scratch --incremental --changed-map /mnt/backup/vm.map
-	--sha256 --progress lines --interval 3 demo/vm -o /mnt/backup/vm.img)
-say "\$ fleece ${incr[*]}"
-t0=$(date +%s.%N)
-$F "${incr[@]}" > incr.out 2> incr.err &
-bpid=$!
-for i in $(seq 1 600); do
-	[ -b /dev/mapper/demo-vm-fleece-view ] && break
-	kill -0 $bpid 2>/dev/null || { cat incr.err; fail "the incremental backup ended early"; }
-	sleep 0.1
-done
-fsfreeze -u /mnt/vm
-wait $bpid || { cat incr.err; fail "fleece backup --incremental failed"; }
-t1=$(date +%s.%N)
-show < incr.err
-kill -- -$fio_pid; wait $fio_pid 2>/dev/null || true; fio_pid=
-img2_sum=$(sha256sum < /mnt/backup/vm.img | cut -d' ' -f1)
-say "    image SHA-256:         $img2_sum"
-say "    point-in-time SHA-256: $ref2_sum"
-[ "$img2_sum" = "$ref2_sum" ] || fail "the incremental image is not the point-in-time content"
-assert_eq "$(cut -d' ' -f1 incr.out)" "$ref2_sum" "fleece's --sha256 (incremental)"
-grep -q '"incremental": true' /mnt/backup/vm.map || { cat incr.err /mnt/backup/vm.map; fail "not incremental"; }
-read_bytes=$(sed -n 's/.*"read_bytes": \([0-9]*\).*/\1/p' /mnt/backup/vm.map)
-size=$(blockdev --getsize64 /dev/demo/vm)
-[ $((read_bytes * 10)) -lt "$size" ] || fail "the incremental read $read_bytes of $size bytes"
-grep_q "no reflink here" incr.err && fail "no reflink on xfs"
-say "    equal: the image is again the LV exactly as it was at the point in time"
-fsck.ext4 -n -f /mnt/backup/vm.img > fsck2.out 2>&1 || { cat fsck2.out; fail "fsck -n of the incremental image"; }
-say "    fsck.ext4 -n: $(tail -1 fsck2.out)"
-u=$(dmsetup info -c --noheadings -o uuid | grep '^FLEECE-' || true)
-[ -z "$u" ] || fail "fleece devices left: $u"
-say ""
-say "--- summary of the incremental"
-say "    read:             $(awk -v r="$read_bytes" -v s="$size" 'BEGIN { printf "%.1f MiB of %.0f MiB (%.1f%%)", r / 1048576, s / 1048576, 100 * r / s }') in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
-say "    history:          $(tr -d '\n ' < /mnt/backup/vm.img.fleece.json | sed 's/,"image_dev.*//')"
+say "--- the image's history (next to it, in vm.img.fleece.json)"
+say "    $(tr -d '\n ' < /mnt/backup/vm.img.fleece.json | sed 's/,"image_dev.*//')"
 say ""
