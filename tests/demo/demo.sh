@@ -30,7 +30,7 @@ trap cleanup EXIT
 say ""
 say "=== dm-fleece demo: back up a busy ext4 LV while it is being written ==="
 say ""
-say "--- setup: volume group 'demo' on a RAM disk, three LVs"
+say "--- setup: volume group 'demo' on a RAM disk, four LVs"
 pvcreate -q /dev/ram2 > /dev/null
 vgcreate -q demo /dev/ram2 > /dev/null
 lvcreate -q -y -L 128M -n vm demo > /dev/null		# the VM's disk
@@ -192,7 +192,7 @@ incr() {
 }
 say "    (the first incremental reads what fio changed during and after the"
 say "    first backup, all over db.dat; the second only what changed since)"
-incr 1 24M 30
+incr 1 2M 30
 incr 2 2M 10
 say ""
 say "--- the image's history (next to it, in vm.img.fleece.json)"
