@@ -49,7 +49,7 @@ installed fleece || fail "fleece is not installed"
 [ "$(/usr/sbin/fleece --version)" = "fleece $version" ] ||
 	fail "/usr/sbin/fleece --version: '$(/usr/sbin/fleece --version)', not 'fleece $version'"
 [ -f /usr/lib/udev/rules.d/60-fleece.rules ] || fail "no udev rules in /usr/lib/udev/rules.d"
-man -w fleece > /dev/null || fail "man fleece: no manual page"
+[ -f /usr/share/man/man8/fleece.8.gz ] || fail "no manual page /usr/share/man/man8/fleece.8.gz"
 
 # The path of DKMS's build of the module for a kernel, after checking that
 # DKMS says it is installed and that the file installed is that build.
