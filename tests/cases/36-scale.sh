@@ -272,7 +272,7 @@ assert_eq "$(workers_wait $((workers0 + N * per_pair)))" $((workers0 + N * per_p
 dmsetup status > status.start
 for ((i = 0; i < N; i++)); do
 	c=$(chunk_of $i)
-	echo "fl$i: 0 $SZ fleece $c $((SZ / c)) $((SZ / c)) 0 0 0 0 active 0"
+	echo "fl$i: 0 $SZ fleece $c $((SZ / c)) $((SZ / c)) 0 0 0 0 active 0 0"
 done | sort > want.start
 grep '^fl[0-9]*:' status.start | sort | diff want.start - || fail "fleece status at the start"
 
