@@ -257,28 +257,16 @@ int state_write(const char *name, const struct fleece_state *st)
 {
 	char *path = state_path(name), *tmp = xasprintf("%s" STATE_TMP_SUFFIX, path);
 	FILE *f;
-	int fd, r = 0;
+	int r = 0;
 
 	if (mkdir(state_dir(), 0700) && errno != EEXIST) {
 		r = -errno;
 		msg_errno("cannot create the state directory %s", state_dir());
 		goto out;
 	}
-	/* A leftover of a killed run is ours to replace, a symlink is not. */
-	if (unlink(tmp) && errno != ENOENT) {
-		r = -errno;
-		msg_errno("cannot remove %s", tmp);
+	f = create_tmp_file(tmp, 0600, &r);
+	if (!f)
 		goto out;
-	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	f = fd >= 0 ? fdopen(fd, "w") : NULL;
-	if (!f) {
-		r = -errno;
-		msg_errno("cannot write %s", tmp);
-		if (fd >= 0)
-			close(fd);
-		goto out;
-	}
 	fprintf(f, "# fleece(8) state of %s: removed by 'fleece stop %s'\n", name, name);
 	fprintf(f, "phase=%s\n", st->phase);
 	if (st->fleece_file[0])

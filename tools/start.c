@@ -114,19 +114,12 @@ void start_opts_free(struct start_opts *o)
  */
 int start_parse_opt(struct start_opts *o, int opt, const char *arg)
 {
-	uint64_t v;
 	double secs;
 	char *copy, *tok, *save = NULL;
 
 	switch (opt) {
 	case 'c':
-		if (parse_size(arg, &v))
-			return usage_error("--chunk-size '%s': not a size (e.g. 64K, 1M)", arg);
-		if (v < FLEECE_MIN_CHUNK_SECTORS * 512ULL || v > FLEECE_MAX_CHUNK_SECTORS * 512ULL ||
-		    (v & (v - 1)))
-			return usage_error("--chunk-size '%s': must be a power of two from 4K to 16M", arg);
-		o->chunk_bytes = v;
-		return 0;
+		return parse_chunk_size(arg, &o->chunk_bytes);
 	case 'F':
 		o->fail_origin_writes = true;
 		return 0;

@@ -354,7 +354,7 @@ static int rec_write(const struct track_rec *rec)
 {
 	char *path = rec_path(rec->name), *tmp = xasprintf("%s~tmp", path), *dir;
 	FILE *f;
-	int fd, r = 0;
+	int r = 0;
 
 	dir = xstrdup(track_dir());
 	if (mkdir(dir, 0755) && errno != EEXIST) {
@@ -375,20 +375,9 @@ static int rec_write(const struct track_rec *rec)
 			goto out;
 		}
 	}
-	if (unlink(tmp) && errno != ENOENT) {
-		r = -errno;
-		msg_errno("cannot remove %s", tmp);
+	f = create_tmp_file(tmp, 0644, &r);
+	if (!f)
 		goto out;
-	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-	f = fd >= 0 ? fdopen(fd, "w") : NULL;
-	if (!f) {
-		r = -errno;
-		msg_errno("cannot write %s", tmp);
-		if (fd >= 0)
-			close(fd);
-		goto out;
-	}
 	fprintf(f, "# fleece(8): change tracking of %s, re-attached by 'fleece track attach';\n"
 		"# removed by 'fleece track stop %s'\n", rec->name, rec->name);
 	fprintf(f, "uuid=%s\n", rec->uuid);
@@ -1567,20 +1556,13 @@ static void track_help(void)
 static int track_opt(int c, const char *arg, void *ctx)
 {
 	struct track_opts *o = ctx;
-	uint64_t v;
 
 	switch (c) {
 	case 's':
 		o->store = arg;
 		return 0;
 	case 'c':
-		if (parse_size(arg, &v))
-			return usage_error("--chunk-size '%s': not a size (e.g. 64K, 1M)", arg);
-		if (v < FLEECE_MIN_CHUNK_SECTORS * 512ULL || v > FLEECE_MAX_CHUNK_SECTORS * 512ULL ||
-		    (v & (v - 1)))
-			return usage_error("--chunk-size '%s': must be a power of two from 4K to 16M", arg);
-		o->chunk_bytes = v;
-		return 0;
+		return parse_chunk_size(arg, &o->chunk_bytes);
 	case 'f':
 		o->force = true;
 		return 0;

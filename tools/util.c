@@ -251,6 +251,40 @@ int parse_uint(const char *s, uint64_t max, uint64_t *val)
 	return 0;
 }
 
+int parse_chunk_size(const char *arg, uint64_t *bytes)
+{
+	uint64_t v;
+
+	if (parse_size(arg, &v))
+		return usage_error("--chunk-size '%s': not a size (e.g. 64K, 1M)", arg);
+	if (v < FLEECE_MIN_CHUNK_SECTORS * 512ULL || v > FLEECE_MAX_CHUNK_SECTORS * 512ULL ||
+	    (v & (v - 1)))
+		return usage_error("--chunk-size '%s': must be a power of two from 4K to 16M", arg);
+	*bytes = v;
+	return 0;
+}
+
+FILE *create_tmp_file(const char *tmp, mode_t mode, int *r)
+{
+	FILE *f;
+	int fd;
+
+	if (unlink(tmp) && errno != ENOENT) {
+		*r = -errno;
+		msg_errno("cannot remove %s", tmp);
+		return NULL;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	f = fd >= 0 ? fdopen(fd, "w") : NULL;
+	if (!f) {
+		*r = -errno;
+		msg_errno("cannot write %s", tmp);
+		if (fd >= 0)
+			close(fd);
+	}
+	return f;
+}
+
 int parse_size(const char *s, uint64_t *bytes)
 {
 	unsigned long long v;

@@ -81,6 +81,14 @@ int usage_error(const char *fmt, ...) ATTR_PRINTF(1, 2);
 
 /* Sizes: "4096", "64K", "64KiB", "1M", "2G", "512s" (sectors).  */
 int parse_size(const char *s, uint64_t *bytes);
+/* --chunk-size: a power of two from 4K to 16M; a usage error otherwise. */
+int parse_chunk_size(const char *arg, uint64_t *bytes);
+/*
+ * Create @tmp afresh for writing (a leftover of a killed run is replaced,
+ * a symlink is not followed): the stream, or NULL with a message and
+ * -errno in *@r.
+ */
+FILE *create_tmp_file(const char *tmp, mode_t mode, int *r);
 int parse_uint(const char *s, uint64_t max, uint64_t *val);
 /* Seconds, with an optional fraction and unit: "45", "1.5", "500ms", "2m". */
 int parse_seconds(const char *s, double *secs);
