@@ -479,10 +479,11 @@ int fleece_dirs_check(void)
 	return checked;
 }
 
-static struct {
-	char name[128];
+/* The locks this process holds: as many as the NAMEs of one command. */
+static struct held_lock {
+	char *name;
 	int fd;
-} held_locks[64];
+} *held_locks;
 static unsigned int nr_held_locks;
 
 /*
@@ -493,6 +494,7 @@ static unsigned int nr_held_locks;
 int fleece_lock(const char *name)
 {
 	const char *dir = lock_dir();
+	struct held_lock *held;
 	unsigned int i;
 	char *path;
 	int fd, r;
@@ -500,10 +502,6 @@ int fleece_lock(const char *name)
 	for (i = 0; i < nr_held_locks; i++)
 		if (!strcmp(held_locks[i].name, name))
 			return 0;
-	if (nr_held_locks == ARRAY_SIZE(held_locks)) {
-		msg_error("%s: more than %zu devices at once", name, ARRAY_SIZE(held_locks));
-		return -ENOMEM;
-	}
 	r = fleece_dirs_check();
 	if (r)
 		return r;
@@ -531,7 +529,14 @@ int fleece_lock(const char *name)
 		return r;
 	}
 	free(path);
-	snprintf(held_locks[nr_held_locks].name, sizeof(held_locks[0].name), "%s", name);
+	held = realloc(held_locks, (nr_held_locks + 1) * sizeof(*held_locks));
+	if (!held) {
+		msg_error("%s: out of memory", name);
+		close(fd);
+		return -ENOMEM;
+	}
+	held_locks = held;
+	held_locks[nr_held_locks].name = xstrdup(name);
 	held_locks[nr_held_locks++].fd = fd;
 	return 0;
 }
