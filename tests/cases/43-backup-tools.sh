@@ -14,6 +14,7 @@
 # truncated stream (tests/results/2026-11-30-43-backup-tools-*-unfixed-*).
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
+set -o errtrace	# lib.sh's ERR trap: also for a failure inside a function
 F=$(fleece_bin)
 export FLEECE_STATE_DIR=$PWD/state
 command -v restic > /dev/null || fail "no restic (tests/vm/deps.sh installs it)"
@@ -104,22 +105,34 @@ rm -rf restored
 as_before "borg"
 
 step "3. the view invalidated midway: restic and borg fail and record nothing"
-# Once the view has been read from (its status counts reads from the
-# origin), the fleece device fails every write and data is written: the
-# copy-before-write fails and the view becomes invalid.
+# Once the reader has read from the view (its status counts reads from
+# the origin), the fleece processes are stopped (SIGSTOP: the reader cannot
+# race on meanwhile), the fleece device fails every write, and data is
+# written: the copy-before-write fails, the view becomes invalid; then they
+# go on, and their next read fails.
 invalidate_midway() { # pid log
-	local i
-	for i in $(seq 1 600); do
+	local i pids
+	for i in $(seq 1 1200); do
 		[ -b /dev/mapper/data-fleece-view ] &&
-			[ "$(dmsetup status data-fleece-view | awk '{ print $4 }')" -gt 0 ] && break
+			[ "$(dmsetup status data-fleece-view 2>/dev/null | awk '{ print $4 }')" -gt 0 ] && break
 		alive "$1" || { cat "$2"; fail "the backup ended before it read"; }
 		sleep 0.1
 	done
+	pids=$(pgrep -x fleece) || { cat "$2"; fail "no fleece process to hold"; }
+	kill -STOP $pids
 	dmsetup load fl --table "0 $(sectors "$fl") error"
 	dmsetup suspend fl
 	dmsetup resume fl
 	dd if=/dev/zero of="$data" bs=64k count=1 seek=127 oflag=direct status=none
+	kill -CONT $pids
 	alive "$1" || { cat "$2"; fail "the backup ended before the view was invalidated"; }
+}
+# The reader said where its read failed: before the end.
+failed_midway() { # log what
+	local at
+	at=$(sed -n 's/.*the view became invalid at \([0-9]*\) bytes.*/\1/p' "$1" | head -n 1)
+	[ -n "$at" ] && [ "$at" -lt $((8 << 20)) ] || bad+=("$2: the read did not fail midway (at '$at')")
+	echo "$2: the read failed at $at bytes"
 }
 alive() { local st; st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
 fl_back() {
@@ -129,11 +142,12 @@ fl_back() {
 	put pat "$data"
 }
 bad=()
-restic_backup --rate 1M --block-size 1M > r.log 2>&1 &
+restic_backup --rate 1M --block-size 256K > r.log 2>&1 &
 pid=$!
 invalidate_midway $pid r.log
 rc=0; wait $pid || rc=$?
 cat r.log
+failed_midway r.log restic
 [ "$rc" != 0 ] || bad+=("restic: fleece run exited 0 after the view was invalidated")
 grep -q "the view became invalid while 'bash' ran" r.log || bad+=("restic: the invalidation was not reported")
 n=$(snapshots)
@@ -141,11 +155,12 @@ n=$(snapshots)
 fl_back
 as_before "restic, view invalidated"
 
-borg_backup a2 --rate 1M --block-size 1M > b.log 2>&1 &
+borg_backup a2 --rate 1M --block-size 256K > b.log 2>&1 &
 pid=$!
 invalidate_midway $pid b.log
 rc=0; wait $pid || rc=$?
 cat b.log
+failed_midway b.log borg
 [ "$rc" != 0 ] || bad+=("borg: borg create exited 0 after the view was invalidated")
 grep -q "the view became invalid" b.log || bad+=("borg: fleece's message on the invalidation is not there")
 n=$(archives)
