@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "fleece.h"
+#include "run.h"
 #include "track.h"
 #include "util.h"
 
@@ -29,6 +30,7 @@ static const struct {
 	{ "status", cmd_status, "show fleeced devices, chunk counts and progress" },
 	{ "backup", cmd_backup, "start, read the view to a file or stdout, stop" },
 	{ "read", cmd_read, "read a fleece view to a file or stdout, releasing chunks" },
+	{ "run", cmd_run, "start, run a command on the views (a backup client), stop" },
 	{ "track", cmd_track, "change tracking for incremental backups (start, stop, status, attach)" },
 };
 
