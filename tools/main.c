@@ -17,6 +17,7 @@
 
 #include "fleece.h"
 #include "run.h"
+#include "serve.h"
 #include "track.h"
 #include "util.h"
 
@@ -31,6 +32,7 @@ static const struct {
 	{ "backup", cmd_backup, "start, read the view to a file or stdout, stop" },
 	{ "read", cmd_read, "read a fleece view to a file or stdout, releasing chunks" },
 	{ "run", cmd_run, "start, run a command on the views (a backup client), stop" },
+	{ "serve", cmd_serve, "export a frozen view over NBD (qemu-nbd), releasing chunks as the client trims" },
 	{ "track", cmd_track, "change tracking for incremental backups (start, stop, status, attach)" },
 };
 
