@@ -10,7 +10,8 @@ pkgs=(qemu-system-x86 busybox-static cpio dmsetup lvm2 thin-provisioning-tools
       fio e2fsprogs xfsprogs libdevmapper-dev sparse udev kmod make gcc
       util-linux python3 zstd libblkid-dev strace "linux-headers-$KVER_6_1" "linux-headers-$KVER_6_12"
       linux-source-6.1 bc flex bison libelf-dev libssl-dev dwarves rsync
-      python3-matplotlib procps debhelper dh-dkms dkms lintian dpkg-dev fakeroot)
+      python3-matplotlib procps debhelper dh-dkms dkms lintian dpkg-dev fakeroot
+      valgrind)
 
 missing=()
 for p in "${pkgs[@]}"; do
