@@ -372,6 +372,12 @@ static void test_cmd_args(void)
 	CHECK_HAS(captured, "no output given");
 	CHECK_INT(run_cmd(cmd_backup, "backup a -o x"), EX_FLEECE_USAGE);
 	CHECK_HAS(captured, "give the fleece space");
+	CHECK_INT(run_cmd(cmd_backup, "backup -D /tmp a b -o /nonexistent-dir/"), EX_FLEECE_USAGE);
+	CHECK_HAS(captured, "-o /nonexistent-dir/: not a directory");
+	CHECK_INT(run_cmd(cmd_backup, "backup -d /dev/null a b -o /tmp/"), EX_FLEECE_USAGE);
+	CHECK_HAS(captured, "2 devices, 1 --fleece-dev: give one each");
+	CHECK_INT(run_cmd(cmd_backup, "backup -D /tmp --incremental a b -o /tmp/"), EX_FLEECE_USAGE);
+	CHECK_HAS(captured, "--incremental and --changed-map: one device at a time");
 	CHECK_INT(run_cmd(cmd_backup, "backup --chunk-size 1M --chunk-size 5K a -o x"),
 		  EX_FLEECE_USAGE);
 	CHECK_HAS(captured, "--chunk-size '5K': must be a power of two");
