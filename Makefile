@@ -5,6 +5,7 @@
 #   make check           the test suite in a VM (KVER=..., KERNEL=debug, T=pattern)
 #   make bench           fio benchmarks in a VM (T=pattern, DISK=file, ICOUNT=)
 #   make lint            checkpatch --strict and sparse on the module
+#   make unit            host-side unit tests of the tools (no VM, seconds)
 #   make install         module and tools on this host
 #   make deb             Debian packages dm-fleece-dkms and fleece, in $(BUILD)/deb
 #   make check-package   build and install the packages, DKMS-build the module for
@@ -23,7 +24,7 @@ PREFIX      ?= /usr/local
 
 MODULE_SRCS := Kbuild $(wildcard drivers/md/*.[ch] include/*.h)
 
-.PHONY: all module tools check selftest demo bench lint install clean deps deb check-package
+.PHONY: all module tools check selftest demo bench lint unit install clean deps deb check-package
 
 all: module tools
 
@@ -122,6 +123,12 @@ check-package: deb
 lint:
 	@tests/vm/deps.sh
 	@tests/lint.sh
+
+# The tools' pure parts (parsers, state files, the output's FILE.partial,
+# SHA-256), tested on this host under valgrind: tests/unit/unit.c.
+unit:
+	@tests/vm/deps.sh
+	$(MAKE) -C tools check WERROR=1
 
 install: all
 	$(MAKE) -C $(KDIR) M=$(CURDIR) modules_install

@@ -5,6 +5,10 @@
  * pipe) the fleece is stopped, no device is left behind, FILE.partial is
  * removed and the exit status is not 0.  A SIGKILL leaves things for
  * "fleece stop NAME", which also removes FILE.partial.
+ *
+ * With -o DIR/, each NAME given is backed up to DIR/NAME.img, all at one
+ * point in time: one start of them all, then each view read in turn and
+ * its fleece stopped, one exit status (the worst).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -54,8 +58,7 @@ static void sample(void *arg)
  * tells), and the devices the output must not touch: NAME, the fleece
  * device.  0, or -errno with a message.
  */
-static int backup_guard(const char *name, const struct start_opts *so,
-			struct output_guard *g)
+static int backup_guard(const char *name, const char *fleece_dev, struct output_guard *g)
 {
 	struct dmw_info info;
 	struct stat sb;
@@ -71,7 +74,7 @@ static int backup_guard(const char *name, const struct start_opts *so,
 		return r ? r : -ENXIO;
 	}
 	output_guard_add(g, makedev(info.major, info.minor), name);
-	if (so->nr_fleece_devs && !stat(so->fleece_devs[0], &sb) && S_ISBLK(sb.st_mode))
+	if (fleece_dev && !stat(fleece_dev, &sb) && S_ISBLK(sb.st_mode))
 		output_guard_add(g, sb.st_rdev, "the fleece device");
 	return 0;
 }
@@ -97,15 +100,20 @@ static char *partial_path(const char *output)
 static void backup_help(void)
 {
 	printf("Usage: fleece backup [OPTIONS] (--fleece-dev DEV | --fleece-dir DIR) NAME -o FILE|-\n"
+	       "       fleece backup [OPTIONS] (--fleece-dev DEV,... | --fleece-dir DIR) NAME... -o DIR/\n"
 	       "\n"
 	       "Back up the device-mapper device NAME as it is now, while it keeps working:\n"
 	       "start a fleece, read the frozen view to FILE (written as FILE.partial and\n"
 	       "renamed when complete; all-zero chunks become holes) or to standard output,\n"
 	       "releasing each chunk once it is written, then stop.  On any error or signal\n"
 	       "everything is undone and the exit status is not 0.\n"
+	       "With -o DIR/ (a trailing slash), each NAME goes to DIR/NAME.img, all of them\n"
+	       "at one point in time; they are read in turn, and the exit status is the\n"
+	       "worst of theirs.\n"
 	       "\n"
 	       "Fleece options (as for 'fleece start'):\n"
-	       "  -d, --fleece-dev DEV      fleece device, at least as large as NAME\n"
+	       "  -d, --fleece-dev DEV      fleece device, at least as large as NAME (one\n"
+	       "                            per NAME, comma-separated, with several)\n"
 	       "  -D, --fleece-dir DIR      or a sparse file DIR/NAME.fleece on a loop device\n"
 	       HELP_START_POLICY
 	       "\n"
@@ -145,24 +153,59 @@ static int backup_opt(int c, const char *arg, void *ctx)
 	return r == 1 ? reader_parse_opt(&a->ro, c, arg) : r;
 }
 
-/* The arguments that parse_opts() leaves to check: 0 or -EFLEECE_USAGE. */
-static int backup_args_check(int argc, char **argv, const struct start_opts *so,
-			     const char *output, const char *map)
+/* -o DIR/ (a trailing slash): one image per NAME, DIR/NAME.img. */
+static bool output_is_dir(const char *output)
 {
+	size_t len = output ? strlen(output) : 0;
+
+	return len && output[len - 1] == '/';
+}
+
+/* -o DIR/: a directory we can write in.  0 or -EFLEECE_USAGE with a message. */
+static int output_dir_check(const char *dir)
+{
+	struct stat st;
+
+	if (stat(dir, &st) || !S_ISDIR(st.st_mode))
+		return usage_err("-o %s: not a directory", dir);
+	if (access(dir, W_OK | X_OK)) {
+		msg_errno("-o %s: cannot write in it", dir);
+		return -EFLEECE_USAGE;
+	}
+	return 0;
+}
+
+/* The arguments that parse_opts() leaves to check: 0 or -EFLEECE_USAGE. */
+static int backup_args_check(int argc, char **argv, const struct backup_args *a)
+{
+	const struct start_opts *so = &a->so;
+	const char *output = a->ro.output, *map = a->changed_map;
+	unsigned int n = argc - optind;
 	char *copy;
 	int r = 0;
 
 	if (optind >= argc)
 		return usage_err("no device given");
-	if (optind + 1 < argc)
-		return usage_err("one device at a time: '%s' is one too many (use 'fleece start' for a consistent point of several)",
+	if (n > 1 && !output_is_dir(output))
+		return usage_err("one device at a time to a file: '%s' is one too many (-o DIR/ backs up several at one point in time, to DIR/NAME.img each)",
 				 argv[optind + 1]);
 	if (!output)
 		return usage_err("no output given: -o FILE, or -o - for standard output");
-	if (so->nr_fleece_devs > 1)
+	if (n == 1 && so->nr_fleece_devs > 1)
 		return usage_err("one device, one --fleece-dev");
+	if (so->nr_fleece_devs && so->nr_fleece_devs != n)
+		return usage_err("%u devices, %u --fleece-dev: give one each", n, so->nr_fleece_devs);
 	if (!so->nr_fleece_devs && !so->fleece_dir)
 		return usage_err("give the fleece space: --fleece-dev DEV or --fleece-dir DIR");
+	if (output_is_dir(output)) {
+		if (n > 1 && (a->incremental || map))
+			return usage_err("--incremental and --changed-map: one device at a time");
+		if (map && !strcmp(map, output))
+			return usage_err("--changed-map '%s': give a file other than the image", map);
+		r = output_dir_check(output);
+		if (r)
+			return r;
+	}
 	if (map) {
 		if (!*map || !strcmp(map, "-") || !strcmp(map, output))
 			return usage_err("--changed-map '%s': give a file other than the image", map);
@@ -175,7 +218,7 @@ static int backup_args_check(int argc, char **argv, const struct start_opts *so,
 		if (r)
 			return r;
 	}
-	return output_check(output);
+	return output_is_dir(output) ? 0 : output_check(output);
 }
 
 static void backup_summary(const char *name, const struct reader_opts *ro,
@@ -213,6 +256,8 @@ static void backup_summary(const char *name, const struct reader_opts *ro,
 struct backup_run {
 	const char *name;
 	const char *output;
+	const char *fleece_dev;		/* --fleece-dev for NAME, or NULL */
+	char *partial_abs;		/* FILE.partial, absolute, for the state file */
 	struct backup_args *a;
 	struct fleece_names fn;
 	struct incr_plan plan;
@@ -382,60 +427,55 @@ static int backup_map(struct backup_run *b)
 }
 
 /*
- * start, read, stop: 0, or -errno with a message.  Whatever fails, the
- * fleece is stopped and an incomplete FILE.partial removed (output_finish).
+ * Before the start: NAME's lock, its checks, the plan, the output opened
+ * (FILE.partial).  0, or -errno with a message; on failure nothing is
+ * open and nothing was written.
  */
-static int backup_run(const char *name, struct backup_args *a, const char *output)
+static int backup_prepare(struct backup_run *b)
 {
-	struct start_opts *so = &a->so;
 	struct output_guard guard = { .n = 0 };
-	struct backup_run *b = xcalloc(1, sizeof(*b));
-	struct dmw_info vi;
-	char view[PATH_MAX], *partial_abs, *names[1];
-	int r, r2;
+	const char *name = b->name;
+	int r;
 
-	b->name = name;
-	b->output = output;
-	b->a = a;
 	r = fleece_names(name, &b->fn);
-	if (r) {
-		r = -EFLEECE_REFUSED;
-		goto out;
-	}
+	if (r)
+		return -EFLEECE_REFUSED;
 	/*
 	 * The lock and the state first, the output after: a second backup of
 	 * NAME (a timer firing twice) must not touch the first one's output.
 	 */
 	r = fleece_lock(name);
-	if (r) {
-		r = r == -EBUSY ? -EFLEECE_REFUSED : r;
-		goto out;
-	}
-	r = backup_guard(name, so, &guard);
-	if (!r)
-		r = incr_plan(name, output, a->incremental, &b->plan);
 	if (r)
-		goto out;
-	if (a->incremental && !b->plan.incremental)
+		return r == -EBUSY ? -EFLEECE_REFUSED : r;
+	r = backup_guard(name, b->fleece_dev, &guard);
+	if (!r)
+		r = incr_plan(name, b->output, b->a->incremental, &b->plan);
+	if (r)
+		return r;
+	if (b->a->incremental && !b->plan.incremental)
 		msg_info("%s: --incremental: a full backup: %s", name, b->plan.reason);
 	/* "fleece stop" removes FILE.partial after a SIGKILL: record it. */
-	partial_abs = partial_path(output);
+	b->partial_abs = partial_path(b->output);
 	signals_install();
 	r = backup_open(b, &guard);
 	if (r) {
-		free(partial_abs);
-		goto out;
+		free(b->partial_abs);
+		b->partial_abs = NULL;
 	}
-	so->partial = b->out.partial ? partial_abs : NULL;
-	so->incremental = b->plan.incremental;
-	names[0] = (char *)name;
-	r = fleece_start(so, names, 1);
-	free(partial_abs);
-	so->partial = NULL;
-	if (r) {
-		r = output_finish(&b->out, r);
-		goto end;
-	}
+	return r;
+}
+
+/*
+ * After the start: read the view, put the image (and its record) in place
+ * or remove FILE.partial, stop NAME's fleece.  0, or -errno with a message.
+ */
+static int backup_finish(struct backup_run *b)
+{
+	const char *name = b->name;
+	struct dmw_info vi;
+	char view[PATH_MAX];
+	int r, r2;
+
 	if (dmw_info_uuid(b->fn.view_uuid, &vi) || !vi.exists ||
 	    devno_path(makedev(vi.major, vi.minor), view, sizeof(view))) {
 		msg_error("%s: the view vanished", name);
@@ -454,17 +494,138 @@ static int backup_run(const char *name, struct backup_args *a, const char *outpu
 	r2 = fleece_stop(name, r ? 0 : STOP_KEEP_PARTIAL);
 	if (!r)
 		r = r2;
-end:
+	return r;
+}
+
+/* The end, whatever the outcome @r: the tracker told, the map, the summary. */
+static int backup_end(struct backup_run *b, int r)
+{
+	int r2;
+
 	/* A failed start may have taken its checkpoint: merge that set too. */
 	backup_track_end(b, r);
 	if (!r) {
 		r2 = backup_map(b);
-		backup_summary(name, &a->ro, &b->res, &b->smp, &b->out, b->plan.incremental);
+		backup_summary(b->name, &b->a->ro, &b->res, &b->smp, &b->out, b->plan.incremental);
 		r = r2;
 	}
-out:
+	return r;
+}
+
+static void backup_run_free(struct backup_run *b)
+{
+	free(b->partial_abs);
 	free(b->ext);
+}
+
+/*
+ * start, read, stop: 0, or -errno with a message.  Whatever fails, the
+ * fleece is stopped and an incomplete FILE.partial removed (output_finish).
+ */
+static int backup_run(const char *name, struct backup_args *a, const char *output)
+{
+	struct start_opts *so = &a->so;
+	struct backup_run *b = xcalloc(1, sizeof(*b));
+	char *names[1], *partials[1];
+	int r;
+
+	b->name = name;
+	b->output = output;
+	b->fleece_dev = so->nr_fleece_devs ? so->fleece_devs[0] : NULL;
+	b->a = a;
+	r = backup_prepare(b);
+	if (r)
+		goto out;
+	partials[0] = b->out.partial ? b->partial_abs : NULL;
+	so->partials = partials;
+	so->incremental = b->plan.incremental;
+	names[0] = (char *)name;
+	r = fleece_start(so, names, 1);
+	so->partials = NULL;
+	if (r)
+		r = output_finish(&b->out, r);
+	else
+		r = backup_finish(b);
+	r = backup_end(b, r);
+out:
+	backup_run_free(b);
 	free(b);
+	return r;
+}
+
+/* Of two outcomes, the one with the higher exit status. */
+static int worse(int a, int b)
+{
+	return exit_code(b) > exit_code(a) ? b : a;
+}
+
+/*
+ * -o DIR/: every NAME of @args at one point in time, to DIR/NAME.img each:
+ * all prepared (locks, checks, outputs), one start of them all, then each
+ * view read in turn and its fleece stopped.  A NAME that fails does not
+ * stop the others (its image is removed; a signal stops them all).  0, or
+ * the -errno of the worst outcome, with messages.
+ */
+static int backup_several(struct backup_args *a, char **args, unsigned int n)
+{
+	struct start_opts *so = &a->so;
+	struct backup_run *runs = xcalloc(n, sizeof(*runs));
+	char **names = xcalloc(n, sizeof(char *)), **partials = xcalloc(n, sizeof(char *));
+	unsigned int i, j, prepared = 0, failed = 0;
+	int r = 0, ri;
+
+	for (i = 0; !r && i < n; i++) {
+		names[i] = xmalloc(128);
+		r = resolve_dm_name(args[i], names[i], 128);
+		for (j = 0; !r && j < i; j++)
+			if (!strcmp(names[i], names[j]))
+				r = usage_err("%s given twice", names[i]);
+	}
+	for (i = 0; !r && i < n; i++, prepared++) {
+		runs[i].name = names[i];
+		runs[i].output = xasprintf("%s%s.img", a->ro.output, names[i]);
+		runs[i].fleece_dev = so->nr_fleece_devs ? so->fleece_devs[i] : NULL;
+		runs[i].a = a;
+		r = backup_prepare(&runs[i]);
+		partials[i] = runs[i].out.partial ? runs[i].partial_abs : NULL;
+	}
+	if (r) {
+		/* Nothing started: the outputs opened so far are removed. */
+		for (i = 0; i + 1 < prepared; i++)
+			output_finish(&runs[i].out, r);
+		goto out;
+	}
+	so->partials = partials;
+	so->incremental = false;
+	r = fleece_start(so, names, n);
+	so->partials = NULL;
+	if (r) {
+		for (i = 0; i < n; i++)
+			backup_end(&runs[i], output_finish(&runs[i].out, r));
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		ri = backup_finish(&runs[i]);
+		ri = backup_end(&runs[i], ri);
+		if (ri)
+			failed++;
+		r = worse(r, ri);
+	}
+	if (failed)
+		msg_error("%u of %u images at one point in time are not complete (removed): %s", failed, n,
+			  a->ro.output);
+	else
+		msg_info("%u images at one point in time in %s", n, a->ro.output);
+out:
+	for (i = 0; i < n; i++) {
+		if (i < prepared)
+			free((char *)runs[i].output);
+		backup_run_free(&runs[i]);
+		free(names[i]);
+	}
+	free(runs);
+	free(names);
+	free(partials);
 	return r;
 }
 
@@ -488,11 +649,14 @@ int cmd_backup(int argc, char **argv)
 		start_opts_free(&a.so);
 		return r;
 	}
-	r = backup_args_check(argc, argv, &a.so, a.ro.output, a.changed_map);
-	if (!r)
+	r = backup_args_check(argc, argv, &a);
+	if (!r && output_is_dir(a.ro.output)) {
+		r = backup_several(&a, argv + optind, argc - optind);
+	} else if (!r) {
 		r = resolve_dm_name(argv[optind], name, sizeof(name));
-	if (!r)
-		r = backup_run(name, &a, a.ro.output);
+		if (!r)
+			r = backup_run(name, &a, a.ro.output);
+	}
 	start_opts_free(&a.so);
 	return exit_code(r);
 }

@@ -178,7 +178,7 @@ struct start_opts {
 	unsigned int nr_fleece_devs;
 	const char *fleece_dir;
 	bool force;			/* a --fleece-dev with a signature */
-	const char *partial;		/* recorded in the state (backup) */
+	char **partials;		/* per NAME, recorded in the state (backup), or NULL */
 	/*
 	 * A tracked NAME (fleece-track table): ask the fleece target to
 	 * release every chunk the tracker saw no change in (track_store).

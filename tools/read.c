@@ -198,7 +198,8 @@ struct reader {
 	bool punch;			/* the file has data there: punch them */
 	bool out_sync;			/* synced before each release */
 	struct readahead *ra;
-	struct sha256 sha;
+	struct sha256 sha;		/* --sha256: fed by the readahead's hasher */
+	bool hashing;
 	struct progress prog;
 };
 
@@ -251,7 +252,6 @@ static int reader_open(struct reader *rd)
 		rd->block = rd->chunk;
 	rd->block -= rd->block % rd->chunk;
 	rd->res->size = rd->size;
-	sha256_init(&rd->sha);
 	rd->prog.o = o;
 	rd->prog.size = rd->size;
 	rd->prog.mode = o->progress;
@@ -404,8 +404,6 @@ static int reader_loop(struct reader *rd)
 		if (r)
 			break;
 		rd->res->bytes_read += n;
-		if (rd->o->sha256)
-			sha256_update(&rd->sha, buf, n);
 		r = reader_put(rd, buf, n);
 		if (r)
 			break;
@@ -426,7 +424,7 @@ static int reader_loop(struct reader *rd)
  */
 static int reader_finish(struct reader *rd)
 {
-	unsigned char digest[32];
+	int r;
 
 	if ((rd->out_is_file && ftruncate(rd->out_fd, (off_t)rd->size)) ||
 	    ((rd->out_is_file || rd->out_sync) && fsync(rd->out_fd))) {
@@ -435,9 +433,14 @@ static int reader_finish(struct reader *rd)
 		msg_errno("%s: cannot finish the output", rd->o->label);
 		return r;
 	}
-	if (rd->o->sha256) {
-		sha256_final(&rd->sha, digest);
-		sha256_hex(digest, rd->res->sha256);
+	if (rd->hashing) {
+		r = readahead_hash_wait(rd->ra);
+		if (!r)
+			r = sha256_final(&rd->sha, rd->res->sha256);
+		if (r) {
+			msg_error("%s: cannot compute the SHA-256: %s", rd->o->label, strerror(-r));
+			return r;
+		}
 	}
 	rd->res->seconds = now_mono() - rd->prog.t0;
 	progress_show(&rd->prog, rd->done, true);
@@ -579,11 +582,21 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 	r = reader_open(&rd);
 	if (r)
 		return r;
-	rd.ra = readahead_start(rd.fd, rd.size, rd.block);
+	if (o->sha256) {
+		r = sha256_init(&rd.sha);
+		if (r) {
+			msg_error("%s: cannot start the SHA-256: %s", o->label, strerror(-r));
+			close(rd.fd);
+			return r;
+		}
+		rd.hashing = true;
+	}
+	rd.ra = readahead_start(rd.fd, rd.size, rd.block, rd.hashing ? &rd.sha : NULL);
 	if (!rd.ra) {
 		r = -errno;
 		msg_errno("cannot start reading with two %llu-byte buffers",
 			  (unsigned long long)rd.block);
+		sha256_free(&rd.sha);
 		close(rd.fd);
 		return r;
 	}
@@ -596,6 +609,7 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 		r = -EINTR;
 	res->seconds = now_mono() - rd.prog.t0;
 	readahead_stop(rd.ra);
+	sha256_free(&rd.sha);
 	close(rd.fd);
 	return r;
 }

@@ -3,7 +3,10 @@
  * Read-ahead for the reader: a thread reads the next block of the view
  * while the caller writes, syncs and discards the one before, so that the
  * view is read without a pause between blocks.  Two buffers: the thread is
- * at most one block ahead.
+ * at most one block ahead.  With a digest to compute (--sha256), a second
+ * thread hashes each block once it is read, while the caller writes it:
+ * a slot is read into again only when both are done with it, and the
+ * digest costs the reader no time unless hashing is its slowest stage.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,11 +17,15 @@
 #include <unistd.h>
 
 #include "readahead.h"
+#include "sha256.h"
 
 #define RA_SLOTS 2
 
 struct readahead {
 	pthread_t thread;
+	pthread_t hasher;
+	struct sha256 *hash;	/* NULL: no hasher thread */
+	bool hasher_joined;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	int fd;
@@ -28,10 +35,19 @@ struct readahead {
 	/* Under @lock: */
 	uint64_t filled;	/* blocks read into their slot */
 	uint64_t consumed;	/* blocks the caller is done with */
+	uint64_t hashed;	/* blocks the hasher is done with */
 	int error;		/* errno of the read that failed, after @filled */
 	uint64_t error_off;
 	bool stop;
 };
+
+/* Blocks done with by all (under @lock): their slots may be read into again. */
+static uint64_t readahead_released(const struct readahead *ra)
+{
+	if (ra->hash && ra->hashed < ra->consumed)
+		return ra->hashed;
+	return ra->consumed;
+}
 
 static void *readahead_thread(void *arg)
 {
@@ -46,7 +62,7 @@ static void *readahead_thread(void *arg)
 		int error = 0;
 
 		pthread_mutex_lock(&ra->lock);
-		while (!ra->stop && k >= ra->consumed + RA_SLOTS)
+		while (!ra->stop && k >= readahead_released(ra) + RA_SLOTS)
 			pthread_cond_wait(&ra->cond, &ra->lock);
 		if (ra->stop) {
 			pthread_mutex_unlock(&ra->lock);
@@ -81,6 +97,38 @@ static void *readahead_thread(void *arg)
 	return NULL;
 }
 
+/*
+ * The hasher: each block into the digest, in order, once it is read; it
+ * ends after the last block, at a read error, or when stopped.
+ */
+static void *readahead_hasher(void *arg)
+{
+	struct readahead *ra = arg;
+	uint64_t k;
+
+	for (k = 0; k * ra->block < ra->size; k++) {
+		uint64_t off = k * ra->block;
+		size_t n = ra->size - off < ra->block ? (size_t)(ra->size - off) : ra->block;
+
+		pthread_mutex_lock(&ra->lock);
+		while (!ra->stop && !ra->error && ra->filled <= k)
+			pthread_cond_wait(&ra->cond, &ra->lock);
+		if (ra->stop || ra->filled <= k) {
+			pthread_mutex_unlock(&ra->lock);
+			break;
+		}
+		pthread_mutex_unlock(&ra->lock);
+
+		sha256_update(ra->hash, ra->buf[k % RA_SLOTS], n);
+
+		pthread_mutex_lock(&ra->lock);
+		ra->hashed = k + 1;
+		pthread_cond_broadcast(&ra->cond);
+		pthread_mutex_unlock(&ra->lock);
+	}
+	return NULL;
+}
+
 static void readahead_free(struct readahead *ra)
 {
 	int i;
@@ -92,7 +140,7 @@ static void readahead_free(struct readahead *ra)
 	free(ra);
 }
 
-struct readahead *readahead_start(int fd, uint64_t size, size_t block)
+struct readahead *readahead_start(int fd, uint64_t size, size_t block, struct sha256 *hash)
 {
 	struct readahead *ra = calloc(1, sizeof(*ra));
 	sigset_t all, old;
@@ -116,7 +164,19 @@ struct readahead *readahead_start(int fd, uint64_t size, size_t block)
 	/* Signals are for the caller's thread, which checks for a stop. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
+	/* Set before the threads start: the reader waits for the hasher too. */
+	ra->hash = hash;
 	r = pthread_create(&ra->thread, NULL, readahead_thread, ra);
+	if (!r && hash) {
+		r = pthread_create(&ra->hasher, NULL, readahead_hasher, ra);
+		if (r) {
+			ra->hasher_joined = true;
+			readahead_stop(ra);
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
+			errno = r;
+			return NULL;
+		}
+	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (r) {
 		readahead_free(ra);
@@ -153,6 +213,19 @@ void readahead_done(struct readahead *ra, uint64_t off)
 	pthread_mutex_unlock(&ra->lock);
 }
 
+int readahead_hash_wait(struct readahead *ra)
+{
+	uint64_t blocks = (ra->size + ra->block - 1) / ra->block;
+
+	if (!ra->hash)
+		return 0;
+	if (!ra->hasher_joined) {
+		pthread_join(ra->hasher, NULL);
+		ra->hasher_joined = true;
+	}
+	return ra->hashed == blocks ? 0 : -EIO;
+}
+
 void readahead_stop(struct readahead *ra)
 {
 	if (!ra)
@@ -162,5 +235,7 @@ void readahead_stop(struct readahead *ra)
 	pthread_cond_broadcast(&ra->cond);
 	pthread_mutex_unlock(&ra->lock);
 	pthread_join(ra->thread, NULL);
+	if (ra->hash && !ra->hasher_joined)
+		pthread_join(ra->hasher, NULL);
 	readahead_free(ra);
 }

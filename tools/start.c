@@ -920,8 +920,8 @@ static int start_record(const struct start_opts *o, struct plan *plans, unsigned
 		}
 		if (plans[i].tracked)
 			st.track_store = plans[i].tp.store_dev;
-		if (o->partial)
-			snprintf(st.partial, sizeof(st.partial), "%s", o->partial);
+		if (o->partials && o->partials[i])
+			snprintf(st.partial, sizeof(st.partial), "%s", o->partials[i]);
 		r = state_write(plans[i].fn.name, &st);
 		if (r) {
 			for (j = 0; j < i; j++)

@@ -12,7 +12,8 @@ pkgs=(qemu-system-x86 busybox-static cpio dmsetup lvm2 thin-provisioning-tools
       linux-source-6.1 bc flex bison libelf-dev libssl-dev dwarves rsync
       python3-matplotlib procps debhelper dh-dkms dkms lintian dpkg-dev fakeroot
       restic borgbackup
-      qemu-utils libnbd-bin)
+      qemu-utils libnbd-bin
+      valgrind)
 
 missing=()
 for p in "${pkgs[@]}"; do
