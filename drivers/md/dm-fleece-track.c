@@ -11,11 +11,11 @@
  *
  * A write to chunks that are all marked passes at once: one lock-free bitmap
  * test.  Any other write is deferred, never sleeping in map(): the worker
- * marks the chunks of a batch of such writes in the store's bitmap blocks,
- * writes those blocks, flushes the store, and only then issues the writes.
- * A mark is therefore durable before the write it covers reaches the data
- * device, so the store covers every write a crash can leave behind, not
- * only the acknowledged ones.
+ * marks the chunks of all the writes deferred so far in the store's bitmap
+ * blocks, writes those blocks with FUA, and only then issues the writes
+ * (ft_commit()).  A mark is therefore durable before the write it covers
+ * reaches the data device, so the store covers every write a crash can
+ * leave behind, not only the acknowledged ones.
  *
  * Copyright (C) 2026 The dm-fleece authors
  */
