@@ -248,6 +248,7 @@ static void ft_commit(struct ft_store *ft, struct bio_list *in)
 {
 	struct bio_list batch = BIO_EMPTY_LIST;
 	unsigned long first, last;
+	struct blk_plug plug;
 	unsigned int n = 0;
 	struct bio *bio;
 	int i;
@@ -291,13 +292,18 @@ static void ft_commit(struct ft_store *ft, struct bio_list *in)
 	 * or the store durably says that the history is lost (FT_LOST).
 	 * While the loss cannot be recorded (FT_FAILED), such writes fail.
 	 */
+	blk_start_plug(&plug);
 	while ((bio = bio_list_pop(&batch))) {
-		ft_chunks(ft, bio, &first, &last);
-		if (ft->history == FT_FAILED && !ft_all_marked(ft->cur, first, last))
-			bio_io_error(bio);
-		else
-			submit_bio_noacct(bio);
+		if (ft->history == FT_FAILED) {
+			ft_chunks(ft, bio, &first, &last);
+			if (!ft_all_marked(ft->cur, first, last)) {
+				bio_io_error(bio);
+				continue;
+			}
+		}
+		submit_bio_noacct(bio);
 	}
+	blk_finish_plug(&plug);
 }
 
 /*
@@ -367,6 +373,7 @@ static int ft_map(struct dm_target *ti, struct bio *bio)
 	sector_t off = dm_target_offset(ti, bio->bi_iter.bi_sector);
 	unsigned long first, last;
 	unsigned long flags;
+	bool wake;
 
 	bio_set_dev(bio, t->data->bdev);
 	bio->bi_iter.bi_sector = ft->data_offset + off;
@@ -389,9 +396,17 @@ static int ft_map(struct dm_target *ti, struct bio *bio)
 	 * dm_accept_partial_bio() does not take.
 	 */
 	spin_lock_irqsave(&ft->bio_lock, flags);
+	wake = bio_list_empty(&ft->deferred);
 	bio_list_add(&ft->deferred, bio);
 	spin_unlock_irqrestore(&ft->bio_lock, flags);
-	kthread_queue_work(ft->kworker, &ft->worker);
+	/*
+	 * Whoever makes @deferred non-empty queues the worker (after this
+	 * add, so the run it starts or repeats sees the bio); the worker
+	 * takes the whole list at once, so a bio added to a non-empty list
+	 * goes with the one that queued it.
+	 */
+	if (wake)
+		kthread_queue_work(ft->kworker, &ft->worker);
 	return DM_MAPIO_SUBMITTED;
 }
 
