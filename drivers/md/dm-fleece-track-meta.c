@@ -169,8 +169,13 @@ void ft_block_init(struct ft_store *ft, void *buf, unsigned int block)
  * @ft: the store, locked
  * @n: how many; @ft->blk_index[] names each one's block in the current area
  *
- * The blocks are written in parallel, then the store is flushed: when this
- * returns 0 every bit in them is durable.
+ * The blocks are written in parallel, each with FUA and no flush of the
+ * store: when this returns 0 every bit in them is durable.  Nothing else
+ * needs to be: every earlier store write that the blocks' meaning rests on
+ * (the superblock of this epoch, marked dirty; earlier commits of the
+ * epoch) completed durable before these were issued, and each block stands
+ * alone (its own checksum; torn, it reads as all changed).  On failure no
+ * buffer is taken as the store's image any more (@ft->blk_cached).
  *
  * Return: 0 or -EIO.
  */
@@ -192,7 +197,7 @@ int ft_write_blocks(struct ft_store *ft, unsigned int n)
 			.count = FT_BLOCK_SECTORS,
 		};
 		struct dm_io_request req = {
-			.bi_opf = REQ_OP_WRITE | REQ_SYNC,
+			.bi_opf = REQ_OP_WRITE | REQ_SYNC | REQ_FUA,
 			.mem.type = DM_IO_KMEM,
 			.mem.ptr.addr = buf,
 			.notify.fn = ft_io_end,
@@ -211,9 +216,11 @@ int ft_write_blocks(struct ft_store *ft, unsigned int n)
 	}
 	if (!atomic_dec_and_test(&w.count))
 		wait_for_completion_io(&w.done);
-	if (READ_ONCE(w.error))
+	if (READ_ONCE(w.error)) {
+		ft->blk_cached = 0;
 		return -EIO;
-	return blkdev_issue_flush(ft->store_bdev);
+	}
+	return 0;
 }
 
 /* An empty bitmap block of @epoch, written with FUA. */
@@ -222,6 +229,7 @@ int ft_write_empty_block(struct ft_store *ft, unsigned int area,
 {
 	void *buf = ft->blk_buf[0];
 
+	ft->blk_cached &= ~1u;
 	memset(buf, 0, FLEECE_TRACK_BLOCK_SIZE);
 	ft_bitmap_header(ft, buf, area, block, epoch);
 	((struct ft_disk_bitmap *)buf)->csum = cpu_to_le32(ft_csum(buf));

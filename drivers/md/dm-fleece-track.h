@@ -27,10 +27,10 @@
 
 #include <linux/bio.h>
 #include <linux/device-mapper.h>
+#include <linux/kthread.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
-#include <linux/workqueue.h>
 
 #include "dm-fleece-interface.h"
 
@@ -138,14 +138,25 @@ struct ft_store {
 	void *sb_buf;
 	void *blk_buf[FT_COMMIT_BLOCKS];
 	unsigned int blk_index[FT_COMMIT_BLOCKS];
+	/* words [blk_lo, blk_hi] of a buffer's bits hold this commit's marks */
+	unsigned int blk_lo[FT_COMMIT_BLOCKS];
+	unsigned int blk_hi[FT_COMMIT_BLOCKS];
+	/*
+	 * Bit i: blk_buf[i] is the image of block blk_index[i] of the current
+	 * epoch as durable on the store (its bits those of @cur): the next
+	 * commit to that block adds its marks to it, without copying @cur.
+	 * Cleared for a buffer taken for another use, for all at a failed
+	 * write, a merge and a new epoch.
+	 */
+	u32 blk_cached;
 
 	atomic64_t store_errors;
 	atomic64_t commits;
 
 	spinlock_t bio_lock;		/* protects @deferred */
 	struct bio_list deferred;	/* writes waiting for marks */
-	struct workqueue_struct *wq;
-	struct work_struct worker;
+	struct kthread_worker *kworker;	/* SCHED_BATCH: ft_worker_create() */
+	struct kthread_work worker;
 	struct dm_io_client *io_client;
 };
 
