@@ -198,10 +198,8 @@ static int backup_args_check(int argc, char **argv, const struct backup_args *a)
 	if (!so->nr_fleece_devs && !so->fleece_dir)
 		return usage_err("give the fleece space: --fleece-dev DEV or --fleece-dir DIR");
 	if (output_is_dir(output)) {
-		if (n > 1 && (a->incremental || map))
-			return usage_err("--incremental and --changed-map: one device at a time");
-		if (map && !strcmp(map, output))
-			return usage_err("--changed-map '%s': give a file other than the image", map);
+		if (a->incremental || map)
+			return usage_err("--incremental and --changed-map: one device at a time, to -o FILE");
 		r = output_dir_check(output);
 		if (r)
 			return r;
