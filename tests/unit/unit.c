@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fleece.h"
@@ -800,6 +801,49 @@ static void test_readahead_hash(void)
 	free(data);
 }
 
+/*
+ * fleece_lock(): one lock per NAME, as many NAMEs as one command names (a
+ * fixed table of 64 refused the 65th); a NAME locked twice by the same
+ * process is one lock; another process gets -EBUSY and a message.
+ */
+static void test_locks(void)
+{
+	char name[32], path[400], c = 0;
+	unsigned int i, n = 100;
+	int status, go[2];
+	pid_t pid;
+
+	/* The other process: forked first, so that it holds none of ours. */
+	CHECK_INT(pipe(go), 0);
+	pid = fork();
+	if (!pid) {
+		int r;
+
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(2);
+		capture_begin();
+		r = fleece_lock("vg99-lv");
+		capture_end();
+		_exit(r == -EBUSY && strstr(captured, "another fleece command is working on it") ?
+		      0 : 1);
+	}
+	close(go[0]);
+	for (i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "vg%u-lv", i);
+		CHECK_INT(fleece_lock(name), 0);
+	}
+	CHECK_INT(fleece_lock("vg99-lv"), 0);		/* held already */
+	CHECK_INT(write(go[1], &c, 1), 1);
+	close(go[1]);
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	for (i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "%s/vg%u-lv.lock", tmpdir, i);
+		CHECK_INT(unlink(path), 0);
+	}
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
@@ -819,6 +863,7 @@ static const struct {
 	{ "output", test_output },
 	{ "sha256", test_sha256 },
 	{ "readahead_hash", test_readahead_hash },
+	{ "locks", test_locks },
 };
 
 /* unit-tests [WORD]: all the tests, or those whose names contain WORD. */
