@@ -15,8 +15,9 @@
 #     writes every chunk once: a 4 KiB write at the start of each chunk in
 #     a random order at iodepth 16 (an iolog, as 20-firsttouch), or the
 #     whole region in 1 MiB sequential writes at iodepth 4.  Each write
-#     waits for its marks to be durable (batched commits: bitmap blocks,
-#     then a flush of the store).  dm-linear runs the same I/O.
+#     waits for its marks to be durable (group commits: one FUA write of
+#     each changed bitmap block for every first write gathered meanwhile;
+#     "Commit batching" in the rst).  dm-linear runs the same I/O.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
