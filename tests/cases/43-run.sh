@@ -3,6 +3,7 @@
 #  1. one NAME: FLEECE_VIEW/FLEECE_NAME/..._1/...S in CMD's environment (and
 #     stale ones removed), each {} in ARGS replaced; CMD reads the point in
 #     time (the device written meanwhile), its standard output passes through;
+#     it ignores no signal that fleece run did not (SIGPIPE);
 #  2. two NAMEs: FLEECE_VIEW_1/_2, FLEECE_VIEWS, no FLEECE_VIEW; {} refused;
 #  3. exit status: CMD's (7), 128 + N when signal N killed it, 127 / 126
 #     when CMD is not found / cannot be run; nothing left each time;
@@ -44,6 +45,9 @@ arg=x${v}y$v
 arg={" "environment and arguments of CMD"
 rm out.img
 put pat "$data"
+# CMD gets the signal dispositions fleece got (fleece ignores SIGPIPE).
+assert_eq "$($F run -q "${D[@]}" data -- awk '/^SigIgn/ { print $2 }' /proc/self/status)" \
+	"$(awk '/^SigIgn/ { print $2 }' /proc/self/status)" "signals CMD ignores"
 as_before "one NAME"
 
 step "2. two NAMEs: FLEECE_VIEW_1, _2, FLEECE_VIEWS; {} refused"
