@@ -133,8 +133,7 @@ static void child_env(const struct run_view *v, unsigned int n)
  * 126 when it cannot be run, as a shell does.
  */
 static void child_exec(char *const argv[], const struct run_view *v, unsigned int n,
-		       pid_t parent, const struct sigaction *pipe_sa,
-		       const sigset_t *mask)
+		       pid_t parent, const sigset_t *mask)
 {
 	char **args;
 	unsigned int i, argc;
@@ -145,7 +144,7 @@ static void child_exec(char *const argv[], const struct run_view *v, unsigned in
 	signal(SIGINT, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGCHLD, SIG_DFL);
-	sigaction(SIGPIPE, pipe_sa, NULL);	/* as fleece got it, not ignored */
+	signal(SIGPIPE, SIG_DFL);	/* fleece ignores it; a pipeline's CMD must not */
 	sigprocmask(SIG_SETMASK, mask, NULL);
 	child_env(v, n);
 	for (argc = 0; argv[argc]; argc++)
@@ -282,7 +281,6 @@ static int run_result(int st, int r)
 int run_under_fleece(struct start_opts *so, char **names, unsigned int n, char *const argv[])
 {
 	struct run_view *v;
-	struct sigaction pipe_sa;
 	sigset_t set, old;
 	unsigned int i;
 	int r, r2, st = 0;
@@ -299,7 +297,6 @@ int run_under_fleece(struct start_opts *so, char **names, unsigned int n, char *
 		if (r)
 			goto out;
 	}
-	sigaction(SIGPIPE, NULL, &pipe_sa);
 	signal(SIGCHLD, SIG_DFL);	/* not ignored: waitpid must see the command */
 	signals_install();
 	r = fleece_start(so, names, n);
@@ -321,7 +318,7 @@ int run_under_fleece(struct start_opts *so, char **names, unsigned int n, char *
 		fflush(NULL);
 		pid = fork();
 		if (!pid)
-			child_exec(argv, v, n, parent, &pipe_sa, &old);
+			child_exec(argv, v, n, parent, &old);
 		if (pid < 0) {
 			r = -errno;
 			msg_errno("cannot fork");
