@@ -38,7 +38,7 @@ img=/dev/shm/img			# client images: tmpfs, not the 9p-backed overlay
 counts() { fleece_counts data | cut -d' ' -f1-3; }
 
 # Run serve in the background (stderr in serve.err, pid in $spid) and wait
-# until its server listens: the socket is there, or the TCP port listens
+# until its server listens on the socket or the TCP port
 # (/proc/net/tcp: a client would count as the one client of the export).
 serve_bg() { # how-to-wait (sock|PORT) args...
 	local how=$1 i
@@ -46,8 +46,9 @@ serve_bg() { # how-to-wait (sock|PORT) args...
 	$F serve "$@" 2> serve.err &
 	spid=$!
 	for i in $(seq 1 300); do
-		if [ "$how" = sock ]; then
-			[ -S "$S" ] && return 0
+		if [ "$how" = sock ]; then	# a listening socket, not a stale file
+			awk -v p="$S" '$NF == p && $4 == "00010000" { f = 1 } END { exit !f }' \
+				/proc/net/unix && return 0
 		else
 			grep_q -i "^ *[0-9]*: 0100007F:$(printf %04X "$how") 00000000:0000 0A" /proc/net/tcp && return 0
 		fi
@@ -210,7 +211,6 @@ as_before "after the server was killed"
 
 step "5. a stale socket is replaced; a server that cannot listen"
 serve_bg sock -D /mnt/fdir -k "$S" data
-sleep 1
 nbdinfo --size "$U"			# the one client: the export ends after it
 serve_end 0 "on the stale socket"
 python3 -c 'import socket, time; s = socket.socket(); s.bind(("127.0.0.1", 10810)); s.listen(); time.sleep(60)' &
