@@ -12,7 +12,9 @@
 #     change nothing; SIGTERM ends it: exit 143, nothing left;
 #  3. --tcp, not persistent, --export-name: the server ends after its
 #     client, and serve with it: exit 0, nothing left;
-#  4. two signals at once, and a server killed under serve: nothing left.
+#  4. two signals at once, and a server killed under serve: nothing left;
+#  5. a stale socket is replaced; a server that cannot listen (port in
+#     use): exit 1 with its reason, nothing left.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -36,7 +38,7 @@ img=/dev/shm/img			# client images: tmpfs, not the 9p-backed overlay
 counts() { fleece_counts data | cut -d' ' -f1-3; }
 
 # Run serve in the background (stderr in serve.err, pid in $spid) and wait
-# until its server listens: the socket is there, or the TCP port listens
+# until its server listens on the socket or the TCP port
 # (/proc/net/tcp: a client would count as the one client of the export).
 serve_bg() { # how-to-wait (sock|PORT) args...
 	local how=$1 i
@@ -44,8 +46,9 @@ serve_bg() { # how-to-wait (sock|PORT) args...
 	$F serve "$@" 2> serve.err &
 	spid=$!
 	for i in $(seq 1 300); do
-		if [ "$how" = sock ]; then
-			[ -S "$S" ] && return 0
+		if [ "$how" = sock ]; then	# a listening socket, not a stale file
+			awk -v p="$S" '$NF == p && $4 == "00010000" { f = 1 } END { exit !f }' \
+				/proc/net/unix && return 0
 		else
 			grep_q -i "^ *[0-9]*: 0100007F:$(printf %04X "$how") 00000000:0000 0A" /proc/net/tcp && return 0
 		fi
@@ -57,7 +60,18 @@ serve_bg() { # how-to-wait (sock|PORT) args...
 }
 # Wait for serve to end; its exit status must be $1.
 serve_end() { # status what
-	local rc=0
+	local rc=0 i
+	for ((i = 0; i < 1200; i++)); do	# 2 minutes, then say where it hangs
+		kill -0 $spid 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 $spid 2>/dev/null; then
+		cat serve.err
+		ps -eo pid,ppid,stat,wchan:32,args | grep -E 'fleece|qemu-nbd' || true
+		cat /proc/$spid/stack 2>/dev/null || true
+		dmsetup info -c || true
+		fail "$2: serve does not end"
+	fi
 	wait $spid || rc=$?
 	spid=
 	cat serve.err
@@ -159,6 +173,8 @@ assert_eq "$(counts)" "0 0 512" "chunks after trimming all"
 left=$(kib $f)
 echo "fleece file after trimming all: $left KiB"
 [ "$left" -lt 256 ] || fail "the fleece file still holds $left KiB"
+expect_exit 2 $F serve -D /mnt/fdir -k "$S" data
+[[ $T_ERR == *"--socket $S: a server is listening there"* ]] || fail "a live socket: $T_ERR"
 kill -TERM $spid
 serve_end 143 "SIGTERM"
 grep_q "signal 15: passed on to 'qemu-nbd'" serve.err || fail "serve does not say it passed SIGTERM on"
@@ -178,6 +194,10 @@ as_before "after serve --tcp"
 
 step "4. two signals at once; a server killed under serve"
 serve_bg sock -D /mnt/fdir --persistent -k "$S" data
+# qemu-nbd creates its socket before it opens the view, and a signal that
+# comes meanwhile is lost (fleece(8), serve): a client first, so that the
+# server surely runs.
+nbdinfo --size "$U"
 kill -INT $spid; kill -TERM $spid
 serve_end 130 "SIGINT then SIGTERM"
 [ ! -e "$S" ] || fail "socket left: $S"
@@ -186,6 +206,20 @@ serve_bg sock -D /mnt/fdir --persistent -k "$S" data
 kill -KILL "$(pgrep -P $spid qemu-nbd)"
 serve_end 1 "its server killed"
 grep_q "'qemu-nbd' was killed by signal 9" serve.err || fail "serve does not say its server was killed"
-rm -f "$S"	# qemu-nbd killed: its socket stays
+[ -S "$S" ] || fail "no stale socket after qemu-nbd was killed"
 as_before "after the server was killed"
+
+step "5. a stale socket is replaced; a server that cannot listen"
+serve_bg sock -D /mnt/fdir -k "$S" data
+nbdinfo --size "$U"			# the one client: the export ends after it
+serve_end 0 "on the stale socket"
+python3 -c 'import socket, time; s = socket.socket(); s.bind(("127.0.0.1", 10810)); s.listen(); time.sleep(60)' &
+busy=$!
+for i in $(seq 1 100); do grep_q -i ": 0100007F:2A3A 00000000:0000 0A" /proc/net/tcp && break; sleep 0.1; done
+expect_exit 1 $F serve -D /mnt/fdir -T 127.0.0.1:10810 data
+echo "$T_ERR"
+[[ $T_ERR == *"Address already in use"* ]] || fail "port in use: qemu-nbd's reason not shown: $T_ERR"
+[[ $T_ERR == *"qemu-nbd ended with status 1: the export is over"* ]] || fail "port in use: $T_ERR"
+kill $busy; wait $busy 2>/dev/null || true
+as_before "after a server that could not listen"
 step "ok"
