@@ -194,6 +194,27 @@ no_fleece_devices() {
 	[ -z "$u" ] || fail "FLEECE- devices left: $u"
 }
 
+# ab_writer A B STOPFILE: O_DIRECT|O_DSYNC 4 KiB writes of a sequence
+# number at offset 0 of A and B in turn (A gets 1, B 2, A 3, ...) until
+# STOPFILE exists; the last number written is in ./last.  Two devices
+# taken at one point in time hold consecutive numbers.
+ab_writer() {
+	python3 - "$@" <<'PY'
+import mmap, os, sys
+devs = [os.open(d, os.O_RDWR | os.O_DIRECT | os.O_DSYNC) for d in sys.argv[1:3]]
+buf = mmap.mmap(-1, 4096)
+seq = 0
+while not os.path.exists(sys.argv[3]):
+    seq += 1
+    buf.seek(0)
+    buf.write(b"%020d\n" % seq)
+    os.pwrite(devs[0 if seq % 2 else 1], buf, 0)
+    with open("last.tmp", "w") as f:
+        f.write("%d\n" % seq)
+    os.rename("last.tmp", "last")
+PY
+}
+
 # The device "data" (pattern file "pat"), its table in $table, and an ext4
 # mounted on /mnt/fdir for fleece files; as_before checks that all of it is
 # as it was and nothing fleece(8) makes is left.

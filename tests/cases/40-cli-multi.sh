@@ -16,26 +16,9 @@ fb=$(mkdev fb 16 1)
 ta=$(dmsetup table da)
 tb=$(dmsetup table db)
 
-# The writer: O_DIRECT|O_DSYNC 4 KiB writes at offset 0, A and B in turn.
-writer() {
-	python3 - "$@" <<'PY'
-import mmap, os, sys
-devs = [os.open(d, os.O_RDWR | os.O_DIRECT | os.O_DSYNC) for d in sys.argv[1:3]]
-buf = mmap.mmap(-1, 4096)
-seq = 0
-while not os.path.exists(sys.argv[3]):
-    seq += 1
-    buf.seek(0)
-    buf.write(b"%020d\n" % seq)
-    os.pwrite(devs[0 if seq % 2 else 1], buf, 0)
-    with open("last.tmp", "w") as f:
-        f.write("%d\n" % seq)
-    os.rename("last.tmp", "last")
-PY
-}
 seqof() { dd if="$1" bs=4096 count=1 iflag=direct status=none | head -c 20 | sed 's/^0*//'; }
 
-writer "$a" "$b" "$PWD/stop.flag" > writer.log 2>&1 &
+ab_writer "$a" "$b" "$PWD/stop.flag" > writer.log 2>&1 &
 wpid=$!
 for i in $(seq 1 100); do [ -s last ] && break; sleep 0.1; done
 [ -s last ] || { cat writer.log; fail "the writer does not write"; }
