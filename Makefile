@@ -3,6 +3,8 @@
 #   make                 module (against KDIR) and tools
 #   make demo            the main job end to end, in a VM
 #   make check           the test suite in a VM (KVER=..., KERNEL=debug, T=pattern)
+#   make check-crash     crash and reboot tests of change tracking in VMs
+#                        (KVER=..., CRASH_MOMENTS=...; tests/vm/crash.sh)
 #   make bench           fio benchmarks in a VM (T=pattern, DISK=file, ICOUNT=)
 #   make lint            checkpatch --strict and sparse on the module
 #   make unit            host-side unit tests of the tools (no VM, seconds)
@@ -24,7 +26,7 @@ PREFIX      ?= /usr/local
 
 MODULE_SRCS := Kbuild $(wildcard drivers/md/*.[ch] include/*.h)
 
-.PHONY: all module tools check selftest demo bench lint unit install clean deps deb check-package
+.PHONY: all module tools check check-crash selftest demo bench lint unit install clean deps deb check-package
 
 all: module tools
 
@@ -75,6 +77,12 @@ vm_run = $(call vm_prep,tests/vm/run.sh $$KVER $$KIMAGE $$KMODROOT \
 
 check:
 	$(call vm_run,cases)
+
+# Change tracking across reboots and hard kills of the VM, one persistent
+# disk image, a dozen boots (tests/vm/crash.sh says which).
+check-crash:
+	$(call vm_prep,tests/vm/crash.sh $$KVER $$KIMAGE $$KMODROOT \
+		$(BUILD)/$$KVER/dm-fleece.ko $(OUT)/crash-$$KVER)
 
 # The harness must fail every run it should: a kernel splat, a test that
 # fails or hangs, a qemu that cannot start, a guest that ends without its

@@ -10,6 +10,8 @@
 #   the guest (DM_DISABLE_UDEV=1 instead); TEST_TIMEOUT: seconds a test
 #   may take (default 900); VM_DISK=FILE adds a
 #   virtio disk backed by FILE (VM_DISK_SIZE if it is created, default 5G).
+#   VM_APPEND: more words for the guest's kernel command line; VM_PIDFILE:
+#   qemu writes its process ID there (tests/vm/crash.sh kills it).
 # Exit: 0 only when qemu exited with the guest's "passed" code (33: the
 # guest wrote 0x10 to isa-debug-exit, a value qemu never returns by itself)
 # and the console holds the guest's complete KTAP report: a plan 1..N with
@@ -91,6 +93,9 @@ if [ -n "${VM_DISK:-}" ]; then
 	disk=(-drive "file=$VM_DISK,if=virtio,format=raw,cache=none,aio=threads")
 	cmdline+=" fleece.disk=vda"
 fi
+[ -z "${VM_APPEND:-}" ] || cmdline+=" $VM_APPEND"
+pidfile=()
+[ -z "${VM_PIDFILE:-}" ] || pidfile=(-pidfile "$VM_PIDFILE")
 accel=tcg
 [ "${VM_KVM:-0}" = 1 ] && accel=kvm
 # VM_ICOUNT=N: the guest's clock counts instructions (2^N ns each) instead
@@ -111,7 +116,7 @@ timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -machine q35 -accel "$accel" "${i
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
 	-device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-	-device virtio-rng-pci "${disk[@]}" \
+	-device virtio-rng-pci "${disk[@]}" "${pidfile[@]}" \
 	</dev/null > "$out/console.log" 2>&1 &
 qpid=$!
 # Follow the console: KTAP lines and diagnostics ("# ...") reach stdout live.
