@@ -836,10 +836,36 @@ static int ctx_open(struct track_ctx *c, const char *arg)
 }
 
 /*
+ * A state file of NAME while no fleece device of it exists is what a crash
+ * in a fleece session leaves (devices do not survive a reboot).  At boot
+ * "track attach" runs before fleece-recover.service (which needs the file
+ * systems that attach must precede) cleans such files up: the tracker goes
+ * on, or writes before the cleanup would pass unseen; "fleece stop NAME"
+ * still removes the files, whatever NAME's table is by then.
+ */
+static int check_crash_leftover(const char *name)
+{
+	struct fleece_state st;
+	int r;
+
+	r = state_read(name, &st);
+	if (r) {
+		errno = -r;
+		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+		return r;
+	}
+	if (st.present)
+		msg_warn("%s: a fleece session left by a crash (%s/%s): attaching its tracker first; 'fleece stop %s' (fleece-recover.service at boot) removes what is left",
+			 name, state_dir(), name, name);
+	return 0;
+}
+
+/*
  * NAME must not be fleeced, nor suspended or half-changed by another tool:
  * 0, or -EFLEECE_REFUSED (or a failed query's -errno) with a message.
+ * @leftover_ok: a crash's state file of NAME is not in the way (attach).
  */
-static int check_not_busy(const struct track_ctx *c)
+static int check_not_busy(const struct track_ctx *c, bool leftover_ok)
 {
 	const char *name = c->fn.name;
 	struct fleece_params fp;
@@ -864,7 +890,7 @@ static int check_not_busy(const struct track_ctx *c)
 			  name);
 		return -EFLEECE_REFUSED;
 	}
-	r = state_absent(name);
+	r = leftover_ok ? check_crash_leftover(name) : state_absent(name);
 	if (r)
 		return r;
 	if (c->info.suspended) {
@@ -1080,7 +1106,7 @@ static int track_start_one(const char *arg, const struct track_opts *o)
 		r = -EFLEECE_REFUSED;
 		goto out;
 	}
-	r = check_not_busy(&c);
+	r = check_not_busy(&c, false);
 	if (!r)
 		r = check_linear(&c);
 	if (r)
@@ -1178,7 +1204,7 @@ static int track_stop_one(const char *name)
 	r = ctx_open(&c, name);
 	if (r)
 		goto out;
-	r = check_not_busy(&c);
+	r = check_not_busy(&c, false);
 	if (r)
 		goto out;
 	if (!c.tracked) {
@@ -1256,7 +1282,7 @@ static int track_attach_one(const char *name)
 		}
 		goto out;
 	}
-	r = check_not_busy(&c);
+	r = check_not_busy(&c, true);
 	if (!r)
 		r = check_linear(&c);
 	if (r)
