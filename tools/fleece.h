@@ -99,6 +99,8 @@ int state_remove(const char *name);
  * -EFLEECE_REFUSED or the -errno of a failed read, with a message.
  */
 int state_absent(const char *name);
+/* Whether NAME has a state file, in *@present: 0, or a failed read's -errno with a message. */
+int state_present(const char *name, bool *present);
 int state_list(char ***names, unsigned int *n);
 
 /* "<origin> <fleece> <chunk_sectors> [<#features> <features>...]" */

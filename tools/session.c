@@ -306,7 +306,7 @@ out:
 	return r;
 }
 
-int state_absent(const char *name)
+int state_present(const char *name, bool *present)
 {
 	struct fleece_state st;
 	int r;
@@ -317,7 +317,19 @@ int state_absent(const char *name)
 		msg_errno("%s: cannot read its state file in %s", name, state_dir());
 		return r;
 	}
-	if (st.present) {
+	*present = st.present;
+	return 0;
+}
+
+int state_absent(const char *name)
+{
+	bool present;
+	int r;
+
+	r = state_present(name, &present);
+	if (r)
+		return r;
+	if (present) {
 		msg_error("%s: already fleeced, or an earlier fleece was not cleaned up (%s/%s): run 'fleece stop %s' first",
 			  name, state_dir(), name, name);
 		return -EFLEECE_REFUSED;

@@ -845,16 +845,13 @@ static int ctx_open(struct track_ctx *c, const char *arg)
  */
 static int check_crash_leftover(const char *name)
 {
-	struct fleece_state st;
+	bool present;
 	int r;
 
-	r = state_read(name, &st);
-	if (r) {
-		errno = -r;
-		msg_errno("%s: cannot read its state file in %s", name, state_dir());
+	r = state_present(name, &present);
+	if (r)
 		return r;
-	}
-	if (st.present)
+	if (present)
 		msg_warn("%s: a fleece session left by a crash (%s/%s): attaching its tracker first; 'fleece stop %s' (fleece-recover.service at boot) removes what is left",
 			 name, state_dir(), name, name);
 	return 0;
