@@ -190,6 +190,8 @@ struct start_opts {
 /* Parse one start option (long option index / value); see start.c. */
 int start_opts_init(struct start_opts *o);
 int start_parse_opt(struct start_opts *o, int opt, const char *arg);
+/* The option callback of start and run: start_parse_opt() on @ctx (struct start_opts), -q as is. */
+int start_cmd_opt(int c, const char *arg, void *ctx);
 void start_opts_free(struct start_opts *o);
 int fleece_start(struct start_opts *o, char **names, unsigned int n);
 /*

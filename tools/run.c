@@ -366,11 +366,6 @@ static void run_help(void)
 	       "not run), a view became invalid while CMD ran, stop failed.  See fleece(8).\n");
 }
 
-static int run_opt(int c, const char *arg, void *ctx)
-{
-	return c == 'q' ? 0 : start_parse_opt(ctx, c, arg);
-}
-
 /* fleece run: the exit status of run.h. */
 int cmd_run(int argc, char **argv)
 {
@@ -384,7 +379,7 @@ int cmd_run(int argc, char **argv)
 		;
 	start_opts_init(&so);
 	r = parse_opts(sep, argv, SHORTOPTS_START SHORTOPTS_COMMON, opts, run_help,
-		       run_opt, &so);
+		       start_cmd_opt, &so);
 	if (r >= 0) {
 		start_opts_free(&so);
 		return r ? EX_RUN_FLEECE : EX_FLEECE_OK;	/* a usage error, or --help */

@@ -1184,7 +1184,7 @@ static void start_help(void)
 	       "Stop with 'fleece stop NAME...'.  See fleece(8).\n");
 }
 
-static int start_opt(int c, const char *arg, void *ctx)
+int start_cmd_opt(int c, const char *arg, void *ctx)
 {
 	return c == 'q' ? 0 : start_parse_opt(ctx, c, arg);
 }
@@ -1198,7 +1198,7 @@ int cmd_start(int argc, char **argv)
 	prog = "fleece start";
 	start_opts_init(&o);
 	r = parse_opts(argc, argv, SHORTOPTS_START SHORTOPTS_COMMON, opts, start_help,
-		       start_opt, &o);
+		       start_cmd_opt, &o);
 	if (r >= 0) {
 		start_opts_free(&o);
 		return r;
