@@ -290,6 +290,8 @@ static int dep_btrfs(struct deps *d, const char *path, unsigned int depth)
 		return because(d, r, "%s (btrfs): cannot list its devices in %s", path, dir);
 	if (!r && !n)
 		r = because(d, -ENOENT, "%s (btrfs): %s lists no device", path, dir);
+	if (r == 1)	/* the base itself is one of them: no inner reason was given */
+		because(d, 1, "%s: a btrfs file system with one of its devices on it", path);
 	return r;
 }
 

@@ -333,7 +333,7 @@ static int check_name(struct plan *p, const struct start_opts *o)
 			return -EFLEECE_REFUSED;
 		}
 		if (!strcmp(p->table.t[i].type, "crypt") && !crypt_key_ok(p->table.t[i].params)) {
-			msg_error("%s: its crypt target takes its key from the kernel keyring (LUKS2), which cryptsetup empties once the device is active: fleece cannot load that table a second time",
+			msg_error("%s: its crypt target takes its key from the kernel keyring (LUKS2), which cryptsetup empties once the device is active: fleece cannot load that table a second time (open it with cryptsetup open --disable-keyring to fleece it)",
 				  name);
 			return -EFLEECE_REFUSED;
 		}

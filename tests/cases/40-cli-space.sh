@@ -7,7 +7,7 @@
 #  4. an overlayfs whose upper directory cannot be found (its file system
 #     lazily unmounted): "cannot tell", refused unless --force;
 #  5. a tmpfs holds on no device: accepted;
-#  6. btrfs (its devices from /sys/fs/btrfs), when the guest has mkfs.btrfs.
+#  6. btrfs over NAME and another device (its devices from /sys/fs/btrfs).
 # Each refusal is exit 3, names the problem and changes nothing.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
@@ -99,19 +99,17 @@ $F stop -q data
 nothing_changed "after a fleece on a tmpfs"
 
 step "6. btrfs"
-if command -v mkfs.btrfs > /dev/null; then
-	umount /mnt/self
-	bt=$(mkdev bt 128 1)
-	mkfs.btrfs -q -f "$data" "$bt" > /dev/null	# two devices: data is the second one's partner
-	mount "$bt" /mnt/self
-	assert_eq "$(stat -c %Hd /mnt/self)" 0 "major of btrfs's st_dev"
-	refused "*--fleece-dir /mnt/self: it is on data itself*btrfs*" "btrfs over data and bt" \
-		$F start --fleece-dir /mnt/self data
-	umount /mnt/self
-else
-	echo "mkfs.btrfs is not in the guest (btrfs-progs): the btrfs device list is not tested here"
-fi
-umount /mnt/ovl2 /mnt/ovl
+command -v mkfs.btrfs > /dev/null || fail "mkfs.btrfs is not in the guest (btrfs-progs, tests/vm/deps.sh)"
+umount /mnt/ovl2 /mnt/ovl	# the overlay on /mnt/self holds data open
+umount /mnt/self
+bt=$(mkdev bt 128 1)
+modprobe btrfs	# /dev/btrfs-control, where mkfs registers both devices
+mkfs.btrfs -q -f -M "$data" "$bt" > /dev/null	# two devices, data is one (-M: data is under the 72 MiB minimum of separate metadata)
+mount -o "device=$data,device=$bt" "$bt" /mnt/self
+assert_eq "$(stat -c %Hd /mnt/self)" 0 "major of btrfs's st_dev"
+refused "*--fleece-dir /mnt/self: it is on data itself*btrfs*" "btrfs over data and bt" \
+	$F start --fleece-dir /mnt/self data
+umount /mnt/self
 mountpoint -q /mnt/self && umount /mnt/self
 umount /mnt/low /mnt/t3
 step "ok"

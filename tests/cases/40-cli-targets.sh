@@ -6,7 +6,11 @@
 #     plaintext of the point in time, stop puts the table back;
 #  3. crypt with its key in the kernel keyring (LUKS2's default; cryptsetup
 #     unlinks that key once the device is active) is refused;
-#  4. status -q is accepted, as every command's -q.
+#  4. status -q is accepted, as every command's -q;
+#  5. real LUKS2 volumes opened by cryptsetup: with its default (the key in
+#     the keyring) refused, nothing changed; opened with --disable-keyring
+#     (the key in the table) fleeced, the view byte for byte the point in
+#     time's plaintext.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -69,4 +73,29 @@ dmsetup create crk --table "0 32768 crypt aes-xts-plain64 :64:logon:fleece:test 
 	fail "dm-crypt does not take the keyring key"
 refused crk "*its crypt target takes its key from the kernel keyring*" "crypt, keyring key"
 dmsetup remove crk
+
+step "5. LUKS2 volumes opened by cryptsetup"
+command -v cryptsetup > /dev/null || fail "cryptsetup is not in the guest (cryptsetup-bin, tests/vm/deps.sh)"
+# pbkdf2 with few iterations: argon2's memory cost is not what is tested.
+lbase=$(mkdev lbase 24)	# LUKS2's default header takes 16 MiB of it
+printf 'fleece-test' > luks.pass
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+	--key-file luks.pass "$lbase" || fail "luksFormat: exit $?"
+cryptsetup open --key-file luks.pass "$lbase" lk || fail "cryptsetup open: exit $?"
+dmsetup table lk | grep -q ' crypt .* :[0-9]*:logon:' ||
+	fail "cryptsetup did not put its key in the keyring: $(dmsetup table lk)"
+refused lk "*its crypt target takes its key from the kernel keyring*cryptsetup open --disable-keyring to fleece it*" "LUKS2, cryptsetup's default"
+cryptsetup close lk
+cryptsetup open --disable-keyring --key-file luks.pass "$lbase" lk || fail "cryptsetup open --disable-keyring: exit $?"
+ltable=$(dmsetup table --showkeys lk)
+[[ $ltable != *:logon:* ]] || fail "--disable-keyring still uses the keyring: $ltable"
+lsize=$(blockdev --getsize64 /dev/mapper/lk)
+head -c "$lsize" /dev/urandom > lpat
+put lpat /dev/mapper/lk
+$F start -q --fleece-dev "$fl" lk
+put new /dev/mapper/lk
+same /dev/mapper/lk-fleece-view lpat "the view of the LUKS2 volume"
+$F stop -q lk
+assert_eq "$(dmsetup table --showkeys lk)" "$ltable" "lk's table after stop"
+cryptsetup close lk
 step "ok"

@@ -13,7 +13,8 @@ pkgs=(qemu-system-x86 busybox-static cpio dmsetup lvm2 thin-provisioning-tools
       python3-matplotlib procps debhelper dh-dkms dkms lintian dpkg-dev fakeroot
       restic borgbackup
       qemu-utils libnbd-bin
-      valgrind)
+      valgrind
+      btrfs-progs cryptsetup-bin)
 
 missing=()
 for p in "${pkgs[@]}"; do
