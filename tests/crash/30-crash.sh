@@ -55,6 +55,19 @@ arm() {
 	splat_check
 	say "arm moment=$MOMENT commits=$(track_status_field 11) changed=$(track_status_field 3) $*"
 }
+# Until the kill, every 20 ms: the store's writes in flight (a commit
+# under way), from the store device's sysfs inflight file (no process
+# started).  The host keeps the last sample before the kill, so each
+# moment with writes says whether a commit was in flight when it died.
+sample_store() {
+	local store r w
+	store=/sys/block/$(sysfs_name "/dev/mapper/$CSTORE")/inflight
+	while :; do
+		read -r r w < "$store"
+		say "sample store-writes-in-flight=$w"
+		sleep 0.02
+	done
+}
 partial_grows() { # pid errfile
 	local i
 	for ((i = 0; i < 600; i++)); do
@@ -74,6 +87,7 @@ idle)
 rand | seq | discard)
 	writer "$MOMENT"
 	arm
+	sample_store &
 	;;
 slowstore)
 	[ "$STORE_DELAY" -gt 0 ] || fail "slowstore without fleece.crash_store_delay"
@@ -88,6 +102,7 @@ slowstore)
 		sleep 0.02
 	done
 	arm "store-writes-in-flight=$busy/25-samples"
+	sample_store &
 	;;
 backup-start)
 	writer rand

@@ -104,7 +104,10 @@ boot() {
 	else
 		note "boot $n $kind${moment:+, crash at $moment +${delay}ms (armed after ${t_arm}s)}: ok in $((SECONDS - t0)) s; backup: $res"
 	fi
-	lines "$dir/console.log" $n | grep -v '^result ' | sed 's/^/crash:   /' | tee -a "$summary"
+	# Of the store samples after "arm", only the last one before the kill.
+	lines "$dir/console.log" $n | grep -v '^result \|^sample ' | sed 's/^/crash:   /' | tee -a "$summary"
+	res=$(lines "$dir/console.log" $n | grep '^sample store-writes-in-flight=[0-9][0-9]*$' | tail -n 1)
+	[ -z "$res" ] || note "boot $n: last $res (of $(lines "$dir/console.log" $n | grep -c '^sample ') samples 20 ms apart before the kill)"
 	return 0
 }
 
