@@ -57,15 +57,16 @@ arm() {
 }
 # Until the kill, every 20 ms: the store's writes in flight (a commit
 # under way), from the store device's sysfs inflight file (no process
-# started).  The host keeps the last sample before the kill, so each
+# started: a sleep(1) per sample took 500 ms under TCG on a loaded host).  The host keeps the last sample before the kill, so each
 # moment with writes says whether a commit was in flight when it died.
 sample_store() {
-	local store r w
+	local store r w nap
 	store=/sys/block/$(sysfs_name "/dev/mapper/$CSTORE")/inflight
+	exec {nap}<> <(:)	# read -t on it: a 20 ms pause without starting sleep(1)
 	while :; do
 		read -r r w < "$store"
 		say "sample store-writes-in-flight=$w"
-		sleep 0.02
+		read -rt 0.02 -u "$nap" _ || true
 	done
 }
 partial_grows() { # pid errfile
