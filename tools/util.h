@@ -19,6 +19,7 @@ enum {
 	EX_FLEECE_USAGE = 2,	/* bad arguments: nothing was changed */
 	EX_FLEECE_REFUSED = 3,	/* a device or the system is not fit: nothing changed */
 	EX_FLEECE_INVALID = 4,	/* the view became invalid: the image is incomplete */
+	EX_FLEECE_NONE = 5,	/* status: a NAME given is not fleeced */
 	EX_FLEECE_SIGNAL = 128,	/* + signal number: interrupted, cleaned up */
 };
 
