@@ -251,6 +251,7 @@ struct reader_opts {
 	uint64_t rate;			/* bytes/s, 0: unlimited */
 	bool discard;
 	bool sha256;
+	bool json;			/* --json: the result on stdout */
 	enum progress_mode progress;
 	double interval;		/* seconds between progress lines */
 	/* Called at each progress tick, e.g. to sample the fleece space. */

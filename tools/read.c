@@ -71,6 +71,9 @@ int reader_parse_opt(struct reader_opts *o, int opt, const char *arg)
 	case 's':
 		o->sha256 = true;
 		return 0;
+	case 'j':
+		o->json = true;
+		return 0;
 	case 'r':
 		if (parse_size(arg, &v) || !v)
 			return usage_error("--rate '%s': not a size per second (e.g. 50M)", arg);
@@ -798,6 +801,7 @@ int cmd_read(int argc, char **argv)
 	struct output out;
 	char view[PATH_MAX], name[128];
 	struct output_guard guard = { .n = 0 };
+	bool ran = false;
 	int r;
 
 	prog = "fleece read";
@@ -811,21 +815,26 @@ int cmd_read(int argc, char **argv)
 		return usage_error("one view at a time: '%s' is one too many", argv[optind + 1]);
 	if (!o.output)
 		return usage_error("no output given: -o FILE, or -o - for standard output");
+	if (o.json && !strcmp(o.output, "-"))
+		return usage_error("--json with -o -: standard output carries the image");
 
+	msg_error_reset();
+	snprintf(name, sizeof(name), "%s", argv[optind]);
 	r = read_resolve(argv[optind], view, sizeof(view), name, sizeof(name), &guard);
 	if (r)
-		return exit_code(r);
+		goto out;
 	o.view = view;
 	o.label = name;
 	r = output_open(o.output, &guard, &out);
 	if (r)
-		return exit_code(r);
+		goto out;
 	signals_install();
 	r = reader_run(&o, out.fd, out.is_file, &res);
+	ran = true;
 	if (r == -EINTR)
 		msg_error("%s: interrupted by signal %d", name, (int)fleece_signal);
 	r = output_finish(&out, r);
-	if (!r && o.sha256)
+	if (!r && o.sha256 && !o.json)
 		output_print_sha256(&out, res.sha256);
 	if (!r) {
 		char a[32], b[32];
@@ -835,6 +844,19 @@ int cmd_read(int argc, char **argv)
 			 fmt_size(res.size, a, sizeof(a)), res.seconds,
 			 fmt_size(res.seconds > 0 ? (uint64_t)(res.size / res.seconds) :
 				  res.size, b, sizeof(b)));
+	}
+out:
+	if (o.json) {
+		struct result_json j = {
+			.name = name, .output = o.output, .err = r,
+			.error = msg_error_first(), .res = ran ? &res : NULL,
+			.sha256 = o.sha256,
+		};
+		struct sbuf sb = { 0 };
+
+		output_json_device(&sb, &j);
+		output_json_print("read", r, &sb);
+		sb_free(&sb);
 	}
 	return exit_code(r);
 }
