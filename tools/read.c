@@ -371,21 +371,32 @@ static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
  * their chunks, and their fleece space is freed.  Only what is durable in
  * the output, or unchanged since the previous image, comes here.  A
  * failure is not the image's: the chunks stay in the fleece, and
- * releasing stops.
+ * releasing stops; 0.  But a view that became invalid fails every read
+ * to come: -EFLEECE_INVALID, with a message.
  */
-static void reader_discard(struct reader *rd, uint64_t off, uint64_t len)
+static int reader_discard(struct reader *rd, uint64_t off, uint64_t len)
 {
 	uint64_t range[2] = { off, len };
+	int err;
 
 	if (!rd->discard)
-		return;
+		return 0;
 	if (ioctl(rd->fd, BLKDISCARD, range)) {
+		err = errno;
+		if (view_is_invalid(rd->dev)) {
+			rd->res->view_invalid = true;
+			msg_error("%s: the view became invalid before %llu bytes (a copy-before-write failed or timed out): the image is incomplete",
+				  rd->o->label, (unsigned long long)(off + len));
+			return -EFLEECE_INVALID;
+		}
+		errno = err;
 		msg_errno("%s: cannot discard the chunks just saved (their copies stay in the fleece)",
 			  rd->o->label);
 		rd->discard = false;
-		return;
+		return 0;
 	}
 	rd->res->released_bytes += len;
+	return 0;
 }
 
 /*
@@ -402,6 +413,7 @@ static void reader_discard(struct reader *rd, uint64_t off, uint64_t len)
 static int reader_release_batch(struct reader *rd, bool synced)
 {
 	unsigned int i;
+	int r = 0;
 
 	if (!rd->n_pend)
 		return 0;
@@ -414,11 +426,11 @@ static int reader_release_batch(struct reader *rd, bool synced)
 		}
 		rd->res->syncs++;
 	}
-	for (i = 0; i < rd->n_pend; i++)
-		reader_discard(rd, rd->pend[i].off, rd->pend[i].len);
+	for (i = 0; !r && i < rd->n_pend; i++)
+		r = reader_discard(rd, rd->pend[i].off, rd->pend[i].len);
 	rd->n_pend = 0;
 	rd->pend_bytes = 0;
-	return 0;
+	return r;
 }
 
 /*
@@ -597,11 +609,11 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 	 * the point in time; if it did not, this stops its copies now).  No
 	 * sync is owed: those bytes are in FILE, the previous image, durable.
 	 */
-	for (i = 0, rd->off = 0; i <= n_ext; i++) {
+	for (i = 0, rd->off = 0; !r && i <= n_ext; i++) {
 		uint64_t next = i < n_ext ? ext[i].off : rd->size;
 
 		if (next > rd->off)
-			reader_discard(rd, rd->off, next - rd->off);
+			r = reader_discard(rd, rd->off, next - rd->off);
 		if (i < n_ext)
 			rd->off = ext[i].off + ext[i].len;
 	}
