@@ -262,7 +262,7 @@ struct reader_opts {
 struct reader_result {
 	uint64_t size, bytes_read, bytes_written, zero_bytes;
 	uint64_t released_bytes;	/* discarded on the view: released */
-	unsigned int syncs;		/* of the output, each before a release */
+	unsigned int syncs;		/* of the output: per batch, and the last */
 	double seconds;
 	char sha256[65];
 	bool view_invalid;
