@@ -191,6 +191,8 @@ static int backup_args_check(int argc, char **argv, const struct backup_args *a)
 				 argv[optind + 1]);
 	if (!output)
 		return usage_err("no output given: -o FILE, or -o - for standard output");
+	if (a->ro.json && !strcmp(output, "-"))
+		return usage_err("--json with -o -: standard output carries the image");
 	if (n == 1 && so->nr_fleece_devs > 1)
 		return usage_err("one device, one --fleece-dev");
 	if (so->nr_fleece_devs && so->nr_fleece_devs != n)
@@ -226,7 +228,7 @@ static void backup_summary(const char *name, const struct reader_opts *ro,
 	char a[32], b[32], c2[32], d[32], e[32];
 	const uint64_t *f = smp->last.st.f;
 
-	if (ro->sha256)
+	if (ro->sha256 && !ro->json)
 		output_print_sha256(out, res->sha256);
 	if (incremental) {
 		msg_info("%s: incremental backup complete: read %s of %s (%.2f%%) in %s, %llu chunks copied before they were read, fleece peak %s%s",
@@ -268,7 +270,39 @@ struct backup_run {
 	struct output out;
 	struct incr_record rec;
 	bool recorded;			/* rec prepared as FILE.fleece.json.partial */
+	bool read;			/* the reader ran: res is its result */
+	char error[512];		/* --json: the first error message, or "" */
 };
+
+/* --json: keep the first error message said so far for this run. */
+static void backup_note_error(struct backup_run *b)
+{
+	const char *e = msg_error_first();
+
+	if (e && !b->error[0])
+		snprintf(b->error, sizeof(b->error), "%s", e);
+	msg_error_reset();
+}
+
+/* --json: this run's member of "devices", outcome @r. */
+static void backup_json(struct backup_run *b, int r, struct sbuf *sb)
+{
+	const struct incr_plan *p = &b->plan;
+	struct result_json j = {
+		.name = b->name, .output = b->output, .err = r,
+		.error = b->error[0] ? b->error : NULL,
+		.res = b->read ? &b->res : NULL, .sha256 = b->a->ro.sha256,
+		.kind = p->incremental ? "incremental" : "full",
+		.fallback = b->a->incremental && !p->incremental && p->reason[0] ? p->reason : NULL,
+		.have_fleece = b->smp.have_last,
+		.cbw_count = b->smp.last.st.f[FLEECE_ST_CBW_COUNT],
+		.fleece_peak = b->smp.peak_used, .fleece_peak_exact = b->smp.exact,
+	};
+
+	if (sb->len)
+		sb_printf(sb, ",");
+	output_json_device(sb, &j);
+}
 
 /*
  * The output: FILE.partial new, or for an incremental a clone or copy of
@@ -338,6 +372,7 @@ static int backup_read(struct backup_run *b, const char *view)
 	r = backup_prepare_read(b, view);
 	if (r)
 		return r;
+	b->read = true;
 	if (b->plan.incremental) {
 		r = reader_run_extents(ro, b->out.fd, b->ext, b->n_ext, &b->res);
 		if (!r && ro->sha256) {
@@ -520,7 +555,8 @@ static void backup_run_free(struct backup_run *b)
  * start, read, stop: 0, or -errno with a message.  Whatever fails, the
  * fleece is stopped and an incomplete FILE.partial removed (output_finish).
  */
-static int backup_run(const char *name, struct backup_args *a, const char *output)
+static int backup_run(const char *name, struct backup_args *a, const char *output,
+		      struct sbuf *js)
 {
 	struct start_opts *so = &a->so;
 	struct backup_run *b = xcalloc(1, sizeof(*b));
@@ -546,6 +582,10 @@ static int backup_run(const char *name, struct backup_args *a, const char *outpu
 		r = backup_finish(b);
 	r = backup_end(b, r);
 out:
+	if (js) {
+		backup_note_error(b);
+		backup_json(b, r, js);
+	}
 	backup_run_free(b);
 	free(b);
 	return r;
@@ -564,20 +604,25 @@ static int worse(int a, int b)
  * stop the others (its image is removed; a signal stops them all).  0, or
  * the -errno of the worst outcome, with messages.
  */
-static int backup_several(struct backup_args *a, char **args, unsigned int n)
+static int backup_several(struct backup_args *a, char **args, unsigned int n,
+			  struct sbuf *js)
 {
 	struct start_opts *so = &a->so;
 	struct backup_run *runs = xcalloc(n, sizeof(*runs));
 	char **names = xcalloc(n, sizeof(char *)), **partials = xcalloc(n, sizeof(char *));
-	unsigned int i, j, prepared = 0, failed = 0;
-	int r = 0, ri;
+	int *rc = xcalloc(n, sizeof(int));
+	unsigned int i, j, prepared = 0, failed = 0, culprit = n;
+	int r = 0;
 
+	msg_error_reset();
 	for (i = 0; !r && i < n; i++) {
 		names[i] = xmalloc(128);
 		r = resolve_dm_name(args[i], names[i], 128);
 		for (j = 0; !r && j < i; j++)
 			if (!strcmp(names[i], names[j]))
 				r = usage_err("%s given twice", names[i]);
+		if (r)
+			culprit = i;
 	}
 	for (i = 0; !r && i < n; i++, prepared++) {
 		runs[i].name = names[i];
@@ -586,11 +631,21 @@ static int backup_several(struct backup_args *a, char **args, unsigned int n)
 		runs[i].a = a;
 		r = backup_prepare(&runs[i]);
 		partials[i] = runs[i].out.partial ? runs[i].partial_abs : NULL;
+		if (r)
+			culprit = i;
 	}
 	if (r) {
 		/* Nothing started: the outputs opened so far are removed. */
 		for (i = 0; i + 1 < prepared; i++)
 			output_finish(&runs[i].out, r);
+		if (culprit < n)
+			backup_note_error(&runs[culprit]);
+		for (i = 0; i < n; i++) {
+			rc[i] = r;
+			if (i != culprit)
+				snprintf(runs[i].error, sizeof(runs[i].error),
+					 "not backed up: %s failed before the start", args[culprit]);
+		}
 		goto out;
 	}
 	so->partials = partials;
@@ -598,16 +653,27 @@ static int backup_several(struct backup_args *a, char **args, unsigned int n)
 	r = fleece_start(so, names, n);
 	so->partials = NULL;
 	if (r) {
-		for (i = 0; i < n; i++)
-			backup_end(&runs[i], output_finish(&runs[i].out, r));
+		/* The start's messages are every NAME's. */
+		for (i = 0; i < n; i++) {
+			const char *e = msg_error_first();
+
+			if (e)
+				snprintf(runs[i].error, sizeof(runs[i].error), "%s", e);
+		}
+		msg_error_reset();
+		for (i = 0; i < n; i++) {
+			rc[i] = backup_end(&runs[i], output_finish(&runs[i].out, r));
+			backup_note_error(&runs[i]);
+		}
 		goto out;
 	}
 	for (i = 0; i < n; i++) {
-		ri = backup_finish(&runs[i]);
-		ri = backup_end(&runs[i], ri);
-		if (ri)
+		rc[i] = backup_finish(&runs[i]);
+		rc[i] = backup_end(&runs[i], rc[i]);
+		backup_note_error(&runs[i]);
+		if (rc[i])
 			failed++;
-		r = worse(r, ri);
+		r = worse(r, rc[i]);
 	}
 	if (failed)
 		msg_error("%u of %u images at one point in time are not complete (removed): %s", failed, n,
@@ -616,11 +682,19 @@ static int backup_several(struct backup_args *a, char **args, unsigned int n)
 		msg_info("%u images at one point in time in %s", n, a->ro.output);
 out:
 	for (i = 0; i < n; i++) {
+		if (js) {
+			/* Not resolved, not prepared: the NAME as given. */
+			if (!runs[i].name)
+				runs[i].name = args[i];
+			runs[i].a = a;
+			backup_json(&runs[i], rc[i], js);
+		}
 		if (i < prepared)
 			free((char *)runs[i].output);
 		backup_run_free(&runs[i]);
 		free(names[i]);
 	}
+	free(rc);
 	free(runs);
 	free(names);
 	free(partials);
@@ -636,6 +710,7 @@ int cmd_backup(int argc, char **argv)
 		LONGOPTS_COMMON
 	};
 	struct backup_args a = { .ro = { .discard = true, .interval = 10 } };
+	struct sbuf js = { 0 };
 	char name[128];
 	int r;
 
@@ -648,13 +723,28 @@ int cmd_backup(int argc, char **argv)
 		return r;
 	}
 	r = backup_args_check(argc, argv, &a);
-	if (!r && output_is_dir(a.ro.output)) {
-		r = backup_several(&a, argv + optind, argc - optind);
-	} else if (!r) {
-		r = resolve_dm_name(argv[optind], name, sizeof(name));
-		if (!r)
-			r = backup_run(name, &a, a.ro.output);
+	if (r) {
+		start_opts_free(&a.so);
+		return exit_code(r);
 	}
+	/* --json: each NAME's member of "devices" in js, printed at the end. */
+	if (output_is_dir(a.ro.output)) {
+		r = backup_several(&a, argv + optind, argc - optind, a.ro.json ? &js : NULL);
+	} else {
+		msg_error_reset();
+		r = resolve_dm_name(argv[optind], name, sizeof(name));
+		if (!r) {
+			r = backup_run(name, &a, a.ro.output, a.ro.json ? &js : NULL);
+		} else if (a.ro.json) {
+			struct backup_run b = { .name = argv[optind], .output = a.ro.output, .a = &a };
+
+			backup_note_error(&b);
+			backup_json(&b, r, &js);
+		}
+	}
+	if (a.ro.json)
+		output_json_print("backup", r, &js);
+	sb_free(&js);
 	start_opts_free(&a.so);
 	return exit_code(r);
 }

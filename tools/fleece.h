@@ -251,6 +251,7 @@ struct reader_opts {
 	uint64_t rate;			/* bytes/s, 0: unlimited */
 	bool discard;
 	bool sha256;
+	bool json;			/* --json: the result on stdout */
 	enum progress_mode progress;
 	double interval;		/* seconds between progress lines */
 	/* Called at each progress tick, e.g. to sample the fleece space. */
@@ -260,6 +261,8 @@ struct reader_opts {
 
 struct reader_result {
 	uint64_t size, bytes_read, bytes_written, zero_bytes;
+	uint64_t released_bytes;	/* discarded on the view: released */
+	unsigned int syncs;		/* of the output: per batch, and the last */
 	double seconds;
 	char sha256[65];
 	bool view_invalid;

@@ -4,7 +4,7 @@
  * getopt_long tables, short option strings and --help lines.
  *
  *   start options   -d -D -c -t -F -f start and backup (start_parse_opt)
- *   reader options  -o -s -r -b -p -i read and backup (reader_parse_opt)
+ *   reader options  -o -s -r -b -p -i -j read and backup (reader_parse_opt)
  *   common options  -q -v -h         every subcommand (parse_opts)
  */
 #ifndef FLEECE_OPTS_H
@@ -27,8 +27,9 @@
 	{ "rate", required_argument, NULL, 'r' },			\
 	{ "block-size", required_argument, NULL, 'b' },		\
 	{ "progress", required_argument, NULL, 'p' },		\
-	{ "interval", required_argument, NULL, 'i' }
-#define SHORTOPTS_READER "o:sr:b:p:i:"
+	{ "interval", required_argument, NULL, 'i' },		\
+	{ "json", no_argument, NULL, 'j' }
+#define SHORTOPTS_READER "o:sr:b:p:i:j"
 
 /* Last in every table: it ends it. */
 #define LONGOPTS_COMMON						\
@@ -58,7 +59,10 @@
 	"  -b, --block-size SIZE     read unit (default 4M, rounded to whole chunks)\n" \
 	"  -p, --progress MODE       auto (a bar on a terminal, lines otherwise), bar,\n" \
 	"                            lines, none\n"				\
-	"  -i, --interval SECS       seconds between progress lines (default 10)\n"
+	"  -i, --interval SECS       seconds between progress lines (default 10)\n" \
+	"  -j, --json                the result as one JSON object on standard\n" \
+	"                            output at the end, also on failure (not with\n" \
+	"                            -o -; the SHA-256 is in it)\n"
 
 #define HELP_COMMON							\
 	"  -q, --quiet               no messages but errors (and no progress)\n" \

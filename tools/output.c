@@ -353,3 +353,92 @@ void output_print_sha256(const struct output *out, const char *hex)
 	fprintf(f, "%s  %s\n", hex, out->name);
 	fflush(f);
 }
+
+const char *result_word(int err)
+{
+	switch (-err) {
+	case 0:
+		return "ok";
+	case EFLEECE_INVALID:
+		return "invalid";
+	case EFLEECE_REFUSED:
+		return "refused";
+	case EFLEECE_USAGE:
+		return "usage";
+	case EINTR:
+		if (fleece_signal)
+			return "interrupted";
+		return "failed";
+	default:
+		return "failed";
+	}
+}
+
+static void json_str_or_null(struct sbuf *sb, const char *s)
+{
+	if (s)
+		sb_json_str(sb, s);
+	else
+		sb_printf(sb, "null");
+}
+
+void output_json_device(struct sbuf *sb, const struct result_json *j)
+{
+	const struct reader_result *res = j->res;
+	const char *error = j->error;
+	char sig[64];
+
+	if (j->err == -EINTR && fleece_signal && !error) {
+		snprintf(sig, sizeof(sig), "interrupted by signal %d", (int)fleece_signal);
+		error = sig;
+	} else if (j->err && !error) {
+		error = strerror(-j->err);
+	}
+	sb_printf(sb, "{\"name\":");
+	sb_json_str(sb, j->name);
+	sb_printf(sb, ",\"output\":");
+	json_str_or_null(sb, j->output);
+	sb_printf(sb, ",\"result\":");
+	sb_json_str(sb, result_word(j->err));
+	sb_printf(sb, ",\"exit_code\":%d,\"error\":", exit_code(j->err));
+	json_str_or_null(sb, j->err ? error : NULL);
+	if (j->kind) {
+		sb_printf(sb, ",\"kind\":");
+		sb_json_str(sb, j->kind);
+		sb_printf(sb, ",\"fallback_reason\":");
+		json_str_or_null(sb, j->fallback);
+	}
+	if (res) {
+		sb_printf(sb, ",\"size_bytes\":%llu,\"bytes_read\":%llu,\"bytes_written\":%llu,\"zero_bytes\":%llu,\"released_bytes\":%llu,\"output_syncs\":%u,\"seconds\":%.3f",
+			  (unsigned long long)res->size, (unsigned long long)res->bytes_read,
+			  (unsigned long long)res->bytes_written,
+			  (unsigned long long)res->zero_bytes,
+			  (unsigned long long)res->released_bytes, res->syncs, res->seconds);
+	} else {
+		sb_printf(sb, ",\"size_bytes\":null,\"bytes_read\":0,\"bytes_written\":0,\"zero_bytes\":0,\"released_bytes\":0,\"output_syncs\":0,\"seconds\":null");
+	}
+	sb_printf(sb, ",\"sha256\":");
+	json_str_or_null(sb, !j->err && j->sha256 && res ? res->sha256 : NULL);
+	if (j->have_fleece)
+		sb_printf(sb, ",\"cbw_count\":%llu,\"fleece_peak_bytes\":%llu,\"fleece_peak_exact\":%s",
+			  (unsigned long long)j->cbw_count, (unsigned long long)j->fleece_peak,
+			  j->fleece_peak_exact ? "true" : "false");
+	else
+		sb_printf(sb, ",\"cbw_count\":null,\"fleece_peak_bytes\":null,\"fleece_peak_exact\":null");
+	sb_printf(sb, "}");
+}
+
+void output_json_print(const char *command, int err, const struct sbuf *devices)
+{
+	struct sbuf sb = { 0 };
+
+	sb_printf(&sb, "{\"command\":");
+	sb_json_str(&sb, command);
+	sb_printf(&sb, ",\"result\":");
+	sb_json_str(&sb, result_word(err));
+	sb_printf(&sb, ",\"exit_code\":%d,\"devices\":[%s]}\n", exit_code(err),
+		  devices->s ? devices->s : "");
+	fputs(sb.s, stdout);
+	fflush(stdout);
+	sb_free(&sb);
+}

@@ -7,6 +7,7 @@
 #define FLEECE_OUTPUT_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <sys/types.h>
 
@@ -55,5 +56,31 @@ int output_restart(struct output *out);
  */
 int output_finish(struct output *out, int err);
 void output_print_sha256(const struct output *out, const char *hex);
+
+/*
+ * --json of backup and read: one object on standard output at the end,
+ * {"command": ..., "result": ..., "exit_code": N, "devices": [...]}, one
+ * member of "devices" per image, as "fleece status --json" lists devices.
+ */
+struct sbuf;
+struct reader_result;
+struct result_json {
+	const char *name;		/* NAME, or the view's dm name */
+	const char *output;		/* FILE, DIR/NAME.img, a device, or NULL */
+	int err;			/* the outcome: 0 or -errno */
+	const char *error;		/* its first error message, or NULL */
+	const struct reader_result *res;	/* NULL: nothing was read */
+	bool sha256;			/* res->sha256 holds the digest */
+	const char *kind;		/* "full" or "incremental"; NULL for read */
+	const char *fallback;		/* why --incremental became full, or NULL */
+	bool have_fleece;		/* the fleece counters below are known */
+	uint64_t cbw_count, fleece_peak;
+	bool fleece_peak_exact;
+};
+/* "ok", "invalid", "interrupted", "refused", "usage" or "failed", for an outcome. */
+const char *result_word(int err);
+void output_json_device(struct sbuf *sb, const struct result_json *j);
+/* The whole object, @devices (members, comma-separated) in it, on stdout. */
+void output_json_print(const char *command, int err, const struct sbuf *devices);
 
 #endif

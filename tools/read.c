@@ -3,9 +3,11 @@
  * The reader, shared by "fleece backup" and "fleece read": reads a
  * fleece-view with O_DIRECT in large chunk-aligned blocks, one block ahead
  * (readahead.c), writes the image (holes for all-zero chunks in a regular
- * file, a plain stream otherwise), and discards each block on the view once
- * it is safely written, which releases its chunks: no more copy-before-write
- * for them, and their fleece space is freed.
+ * file, a plain stream otherwise), and discards what it wrote on the view
+ * once it is safely written, which releases its chunks: no more
+ * copy-before-write for them, and their fleece space is freed.  Releases go
+ * in batches (up to BATCH_BYTES or BATCH_SECS of blocks): one sync of the
+ * output, then one discard per range, rather than a sync per block.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,6 +32,17 @@
 
 #define DEFAULT_BLOCK	(4ULL << 20)
 #define MAX_BLOCK	(256ULL << 20)
+
+/*
+ * A batch of saved blocks is released (the output synced once, then the
+ * view discarded) once it holds BATCH_BYTES, is BATCH_SECS old, or has
+ * BATCH_RANGES separate ranges (an incremental's scattered extents).
+ * Release lags the read by at most that much; the fleece holds a batch's
+ * copies meanwhile.
+ */
+#define BATCH_BYTES	(64ULL << 20)
+#define BATCH_SECS	1.0
+#define BATCH_RANGES	64
 
 int view_chunk_bytes(dev_t view, uint64_t *bytes)
 {
@@ -57,6 +70,9 @@ int reader_parse_opt(struct reader_opts *o, int opt, const char *arg)
 		return 0;
 	case 's':
 		o->sha256 = true;
+		return 0;
+	case 'j':
+		o->json = true;
 		return 0;
 	case 'r':
 		if (parse_size(arg, &v) || !v)
@@ -197,6 +213,12 @@ struct reader {
 	bool out_is_file;		/* holes for zero chunks */
 	bool punch;			/* the file has data there: punch them */
 	bool out_sync;			/* synced before each release */
+	struct {			/* written, not yet released: in order */
+		uint64_t off, len;
+	} pend[BATCH_RANGES];
+	unsigned int n_pend;
+	uint64_t pend_bytes;
+	double pend_t0;			/* when the batch's first block was saved */
 	struct readahead *ra;
 	struct sha256 sha;		/* --sha256: fed by the readahead's hasher */
 	bool hashing;
@@ -218,7 +240,7 @@ static int reader_open(struct reader *rd)
 	/*
 	 * A released chunk is gone from the view: whatever holds the image
 	 * (a file, also behind standard output, or a block device) is synced
-	 * before each release.  A pipe cannot be: its reader gets data that is
+	 * before each release (reader_release_batch()).  A pipe cannot be: its reader gets data that is
 	 * released already (fleece(8)).
 	 */
 	rd->out_sync = rd->out_is_file ||
@@ -309,8 +331,8 @@ static int reader_write_failed(struct reader *rd)
 
 /*
  * Write @n bytes of @buf, the block at rd->off, to the output (all-zero
- * chunks of a file left as holes), synced when a release follows: once
- * this returns 0, the block is safe and may be released.
+ * chunks of a file left as holes).  Not synced: reader_saved() batches the
+ * block for a release after a sync.
  */
 static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
 {
@@ -341,29 +363,111 @@ static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
 			res->bytes_written += len;
 		}
 	}
-	if (rd->discard && rd->out_sync && fdatasync(rd->out_fd)) {
-		int r = -errno;
-
-		msg_errno("%s: cannot sync the output", rd->o->label);
-		return r;
-	}
 	return 0;
 }
 
 /*
- * Release the block just saved (BLKDISCARD on the view): no more copies
- * for its chunks, and their fleece space is freed.  A failure is not the
- * image's: the chunks stay in the fleece, and releasing stops.
+ * Release @len bytes at @off of the view (BLKDISCARD): no more copies for
+ * their chunks, and their fleece space is freed.  Only what is durable in
+ * the output, or unchanged since the previous image, comes here.  A
+ * failure is not the image's: the chunks stay in the fleece, and
+ * releasing stops; 0.  But a view that became invalid fails every read
+ * to come: -EFLEECE_INVALID, with a message.
  */
-static void reader_release(struct reader *rd, size_t n)
+static int reader_discard(struct reader *rd, uint64_t off, uint64_t len)
 {
-	uint64_t range[2] = { rd->off, n };
+	uint64_t range[2] = { off, len };
+	int err;
 
-	if (rd->discard && ioctl(rd->fd, BLKDISCARD, range)) {
+	if (!rd->discard)
+		return 0;
+	if (ioctl(rd->fd, BLKDISCARD, range)) {
+		err = errno;
+		if (view_is_invalid(rd->dev)) {
+			rd->res->view_invalid = true;
+			msg_error("%s: the view became invalid before %llu bytes (a copy-before-write failed or timed out): the image is incomplete",
+				  rd->o->label, (unsigned long long)(off + len));
+			return -EFLEECE_INVALID;
+		}
+		errno = err;
 		msg_errno("%s: cannot discard the chunks just saved (their copies stay in the fleece)",
 			  rd->o->label);
 		rd->discard = false;
+		return 0;
 	}
+	rd->res->released_bytes += len;
+	return 0;
+}
+
+/*
+ * Release the batch of saved ranges: the output synced (fdatasync) unless
+ * @synced says it just was, then each range discarded on the view.
+ *
+ * The invariant, enforced here: a chunk is released only after its bytes
+ * in the output are durable (a sync of the output returned 0 after they
+ * were written).  A pipe cannot be synced: there, after they were written
+ * (fleece(8)).  A failed sync releases nothing.  A batch not released when
+ * the read stops (an error, a signal) stays in the fleece.  0, or -errno
+ * with a message.
+ */
+static int reader_release_batch(struct reader *rd, bool synced)
+{
+	unsigned int i;
+	int r = 0;
+
+	if (!rd->n_pend)
+		return 0;
+	if (rd->discard && rd->out_sync && !synced) {
+		if (fdatasync(rd->out_fd)) {
+			int r = -errno;
+
+			msg_errno("%s: cannot sync the output", rd->o->label);
+			return r;
+		}
+		rd->res->syncs++;
+	}
+	for (i = 0; !r && i < rd->n_pend; i++)
+		r = reader_discard(rd, rd->pend[i].off, rd->pend[i].len);
+	rd->n_pend = 0;
+	rd->pend_bytes = 0;
+	return r;
+}
+
+/*
+ * @n bytes at @off of the view are written to the output: start their
+ * writeback (so that the batch's sync has little left to wait for) and add
+ * them to the batch, which is released when full or old.  0, or -errno
+ * with a message.
+ */
+static int reader_saved(struct reader *rd, uint64_t off, size_t n)
+{
+	unsigned int k = rd->n_pend;
+	int r;
+
+	if (!rd->discard)
+		return 0;
+	/* A hint: errors, if any, come from the sync. */
+	if (rd->out_sync)
+		sync_file_range(rd->out_fd, rd->out_is_file ? (off64_t)off : 0,
+				rd->out_is_file ? (off64_t)n : 0, SYNC_FILE_RANGE_WRITE);
+	if (k && rd->pend[k - 1].off + rd->pend[k - 1].len == off) {
+		rd->pend[k - 1].len += n;
+	} else {
+		if (k == BATCH_RANGES) {
+			r = reader_release_batch(rd, false);
+			if (r)
+				return r;
+		}
+		if (!rd->n_pend)
+			rd->pend_t0 = now_mono();
+		rd->pend[rd->n_pend].off = off;
+		rd->pend[rd->n_pend].len = n;
+		rd->n_pend++;
+	}
+	rd->pend_bytes += n;
+	if (rd->pend_bytes >= BATCH_BYTES || now_mono() - rd->pend_t0 >= BATCH_SECS)
+		return reader_release_batch(rd, false);
+	return 0;
 }
 
 /* Hold back to --rate; -EINTR when a signal comes meanwhile. */
@@ -384,8 +488,8 @@ static int reader_throttle(struct reader *rd)
 }
 
 /*
- * The loop: read, write, release each block in turn, with progress and
- * the rate limit, until the end of the view.  0, or -errno with a message
+ * The loop: read, write, release (in batches) each block in turn, with
+ * progress and the rate limit, until the end of the view.  0, or -errno with a message
  * (-EFLEECE_INVALID, -EINTR after a signal); what was written stays for
  * the caller to remove.
  */
@@ -405,9 +509,10 @@ static int reader_loop(struct reader *rd)
 			break;
 		rd->res->bytes_read += n;
 		r = reader_put(rd, buf, n);
+		if (!r)
+			r = reader_saved(rd, rd->off, n);
 		if (r)
 			break;
-		reader_release(rd, n);
 		readahead_done(rd->ra, rd->off);
 		rd->off += n;
 		rd->done += n;
@@ -419,8 +524,9 @@ static int reader_loop(struct reader *rd)
 
 /*
  * Finish: a file gets its full size (a trailing hole) and is synced, a
- * block device or a file behind standard output synced; the digest and the
- * last progress line.  0, or -errno with a message.
+ * block device or a file behind standard output synced, and the last batch
+ * released after that sync; the digest and the last progress line.  0, or
+ * -errno with a message.
  */
 static int reader_finish(struct reader *rd)
 {
@@ -433,6 +539,11 @@ static int reader_finish(struct reader *rd)
 		msg_errno("%s: cannot finish the output", rd->o->label);
 		return r;
 	}
+	if (rd->out_is_file || rd->out_sync)
+		rd->res->syncs++;
+	r = reader_release_batch(rd, rd->out_is_file || rd->out_sync);
+	if (r)
+		return r;
 	if (rd->hashing) {
 		r = readahead_hash_wait(rd->ra);
 		if (!r)
@@ -495,13 +606,14 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 	/*
 	 * What is not to be read is unchanged since the previous image: release
 	 * it first (the kernel did already when it applied the tracker's set at
-	 * the point in time; if it did not, this stops its copies now).
+	 * the point in time; if it did not, this stops its copies now).  No
+	 * sync is owed: those bytes are in FILE, the previous image, durable.
 	 */
-	for (i = 0, rd->off = 0; i <= n_ext; i++) {
+	for (i = 0, rd->off = 0; !r && i <= n_ext; i++) {
 		uint64_t next = i < n_ext ? ext[i].off : rd->size;
 
 		if (next > rd->off)
-			reader_release(rd, next - rd->off);
+			r = reader_discard(rd, rd->off, next - rd->off);
 		if (i < n_ext)
 			rd->off = ext[i].off + ext[i].len;
 	}
@@ -524,10 +636,11 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 				r = reader_pread(rd, buf, len, rd->off);
 			if (!r)
 				r = reader_put(rd, buf, len);
+			if (!r)
+				r = reader_saved(rd, rd->off, len);
 			if (r)
 				break;
 			rd->res->bytes_read += len;
-			reader_release(rd, len);
 			rd->off += len;
 			rd->done += len;
 			progress_show(&rd->prog, rd->done, false);
@@ -700,6 +813,7 @@ int cmd_read(int argc, char **argv)
 	struct output out;
 	char view[PATH_MAX], name[128];
 	struct output_guard guard = { .n = 0 };
+	bool ran = false;
 	int r;
 
 	prog = "fleece read";
@@ -713,21 +827,26 @@ int cmd_read(int argc, char **argv)
 		return usage_error("one view at a time: '%s' is one too many", argv[optind + 1]);
 	if (!o.output)
 		return usage_error("no output given: -o FILE, or -o - for standard output");
+	if (o.json && !strcmp(o.output, "-"))
+		return usage_error("--json with -o -: standard output carries the image");
 
+	msg_error_reset();
+	snprintf(name, sizeof(name), "%s", argv[optind]);
 	r = read_resolve(argv[optind], view, sizeof(view), name, sizeof(name), &guard);
 	if (r)
-		return exit_code(r);
+		goto out;
 	o.view = view;
 	o.label = name;
 	r = output_open(o.output, &guard, &out);
 	if (r)
-		return exit_code(r);
+		goto out;
 	signals_install();
 	r = reader_run(&o, out.fd, out.is_file, &res);
+	ran = true;
 	if (r == -EINTR)
 		msg_error("%s: interrupted by signal %d", name, (int)fleece_signal);
 	r = output_finish(&out, r);
-	if (!r && o.sha256)
+	if (!r && o.sha256 && !o.json)
 		output_print_sha256(&out, res.sha256);
 	if (!r) {
 		char a[32], b[32];
@@ -737,6 +856,19 @@ int cmd_read(int argc, char **argv)
 			 fmt_size(res.size, a, sizeof(a)), res.seconds,
 			 fmt_size(res.seconds > 0 ? (uint64_t)(res.size / res.seconds) :
 				  res.size, b, sizeof(b)));
+	}
+out:
+	if (o.json) {
+		struct result_json j = {
+			.name = name, .output = o.output, .err = r,
+			.error = msg_error_first(), .res = ran ? &res : NULL,
+			.sha256 = o.sha256,
+		};
+		struct sbuf sb = { 0 };
+
+		output_json_device(&sb, &j);
+		output_json_print("read", r, &sb);
+		sb_free(&sb);
 	}
 	return exit_code(r);
 }

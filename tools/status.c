@@ -257,9 +257,46 @@ static void status_help(void)
 	       "  -v, --verbose             more messages\n"
 	       "  -h, --help                this help\n"
 	       "\n"
-	       "Exit status: 0 when every device shown is active, 4 when one is invalid,\n"
-	       "1 otherwise, and 1 with nothing on standard output when device-mapper\n"
-	       "cannot be queried (e.g. not run as root).\n");
+	       "Exit status (the same with --json):\n"
+	       "  0  every device shown is active (also when none is shown: no NAME given\n"
+	       "     and nothing fleeced)\n"
+	       "  1  a device is incomplete (an interrupted start or stop); or device-mapper\n"
+	       "     cannot be queried (e.g. not run as root): then nothing on standard output\n"
+	       "  4  a device's view is invalid\n"
+	       "  5  a NAME given is not fleeced\n"
+	       "The first that applies, in the order 4, 1, 5.\n");
+}
+
+/*
+ * The exit status for one device's state: 0 active, 4 invalid, 1
+ * incomplete (broken: "fleece stop NAME" must clean up), 5 not fleeced.
+ * A failed query is 1 too, but prints nothing: a script that gets 1 with
+ * a report on standard output has an incomplete fleece.
+ */
+static int state_exit_code(const char *state)
+{
+	if (!strcmp(state, FLEECE_STATE_ACTIVE))
+		return EX_FLEECE_OK;
+	if (!strcmp(state, FLEECE_STATE_INVALID))
+		return EX_FLEECE_INVALID;
+	if (!strcmp(state, "none"))
+		return EX_FLEECE_NONE;
+	return EX_FLEECE_FAIL;
+}
+
+/* Of several devices' codes the worst wins: invalid, then incomplete, then none. */
+static int exit_rank(int code)
+{
+	switch (code) {
+	case EX_FLEECE_INVALID:
+		return 3;
+	case EX_FLEECE_FAIL:
+		return 2;
+	case EX_FLEECE_NONE:
+		return 1;
+	default:
+		return 0;
+	}
 }
 
 static int status_opt(int c, const char *arg, void *ctx)
@@ -343,10 +380,9 @@ int cmd_status(int argc, char **argv)
 		} else {
 			print_human(r);
 		}
-		if (!strcmp(r->state, FLEECE_STATE_INVALID))
-			ret = EX_FLEECE_INVALID;
-		else if (strcmp(r->state, FLEECE_STATE_ACTIVE) && ret == EX_FLEECE_OK)
-			ret = EX_FLEECE_FAIL;
+		code = state_exit_code(r->state);
+		if (exit_rank(code) > exit_rank(ret))
+			ret = code;
 	}
 	free(reps);
 	if (json) {

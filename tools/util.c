@@ -50,6 +50,19 @@ void msg_line(const char *line)
 		fprintf(stderr, "%s\n", line);
 }
 
+/* The first error message since msg_error_reset(), for --json's "error". */
+static char first_error[512];
+
+void msg_error_reset(void)
+{
+	first_error[0] = '\0';
+}
+
+const char *msg_error_first(void)
+{
+	return first_error[0] ? first_error : NULL;
+}
+
 static void vmsg(const char *level, const char *fmt, va_list ap, int err)
 {
 	char buf[4096];
@@ -64,12 +77,26 @@ static void vmsg(const char *level, const char *fmt, va_list ap, int err)
 	msg_line(buf);
 }
 
+static void record_error(const char *fmt, va_list ap, int err)
+{
+	int n;
+
+	if (first_error[0])
+		return;
+	n = vsnprintf(first_error, sizeof(first_error), fmt, ap);
+	if (err && n >= 0 && (size_t)n < sizeof(first_error))
+		snprintf(first_error + n, sizeof(first_error) - n, ": %s", strerror(err));
+}
+
 void msg_error(const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
 	vmsg("", fmt, ap, 0);
+	va_end(ap);
+	va_start(ap, fmt);
+	record_error(fmt, ap, 0);
 	va_end(ap);
 }
 
@@ -80,6 +107,9 @@ void msg_errno(const char *fmt, ...)
 
 	va_start(ap, fmt);
 	vmsg("", fmt, ap, err ? err : EIO);
+	va_end(ap);
+	va_start(ap, fmt);
+	record_error(fmt, ap, err ? err : EIO);
 	va_end(ap);
 	errno = err;
 }

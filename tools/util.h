@@ -19,6 +19,7 @@ enum {
 	EX_FLEECE_USAGE = 2,	/* bad arguments: nothing was changed */
 	EX_FLEECE_REFUSED = 3,	/* a device or the system is not fit: nothing changed */
 	EX_FLEECE_INVALID = 4,	/* the view became invalid: the image is incomplete */
+	EX_FLEECE_NONE = 5,	/* status: a NAME given is not fleeced */
 	EX_FLEECE_SIGNAL = 128,	/* + signal number: interrupted, cleaned up */
 };
 
@@ -64,6 +65,9 @@ void msg_info(const char *fmt, ...) ATTR_PRINTF(1, 2);
 void msg_debug(const char *fmt, ...) ATTR_PRINTF(1, 2);
 /* Print "prog: <message>: <strerror(errno)>". */
 void msg_errno(const char *fmt, ...) ATTR_PRINTF(1, 2);
+/* The first error message (msg_error, msg_errno) since the last reset, or NULL. */
+void msg_error_reset(void);
+const char *msg_error_first(void);
 /*
  * While on, messages (ours and libdevmapper's) are kept in memory, and
  * printed when it is turned off: nothing is written while a device that

@@ -57,4 +57,41 @@ echo "$T_ERR"
 echo "$T_ERR" | grep_q "too small" || fail "no 'too small' message"
 assert_eq "$(dmsetup table da)" "$ta" "da unchanged"
 [ -z "$(dmsetup info -c --noheadings -o uuid | grep FLEECE- || true)" ] || fail "FLEECE- devices left"
+
+step "backup -o DIR/ --json: one member of \"devices\" each, also when refused"
+mkdir imgs
+$F backup -q --json --sha256 --fleece-dev "$fa,$fb" da db -o imgs/ > m.json ||
+	{ cat m.json; fail "backup -o DIR/ --json failed"; }
+cat m.json
+cmp imgs/da.img "$a" && cmp imgs/db.img "$b" || fail "the images differ from the devices"
+python3 - m.json "$(sha256sum < imgs/da.img | cut -d' ' -f1)" "$(sha256sum < imgs/db.img | cut -d' ' -f1)" <<'EOF' ||
+import json, sys
+top = json.load(open(sys.argv[1]))
+assert top["command"] == "backup" and top["result"] == "ok" and top["exit_code"] == 0, top
+d = top["devices"]
+assert [x["name"] for x in d] == ["da", "db"], d
+assert [x["output"] for x in d] == ["imgs/da.img", "imgs/db.img"], d
+assert [x["sha256"] for x in d] == sys.argv[2:4], d
+for x in d:
+    assert x["result"] == "ok" and x["exit_code"] == 0 and x["error"] is None, x
+    assert x["size_bytes"] == x["bytes_read"] == x["released_bytes"] == 16 << 20, x
+    assert x["kind"] == "full" and isinstance(x["cbw_count"], int), x
+EOF
+	fail "backup -o DIR/ --json: the fields"
+rm imgs/*
+rc=0; $F backup -q --json --fleece-dev "$fa,$small" da db -o imgs/ > m.json 2> m.err || rc=$?
+cat m.err m.json
+assert_eq "$rc" 3 "backup -o DIR/ with a fleece device too small: exit status"
+python3 - m.json <<'EOF' ||
+import json, sys
+top = json.load(open(sys.argv[1]))
+assert top["result"] == "refused" and top["exit_code"] == 3, top
+d = top["devices"]
+assert [x["name"] for x in d] == ["da", "db"], d
+assert all(x["result"] == "refused" and x["exit_code"] == 3 and x["bytes_read"] == 0 for x in d), d
+assert all("too small" in x["error"] for x in d), d
+EOF
+	fail "backup -o DIR/ --json, refused: the fields"
+[ -z "$(ls imgs)" ] || fail "images left by the refused backup: $(ls imgs)"
+[ -z "$(dmsetup info -c --noheadings -o uuid | grep FLEECE- || true)" ] || fail "FLEECE- devices left"
 step "ok"

@@ -250,6 +250,51 @@ static void test_exit_codes(void)
 	fleece_signal = 0;
 }
 
+/* --json of backup and read: the words and one device's member. */
+static void test_result_json(void)
+{
+	struct reader_result res = {
+		.size = 16 << 20, .bytes_read = 65536, .bytes_written = 65536,
+		.released_bytes = 16 << 20, .syncs = 2, .seconds = 1.5,
+	};
+	struct result_json j = {
+		.name = "a\"b", .output = "/x/a.img", .res = &res, .sha256 = true,
+		.kind = "incremental", .have_fleece = true, .cbw_count = 3,
+		.fleece_peak = 4096, .fleece_peak_exact = true,
+	};
+	struct sbuf sb = { 0 };
+
+	strcpy(res.sha256, "ab12");
+	CHECK_STR(result_word(0), "ok");
+	CHECK_STR(result_word(-EFLEECE_INVALID), "invalid");
+	CHECK_STR(result_word(-EFLEECE_REFUSED), "refused");
+	CHECK_STR(result_word(-EIO), "failed");
+	CHECK_STR(result_word(-EINTR), "failed");	/* no signal came */
+	output_json_device(&sb, &j);
+	CHECK_STR(sb.s, "{\"name\":\"a\\\"b\",\"output\":\"/x/a.img\",\"result\":\"ok\",\"exit_code\":0,\"error\":null,\"kind\":\"incremental\",\"fallback_reason\":null,\"size_bytes\":16777216,\"bytes_read\":65536,\"bytes_written\":65536,\"zero_bytes\":0,\"released_bytes\":16777216,\"output_syncs\":2,\"seconds\":1.500,\"sha256\":\"ab12\",\"cbw_count\":3,\"fleece_peak_bytes\":4096,\"fleece_peak_exact\":true}");
+	sb_free(&sb);
+	/* A failure: no digest, the error; a signal; nothing read. */
+	j.err = -EFLEECE_INVALID;
+	j.error = "the view became invalid";
+	output_json_device(&sb, &j);
+	CHECK_HAS(sb.s, "\"result\":\"invalid\",\"exit_code\":4,\"error\":\"the view became invalid\"");
+	CHECK_HAS(sb.s, "\"sha256\":null");
+	sb_free(&sb);
+	fleece_signal = SIGTERM;
+	j.err = -EINTR;
+	j.error = NULL;
+	j.res = NULL;
+	j.kind = NULL;
+	j.have_fleece = false;
+	output_json_device(&sb, &j);
+	CHECK_HAS(sb.s, "\"result\":\"interrupted\",\"exit_code\":143,\"error\":\"interrupted by signal 15\"");
+	CHECK_HAS(sb.s, "\"size_bytes\":null,\"bytes_read\":0");
+	CHECK_HAS(sb.s, "\"cbw_count\":null");
+	CHECK(!strstr(sb.s, "\"kind\""));
+	fleece_signal = 0;
+	sb_free(&sb);
+}
+
 /* --- options: their values, and the commands' argument checks ------------ */
 
 static void test_reader_opts(void)
@@ -280,6 +325,8 @@ static void test_reader_opts(void)
 	CHECK(o.interval == 0.5);
 	CHECK_INT(reader_parse_opt(&o, 's', NULL), 0);
 	CHECK(o.sha256);
+	CHECK_INT(reader_parse_opt(&o, 'j', NULL), 0);
+	CHECK(o.json);
 	CHECK_INT(reader_parse_opt(&o, 'N', NULL), 0);
 	CHECK(!o.discard);
 	CHECK_INT(reader_parse_opt(&o, 'Z', NULL), 1);	/* not a reader option */
@@ -365,6 +412,10 @@ static void test_cmd_args(void)
 	CHECK_HAS(captured, "no output given");
 	CHECK_INT(run_cmd(cmd_read, "read --block-size 3K a -o x"), EX_FLEECE_USAGE);
 	CHECK_HAS(captured, "--block-size '3K'");
+	CHECK_INT(run_cmd(cmd_read, "read --json a -o -"), EX_FLEECE_USAGE);
+	CHECK_HAS(captured, "--json with -o -: standard output carries the image");
+	CHECK_INT(run_cmd(cmd_backup, "backup -D /tmp --json a -o -"), EX_FLEECE_USAGE);
+	CHECK_HAS(captured, "--json with -o -: standard output carries the image");
 	CHECK_INT(run_cmd(cmd_backup, "backup"), EX_FLEECE_USAGE);
 	CHECK_HAS(captured, "fleece backup: no device given");
 	CHECK_INT(run_cmd(cmd_backup, "backup a b -o x"), EX_FLEECE_USAGE);
@@ -854,6 +905,7 @@ static const struct {
 	{ "parse_uint", test_parse_uint },
 	{ "fmt", test_fmt },
 	{ "exit_codes", test_exit_codes },
+	{ "result_json", test_result_json },
 	{ "reader_opts", test_reader_opts },
 	{ "start_opts", test_start_opts },
 	{ "cmd_args", test_cmd_args },
