@@ -191,6 +191,107 @@ expect_exit 3 $F track start --force --store "$store" o2
 assert_eq "$(dmsetup table o2)" "0 131072 linear 1:3 0" "o2 after the refused start"
 dmsetup remove o2
 
+step "(f) attach with a damaged store: one superblock slot bad, both, truncated, another device's"
+$F track start -q --force --store "$store" data
+for c in 1 2; do
+	dd if=/dev/urandom of=$data bs=64k seek=$c count=1 oflag=direct status=none
+done
+stable=$(dmsetup table store)
+# The tracker gone as at a shutdown (the store closed cleanly), data linear.
+reboot_sim() {
+	udevadm settle
+	dmsetup remove data
+	dmsetup create data -u TEST-data --table "$table"
+}
+# The current superblock slot: the one with the magic and the higher seq.
+cur_slot() {
+	dd if="$store" bs=4k count=2 iflag=direct status=none | python3 -c '
+import struct, sys
+b = sys.stdin.buffer.read()
+s = [(struct.unpack_from("<Q", b, i * 4096 + 16)[0], i) for i in (0, 1)
+     if struct.unpack_from("<I", b, i * 4096 + 4)[0] == 0x4b544c46]
+print(max(s)[1])'
+}
+flip() { # byte offset in the store: its bits inverted
+	python3 - "$store" "$1" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+off = int(sys.argv[2])
+b = os.pread(fd, 1, off)
+os.pwrite(fd, bytes([b[0] ^ 0xff]), off)
+os.fsync(fd)
+os.close(fd)
+PY
+}
+store_sum() { dd if="$store" bs=4k count=4 iflag=direct status=none | sha256sum; }
+# A refused attach: exit 3, the message, data's table, its record and the
+# store's bytes as they were.
+attach_refused() { # what message-regex
+	local sum rsum
+	sum=$(store_sum)
+	rsum=$(sha256sum < trackdir/data.conf)
+	expect_exit 3 $F track attach data
+	echo "$T_ERR"
+	[[ $T_ERR =~ $2 ]] || fail "$1: message '$T_ERR' does not match '$2'"
+	assert_eq "$(dmsetup table data)" "$table" "$1: data's table"
+	assert_eq "$(sha256sum < trackdir/data.conf)" "$rsum" "$1: the record"
+	assert_eq "$(store_sum)" "$sum" "$1: the store's bytes"
+	dmsetup info data | grep_q "Tables present: *LIVE$" || fail "$1: data: $(dmsetup info data)"
+}
+reboot_sim
+# The newest slot torn: the other one, a write older, is used.
+slot=$(cur_slot)
+flip $((slot * 4096 + 300))
+assert_eq "$(cur_slot)" "$slot" "the torn slot still has its magic"
+$F track attach data > attach3.out 2>&1 || { cat attach3.out; fail "attach with one good slot"; }
+cat attach3.out
+grep_q "data: attached: store /dev/mapper/store, epoch 1, generation 1, 2 chunks changed" attach3.out ||
+	fail "attach with one good slot: its output"
+assert_eq "$(dmsetup table data)" "0 131072 fleece-track 1:0 4096 $smm 128 TEST-data" \
+	"attached with one good slot"
+reboot_sim
+# Both slots bad: refused, naming the store; never formatted.
+flip 300
+flip $((4096 + 300))
+attach_refused "both slots bad" \
+	"data: its store /dev/mapper/store holds no valid fleece-track superblock: the history is lost"
+grep_q "data: recorded, not attached" <($F track status data) || fail "status after the refused attach"
+# track start refuses it too, until --force (the documented new history).
+dmsetup create o4 -u TEST-o4 --table "0 131072 linear /dev/ram3 0"
+expect_exit 3 $F track start --store "$store" o4
+[[ $T_ERR == *"store $store: is not blank"*"holds no fleece-track superblock"*"give --force"* ]] ||
+	fail "start on a corrupted store: $T_ERR"
+assert_eq "$(dmsetup table o4)" "0 131072 linear 1:3 0" "o4 after the refused start"
+dmsetup remove o4
+$F track start --force --store "$store" data > start2.out 2>&1 || { cat start2.out; fail "start --force"; }
+grep_q "data: tracked: store $store formatted (a new history)" start2.out || fail "start --force: $(cat start2.out)"
+reboot_sim
+# Truncated below what the bitmap needs (12 KiB of 16): refused.
+dmsetup suspend store
+dmsetup load store --table "0 24 ${stable#0 2048 }"
+dmsetup resume store
+attach_refused "truncated store" \
+	"data: its store /dev/mapper/store is too small: 12.0 KiB, and tracking data \(1024 chunks of 64.0 KiB\) needs 16384 bytes"
+dmsetup suspend store
+dmsetup load store --table "$stable"
+dmsetup resume store
+# Another device's history on the store (a store swapped for another).
+dd if="$store" of=store-data.img bs=4k count=4 iflag=direct status=none
+st2=$(mkdev st2 1 1)
+dmsetup create o4 -u TEST-o4 --table "0 131072 linear /dev/ram3 0"
+$F track start -q --store "$st2" o4
+udevadm settle
+dmsetup remove o4
+$F track stop o4 > /dev/null
+dd if="$st2" of="$store" bs=4k count=4 iflag=direct oflag=direct status=none
+attach_refused "another device's store" \
+	"data: its store /dev/mapper/store holds the tracking of another device \(device_id TEST-o4, not TEST-data\)"
+dd if=store-data.img of="$store" bs=4k oflag=direct status=none
+$F track attach data > attach4.out 2>&1 || { cat attach4.out; fail "attach after the store is back"; }
+grep_q "data: attached" attach4.out || fail "attach after the store is back: $(cat attach4.out)"
+$F track stop -q data
+assert_eq "$(dmsetup table data)" "$table" "linear table back after (f)"
+
 step "(e) an LV"
 pvcreate -q /dev/ram2 > /dev/null
 vgcreate -q vgt /dev/ram2 > /dev/null
