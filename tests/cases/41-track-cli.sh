@@ -17,6 +17,14 @@
 #   (d) track stop: the linear table back, the record gone; the store's old
 #       history is refused without --force, another device's always
 #   (e) an LV of a real volume group: start, writes counted, stop
+#   (f) attach with a damaged store, each refused with a clear message and
+#       nothing changed (table, record, store bytes): both superblock slots
+#       bad (one bad slot works), truncated below what the bitmap needs,
+#       another device's history on it; start refuses a corrupted store
+#       without --force
+#   (g) track start of two NAMEs with a store each, in one suspend window:
+#       usage and cross checks (one store for both, a NAME as another's
+#       store), a failure at each step (FLEECE_FAULT) undoes both
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -271,7 +279,7 @@ dmsetup suspend store
 dmsetup load store --table "0 24 ${stable#0 2048 }"
 dmsetup resume store
 attach_refused "truncated store" \
-	"data: its store /dev/mapper/store is too small: 12.0 KiB, and tracking data \(1024 chunks of 64.0 KiB\) needs 16384 bytes"
+	"data: its store /dev/mapper/store is too small: 12.0 KiB, and tracking data \(1024 chunks of 64.0 KiB\) needs 16384 bytes: truncated since it was formatted\? \(not attached\)"
 dmsetup suspend store
 dmsetup load store --table "$stable"
 dmsetup resume store
@@ -291,6 +299,71 @@ $F track attach data > attach4.out 2>&1 || { cat attach4.out; fail "attach after
 grep_q "data: attached" attach4.out || fail "attach after the store is back: $(cat attach4.out)"
 $F track stop -q data
 assert_eq "$(dmsetup table data)" "$table" "linear table back after (f)"
+
+step "(g) track start of two NAMEs, a store each, in one suspend window; any failure undoes both"
+dmsetup create d2 -u TEST-d2 --table "0 65536 linear /dev/ram3 0"
+d2table=$(dmsetup table d2)
+sa=$(mkdev sa 1 1)
+sb=$(mkdev sb 1 1)
+blank() { head -c 8192 /dev/zero | cmp -s - <(dd if="$1" bs=8192 count=1 iflag=direct status=none); }
+both_unchanged() { # what
+	assert_eq "$(dmsetup table data)" "$table" "$1: data's table"
+	assert_eq "$(dmsetup table d2)" "$d2table" "$1: d2's table"
+	dmsetup info data | grep_q "Tables present: *LIVE$" || fail "$1: data: $(dmsetup info data)"
+	dmsetup info d2 | grep_q "Tables present: *LIVE$" || fail "$1: d2: $(dmsetup info d2)"
+	dmsetup info -c --noheadings -o name,suspended data d2 | grep_q Suspended &&
+		fail "$1: a device left suspended"
+	[ -z "$(ls trackdir)" ] || fail "$1: records left: $(ls trackdir)"
+	blank "$sa" || fail "$1: store sa was written"
+	blank "$sb" || fail "$1: store sb was written"
+}
+# One NAME failing late: undone, its store blank again (the kernel formats
+# it at the table load).
+rc=0
+FLEECE_FAULT=resume=EIO $F track start --store "$sa" data > one.out 2>&1 || rc=$?
+cat one.out
+assert_eq "$rc" 1 "one NAME, resume fails: exit status"
+grep_q "data: not tracked; nothing was changed" one.out || fail "one NAME: $(cat one.out)"
+both_unchanged "one NAME, resume fails"
+expect_exit 2 $F track start --store "$sa" data d2
+[[ $T_ERR == *"give one --store per NAME, in the same order (2 NAMEs, 1 store)"* ]] || fail "one store for two: $T_ERR"
+both_unchanged "one store for two NAMEs"
+expect_exit 3 $F track start --store "$sa" --store "$sa" data d2
+[[ $T_ERR == *"store $sa: given for data and for d2: each NAME needs a store of its own"* ]] ||
+	fail "one store twice: $T_ERR"
+both_unchanged "one store twice"
+expect_exit 3 $F track start --store /dev/mapper/d2 --store "$sb" data d2
+[[ $T_ERR == *"store /dev/mapper/d2 (of data): it is d2, or on it"* ]] || fail "a NAME as the store of another: $T_ERR"
+both_unchanged "a NAME as another's store"
+expect_exit 3 $F track start --store "$sa" --store "$store" data d2	# store: data's old history
+[[ $T_ERR == *"store $store: holds the change tracking of another device (device_id TEST-data, not d2's TEST-d2)"* ]] ||
+	fail "the second store refused: $T_ERR"
+both_unchanged "the second NAME's store refused"
+# dm-load@N: NAME N's tracker table; track-suspend@N, table-check@N: NAME N
+# in the window; resume: before the resumes; dm-resume@N: NAME N's resume
+# (@2: data already resumed with its tracker, given its linear table back).
+for f in dm-load@1 dm-load@2 track-suspend@1 track-suspend@2 table-check@1 table-check@2 \
+	 resume@1 dm-resume@1 dm-resume@2; do
+	rc=0
+	FLEECE_FAULT=$f=EIO $F track start --store "$sa" --store "$sb" data d2 > multi.out 2>&1 || rc=$?
+	cat multi.out
+	assert_eq "$rc" 1 "$f: exit status"
+	grep_q "undoing the track start" multi.out || fail "$f: no rollback"
+	grep_q "data: not tracked; nothing was changed" multi.out || fail "$f: data"
+	grep_q "d2: not tracked; nothing was changed" multi.out || fail "$f: d2"
+	both_unchanged "$f"
+done
+$F track start --store "$sa" --store "$sb" data d2 > multi.out 2>&1 || { cat multi.out; fail "track start data d2"; }
+cat multi.out
+grep_q "data: tracked: store $sa formatted" multi.out || fail "data not tracked: $(cat multi.out)"
+grep_q "d2: tracked: store $sb formatted" multi.out || fail "d2 not tracked: $(cat multi.out)"
+assert_eq "$(dmsetup table data)" "0 131072 fleece-track 1:0 4096 $(devno sa) 128 TEST-data 1 format" "data tracked"
+assert_eq "$(dmsetup table d2)" "0 65536 fleece-track 1:3 0 $(devno sb) 128 TEST-d2 1 format" "d2 tracked"
+[ -e trackdir/data.conf ] && [ -e trackdir/d2.conf ] || fail "records: $(ls trackdir)"
+$F track stop -q data d2
+assert_eq "$(dmsetup table data)" "$table" "data after the stop"
+assert_eq "$(dmsetup table d2)" "$d2table" "d2 after the stop"
+dmsetup remove d2
 
 step "(e) an LV"
 pvcreate -q /dev/ram2 > /dev/null
