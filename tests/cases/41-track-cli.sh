@@ -339,11 +339,11 @@ expect_exit 3 $F track start --store "$sa" --store "$store" data d2	# store: dat
 [[ $T_ERR == *"store $store: holds the change tracking of another device (device_id TEST-data, not d2's TEST-d2)"* ]] ||
 	fail "the second store refused: $T_ERR"
 both_unchanged "the second NAME's store refused"
-# dm-load@N: NAME N's tracker table; track-suspend@N, table-check@N: NAME N
-# in the window; resume: before the resumes; dm-resume@N: NAME N's resume
-# (@2: data already resumed with its tracker, given its linear table back).
-for f in dm-load@1 dm-load@2 track-suspend@1 track-suspend@2 table-check@1 table-check@2 \
-	 resume@1 dm-resume@1 dm-resume@2; do
+# Each step failing for the second NAME, when the first has passed it:
+# dm-load@2: d2's tracker table (data's loaded); track-suspend@2,
+# table-check@2: d2 in the window (data suspended); dm-resume@2: d2's
+# resume (data already resumed with its tracker: its linear table back).
+for f in dm-load@2 track-suspend@2 table-check@2 dm-resume@2; do
 	rc=0
 	FLEECE_FAULT=$f=EIO $F track start --store "$sa" --store "$sb" data d2 > multi.out 2>&1 || rc=$?
 	cat multi.out
