@@ -1341,6 +1341,42 @@ static void start_undo(struct start_item *it, const struct track_swap *sw, unsig
 }
 
 /*
+ * The order in which the NAMEs are opened (ctx_open() takes lvm2's lock of
+ * an LV's VG and may wait for it): by VG name, as lvm2 takes several
+ * (start.c: lock_vgs()), so that no lvm2 command holding one of them waits
+ * for another that start holds; NAMEs that are no LV first, as given.  0,
+ * or -errno with a message (a NAME that cannot be resolved).
+ */
+static int start_order(char **names, unsigned int n, unsigned int *order)
+{
+	char (*vg)[128] = xcalloc(n, sizeof(*vg)), name[128];
+	struct dmw_info info;
+	unsigned int i, j;
+	int r = 0;
+
+	for (i = 0; i < n && !r; i++) {
+		r = resolve_dm_name(names[i], name, sizeof(name));
+		if (r)
+			break;
+		r = dmw_info(name, &info);
+		if (r) {
+			msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
+			break;
+		}
+		if (info.exists) {
+			r = lvm_lv_vg(name, info.uuid, vg[i], sizeof(vg[i]));
+			if (r)
+				break;
+		}
+		for (j = i; j > 0 && strcmp(vg[order[j - 1]], vg[i]) > 0; j--)
+			order[j] = order[j - 1];
+		order[j] = i;
+	}
+	free(vg);
+	return r;
+}
+
+/*
  * track start NAME... --store DEV...: the k-th store for the k-th NAME.
  * Every NAME and store is checked before anything changes; then the
  * records are written, the stores to take over zeroed, and the trackers
@@ -1351,14 +1387,16 @@ static int track_start(char **names, unsigned int n, const struct track_opts *o)
 {
 	struct start_item *it = xcalloc(n, sizeof(*it));
 	struct track_swap *sw = xcalloc(n, sizeof(*sw));
+	unsigned int *order = xcalloc(n, sizeof(*order));
 	bool stores_written = false;
 	struct track_info ti;
 	unsigned int i;
 	char sz[32];
-	int r = 0;
+	int r;
 
+	r = start_order(names, n, order);
 	for (i = 0; i < n && !r; i++)
-		r = start_check_one(&it[i], names[i], o->stores[i], o);
+		r = start_check_one(&it[order[i]], names[order[i]], o->stores[order[i]], o);
 	if (!r)
 		r = start_check_all(it, n);
 	for (i = 0; i < n && !r; i++)
@@ -1423,6 +1461,7 @@ out:
 		ctx_release(&it[i].c);
 		free(it[i].head);
 	}
+	free(order);
 	free(sw);
 	free(it);
 	return r;
