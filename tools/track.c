@@ -250,10 +250,10 @@ out:
 }
 
 /*
- * The store's first 8 KiB (its superblocks), read into @buf (8 KiB,
- * 4096-aligned) with O_DIRECT: 0, or -errno with a message.
+ * The store's first @len bytes (a multiple of 4096), read into @buf
+ * (4096-aligned) with O_DIRECT: 0, or -errno with a message.
  */
-static int store_head_read(const char *path, void *buf)
+static int store_region_read(const char *path, void *buf, size_t len)
 {
 	ssize_t n;
 	int fd, r = 0;
@@ -264,21 +264,22 @@ static int store_head_read(const char *path, void *buf)
 		msg_errno("store %s", path);
 		return r;
 	}
-	n = pread(fd, buf, 2 * FLEECE_TRACK_BLOCK_SIZE, 0);
-	if (n != 2 * FLEECE_TRACK_BLOCK_SIZE) {
+	n = pread(fd, buf, len, 0);
+	if (n < 0 || (size_t)n != len) {
 		r = n < 0 ? -errno : -EIO;
 		errno = -r;
-		msg_errno("store %s: cannot read its first 8 KiB", path);
+		msg_errno("store %s: cannot read its first %zu bytes", path, len);
 	}
 	close(fd);
 	return r;
 }
 
 /*
- * Write @buf (8 KiB, 4096-aligned; NULL: zeros) over the store's first
- * 8 KiB, durably: 0, or -errno with a message.
+ * Write @buf (4096-aligned) over the store's first @len bytes, durably;
+ * @buf NULL: zero its first 8 KiB (its superblocks).  0, or -errno with a
+ * message.
  */
-static int store_head_write(const char *path, const void *buf)
+static int store_region_write(const char *path, const void *buf, size_t len)
 {
 	void *zero = NULL;
 	int fd, r = 0;
@@ -290,16 +291,17 @@ static int store_head_write(const char *path, const void *buf)
 		return r;
 	}
 	if (!buf) {
-		if (posix_memalign(&zero, 4096, 2 * FLEECE_TRACK_BLOCK_SIZE)) {
+		len = 2 * FLEECE_TRACK_BLOCK_SIZE;
+		if (posix_memalign(&zero, 4096, len)) {
 			close(fd);
 			return -ENOMEM;
 		}
-		memset(zero, 0, 2 * FLEECE_TRACK_BLOCK_SIZE);
+		memset(zero, 0, len);
 		buf = zero;
 	}
-	if (!pwrite_all(fd, buf, 2 * FLEECE_TRACK_BLOCK_SIZE, 0) || fsync(fd)) {
+	if (!pwrite_all(fd, buf, len, 0) || fsync(fd)) {
 		r = -errno;
-		msg_errno("store %s: cannot write its first 8 KiB", path);
+		msg_errno("store %s: cannot write its first %zu bytes", path, len);
 	}
 	free(zero);
 	close(fd);
@@ -1227,7 +1229,10 @@ struct start_item {
 	struct dmw_table nt;
 	bool wipe;			/* the store's first 8 KiB zeroed first */
 	bool recorded;			/* @rec written */
-	void *head;			/* the store's first 8 KiB as they were */
+	struct track_rec old_rec;	/* NAME's record before (--force) */
+	bool had_rec;
+	void *head;			/* what a format writes of the store, */
+	size_t head_len;		/* ... as it was */
 };
 
 /*
@@ -1258,7 +1263,8 @@ static int start_check_one(struct start_item *it, const char *arg, const char *s
 		r = check_linear(c);
 	if (r)
 		return r;
-	r = rec_read(c->fn.name, &it->rec);
+	r = rec_read(c->fn.name, &it->old_rec);
+	it->had_rec = !r;
 	if (!r && !o->force) {
 		msg_error("%s: has a tracking record (%s/%s%s) but is not tracked: run 'fleece track attach %s' to go on with that history, or give --force to start a new one",
 			  c->fn.name, track_dir(), c->fn.name, TRACK_REC_SUFFIX, c->fn.name);
@@ -1312,10 +1318,12 @@ static int start_check_all(struct start_item *it, unsigned int n)
 }
 
 /*
- * A failed start undone: the record of each NAME removed and its store's
- * first 8 KiB put back as they were (a blank store is blank again; the
- * kernel formatted it at the table load), unless NAME could not be given
- * its linear table back: then it stays tracked, with its record.
+ * A failed start undone: the record of each NAME removed (or the one it had
+ * before, with --force, put back) and what the kernel's format at the
+ * table load wrote of its store (superblocks, bitmaps) put back as it was,
+ * so an earlier history that --force was to replace is whole again, unless
+ * NAME could not be given its linear table back: then it stays tracked,
+ * with its new record.
  */
 static void start_undo(struct start_item *it, const struct track_swap *sw, unsigned int n,
 		       bool stores_written)
@@ -1330,9 +1338,11 @@ static void start_undo(struct start_item *it, const struct track_swap *sw, unsig
 				  name, name);
 			continue;
 		}
-		if (it[i].recorded && !rec_remove(name))
+		if (it[i].recorded && !(it[i].had_rec ? rec_write(&it[i].old_rec) :
+					rec_remove(name)))
 			it[i].recorded = false;
-		if (stores_written && it[i].head && store_head_write(it[i].store, it[i].head))
+		if (stores_written && it[i].head &&
+		    store_region_write(it[i].store, it[i].head, it[i].head_len))
 			msg_error("%s: not tracked, but its store %s holds what the failed start wrote",
 				  name, it[i].store);
 		else
@@ -1403,13 +1413,16 @@ static int track_start(char **names, unsigned int n, const struct track_opts *o)
 		r = check_store_content(&it[i].c, o, it[i].store, it[i].tp.device_id,
 					&it[i].wipe);
 	for (i = 0; i < n && !r; i++) {
-		if (posix_memalign(&it[i].head, 4096, 2 * FLEECE_TRACK_BLOCK_SIZE)) {
+		/* Superblocks and bitmaps: what the kernel's format writes. */
+		it[i].head_len = track_store_bytes((it[i].c.sectors + it[i].tp.chunk_sectors - 1) /
+						   it[i].tp.chunk_sectors);
+		if (posix_memalign(&it[i].head, 4096, it[i].head_len)) {
 			it[i].head = NULL;
 			r = -ENOMEM;
 			msg_error("out of memory");
 			break;
 		}
-		r = store_head_read(it[i].store, it[i].head);
+		r = store_region_read(it[i].store, it[i].head, it[i].head_len);
 		if (r)
 			r = -EFLEECE_REFUSED;
 	}
@@ -1424,7 +1437,7 @@ static int track_start(char **names, unsigned int n, const struct track_opts *o)
 	stores_written = !r;
 	for (i = 0; i < n && !r; i++)
 		if (it[i].wipe)
-			r = store_head_write(it[i].store, NULL);
+			r = store_region_write(it[i].store, NULL, 0);
 	for (i = 0; i < n && !r; i++) {
 		it[i].tp.format = true;	/* the store is blank: a new history */
 		track_table(&it[i].nt, it[i].c.sectors, &it[i].tp);

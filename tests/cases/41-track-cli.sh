@@ -271,6 +271,17 @@ expect_exit 3 $F track start --store "$store" o4
 	fail "start on a corrupted store: $T_ERR"
 assert_eq "$(dmsetup table o4)" "0 131072 linear 1:3 0" "o4 after the refused start"
 dmsetup remove o4
+# A --force start over the record that fails late: the record and the
+# store (its corrupted superblocks) as they were.
+rsum=$(sha256sum < trackdir/data.conf)
+ssum=$(store_sum)
+rc=0
+FLEECE_FAULT=resume=EIO $F track start --force --store "$store" data > start1.out 2>&1 || rc=$?
+cat start1.out
+assert_eq "$rc" 1 "start --force failing at the resume: exit status"
+assert_eq "$(dmsetup table data)" "$table" "start --force failing at the resume: data's table"
+assert_eq "$(sha256sum < trackdir/data.conf)" "$rsum" "start --force failing at the resume: the record"
+assert_eq "$(store_sum)" "$ssum" "start --force failing at the resume: the store's bytes"
 $F track start --force --store "$store" data > start2.out 2>&1 || { cat start2.out; fail "start --force"; }
 grep_q "data: tracked: store $store formatted (a new history)" start2.out || fail "start --force: $(cat start2.out)"
 reboot_sim
