@@ -18,6 +18,12 @@
 #define FLEECE_FEATURE_FAIL_ORIGIN_WRITES	"fail_origin_writes"
 #define FLEECE_FEATURE_CBW_TIMEOUT_MS		"cbw_timeout_ms"
 #define FLEECE_FEATURE_ORIGIN_OFFSET		"origin_offset"
+/*
+ * "track_store <store_dev>" (target version 1.5): at the point in time,
+ * release the chunks that the fleece-track tracker of that store saw
+ * unchanged.
+ */
+#define FLEECE_FEATURE_TRACK_STORE		"track_store"
 
 /* Fields of the fleece target's status line, in order. */
 enum fleece_status_field {
@@ -57,6 +63,14 @@ enum fleece_view_status_field {
 #define FLEECE_TRACK_MSG_CHECKPOINT	"checkpoint"
 #define FLEECE_TRACK_MSG_BACKUP_DONE	"backup_done"
 #define FLEECE_TRACK_MSG_MERGE		"merge"
+/*
+ * "prev_extents <first_chunk>" (target version 1.1): the previous set from
+ * that chunk on, as space-separated "<first>+<count>" ranges, then
+ * "next=<chunk>" (ask again from there) or "end".
+ */
+#define FLEECE_TRACK_MSG_PREV_EXTENTS	"prev_extents"
+#define FLEECE_TRACK_EXTENTS_NEXT	"next="
+#define FLEECE_TRACK_EXTENTS_END	"end"
 #define FLEECE_TRACK_DEVICE_ID_MAX	63	/* bytes, without the NUL */
 
 #define FLEECE_TRACK_BLOCK_SIZE		4096	/* every store block */
@@ -97,5 +111,18 @@ enum fleece_track_status_field {
 	FLEECE_TRACK_ST_OPENED,		/* clean | unclean: the store as found */
 	FLEECE_TRACK_ST_NR_FIELDS
 };
+
+/* Words of the fleece-track status line. */
+#define FLEECE_TRACK_CLEAN		"clean"		/* store state, opened */
+#define FLEECE_TRACK_DIRTY		"dirty"		/* store state */
+#define FLEECE_TRACK_UNCLEAN		"unclean"	/* opened */
+#define FLEECE_TRACK_HISTORY_VALID	"valid"
+#define FLEECE_TRACK_HISTORY_LOST	"lost"
+#define FLEECE_TRACK_HISTORY_FAILED	"failed"
+#define FLEECE_TRACK_PREV_NAME_NONE	"none"		/* enum fleece_track_prev_state */
+#define FLEECE_TRACK_PREV_NAME_READY	"ready"
+#define FLEECE_TRACK_PREV_NAME_DONE	"done"
+#define FLEECE_TRACK_PREV_NAME_MERGED	"merged"
+#define FLEECE_TRACK_PREV_NAME_LOST	"lost"		/* ready, but every chunk */
 
 #endif /* DM_FLEECE_INTERFACE_H */

@@ -246,6 +246,28 @@ as_before() { # what
 	same "$data" pat "$1: data's content"
 }
 
+# Nothing that a backup makes is left: no FLEECE- device, no loop device,
+# no state file in ./state, no FILE.partial in DIR (default .), and, when
+# given, nothing in the fleece directory FDIR (40-cli-backup, 42-incremental*).
+no_leftovers() { # [DIR [FDIR]]
+	local u dir=${1:-.}
+	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
+	[ -z "$u" ] || fail "FLEECE- devices left: $u"
+	[ -z "$(losetup -a)" ] || fail "loop devices left: $(losetup -a)"
+	[ -z "$(ls -A state 2>/dev/null)" ] || fail "state files left: $(ls state)"
+	! ls "$dir"/*.partial 2>/dev/null || fail ".partial files left in $dir"
+	[ -z "${2:-}" ] || [ -z "$(ls -A "$2")" ] || fail "fleece files left: $(ls "$2")"
+}
+
+# A changed map's (backup --changed-map) field as JSON, and its extents as
+# "offset+length" lines.
+map_field() { # map key
+	python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"
+}
+map_extents() { # map
+	python3 -c 'import json,sys; [print("%d+%d" % tuple(e)) for e in json.load(open(sys.argv[1]))["extents"]]' "$1"
+}
+
 # --- slow, stalled and failing devices (tests 32-policies, 33-faults) -------
 
 ms() { date +%s%3N; }

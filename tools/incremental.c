@@ -399,7 +399,7 @@ static bool plan_check_image(const char *name, const char *output, struct incr_p
 		    ", the image's %" PRIu64 ")", ts->generation, rec->generation);
 		return false;
 	}
-	if (strcmp(ts->history, "valid")) {
+	if (strcmp(ts->history, FLEECE_TRACK_HISTORY_VALID)) {
 		WHY(p, "tracker reported unclean history (%s)", ts->history);
 		return false;
 	}
@@ -415,7 +415,8 @@ static bool plan_check_image(const char *name, const char *output, struct incr_p
 	if (ts->epoch == rec->epoch)
 		return true;
 	if (ts->epoch == rec->epoch + 1 &&
-	    (!strcmp(ts->prev, "merged") || !strcmp(ts->prev, "ready")))
+	    (!strcmp(ts->prev, FLEECE_TRACK_PREV_NAME_MERGED) ||
+	     !strcmp(ts->prev, FLEECE_TRACK_PREV_NAME_READY)))
 		return true;
 	WHY(p, "epoch mismatch (tracker at epoch %" PRIu64 ", previous set %s; the image at %" PRIu64
 	    ")", ts->epoch, ts->prev, rec->epoch);
@@ -477,7 +478,8 @@ int incr_check_after(const struct incr_plan *p, const char *name, struct track_s
 		    after->epoch, p->before.epoch + 1);
 		return -ESTALE;
 	}
-	if (strcmp(after->history, "valid") || strcmp(after->prev, "ready")) {
+	if (strcmp(after->history, FLEECE_TRACK_HISTORY_VALID) ||
+	    strcmp(after->prev, FLEECE_TRACK_PREV_NAME_READY)) {
 		WHY(q, "tracker reported unclean history at the point in time (%s, previous set %s)",
 		    after->history, after->prev);
 		return -ESTALE;
@@ -522,7 +524,7 @@ int incr_prev_extents(const struct track_st *ts, uint64_t unit,
 	*ext = NULL;
 	*n = 0;
 	while (!end) {
-		snprintf(msg, sizeof(msg), "prev_extents %" PRIu64, next);
+		snprintf(msg, sizeof(msg), FLEECE_TRACK_MSG_PREV_EXTENTS " %" PRIu64, next);
 		r = track_message(dmname, msg, resp, 1 << 16);
 		if (r)
 			break;
@@ -532,12 +534,12 @@ int incr_prev_extents(const struct track_st *ts, uint64_t unit,
 			uint64_t a, b;
 			char c;
 
-			if (!strcmp(tok, "end")) {
+			if (!strcmp(tok, FLEECE_TRACK_EXTENTS_END)) {
 				end = true;
 				r = 0;
 				break;
 			}
-			if (sscanf(tok, "next=%llu%c", &first, &c) == 1) {
+			if (sscanf(tok, FLEECE_TRACK_EXTENTS_NEXT "%llu%c", &first, &c) == 1) {
 				/* Forward only: a "next" that does not advance would loop. */
 				if (first <= next) {
 					r = -EPROTO;

@@ -3,8 +3,9 @@
  * fleece track: persistent change tracking of a device (the fleece-track
  * target, dm-fleece.rst "Change tracking").
  *
- *   fleece track start NAME... --store PATH   swap NAME's linear table for a
- *                                             fleece-track table, new history
+ *   fleece track start NAME... --store PATH...  swap each NAME's linear table
+ *                                             for a fleece-track table on its
+ *                                             own store, new history
  *   fleece track stop NAME...                 swap the linear table back
  *   fleece track status [NAME...] [--json]    the tracker's state
  *   fleece track attach [NAME...|--all]       re-attach recorded trackers
@@ -16,7 +17,8 @@
  * "fleece start": lvm2's VG lock of an LV held, the new table loaded
  * inactive, NAME suspended with memory locked and messages held, its live
  * table read again and compared, resume; any failure clears the new table
- * and resumes NAME as it was.
+ * and resumes NAME as it was.  "track start" of several NAMEs does so for
+ * all of them in one suspend window, all or none (track_swap_many()).
  *
  * Each tracked NAME is recorded in $FLEECE_TRACK_DIR/NAME.conf (default
  * /etc/fleece/track), written before the swap and removed by "track stop":
@@ -247,10 +249,39 @@ out:
 	return r;
 }
 
-/* Zero the store's first 8 KiB (its superblocks): 0, or -errno with a message. */
-static int store_wipe(const char *path)
+/*
+ * The store's first @len bytes (a multiple of 4096), read into @buf
+ * (4096-aligned) with O_DIRECT: 0, or -errno with a message.
+ */
+static int store_region_read(const char *path, void *buf, size_t len)
 {
-	void *buf;
+	ssize_t n;
+	int fd, r = 0;
+
+	fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		msg_errno("store %s", path);
+		return r;
+	}
+	n = pread(fd, buf, len, 0);
+	if (n < 0 || (size_t)n != len) {
+		r = n < 0 ? -errno : -EIO;
+		errno = -r;
+		msg_errno("store %s: cannot read its first %zu bytes", path, len);
+	}
+	close(fd);
+	return r;
+}
+
+/*
+ * Write @buf (4096-aligned) over the store's first @len bytes, durably;
+ * @buf NULL: zero its first 8 KiB (its superblocks).  0, or -errno with a
+ * message.
+ */
+static int store_region_write(const char *path, const void *buf, size_t len)
+{
+	void *zero = NULL;
 	int fd, r = 0;
 
 	fd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
@@ -259,16 +290,20 @@ static int store_wipe(const char *path)
 		msg_errno("store %s", path);
 		return r;
 	}
-	if (posix_memalign(&buf, 4096, 2 * FLEECE_TRACK_BLOCK_SIZE)) {
-		close(fd);
-		return -ENOMEM;
+	if (!buf) {
+		len = 2 * FLEECE_TRACK_BLOCK_SIZE;
+		if (posix_memalign(&zero, 4096, len)) {
+			close(fd);
+			return -ENOMEM;
+		}
+		memset(zero, 0, len);
+		buf = zero;
 	}
-	memset(buf, 0, 2 * FLEECE_TRACK_BLOCK_SIZE);
-	if (!pwrite_all(fd, buf, 2 * FLEECE_TRACK_BLOCK_SIZE, 0) || fsync(fd)) {
+	if (!pwrite_all(fd, buf, len, 0) || fsync(fd)) {
 		r = -errno;
-		msg_errno("store %s: cannot zero its first 8 KiB", path);
+		msg_errno("store %s: cannot write its first %zu bytes", path, len);
 	}
-	free(buf);
+	free(zero);
 	close(fd);
 	return r;
 }
@@ -532,13 +567,14 @@ static int parse_track_status(const char *s, struct track_info *ti)
 			ti->generation = strtoull(tok, NULL, 10);
 			break;
 		case FLEECE_TRACK_ST_STORE_STATE:
-			ti->dirty = !strcmp(tok, "dirty");
+			ti->dirty = !strcmp(tok, FLEECE_TRACK_DIRTY);
 			break;
 		case FLEECE_TRACK_ST_HISTORY:
 			snprintf(ti->history_str, sizeof(ti->history_str), "%s", tok);
-			ti->history = !strcmp(tok, "valid") ? TRACK_HISTORY_VALID :
-				      !strcmp(tok, "lost") ? TRACK_HISTORY_LOST :
-							     TRACK_HISTORY_FAILED;
+			ti->history = !strcmp(tok, FLEECE_TRACK_HISTORY_VALID) ?
+					      TRACK_HISTORY_VALID :
+				      !strcmp(tok, FLEECE_TRACK_HISTORY_LOST) ?
+					      TRACK_HISTORY_LOST : TRACK_HISTORY_FAILED;
 			break;
 		case FLEECE_TRACK_ST_PREV:
 			snprintf(ti->prev_state, sizeof(ti->prev_state), "%s", tok);
@@ -553,7 +589,7 @@ static int parse_track_status(const char *s, struct track_info *ti)
 			ti->commits = strtoull(tok, NULL, 10);
 			break;
 		case FLEECE_TRACK_ST_OPENED:
-			ti->opened_unclean = !strcmp(tok, "unclean");
+			ti->opened_unclean = !strcmp(tok, FLEECE_TRACK_UNCLEAN);
 			break;
 		case FLEECE_TRACK_ST_NR_FIELDS:	/* K4: the store's UUID */
 			if (strlen(tok) == 32)
@@ -668,88 +704,184 @@ int track_query(const char *name, struct track_info *ti)
 
 /* --- the table swap -------------------------------------------------------- */
 
+/* One NAME's table swap: @old its live table, @new the one put in its place. */
+struct track_swap {
+	const char *name;
+	const struct dmw_table *old;
+	const struct dmw_table *new;
+	bool read_only;
+	bool loaded;		/* @new is NAME's inactive table */
+	bool suspended;
+	bool live;		/* @new is NAME's live table (resumed) */
+};
+
+/* NAME as it was: the inactive table cleared, resumed.  0, or -errno. */
+static int swap_clear(struct track_swap *sw)
+{
+	int r = 0, r2;
+
+	if (sw->loaded) {
+		r = dmw_clear(sw->name);
+		if (r)
+			msg_error("%s: cannot clear the table loaded: %s", sw->name,
+				  dmw_strerror(r));
+		else
+			sw->loaded = false;
+	}
+	if (sw->suspended) {
+		r2 = dmw_resume(sw->name, 0);
+		if (r2)
+			msg_error("%s: cannot resume: %s", sw->name, dmw_strerror(r2));
+		else
+			sw->suspended = false;
+		r = r ? r : r2;
+	}
+	return r;
+}
+
 /*
- * Put @new in place of NAME's live table @old: load it inactive, suspend
- * NAME (memory locked, messages held: see start.c), check that its live
- * table is still @old and the inactive one @new, resume.  On any failure
- * the inactive table is cleared and NAME resumed as it was.  0, or -errno
- * with a message (and the kernel's reason for a refused table).
+ * A NAME resumed with @new while another one failed: @old put back in
+ * its place (loaded, NAME suspended without freezing, resumed).
  */
-static int track_swap(const char *name, const struct dmw_table *old,
-		      const struct dmw_table *new, bool read_only)
+static int swap_back(struct track_swap *sw)
+{
+	int r;
+
+	r = dmw_load(sw->name, sw->old, sw->read_only);
+	if (!r) {
+		r = dmw_suspend(sw->name, false);
+		if (r)
+			dmw_clear(sw->name);
+	}
+	if (!r) {
+		r = dmw_resume(sw->name, 0);
+		if (r) {	/* suspended with @new live: resume it so */
+			dmw_clear(sw->name);
+			dmw_resume(sw->name, 0);
+		}
+	}
+	if (r)
+		msg_error("%s: cannot put its table back: %s", sw->name, dmw_strerror(r));
+	else
+		sw->live = false;
+	return r;
+}
+
+/*
+ * Put each sw[i].new in place of NAME's live table sw[i].old, all NAMEs in
+ * one suspend window, as "fleece start" does: load every new table
+ * inactive, suspend every NAME (memory locked, messages held: see
+ * start.c), check that each live table is still the old one and each
+ * inactive one the new one, resume them all.  On any failure every NAME
+ * is put back as it was: the tables loaded cleared, the NAMEs suspended
+ * resumed, a NAME already resumed with its new table given its old one
+ * back.  0, or -errno with a message (and the kernel's reason for a
+ * refused table); sw[i].live tells a NAME that could not be put back.
+ */
+static int track_swap_many(struct track_swap *sw, unsigned int n)
 {
 	struct dmw_table t = { 0 };
+	unsigned int i, done = 0;
+	double resumed_at;
 	sigset_t oldmask;
+	char **names;
 	bool locked;
-	int r, r2, kmsg;
+	int r = 0, kmsg;
 
-	kmsg = kmsg_mark();
-	r = dmw_load(name, new, read_only);
+	for (i = 0; i < n && !r; i++) {
+		kmsg = kmsg_mark();
+		r = dmw_load(sw[i].name, sw[i].new, sw[i].read_only);
+		if (r) {
+			msg_error("%s: the kernel refused the table '%s': %s", sw[i].name,
+				  sw[i].new->t[0].params, dmw_strerror(r));
+			kmsg_report(kmsg, "fleece");
+		} else {
+			sw[i].loaded = true;
+			if (kmsg >= 0)
+				close(kmsg);
+		}
+	}
 	if (r) {
-		msg_error("%s: the kernel refused the table '%s': %s", name, new->t[0].params,
-			  dmw_strerror(r));
-		kmsg_report(kmsg, "fleece");
+		for (i = 0; i < n; i++)
+			swap_clear(&sw[i]);
 		return r;
 	}
-	if (kmsg >= 0)
-		close(kmsg);
+	names = xcalloc(n, sizeof(*names));
+	for (i = 0; i < n; i++)
+		names[i] = (char *)sw[i].name;
 	locked = !mlockall(MCL_CURRENT | MCL_FUTURE);
 	if (!locked)
 		msg_warn("cannot lock the memory of fleece (%s): a device holding its files must not be tracked",
 			 strerror(errno));
 	signals_block(&oldmask);
 	msg_hold(true);
-	r = fault_point("track-suspend");
-	if (!r)
-		r = fleece_suspend(name);
+	for (i = 0; i < n && !r; i++) {
+		r = fault_point("track-suspend");
+		if (!r)
+			r = fleece_suspend(sw[i].name);
+		if (!r)
+			sw[i].suspended = true;
+	}
+	for (i = 0; i < n && !r; i++) {
+		r = fault_point("table-check");
+		if (!r)
+			r = dmw_get_table(sw[i].name, false, &t);
+		if (!r && !dmw_tables_equal(&t, sw[i].old)) {
+			msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): not changing it",
+				  sw[i].name);
+			r = -ESTALE;
+		}
+		dmw_table_free(&t);
+		if (!r)
+			r = dmw_get_table(sw[i].name, true, &t);
+		if (!r && !dmw_tables_equal(&t, sw[i].new)) {
+			msg_error("%s: another tool replaced the table fleece loaded: not changing it",
+				  sw[i].name);
+			r = -ESTALE;
+		}
+		dmw_table_free(&t);
+		if (r && r != -ESTALE)
+			msg_error("%s: cannot read its tables again: %s", sw[i].name,
+				  dmw_strerror(r));
+	}
+	if (!r) {
+		r = fault_point("resume");
+		if (!r)
+			r = dmw_resume_many(names, n, 0, &done, &resumed_at);
+		for (i = 0; i < done; i++) {
+			sw[i].loaded = false;
+			sw[i].suspended = false;
+			sw[i].live = true;
+		}
+		if (r)
+			msg_error("%s: cannot resume with the new table: %s", names[done],
+				  dmw_strerror(r));
+	}
 	if (r) {
-		dmw_clear(name);
-		goto out;
+		/* Back as they were: the old tables are still live, only not resumed. */
+		for (i = 0; i < n; i++)
+			swap_clear(&sw[i]);
+		for (i = 0; i < n; i++)
+			if (sw[i].live)
+				swap_back(&sw[i]);
 	}
-	r = fault_point("table-check");
-	if (!r)
-		r = dmw_get_table(name, false, &t);
-	if (!r && !dmw_tables_equal(&t, old)) {
-		msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): not changing it",
-			  name);
-		r = -ESTALE;
-	}
-	dmw_table_free(&t);
-	if (!r)
-		r = dmw_get_table(name, true, &t);
-	if (!r && !dmw_tables_equal(&t, new)) {
-		msg_error("%s: another tool replaced the table fleece loaded: not changing it", name);
-		r = -ESTALE;
-	}
-	dmw_table_free(&t);
-	if (r) {
-		if (r != -ESTALE)
-			msg_error("%s: cannot read its tables again: %s", name, dmw_strerror(r));
-		r2 = dmw_clear(name);
-		if (r2)
-			msg_error("%s: cannot clear the table loaded: %s", name, dmw_strerror(r2));
-		r2 = dmw_resume(name, 0);
-		if (r2)
-			msg_error("%s: cannot resume: %s", name, dmw_strerror(r2));
-		goto out;
-	}
-	r = fault_point("resume");
-	if (!r)
-		r = dmw_resume(name, 0);
-	if (r) {
-		msg_error("%s: cannot resume with the new table: %s", name, dmw_strerror(r));
-		/* Back as it was: the old table is still live, only not resumed. */
-		dmw_clear(name);
-		r2 = dmw_resume(name, 0);
-		if (r2)
-			msg_error("%s: cannot resume: %s", name, dmw_strerror(r2));
-	}
-out:
 	msg_hold(false);
 	signals_restore(&oldmask);
 	if (locked)
 		munlockall();
+	free(names);
 	return r;
+}
+
+/* One NAME's table swap (track stop, track attach). */
+static int track_swap(const char *name, const struct dmw_table *old,
+		      const struct dmw_table *new, bool read_only)
+{
+	struct track_swap sw = {
+		.name = name, .old = old, .new = new, .read_only = read_only,
+	};
+
+	return track_swap_many(&sw, 1);
 }
 
 /* --- NAME -------------------------------------------------------------- */
@@ -914,10 +1046,11 @@ static int check_linear(const struct track_ctx *c)
  * The store @arg for NAME: a block device that is not NAME, not built on it
  * and not beneath it, not made by fleece, not in use, large enough for
  * @chunk_sectors.  Its device number in *@dev.  0, or -errno with a
- * message (-EFLEECE_REFUSED: not fit).
+ * message (-EFLEECE_REFUSED: not fit).  @recorded: NAME's recorded store,
+ * formatted once (attach), so one too small now was made smaller since.
  */
 static int check_store(const struct track_ctx *c, const char *arg, unsigned int chunk_sectors,
-		       dev_t *dev)
+		       bool recorded, dev_t *dev)
 {
 	const char *name = c->fn.name;
 	char why[PATH_MAX + 128], a[32], b[32];
@@ -983,6 +1116,12 @@ static int check_store(const struct track_ctx *c, const char *arg, unsigned int 
 	}
 	chunks = (c->sectors + chunk_sectors - 1) / chunk_sectors;
 	need = track_store_bytes(chunks);
+	if (bytes < need && recorded) {
+		msg_error("%s: its store %s is too small: %s, and tracking %s (%llu chunks of %s) needs %llu bytes: truncated since it was formatted? (not attached)",
+			  name, arg, fmt_size(bytes, a, sizeof(a)), name, (unsigned long long)chunks,
+			  fmt_size(chunk_sectors * 512ULL, b, sizeof(b)), (unsigned long long)need);
+		return -EFLEECE_REFUSED;
+	}
 	if (bytes < need) {
 		msg_error("store %s is too small: %s, and tracking %s (%llu chunks of %s) needs %llu bytes",
 			  arg, fmt_size(bytes, a, sizeof(a)), name, (unsigned long long)chunks,
@@ -995,7 +1134,8 @@ static int check_store(const struct track_ctx *c, const char *arg, unsigned int 
 /* --- track start ---------------------------------------------------------- */
 
 struct track_opts {
-	const char *store;
+	const char **stores;		/* --store, one per NAME */
+	unsigned int nr_stores;
 	uint64_t chunk_bytes;
 	bool force;
 	bool json;
@@ -1009,9 +1149,9 @@ struct track_opts {
  * refused).  0 with *@wipe, or -errno with a message.
  */
 static int check_store_content(const struct track_ctx *c, const struct track_opts *o,
-			       const char *device_id, bool *wipe)
+			       const char *arg, const char *device_id, bool *wipe)
 {
-	const char *arg = o->store, *name = c->fn.name;
+	const char *name = c->fn.name;
 	char type[64], uuid[128];
 	struct track_sb sb;
 	bool blank;
@@ -1080,92 +1220,263 @@ static void rec_fill(struct track_rec *rec, const struct track_ctx *c,
 	rec->data_offset = tp->data_offset;
 }
 
-static int track_start_one(const char *arg, const struct track_opts *o)
-{
+/* One NAME of a track start. */
+struct start_item {
 	struct track_ctx c;
-	struct track_params tp = { 0 };
-	struct track_info ti;
+	const char *store;
+	struct track_params tp;
 	struct track_rec rec;
-	struct dmw_table nt = { 0 };
-	char sz[32];
-	bool wipe;
+	struct dmw_table nt;
+	bool wipe;			/* the store's first 8 KiB zeroed first */
+	bool recorded;			/* @rec written */
+	struct track_rec old_rec;	/* NAME's record before (--force) */
+	bool had_rec;
+	void *head;			/* what a format writes of the store, */
+	size_t head_len;		/* ... as it was */
+};
+
+/*
+ * NAME and its store @store, as far as they can be checked alone without
+ * changing anything (then start_check_all(), then what the store holds):
+ * 0, or -errno with a message.
+ */
+static int start_check_one(struct start_item *it, const char *arg, const char *store,
+			   const struct track_opts *o)
+{
+	struct track_ctx *c = &it->c;
 	int r;
 
-	r = ctx_open(&c, arg);
+	it->store = store;
+	r = ctx_open(c, arg);
 	if (r)
-		goto out;
-	if (c.tracked) {
+		return r;
+	if (c->tracked) {
 		char sp[PATH_MAX];
 
-		devno_display(c.tp.store_dev, sp, sizeof(sp));
-		msg_error("%s: already tracked (store %s): see 'fleece track status %s'", c.fn.name,
-			  sp, c.fn.name);
-		r = -EFLEECE_REFUSED;
-		goto out;
+		devno_display(c->tp.store_dev, sp, sizeof(sp));
+		msg_error("%s: already tracked (store %s): see 'fleece track status %s'", c->fn.name,
+			  sp, c->fn.name);
+		return -EFLEECE_REFUSED;
 	}
-	r = check_not_busy(&c, false);
+	r = check_not_busy(c, false);
 	if (!r)
-		r = check_linear(&c);
+		r = check_linear(c);
 	if (r)
-		goto out;
-	r = rec_read(c.fn.name, &rec);
+		return r;
+	r = rec_read(c->fn.name, &it->old_rec);
+	it->had_rec = !r;
 	if (!r && !o->force) {
 		msg_error("%s: has a tracking record (%s/%s%s) but is not tracked: run 'fleece track attach %s' to go on with that history, or give --force to start a new one",
-			  c.fn.name, track_dir(), c.fn.name, TRACK_REC_SUFFIX, c.fn.name);
-		r = -EFLEECE_REFUSED;
-		goto out;
+			  c->fn.name, track_dir(), c->fn.name, TRACK_REC_SUFFIX, c->fn.name);
+		return -EFLEECE_REFUSED;
 	}
 	if (r && r != -ENOENT)
-		goto out;
-	if (o->chunk_bytes % devno_logical_block_size(c.dev)) {
+		return r;
+	if (o->chunk_bytes % devno_logical_block_size(c->dev)) {
 		msg_error("%s: the chunk size (%llu) is not a multiple of its logical block size (%u)",
-			  c.fn.name, (unsigned long long)o->chunk_bytes,
-			  devno_logical_block_size(c.dev));
-		r = -EFLEECE_REFUSED;
-		goto out;
+			  c->fn.name, (unsigned long long)o->chunk_bytes,
+			  devno_logical_block_size(c->dev));
+		return -EFLEECE_REFUSED;
 	}
-	tp.chunk_sectors = o->chunk_bytes / 512;
-	tp.data_dev = c.data_dev;
-	tp.data_offset = c.data_offset;
-	track_device_id(&c.info, tp.device_id, sizeof(tp.device_id));
-	r = check_store(&c, o->store, tp.chunk_sectors, &tp.store_dev);
-	if (!r)
-		r = check_store_content(&c, o, tp.device_id, &wipe);
-	if (r)
-		goto out;
-	/* Nothing changed so far.  The record first: attach and stop find it. */
-	rec_fill(&rec, &c, &tp, o->store);
-	r = rec_write(&rec);
-	if (r)
-		goto out;
-	if (wipe) {
-		r = store_wipe(o->store);
-		if (r) {
-			rec_remove(c.fn.name);
-			goto out;
+	it->tp.chunk_sectors = o->chunk_bytes / 512;
+	it->tp.data_dev = c->data_dev;
+	it->tp.data_offset = c->data_offset;
+	track_device_id(&c->info, it->tp.device_id, sizeof(it->tp.device_id));
+	return check_store(c, store, it->tp.chunk_sectors, false, &it->tp.store_dev);
+}
+
+/*
+ * The NAMEs among themselves: each a device of its own, each with a store
+ * of its own that is none of the NAMEs nor built on one (a store of one
+ * NAME on another would be written through that NAME's tracker).
+ */
+static int start_check_all(struct start_item *it, unsigned int n)
+{
+	char why[PATH_MAX + 128];
+	unsigned int i, j;
+
+	for (i = 0; i < n; i++) {
+		for (j = 0; j < n; j++) {
+			if (j < i && !strcmp(it[i].c.fn.name, it[j].c.fn.name)) {
+				msg_error("%s: given twice", it[i].c.fn.name);
+				return -EFLEECE_REFUSED;
+			}
+			if (j < i && it[i].tp.store_dev == it[j].tp.store_dev) {
+				msg_error("store %s: given for %s and for %s: each NAME needs a store of its own",
+					  it[i].store, it[j].c.fn.name, it[i].c.fn.name);
+				return -EFLEECE_REFUSED;
+			}
+			if (j != i && devno_depends(it[i].tp.store_dev, it[j].c.dev, why,
+						    sizeof(why)) != 0) {
+				msg_error("store %s (of %s): it is %s, or on it, or cannot be told apart from it: the store must be a separate device",
+					  it[i].store, it[i].c.fn.name, it[j].c.fn.name);
+				return -EFLEECE_REFUSED;
+			}
 		}
 	}
-	tp.format = true;	/* the store is blank: a new history */
-	track_table(&nt, c.sectors, &tp);
-	msg_debug("%s: loading %s", c.fn.name, nt.t[0].params);
-	r = track_swap(c.fn.name, &c.table, &nt, c.info.read_only);
+	return 0;
+}
+
+/*
+ * A failed start undone: the record of each NAME removed (or the one it had
+ * before, with --force, put back) and what the kernel's format at the
+ * table load wrote of its store (superblocks, bitmaps) put back as it was,
+ * so an earlier history that --force was to replace is whole again, unless
+ * NAME could not be given its linear table back: then it stays tracked,
+ * with its new record.
+ */
+static void start_undo(struct start_item *it, const struct track_swap *sw, unsigned int n,
+		       bool stores_written)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		const char *name = it[i].c.fn.name;
+
+		if (sw[i].live) {
+			msg_error("%s: still tracked: its linear table could not be put back ('fleece track stop %s')",
+				  name, name);
+			continue;
+		}
+		if (it[i].recorded && !(it[i].had_rec ? rec_write(&it[i].old_rec) :
+					rec_remove(name)))
+			it[i].recorded = false;
+		if (stores_written && it[i].head &&
+		    store_region_write(it[i].store, it[i].head, it[i].head_len))
+			msg_error("%s: not tracked, but its store %s holds what the failed start wrote",
+				  name, it[i].store);
+		else
+			msg_error("%s: not tracked; nothing was changed", name);
+	}
+}
+
+/*
+ * The order in which the NAMEs are opened (ctx_open() takes lvm2's lock of
+ * an LV's VG and may wait for it): by VG name, as lvm2 takes several
+ * (start.c: lock_vgs()), so that no lvm2 command holding one of them waits
+ * for another that start holds; NAMEs that are no LV first, as given.  0,
+ * or -errno with a message (a NAME that cannot be resolved).
+ */
+static int start_order(char **names, unsigned int n, unsigned int *order)
+{
+	char (*vg)[128] = xcalloc(n, sizeof(*vg)), name[128];
+	struct dmw_info info;
+	unsigned int i, j;
+	int r = 0;
+
+	for (i = 0; i < n && !r; i++) {
+		r = resolve_dm_name(names[i], name, sizeof(name));
+		if (r)
+			break;
+		r = dmw_info(name, &info);
+		if (r) {
+			msg_error("%s: cannot query device-mapper: %s", name, dmw_strerror(r));
+			break;
+		}
+		if (info.exists) {
+			r = lvm_lv_vg(name, info.uuid, vg[i], sizeof(vg[i]));
+			if (r)
+				break;
+		}
+		for (j = i; j > 0 && strcmp(vg[order[j - 1]], vg[i]) > 0; j--)
+			order[j] = order[j - 1];
+		order[j] = i;
+	}
+	free(vg);
+	return r;
+}
+
+/*
+ * track start NAME... --store DEV...: the k-th store for the k-th NAME.
+ * Every NAME and store is checked before anything changes; then the
+ * records are written, the stores to take over zeroed, and the trackers
+ * put in place in one suspend window (track_swap_many()): all of them, or
+ * none.
+ */
+static int track_start(char **names, unsigned int n, const struct track_opts *o)
+{
+	struct start_item *it = xcalloc(n, sizeof(*it));
+	struct track_swap *sw = xcalloc(n, sizeof(*sw));
+	unsigned int *order = xcalloc(n, sizeof(*order));
+	bool stores_written = false;
+	struct track_info ti;
+	unsigned int i;
+	char sz[32];
+	int r;
+
+	r = start_order(names, n, order);
+	for (i = 0; i < n && !r; i++)
+		r = start_check_one(&it[order[i]], names[order[i]], o->stores[order[i]], o);
+	if (!r)
+		r = start_check_all(it, n);
+	for (i = 0; i < n && !r; i++)
+		r = check_store_content(&it[i].c, o, it[i].store, it[i].tp.device_id,
+					&it[i].wipe);
+	for (i = 0; i < n && !r; i++) {
+		/* Superblocks and bitmaps: what the kernel's format writes. */
+		it[i].head_len = track_store_bytes((it[i].c.sectors + it[i].tp.chunk_sectors - 1) /
+						   it[i].tp.chunk_sectors);
+		if (posix_memalign(&it[i].head, 4096, it[i].head_len)) {
+			it[i].head = NULL;
+			r = -ENOMEM;
+			msg_error("out of memory");
+			break;
+		}
+		r = store_region_read(it[i].store, it[i].head, it[i].head_len);
+		if (r)
+			r = -EFLEECE_REFUSED;
+	}
+	if (r)
+		goto out;	/* nothing was changed */
+	/* The records first: attach and stop find them. */
+	for (i = 0; i < n && !r; i++) {
+		rec_fill(&it[i].rec, &it[i].c, &it[i].tp, it[i].store);
+		r = rec_write(&it[i].rec);
+		it[i].recorded = !r;
+	}
+	stores_written = !r;
+	for (i = 0; i < n && !r; i++)
+		if (it[i].wipe)
+			r = store_region_write(it[i].store, NULL, 0);
+	for (i = 0; i < n && !r; i++) {
+		it[i].tp.format = true;	/* the store is blank: a new history */
+		track_table(&it[i].nt, it[i].c.sectors, &it[i].tp);
+		msg_debug("%s: loading %s", it[i].c.fn.name, it[i].nt.t[0].params);
+		sw[i].name = it[i].c.fn.name;
+		sw[i].old = &it[i].c.table;
+		sw[i].new = &it[i].nt;
+		sw[i].read_only = it[i].c.info.read_only;
+	}
+	if (!r)
+		r = track_swap_many(sw, n);
 	if (r) {
-		rec_remove(c.fn.name);
-		msg_error("%s: not tracked; nothing was changed%s", c.fn.name,
-			  wipe ? " but the store's first 8 KiB, zeroed" : "");
+		if (n > 1 || it[0].recorded)
+			msg_error("undoing the track start");
+		start_undo(it, sw, n, stores_written);
 		goto out;
 	}
-	if (!track_query(c.fn.name, &ti) && ti.tracked && ti.store_uuid[0]) {
-		snprintf(rec.store_uuid, sizeof(rec.store_uuid), "%s", ti.store_uuid);
-		rec_write(&rec);
+	for (i = 0; i < n; i++) {
+		struct start_item *x = &it[i];
+
+		if (!track_query(x->c.fn.name, &ti) && ti.tracked && ti.store_uuid[0]) {
+			snprintf(x->rec.store_uuid, sizeof(x->rec.store_uuid), "%s", ti.store_uuid);
+			rec_write(&x->rec);
+		}
+		msg_info("%s: tracked: store %s formatted (a new history), chunk %s, %llu chunks; record %s/%s%s",
+			 x->c.fn.name, x->store, fmt_size(o->chunk_bytes, sz, sizeof(sz)),
+			 (unsigned long long)((x->c.sectors + x->tp.chunk_sectors - 1) /
+					      x->tp.chunk_sectors),
+			 track_dir(), x->c.fn.name, TRACK_REC_SUFFIX);
 	}
-	msg_info("%s: tracked: store %s formatted (a new history), chunk %s, %llu chunks; record %s/%s%s",
-		 c.fn.name, o->store, fmt_size(o->chunk_bytes, sz, sizeof(sz)),
-		 (unsigned long long)((c.sectors + tp.chunk_sectors - 1) / tp.chunk_sectors),
-		 track_dir(), c.fn.name, TRACK_REC_SUFFIX);
 out:
-	dmw_table_free(&nt);
-	ctx_release(&c);
+	for (i = 0; i < n; i++) {
+		dmw_table_free(&it[i].nt);
+		ctx_release(&it[i].c);
+		free(it[i].head);
+	}
+	free(order);
+	free(sw);
+	free(it);
 	return r;
 }
 
@@ -1297,7 +1608,7 @@ static int track_attach_one(const char *name)
 		r = -EFLEECE_REFUSED;
 		goto out;
 	}
-	r = check_store(&c, rec.store, rec.chunk_sectors, &tp.store_dev);
+	r = check_store(&c, rec.store, rec.chunk_sectors, true, &tp.store_dev);
 	if (r)
 		goto out;
 	r = store_read_sb(rec.store, &sb, &blank);
@@ -1544,7 +1855,7 @@ static int status_all_names(char ***out, unsigned int *nout)
 
 static void track_help(void)
 {
-	printf("Usage: fleece track start --store DEV [--chunk-size SIZE] [--force] NAME...\n"
+	printf("Usage: fleece track start --store DEV... [--chunk-size SIZE] [--force] NAME...\n"
 	       "       fleece track stop NAME...\n"
 	       "       fleece track status [--json] [NAME...]\n"
 	       "       fleece track attach [--all | NAME...]\n"
@@ -1555,14 +1866,16 @@ static void track_help(void)
 	       "which chunks were written since the last backup's point in time, for\n"
 	       "incremental backups ('fleece backup --incremental').\n"
 	       "\n"
-	       "  start    put the tracker in place, formatting the store (a new history);\n"
-	       "           record it in $FLEECE_TRACK_DIR (default " FLEECE_TRACK_DIR ")\n"
+	       "  start    put the trackers in place, formatting the stores (a new history),\n"
+	       "           all NAMEs in one suspend window, all or none; record them in\n"
+	       "           $FLEECE_TRACK_DIR (default " FLEECE_TRACK_DIR ")\n"
 	       "  stop     put the linear table back, forget the record\n"
 	       "  status   the trackers: changed chunks, epoch, generation, store state\n"
 	       "  attach   put recorded trackers back (at boot), never formatting a store\n"
 	       "\n"
 	       "Options:\n"
-	       "  -s, --store DEV           the store (start): a block device of at least\n"
+	       "  -s, --store DEV           the store (start), once per NAME in NAME's order: a\n"
+	       "                            block device of at least\n"
 	       "                            (2 + 2 * ceil(chunks / 32512)) * 4 KiB\n"
 	       "  -c, --chunk-size SIZE     tracking unit, a power of two from 4K to 16M\n"
 	       "                            (default 64K)\n"
@@ -1582,7 +1895,12 @@ static int track_opt(int c, const char *arg, void *ctx)
 
 	switch (c) {
 	case 's':
-		o->store = arg;
+		o->stores = realloc(o->stores, (o->nr_stores + 1) * sizeof(*o->stores));
+		if (!o->stores) {
+			msg_error("out of memory");
+			exit(EX_FLEECE_FAIL);
+		}
+		o->stores[o->nr_stores++] = arg;
 		return 0;
 	case 'c':
 		return parse_chunk_size(arg, &o->chunk_bytes);
@@ -1618,11 +1936,6 @@ static int each(char **names, unsigned int n, int (*fn)(const char *, const stru
 			ret = e;
 	}
 	return ret;
-}
-
-static int do_start(const char *name, const struct track_opts *o)
-{
-	return track_start_one(name, o);
 }
 
 static int do_stop(const char *name, const struct track_opts *o)
@@ -1719,7 +2032,7 @@ int cmd_track(int argc, char **argv)
 		return r;
 	names = argv + 1 + optind;
 	n = argc - 1 - optind;
-	if (o.store && strcmp(sub, "start"))
+	if (o.nr_stores && strcmp(sub, "start"))
 		return usage_error("--store is for 'track start'");
 	if (o.json && strcmp(sub, "status"))
 		return usage_error("--json is for 'track status'");
@@ -1734,11 +2047,23 @@ int cmd_track(int argc, char **argv)
 		return EX_FLEECE_REFUSED;
 	signals_install();
 	if (!strcmp(sub, "start")) {
-		if (!o.store)
+		unsigned int i, j;
+
+		if (!o.nr_stores)
 			return usage_error("give the store: --store DEV");
 		if (!n)
 			return usage_error("no device given");
-		return each(names, n, do_start, &o);
+		if (o.nr_stores != n)
+			return usage_error("give one --store per NAME, in the same order (%u NAME%s, %u store%s)",
+					   n, n == 1 ? "" : "s", o.nr_stores,
+					   o.nr_stores == 1 ? "" : "s");
+		for (i = 0; i < n; i++)
+			for (j = 0; j < i; j++)
+				if (!strcmp(names[i], names[j]))
+					return usage_error("%s given twice", names[i]);
+		r = exit_code(track_start(names, n, &o));
+		free(o.stores);
+		return r;
 	}
 	if (!strcmp(sub, "stop")) {
 		if (!n)

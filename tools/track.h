@@ -20,9 +20,6 @@
 #include "dm.h"
 
 #define FLEECE_TRACK_DIR	"/etc/fleece/track"
-#ifndef FLEECE_FEATURE_TRACK_STORE	/* the fleece target's, 2 feature args */
-#define FLEECE_FEATURE_TRACK_STORE	"track_store"
-#endif
 
 enum track_history {
 	TRACK_HISTORY_VALID,		/* the sets can be trusted */

@@ -582,18 +582,18 @@ static const char *ft_prev_name(struct ft_store *ft)
 	switch (READ_ONCE(ft->prev_state)) {
 	case FLEECE_TRACK_PREV_READY:
 		return READ_ONCE(ft->flags) & FLEECE_TRACK_SB_PREV_LOST ?
-			"lost" : "ready";
+			FLEECE_TRACK_PREV_NAME_LOST : FLEECE_TRACK_PREV_NAME_READY;
 	case FLEECE_TRACK_PREV_DONE:
-		return "done";
+		return FLEECE_TRACK_PREV_NAME_DONE;
 	case FLEECE_TRACK_PREV_MERGED:
-		return "merged";
+		return FLEECE_TRACK_PREV_NAME_MERGED;
 	default:
-		return "none";
+		return FLEECE_TRACK_PREV_NAME_NONE;
 	}
 }
 
 /* Room "next=<chunk>" (chunk < 2^31), its NUL and one byte more need. */
-#define FT_EXTENTS_TAIL	(sizeof("next=2147483647") + 1)
+#define FT_EXTENTS_TAIL	(sizeof(FLEECE_TRACK_EXTENTS_NEXT "2147483647") + 1)
 
 /**
  * ft_prev_extents() - message "prev_extents <first_chunk>"
@@ -621,13 +621,15 @@ static int ft_prev_extents(struct ft_store *ft, const char *arg, char *result,
 
 	lockdep_assert_held(&ft->lock);
 	if (kstrtoul(arg, 10, &c)) {
-		DMWARN("%s: prev_extents: invalid chunk number", ft->device_id);
+		DMWARN("%s: %s: invalid chunk number", ft->device_id,
+		       FLEECE_TRACK_MSG_PREV_EXTENTS);
 		return -EINVAL;
 	}
 	if (ft->prev_state != FLEECE_TRACK_PREV_READY ||
 	    (ft->flags & FLEECE_TRACK_SB_PREV_LOST)) {
-		DMWARN("%s: prev_extents refused: no previous set ready (it is %s)",
-		       ft->device_id, ft_prev_name(ft));
+		DMWARN("%s: %s refused: no previous set ready (it is %s)",
+		       ft->device_id, FLEECE_TRACK_MSG_PREV_EXTENTS,
+		       ft_prev_name(ft));
 		return -ENODATA;
 	}
 	c = c < n ? find_next_bit_le(ft->prev, n, c) : n;
@@ -639,13 +641,14 @@ static int ft_prev_extents(struct ft_store *ft, const char *arg, char *result,
 		sz += sprintf(result + sz, "%lu+%lu ", c, e - c);
 		c = e < n ? find_next_bit_le(ft->prev, n, e) : n;
 	}
-	len = c < n ? snprintf(NULL, 0, "next=%lu", c) : strlen("end");
+	len = c < n ? snprintf(NULL, 0, FLEECE_TRACK_EXTENTS_NEXT "%lu", c) :
+		strlen(FLEECE_TRACK_EXTENTS_END);
 	if (sz + len + 2 > maxlen)
 		return -ENOSPC;
 	if (c < n)
-		sprintf(result + sz, "next=%lu", c);
+		sprintf(result + sz, FLEECE_TRACK_EXTENTS_NEXT "%lu", c);
 	else
-		strcpy(result + sz, "end");
+		strcpy(result + sz, FLEECE_TRACK_EXTENTS_END);
 	return 1;
 }
 
@@ -657,7 +660,7 @@ static int ft_message(struct dm_target *ti, unsigned int argc, char **argv,
 	const char *msg = argc == 1 ? argv[0] : "";
 	int r;
 
-	if (argc == 2 && !strcasecmp(argv[0], FT_MSG_PREV_EXTENTS)) {
+	if (argc == 2 && !strcasecmp(argv[0], FLEECE_TRACK_MSG_PREV_EXTENTS)) {
 		mutex_lock(&ft->lock);
 		r = ft_prev_extents(ft, argv[1], result, maxlen);
 		mutex_unlock(&ft->lock);
@@ -690,8 +693,10 @@ static int ft_message(struct dm_target *ti, unsigned int argc, char **argv,
 	if (r == -EINVAL)
 		DMWARN("%s: %s refused: no previous set ready (it is %s)",
 		       ft->device_id, msg,
-		       ft->prev_state == FLEECE_TRACK_PREV_NONE ? "none" :
-		       ft->prev_state == FLEECE_TRACK_PREV_DONE ? "done" : "merged");
+		       ft->prev_state == FLEECE_TRACK_PREV_NONE ?
+		       FLEECE_TRACK_PREV_NAME_NONE :
+		       ft->prev_state == FLEECE_TRACK_PREV_DONE ?
+		       FLEECE_TRACK_PREV_NAME_DONE : FLEECE_TRACK_PREV_NAME_MERGED);
 	return r;
 }
 
@@ -715,12 +720,16 @@ static void ft_status(struct dm_target *ti, status_type_t type,
 		       ft->chunk_sectors, ft->nr_chunks, READ_ONCE(ft->epoch),
 		       h == FT_VALID ? READ_ONCE(ft->nr_cur) : ft->nr_chunks,
 		       prev, READ_ONCE(ft->generation),
-		       flags & FLEECE_TRACK_SB_CLEAN ? "clean" : "dirty",
-		       h == FT_VALID ? "valid" : h == FT_LOST ? "lost" : "failed",
+		       flags & FLEECE_TRACK_SB_CLEAN ?
+		       FLEECE_TRACK_CLEAN : FLEECE_TRACK_DIRTY,
+		       h == FT_VALID ? FLEECE_TRACK_HISTORY_VALID :
+		       h == FT_LOST ? FLEECE_TRACK_HISTORY_LOST :
+		       FLEECE_TRACK_HISTORY_FAILED,
 		       ft_prev_name(ft), READ_ONCE(ft->nr_conservative),
 		       atomic64_read(&ft->store_errors),
 		       atomic64_read(&ft->commits),
-		       ft->opened_clean ? "clean" : "unclean", ft->store_uuid);
+		       ft->opened_clean ? FLEECE_TRACK_CLEAN : FLEECE_TRACK_UNCLEAN,
+		       ft->store_uuid);
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %llu %s %u %s", t->data->name,

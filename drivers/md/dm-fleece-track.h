@@ -38,13 +38,6 @@
 #define FT_BITS			FLEECE_TRACK_BITS_PER_BLOCK
 #define FT_COMMIT_BLOCKS	32	/* bitmap blocks one commit writes at most */
 
-/*
- * Message "prev_extents <first_chunk>" (target version 1.1): the previous
- * set as "<first>+<count>" ranges, then "next=<chunk>" or "end".  Kernel
- * side only for now: the tools spell it themselves.
- */
-#define FT_MSG_PREV_EXTENTS	"prev_extents"
-
 /* Superblock, at the start of blocks 0 and 1; the rest of the block is 0. */
 struct ft_disk_sb {
 	__le32 csum;		/* CRC-32C of bytes 4..4095 of the block */

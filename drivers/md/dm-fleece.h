@@ -27,13 +27,6 @@
 #define FLEECE_HASH_BITS 8	/* in-flight chunk descriptors: 256 buckets */
 
 /*
- * Feature "track_store <store_dev>" (target version 1.5): at the point in
- * time, release the chunks that the fleece-track tracker of that store saw
- * unchanged.  Kernel side only for now: the tools spell it themselves.
- */
-#define FLEECE_FEATURE_TRACK_STORE	"track_store"
-
-/*
  * Chunk states, two bits per chunk:
  *
  *   done  released

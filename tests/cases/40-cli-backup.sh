@@ -20,15 +20,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-no_leftovers() {
-	local u
-	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
-	[ -z "$u" ] || fail "FLEECE- devices left: $u"
-	[ -z "$(losetup -a)" ] || fail "loop devices left: $(losetup -a)"
-	[ -z "$(ls -A state 2>/dev/null)" ] || fail "state files left: $(ls state)"
-	! ls ./*.partial 2>/dev/null || fail ".partial files left"
-}
-
 # fio and its job processes (each job runs in a session of its own).
 fio_pids() { echo "$1" $(pgrep -P "$1"); }
 

@@ -17,6 +17,14 @@
 #   (d) track stop: the linear table back, the record gone; the store's old
 #       history is refused without --force, another device's always
 #   (e) an LV of a real volume group: start, writes counted, stop
+#   (f) attach with a damaged store, each refused with a clear message and
+#       nothing changed (table, record, store bytes): both superblock slots
+#       bad (one bad slot works), truncated below what the bitmap needs,
+#       another device's history on it; start refuses a corrupted store
+#       without --force
+#   (g) track start of two NAMEs with a store each, in one suspend window:
+#       usage and cross checks (one store for both, a NAME as another's
+#       store), a failure at each step (FLEECE_FAULT) undoes both
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -190,6 +198,183 @@ expect_exit 3 $F track start --force --store "$store" o2
 [[ $T_ERR == *"holds the change tracking of another device (device_id TEST-data"* ]] || fail "another device's store: $T_ERR"
 assert_eq "$(dmsetup table o2)" "0 131072 linear 1:3 0" "o2 after the refused start"
 dmsetup remove o2
+
+step "(f) attach with a damaged store: one superblock slot bad, both, truncated, another device's"
+$F track start -q --force --store "$store" data
+for c in 1 2; do
+	dd if=/dev/urandom of=$data bs=64k seek=$c count=1 oflag=direct status=none
+done
+stable=$(dmsetup table store)
+# The tracker gone as at a shutdown (the store closed cleanly), data linear.
+reboot_sim() {
+	udevadm settle
+	dmsetup remove data
+	dmsetup create data -u TEST-data --table "$table"
+}
+# The current superblock slot: the one with the magic and the higher seq.
+cur_slot() {
+	dd if="$store" bs=4k count=2 iflag=direct status=none | python3 -c '
+import struct, sys
+b = sys.stdin.buffer.read()
+s = [(struct.unpack_from("<Q", b, i * 4096 + 16)[0], i) for i in (0, 1)
+     if struct.unpack_from("<I", b, i * 4096 + 4)[0] == 0x4b544c46]
+print(max(s)[1])'
+}
+flip() { # byte offset in the store: its bits inverted
+	python3 - "$store" "$1" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+off = int(sys.argv[2])
+b = os.pread(fd, 1, off)
+os.pwrite(fd, bytes([b[0] ^ 0xff]), off)
+os.fsync(fd)
+os.close(fd)
+PY
+}
+store_sum() { dd if="$store" bs=4k count=4 iflag=direct status=none | sha256sum; }
+# A refused attach: exit 3, the message, data's table, its record and the
+# store's bytes as they were.
+attach_refused() { # what message-regex
+	local sum rsum
+	sum=$(store_sum)
+	rsum=$(sha256sum < trackdir/data.conf)
+	expect_exit 3 $F track attach data
+	echo "$T_ERR"
+	[[ $T_ERR =~ $2 ]] || fail "$1: message '$T_ERR' does not match '$2'"
+	assert_eq "$(dmsetup table data)" "$table" "$1: data's table"
+	assert_eq "$(sha256sum < trackdir/data.conf)" "$rsum" "$1: the record"
+	assert_eq "$(store_sum)" "$sum" "$1: the store's bytes"
+	dmsetup info data | grep_q "Tables present: *LIVE$" || fail "$1: data: $(dmsetup info data)"
+}
+reboot_sim
+# The newest slot torn: the other one, a write older, is used.
+slot=$(cur_slot)
+flip $((slot * 4096 + 300))
+assert_eq "$(cur_slot)" "$slot" "the torn slot still has its magic"
+$F track attach data > attach3.out 2>&1 || { cat attach3.out; fail "attach with one good slot"; }
+cat attach3.out
+grep_q "data: attached: store /dev/mapper/store, epoch 1, generation 1, 2 chunks changed" attach3.out ||
+	fail "attach with one good slot: its output"
+assert_eq "$(dmsetup table data)" "0 131072 fleece-track 1:0 4096 $smm 128 TEST-data" \
+	"attached with one good slot"
+reboot_sim
+# Both slots bad: refused, naming the store; never formatted.
+flip 300
+flip $((4096 + 300))
+attach_refused "both slots bad" \
+	"data: its store /dev/mapper/store holds no valid fleece-track superblock: the history is lost"
+grep_q "data: recorded, not attached" <($F track status data) || fail "status after the refused attach"
+# track start refuses it too, until --force (the documented new history).
+dmsetup create o4 -u TEST-o4 --table "0 131072 linear /dev/ram3 0"
+expect_exit 3 $F track start --store "$store" o4
+[[ $T_ERR == *"store $store: is not blank"*"holds no fleece-track superblock"*"give --force"* ]] ||
+	fail "start on a corrupted store: $T_ERR"
+assert_eq "$(dmsetup table o4)" "0 131072 linear 1:3 0" "o4 after the refused start"
+dmsetup remove o4
+# A --force start over the record that fails late: the record and the
+# store (its corrupted superblocks) as they were.
+rsum=$(sha256sum < trackdir/data.conf)
+ssum=$(store_sum)
+rc=0
+FLEECE_FAULT=resume=EIO $F track start --force --store "$store" data > start1.out 2>&1 || rc=$?
+cat start1.out
+assert_eq "$rc" 1 "start --force failing at the resume: exit status"
+assert_eq "$(dmsetup table data)" "$table" "start --force failing at the resume: data's table"
+assert_eq "$(sha256sum < trackdir/data.conf)" "$rsum" "start --force failing at the resume: the record"
+assert_eq "$(store_sum)" "$ssum" "start --force failing at the resume: the store's bytes"
+$F track start --force --store "$store" data > start2.out 2>&1 || { cat start2.out; fail "start --force"; }
+grep_q "data: tracked: store $store formatted (a new history)" start2.out || fail "start --force: $(cat start2.out)"
+reboot_sim
+# Truncated below what the bitmap needs (12 KiB of 16): refused.
+dmsetup suspend store
+dmsetup load store --table "0 24 ${stable#0 2048 }"
+dmsetup resume store
+attach_refused "truncated store" \
+	"data: its store /dev/mapper/store is too small: 12.0 KiB, and tracking data \(1024 chunks of 64.0 KiB\) needs 16384 bytes: truncated since it was formatted\? \(not attached\)"
+dmsetup suspend store
+dmsetup load store --table "$stable"
+dmsetup resume store
+# Another device's history on the store (a store swapped for another).
+dd if="$store" of=store-data.img bs=4k count=4 iflag=direct status=none
+st2=$(mkdev st2 1 1)
+dmsetup create o4 -u TEST-o4 --table "0 131072 linear /dev/ram3 0"
+$F track start -q --store "$st2" o4
+udevadm settle
+dmsetup remove o4
+$F track stop o4 > /dev/null
+dd if="$st2" of="$store" bs=4k count=4 iflag=direct oflag=direct status=none
+attach_refused "another device's store" \
+	"data: its store /dev/mapper/store holds the tracking of another device \(device_id TEST-o4, not TEST-data\)"
+dd if=store-data.img of="$store" bs=4k oflag=direct status=none
+$F track attach data > attach4.out 2>&1 || { cat attach4.out; fail "attach after the store is back"; }
+grep_q "data: attached" attach4.out || fail "attach after the store is back: $(cat attach4.out)"
+$F track stop -q data
+assert_eq "$(dmsetup table data)" "$table" "linear table back after (f)"
+
+step "(g) track start of two NAMEs, a store each, in one suspend window; any failure undoes both"
+dmsetup create d2 -u TEST-d2 --table "0 65536 linear /dev/ram3 0"
+d2table=$(dmsetup table d2)
+sa=$(mkdev sa 1 1)
+sb=$(mkdev sb 1 1)
+blank() { head -c 8192 /dev/zero | cmp -s - <(dd if="$1" bs=8192 count=1 iflag=direct status=none); }
+both_unchanged() { # what
+	assert_eq "$(dmsetup table data)" "$table" "$1: data's table"
+	assert_eq "$(dmsetup table d2)" "$d2table" "$1: d2's table"
+	dmsetup info data | grep_q "Tables present: *LIVE$" || fail "$1: data: $(dmsetup info data)"
+	dmsetup info d2 | grep_q "Tables present: *LIVE$" || fail "$1: d2: $(dmsetup info d2)"
+	dmsetup info -c --noheadings -o name,suspended data d2 | grep_q Suspended &&
+		fail "$1: a device left suspended"
+	[ -z "$(ls trackdir)" ] || fail "$1: records left: $(ls trackdir)"
+	blank "$sa" || fail "$1: store sa was written"
+	blank "$sb" || fail "$1: store sb was written"
+}
+# One NAME failing late: undone, its store blank again (the kernel formats
+# it at the table load).
+rc=0
+FLEECE_FAULT=resume=EIO $F track start --store "$sa" data > one.out 2>&1 || rc=$?
+cat one.out
+assert_eq "$rc" 1 "one NAME, resume fails: exit status"
+grep_q "data: not tracked; nothing was changed" one.out || fail "one NAME: $(cat one.out)"
+both_unchanged "one NAME, resume fails"
+expect_exit 2 $F track start --store "$sa" data d2
+[[ $T_ERR == *"give one --store per NAME, in the same order (2 NAMEs, 1 store)"* ]] || fail "one store for two: $T_ERR"
+both_unchanged "one store for two NAMEs"
+expect_exit 3 $F track start --store "$sa" --store "$sa" data d2
+[[ $T_ERR == *"store $sa: given for data and for d2: each NAME needs a store of its own"* ]] ||
+	fail "one store twice: $T_ERR"
+both_unchanged "one store twice"
+expect_exit 3 $F track start --store /dev/mapper/d2 --store "$sb" data d2
+[[ $T_ERR == *"store /dev/mapper/d2 (of data): it is d2, or on it"* ]] || fail "a NAME as the store of another: $T_ERR"
+both_unchanged "a NAME as another's store"
+expect_exit 3 $F track start --store "$sa" --store "$store" data d2	# store: data's old history
+[[ $T_ERR == *"store $store: holds the change tracking of another device (device_id TEST-data, not d2's TEST-d2)"* ]] ||
+	fail "the second store refused: $T_ERR"
+both_unchanged "the second NAME's store refused"
+# Each step failing for the second NAME, when the first has passed it:
+# dm-load@2: d2's tracker table (data's loaded); track-suspend@2,
+# table-check@2: d2 in the window (data suspended); dm-resume@2: d2's
+# resume (data already resumed with its tracker: its linear table back).
+for f in dm-load@2 track-suspend@2 table-check@2 dm-resume@2; do
+	rc=0
+	FLEECE_FAULT=$f=EIO $F track start --store "$sa" --store "$sb" data d2 > multi.out 2>&1 || rc=$?
+	cat multi.out
+	assert_eq "$rc" 1 "$f: exit status"
+	grep_q "undoing the track start" multi.out || fail "$f: no rollback"
+	grep_q "data: not tracked; nothing was changed" multi.out || fail "$f: data"
+	grep_q "d2: not tracked; nothing was changed" multi.out || fail "$f: d2"
+	both_unchanged "$f"
+done
+$F track start --store "$sa" --store "$sb" data d2 > multi.out 2>&1 || { cat multi.out; fail "track start data d2"; }
+cat multi.out
+grep_q "data: tracked: store $sa formatted" multi.out || fail "data not tracked: $(cat multi.out)"
+grep_q "d2: tracked: store $sb formatted" multi.out || fail "d2 not tracked: $(cat multi.out)"
+assert_eq "$(dmsetup table data)" "0 131072 fleece-track 1:0 4096 $(devno sa) 128 TEST-data 1 format" "data tracked"
+assert_eq "$(dmsetup table d2)" "0 65536 fleece-track 1:3 0 $(devno sb) 128 TEST-d2 1 format" "d2 tracked"
+[ -e trackdir/data.conf ] && [ -e trackdir/d2.conf ] || fail "records: $(ls trackdir)"
+$F track stop -q data d2
+assert_eq "$(dmsetup table data)" "$table" "data after the stop"
+assert_eq "$(dmsetup table d2)" "$d2table" "d2 after the stop"
+dmsetup remove d2
 
 step "(e) an LV"
 pvcreate -q /dev/ram2 > /dev/null

@@ -4,6 +4,10 @@
 # reflink (FILE is copied to FILE.partial first, and the backup says so):
 #  1. dd writes at known chunks: the changed map is exactly those chunks
 #     (and empty when nothing changed); each image equals the device.
+#     A bitmap block of the store corrupted under the attached tracker:
+#     the next incremental is exact (the sets are in memory); corrupted
+#     while detached: the attach reads it as every chunk changed, and the
+#     next incremental reads them all, exact.
 #  2. each fallback to a full backup, with its reason: no previous image,
 #     epoch mismatch (another image took the last backup), generation
 #     changed (the store failed: history lost), store reformatted, size
@@ -21,16 +25,6 @@ out4=$(mkdev out4 100 3)
 mkfs.ext4 -q -F "$out4"
 mount "$out4" /mnt/out4
 
-no_leftovers() {
-	local u
-	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
-	[ -z "$u" ] || fail "FLEECE- devices left: $u"
-	[ -z "$(ls -A state 2>/dev/null)" ] || fail "state files left: $(ls state)"
-	[ -z "$(ls /mnt/out4/*.partial 2>/dev/null)" ] || fail ".partial files left"
-	[ -z "$(ls -A /mnt/fdir)" ] || fail "fleece files left: $(ls /mnt/fdir)"
-}
-map_field() { python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"; }
-map_extents() { python3 -c 'import json,sys; [print("%d+%d" % tuple(e)) for e in json.load(open(sys.argv[1]))["extents"]]' "$1"; }
 
 # --- 1. dd at known chunks ---------------------------------------------------
 step "a raw tracked device: the map is exactly the chunks written"
@@ -48,7 +42,7 @@ rawbk() { # name options...: back up raw (no writer) to ${IMG:-$R}, check it
 		{ cat rerr.$n; fail "raw backup $n failed"; }
 	cat rerr.$n
 	cmp "$o" rref || fail "raw backup $n: the image differs from the device"
-	no_leftovers
+	no_leftovers /mnt/out4 /mnt/fdir
 }
 wr() { # chunk count
 	dd if=/dev/urandom of=/dev/mapper/raw bs=$CH seek="$1" count="$2" oflag=direct \
@@ -66,6 +60,46 @@ rawbk r3 --incremental
 assert_eq "$(map_extents rmap.r3 | tr '\n' ' ')" "$((7 * CH))+$CH " "r3: the changed map"
 rawbk r4 --incremental
 assert_eq "$(map_field rmap.r4 extents)" "[]" "r4: nothing changed, nothing read"
+
+# A bit of the store flipped: the current area's only block (256 chunks:
+# one block per area).
+flip_cur_block() { # epoch
+	python3 - "$store2" $(((2 + ($1 & 1)) * 4096 + 1000)) <<'PY'
+import mmap, os, sys
+byte = int(sys.argv[2])
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_DIRECT)
+m = mmap.mmap(-1, 4096)		# aligned, for O_DIRECT
+os.preadv(fd, [m], byte - byte % 4096)
+m[byte % 4096] ^= 0x10
+os.pwritev(fd, [m], byte - byte % 4096)
+os.close(fd)
+PY
+}
+step "a bitmap block corrupted under the attached tracker: its sets are in memory, exact"
+wr 20 1
+flip_cur_block "$(status_field raw 2)"
+rawbk r4a --incremental
+assert_eq "$(map_extents rmap.r4a | tr '\n' ' ')" "$((20 * CH))+$CH " "r4a: the changed map"
+step "a corrupted bitmap block found at attach: read as all changed, the incremental reads it all"
+wr 21 1
+read -r _ _ _ rdev roff _ <<< "$(dmsetup table raw)"
+ep=$(status_field raw 2)
+udevadm settle
+dmsetup remove raw		# as at a shutdown: the store closed cleanly
+flip_cur_block "$ep"
+dmsetup create raw --table "0 32768 linear $rdev $roff"
+$F track attach raw > rattach.out 2>&1 || { cat rattach.out; fail "attach after the bitmap block was damaged"; }
+cat rattach.out
+grep_q "raw: attached: .*epoch $ep, generation 1, 256 chunks changed" rattach.out ||
+	fail "attach: the damaged block is not read as all changed"
+assert_eq "$(status_field raw 9)" 1 "the tracker's count of blocks read as all changed"
+expect_dmesg "bitmap blocks failed their checks: read as all changed"
+rawbk r4b --incremental
+assert_eq "$(map_field rmap.r4b incremental)" true "r4b: incremental"
+assert_eq "$(map_extents rmap.r4b | tr '\n' ' ')" "0+$((256 * CH)) " "r4b: every chunk of the damaged block"
+wr 22 1
+rawbk r4c --incremental
+assert_eq "$(map_extents rmap.r4c | tr '\n' ' ')" "$((22 * CH))+$CH " "r4c: exact again"
 
 # --- 2. fallbacks ----------------------------------------------------------
 fallback() { # name reason options...

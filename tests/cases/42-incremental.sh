@@ -32,14 +32,6 @@ img=$(mkdev img 300 2)
 mkfs.xfs -q -f -m reflink=1 "$img"
 mount "$img" /mnt/img
 
-no_leftovers() {
-	local u
-	u=$(dmsetup info -c --noheadings -o uuid 2>/dev/null | grep '^FLEECE-' || true)
-	[ -z "$u" ] || fail "FLEECE- devices left: $u"
-	[ -z "$(ls -A state 2>/dev/null)" ] || fail "state files left: $(ls state)"
-	[ -z "$(ls /mnt/img/*.partial 2>/dev/null)" ] || fail ".partial files left"
-	[ -z "$(ls -A /mnt/fdir)" ] || fail "fleece files left: $(ls /mnt/fdir)"
-}
 
 wait_view() { # name pid errfile
 	local i
@@ -53,9 +45,6 @@ wait_view() { # name pid errfile
 }
 
 sha() { sha256sum < "$1" | cut -d' ' -f1; }
-# A map's field, and its extents as "off+len" lines.
-map_field() { python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$1" "$2"; }
-map_extents() { python3 -c 'import json,sys; [print("%d+%d" % tuple(e)) for e in json.load(open(sys.argv[1]))["extents"]]' "$1"; }
 # Every chunk that differs between two images must be inside the map's extents.
 map_covers() { # old new map
 	python3 - "$@" <<'PY'
@@ -116,7 +105,7 @@ backup_check() { # n
 	cmp /mnt/img/vol.img ref.$n || fail "backup $n: the image differs from the point in time"
 	assert_eq "$(cut -d' ' -f1 out.$n)" "$(sha ref.$n)" "backup $n: --sha256"
 	[ -s /mnt/img/vol.img.fleece.json ] || fail "backup $n: no record"
-	no_leftovers
+	no_leftovers /mnt/img /mnt/fdir
 	assert_eq "$(dmsetup table vol | cut -d' ' -f3)" fleece-track "backup $n: vol's table after"
 }
 backup() { # n options...
@@ -173,7 +162,7 @@ wait $bpid || rc=$?
 cat err.4
 assert_eq "$rc" 143 "backup 4: exit status after SIGTERM"
 assert_eq "$(sha /mnt/img/vol.img)" "$before" "backup 4: FILE after the stopped backup"
-no_leftovers
+no_leftovers /mnt/img /mnt/fdir
 status=$(dmsetup status vol)
 echo "# tracker: $status"
 assert_eq "$(echo "$status" | cut -d' ' -f12)" merged "backup 4: the tracker's previous set"
@@ -191,7 +180,7 @@ kill -KILL $bpid
 wait $bpid || true
 $F stop vol 2> stop.err || { cat stop.err; fail "fleece stop after SIGKILL"; }
 assert_eq "$(sha /mnt/img/vol.img)" "$before" "backup 6: FILE after SIGKILL and stop"
-no_leftovers
+no_leftovers /mnt/img /mnt/fdir
 rm -f ref.6
 step "backup 7: incremental, exact (the ready set is merged by the checkpoint)"
 backup 7 --incremental
