@@ -55,9 +55,10 @@ arm() {
 	splat_check
 	say "arm moment=$MOMENT commits=$(track_status_field 11) changed=$(track_status_field 3) $*"
 }
-# Until the kill, every 20 ms: the store's writes in flight (a commit
-# under way), from the store device's sysfs inflight file (no process
-# started: a sleep(1) per sample took 500 ms under TCG on a loaded host).  The host keeps the last sample before the kill, so each
+# From the writer's start until the kill, every 20 ms: the store's writes
+# in flight (a commit under way), from the store device's sysfs inflight
+# file (no process started: a sleep(1) per sample took 500 ms under TCG
+# on a loaded host; started before "arm", as its own start costs that much).  The host keeps the last sample before the kill, so each
 # moment with writes says whether a commit was in flight when it died.
 sample_store() {
 	local store r w nap
@@ -87,12 +88,13 @@ idle)
 	;;
 rand | seq | discard)
 	writer "$MOMENT"
-	arm
 	sample_store &
+	arm
 	;;
 slowstore)
 	[ "$STORE_DELAY" -gt 0 ] || fail "slowstore without fleece.crash_store_delay"
 	writer rand
+	sample_store &
 	# How often a store write is in flight: 25 samples, 20 ms apart, soon
 	# after the writes began (the chunks not all marked yet: "changed").
 	inflight=/sys/block/$(sysfs_name "/dev/mapper/$CSTORE")/inflight
@@ -103,7 +105,6 @@ slowstore)
 		sleep 0.02
 	done
 	arm "store-writes-in-flight=$busy/25-samples"
-	sample_store &
 	;;
 backup-start)
 	writer rand
