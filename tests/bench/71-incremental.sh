@@ -145,8 +145,8 @@ SPID=
 start_sampler() { # file
 	(
 		while :; do
-			c=$(dmsetup status --target fleece 2>/dev/null | awk '$4 == "fleece" { print $8 }')
-			b=$(stat -c %b $FDIR/*.fleece 2>/dev/null | head -n 1)
+			c=$(dmsetup status --target fleece 2>/dev/null | awk '$4 == "fleece" { print $8 }') || c=
+			b=$(stat -c %b $FDIR/*.fleece 2>/dev/null | head -n 1) || b=
 			echo "${c:--} ${b:--}"
 			sleep 0.1
 		done
