@@ -3,11 +3,12 @@
 # against a full `fleece backup` of the same state, with 1% and 10% of the
 # chunks changed, and the fleece's peak size in both with a writer running.
 #
-#   origin   incorig, dm-linear on the 1 GiB /dev/ram0, tracked by the
-#            real tool (`fleece track start --store`, 64 KiB chunks: 16384)
+#   origin   incorig, dm-linear on the first 512 MiB of /dev/ram0, tracked
+#            by the real tool (`fleece track start --store`, 64 KiB chunks:
+#            8192)
 #   store    incstore, the first 16 MiB of /dev/ram1
 #   images   xfs with reflink (what the README advises: the incremental
-#            clones FILE to FILE.partial) on the rest of ram1 + ram2 + ram3
+#            clones FILE to FILE.partial) on the rest of ram1 + ram2
 #   fleece   --fleece-dir on a tmpfs (a sparse file on a loop device)
 #
 # The origin is written full once through the tracker, then backed up with
@@ -25,8 +26,10 @@
 #      the epoch and leave the incremental nothing to read.)
 # Each time is the guest's wall clock (date +%s.%N) around the whole command:
 # the tool's start, the fleece's setup and teardown, the image's clone or
-# write and sync, as a user sees it.  The tool's own summary line (its read
-# phase alone) is kept too.
+# write and sync, as a user sees it.  Before each, the system is settled
+# (udevadm settle, sync, caches dropped: the previous step's write-back and
+# xfs's background freeing of a removed image are not counted in the next
+# backup).  The tool's own summary line (its read phase alone) is kept too.
 # Then one round with a writer: fio 4 KiB random writes, 1000 IOPS, QD1,
 # started before each backup and held (exec_prerun) until the backup's
 # view exists, i.e. until just after the point in time, so that the changed
@@ -34,14 +37,14 @@
 # sampler reads every 0.1 s the fleece target's chunks_copied (dmsetup
 # status: chunks whose frozen data is in the fleece and not yet released)
 # and the fleece file's allocated size (st_blocks); the peak is the largest
-# sample.  Both images of that round are checked: the SHA-256 of the image
-# equals that of the origin read (O_DIRECT) just before the backup, with no
-# writer yet.  An unrecorded incremental then takes up the writer's writes.
+# sample.  Both images of that round are checked: the image's CRC-32 and
+# length (cksum: sha256sum of 512 MiB costs minutes of TCG) equal those of
+# the origin read (O_DIRECT) just before the backup, with no writer yet.  An unrecorded incremental then takes up the writer's writes.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
-MIB=1024
+MIB=512
 CH=65536
 len=$((MIB * 2048))
 nchunks=$((MIB * 1048576 / CH))
@@ -55,23 +58,21 @@ F=$FLEECE
 $F --version >/dev/null
 export FLEECE_STATE_DIR=$PWD/state FLEECE_TRACK_DIR=$PWD/trackdir
 
-log "prefill $D1..$D3 (brd allocates pages on first write; $D0 is filled through the tracker)"
-fill $D1 $MIB
-fill $D2 $MIB
-fill $D3 $MIB
+log "prefill $D1 and $D2 (brd allocates pages on first write; $D0 is filled through the tracker)"
+fill $D1 1024
+fill $D2 1024
 dmsetup create incorig --table "0 $len linear $D0 0"
 dmsetup create incstore --table "0 $STORE_SECT linear $D1 0"
 dd if=/dev/zero of=/dev/mapper/incstore bs=64k count=16 oflag=direct status=none
 dmsetup create incimg <<-EOF
-	0 $((len - STORE_SECT)) linear $D1 $STORE_SECT
-	$((len - STORE_SECT)) $len linear $D2 0
-	$((2 * len - STORE_SECT)) $len linear $D3 0
+	0 $((2097152 - STORE_SECT)) linear $D1 $STORE_SECT
+	$((2097152 - STORE_SECT)) 2097152 linear $D2 0
 EOF
 udevadm settle
 mkfs.xfs -q -f -K -m reflink=1 /dev/mapper/incimg	# -K: no discard (brd would free its pages)
 mkdir -p /mnt/img /mnt/fdir
 mount /dev/mapper/incimg /mnt/img
-mount -t tmpfs -o size=1100m tmpfs /mnt/fdir
+mount -t tmpfs -o size=600m tmpfs /mnt/fdir
 FDIR=/mnt/fdir
 cleanup() {
 	kill_writer
@@ -93,7 +94,7 @@ backup() {
 	shift 3
 	[ "$kind" = full ] || opt=(--incremental)
 	MAP=$RAW/$tag.map.json ERR=$RAW/$tag.err
-	udevadm settle
+	settle
 	T0=$(date +%s.%N)
 	$F backup incorig --fleece-dir $FDIR -o "$img" --changed-map "$MAP" --progress none \
 		"${opt[@]}" "$@" 2> "$ERR" || { cat "$ERR"; fail "$tag: backup failed"; }
@@ -159,8 +160,8 @@ stop_sampler() {
 	wait "$SPID" 2>/dev/null || true
 	SPID=
 }
-origin_sha() { dd if=/dev/mapper/incorig bs=4M iflag=direct status=none | sha256sum | cut -d' ' -f1; }
-image_sha() { echo 3 > /proc/sys/vm/drop_caches; sha256sum < "/mnt/img/$1" | cut -d' ' -f1; }
+origin_sum() { dd if=/dev/mapper/incorig bs=4M iflag=direct status=none | cksum; }
+image_sum() { echo 3 > /proc/sys/vm/drop_caches; cksum < "/mnt/img/$1"; }
 
 cur=a.img other=b.img
 swap() { local t=$cur; cur=$other; other=$t; }
@@ -197,18 +198,18 @@ for pct in "${FRACS[@]}"; do
 	# The writer's round: peaks and the images checked.
 	w=writer-${pct}pct
 	change "$((pct * 100 + 99))" "$k"
-	ref=$(origin_sha)
+	ref=$(origin_sum)
 	start_writer "$RAW/$w.inc.writer.json"
 	start_sampler "$RAW/$w.inc.samples"
 	backup incremental $cur "$w.inc"
 	stop_sampler
 	kill_writer
 	check_map "$w.inc" incremental $((k * CH))
-	assert_eq "$(image_sha $cur)" "$ref" "$w: the incremental image against the origin at the point in time"
+	assert_eq "$(image_sum $cur)" "$ref" "$w: the incremental image against the origin at the point in time"
 	log "$w: incremental image verified ($ref)"
 	rec incremental "$w" 1 incremental "$w.inc" "changed_chunks=$k" \
 		"samples=\"$RAWREL/$w.inc.samples\"" "writer=\"$RAWREL/$w.inc.writer.json\"" "verified=true"
-	ref=$(origin_sha)
+	ref=$(origin_sum)
 	rm -f "/mnt/img/$other" "/mnt/img/$other.fleece.json"
 	start_writer "$RAW/$w.full.writer.json"
 	start_sampler "$RAW/$w.full.samples"
@@ -216,7 +217,7 @@ for pct in "${FRACS[@]}"; do
 	stop_sampler
 	kill_writer
 	check_map "$w.full" full $((MIB * 1048576))
-	assert_eq "$(image_sha $other)" "$ref" "$w: the full image against the origin at the point in time"
+	assert_eq "$(image_sum $other)" "$ref" "$w: the full image against the origin at the point in time"
 	log "$w: full image verified ($ref)"
 	rec full "$w" 1 full "$w.full" "changed_chunks=$k" \
 		"samples=\"$RAWREL/$w.full.samples\"" "writer=\"$RAWREL/$w.full.writer.json\"" "verified=true"

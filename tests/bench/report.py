@@ -22,6 +22,7 @@ its median and range are taken: the rounds are paired, not pooled.
 """
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -117,6 +118,16 @@ def normalize(rec, d):
     if rec.get("err"):
         with open(os.path.join(d, rec["err"])) as f:
             rec["summary"] = [l.strip() for l in f if "complete" in l]
+        # The tool's own read phase: "... in 0.7s," or "in 0:35 (" (m:ss).
+        for x in rec["summary"]:
+            m = re.search(r" in ([0-9.]+)s[ ,]| in ([0-9:]+) \(", x)
+            if m and m.group(1):
+                rec["tool_secs"] = float(m.group(1))
+            elif m:
+                secs = 0.0
+                for part in m.group(2).split(":"):
+                    secs = secs * 60 + float(part)
+                rec["tool_secs"] = secs
     if rec.get("writer"):
         try:
             job = load_fio(os.path.join(d, rec["writer"]))["jobs"][0]["write"]
@@ -435,7 +446,8 @@ def incr_lines(res):
         for c in cases:
             recs = [r for _, r in sorted(res.by[(g, w, c)].items())]
             line = (f"    {c:<12} time {fmt(res.s(g, w, c, 'secs'), ' s', 2):>26}  "
-                    f"read {fmt(mib(res.s(g, w, c, 'read_bytes')), ' MiB', 1):>28}")
+                    f"read {fmt(mib(res.s(g, w, c, 'read_bytes')), ' MiB', 1):>28}  "
+                    f"(the tool's read phase {fmt(res.s(g, w, c, 'tool_secs'), ' s', 1)})")
             if any("samples" in r for r in recs):
                 line += (f"  fleece peak: chunks_copied {fmt(mib(res.s(g, w, c, 'peak_copied_bytes')), ' MiB', 1)}, "
                          f"file {fmt(mib(res.s(g, w, c, 'peak_file_bytes')), ' MiB', 1)} "
