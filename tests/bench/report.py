@@ -115,7 +115,7 @@ def normalize(rec, d):
         rec["samples_n"] = len(copied)
         rec["peak_copied_bytes"] = max(copied, default=0) * rec.get("fleece_chunk_bytes", 65536)
         rec["peak_file_bytes"] = max(blocks, default=0) * 512
-    if rec.get("err"):
+    if rec.get("err") and os.path.exists(os.path.join(d, rec["err"])):
         with open(os.path.join(d, rec["err"])) as f:
             rec["summary"] = [l.strip() for l in f if "complete" in l]
         # The tool's own read phase: "... in 0.7s," or "in 0:35 (" (m:ss).
@@ -441,8 +441,12 @@ def incr_lines(res):
             continue
         r0 = next(iter(res.by[(g, w, cases[0])].values()))
         n = len(res.by[(g, w, cases[0])])
-        L.append(f"  -- {w}: {r0.get('changed_chunks')} chunks of 64 KiB changed, {n} round(s)"
-                 + (", a writer running (fio 4 KiB random writes, 1000 IOPS cap)" if w.startswith("writer") else ""))
+        if w.startswith("diag"):
+            L.append(f"  -- {w}: where the time of an incremental goes (-v, messages stamped by the guest's clock);"
+                     " it reads the writer round's changes too, not recorded elsewhere")
+        else:
+            L.append(f"  -- {w}: {r0.get('changed_chunks')} chunks of 64 KiB changed, {n} round(s)"
+                     + (", a writer running (fio 4 KiB random writes, 1000 IOPS cap)" if w.startswith("writer") else ""))
         for c in cases:
             recs = [r for _, r in sorted(res.by[(g, w, c)].items())]
             line = (f"    {c:<12} time {fmt(res.s(g, w, c, 'secs'), ' s', 2):>26}  "
@@ -458,6 +462,17 @@ def incr_lines(res):
             for r in recs[:1]:
                 for x in r.get("summary", []):
                     L.append(f"      tool (round {r['round']}): {x}")
+                if r.get("timeline"):
+                    # The tool's messages (-v), each stamped with the guest's
+                    # clock: seconds since the command started.
+                    with open(os.path.join(res.dir, r["timeline"])) as f:
+                        for x in f:
+                            t, _, msg = x.strip().partition(" ")
+                            try:
+                                L.append(f"      +{float(t) - r['t0']:7.2f} s  {msg[:150]}")
+                            except ValueError:
+                                L.append(f"      {x.strip()[:160]}")
+                    L.append(f"      +{r['t1'] - r['t0']:7.2f} s  (the command has exited)")
         if "full" in cases and "incremental" in cases:
             st = res.ratio(g, w, "incremental", "full", "secs")
             L.append(f"    incremental / full time: {fmt(st, '', 3)}")
@@ -674,6 +689,7 @@ def main():
         with open(src) as f:
             records = [normalize(json.loads(l), d) for l in f if l.strip()]
         res = Results(records)
+        res.dir = d
         out = build(res)
         rounds = {}
         for r in records:
