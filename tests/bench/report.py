@@ -120,7 +120,7 @@ def normalize(rec, d):
             rec["summary"] = [l.strip() for l in f if "complete" in l]
         # The tool's own read phase: "... in 0.7s," or "in 0:35 (" (m:ss).
         for x in rec["summary"]:
-            m = re.search(r" in ([0-9.]+)s[ ,]| in ([0-9:]+) \(", x)
+            m = re.search(r" in ([0-9.]+)s[ ,]| in ([0-9]+(?::[0-9]+)+)[ ,]", x)
             if m and m.group(1):
                 rec["tool_secs"] = float(m.group(1))
             elif m:
@@ -475,7 +475,8 @@ def incr_lines(res):
                     L.append(f"      +{r['t1'] - r['t0']:7.2f} s  (the command has exited)")
         if "full" in cases and "incremental" in cases:
             st = res.ratio(g, w, "incremental", "full", "secs")
-            L.append(f"    incremental / full time: {fmt(st, '', 3)}")
+            L.append(f"    incremental / full time: {fmt(st, '', 3)}; the tool's read phases: "
+                     f"{fmt(res.ratio(g, w, 'incremental', 'full', 'tool_secs'), '', 3)}")
     L.append("")
     return L
 
