@@ -22,6 +22,7 @@ its median and range are taken: the rounds are paired, not pooled.
 """
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -97,6 +98,42 @@ def normalize(rec, d):
         if pre and post:
             rec["peak_inflight_bytes"] = (statistics.median(pre) - min(post)) * 1024
         rec["memfree_samples_n"] = [len(pre), len(post)]
+    if "t0" in rec and "t1" in rec:
+        rec["secs"] = rec["t1"] - rec["t0"]
+    if rec.get("samples"):
+        # The fleece during a backup (71-incremental): one line every 0.1 s,
+        # "chunks_copied st_blocks" ("-" before the fleece exists).
+        copied, blocks = [], []
+        with open(os.path.join(d, rec["samples"])) as f:
+            for x in f:
+                a = x.split()
+                if len(a) == 2:
+                    if a[0].isdigit():
+                        copied.append(int(a[0]))
+                    if a[1].isdigit():
+                        blocks.append(int(a[1]))
+        rec["samples_n"] = len(copied)
+        rec["peak_copied_bytes"] = max(copied, default=0) * rec.get("fleece_chunk_bytes", 65536)
+        rec["peak_file_bytes"] = max(blocks, default=0) * 512
+    if rec.get("err") and os.path.exists(os.path.join(d, rec["err"])):
+        with open(os.path.join(d, rec["err"])) as f:
+            rec["summary"] = [l.strip() for l in f if "complete" in l]
+        # The tool's own read phase: "... in 0.7s," or "in 0:35 (" (m:ss).
+        for x in rec["summary"]:
+            m = re.search(r" in ([0-9.]+)s[ ,]| in ([0-9]+(?::[0-9]+)+)[ ,]", x)
+            if m and m.group(1):
+                rec["tool_secs"] = float(m.group(1))
+            elif m:
+                secs = 0.0
+                for part in m.group(2).split(":"):
+                    secs = secs * 60 + float(part)
+                rec["tool_secs"] = secs
+    if rec.get("writer"):
+        try:
+            job = load_fio(os.path.join(d, rec["writer"]))["jobs"][0]["write"]
+            rec["writer_ios"], rec["writer_iops"] = job["total_ios"], job["iops"]
+        except (OSError, ValueError, KeyError, IndexError):
+            rec["writer_ios"] = None
     return rec
 
 
@@ -375,10 +412,73 @@ def build(res):
              detail="net in-flight peaks (MemFree drop under iodepth-256 CBW load, minus fio on dm-linear): " +
              ", ".join(f"{k} {fmt(v and {x: v[x] / 2**20 for x in ('median', 'min', 'max')}, ' MiB', 1)}"
                        for k, v in per.items() if "linear" not in k))
+    # 7b. Incremental backups: time against a full backup of the same state.
+    for w in res.workloads(INCR):
+        if not w.startswith("changed-"):
+            continue
+        pct = int(w.split("-")[1].removesuffix("pct"))
+        st = add_ratio(f"incremental / full backup time ({w})", INCR, w, "incremental", "full", "secs")
+        target = 0.05 if pct == 1 else pct / 100
+        goal(goals, f"incremental backup, {pct}% of the chunks changed: time / a full backup's"
+             + (" (in proportion: the fraction)" if pct != 1 else ""), st, target, better="lower",
+             detail=f"ratio / {pct / 100:.2f}: {fmt(st and {k: st[k] / (pct / 100) for k in ('median', 'min', 'max')}, '', 2)}")
     return {"cases": cases_out, "ratios": ratios, "goals": goals, "memory": memory}
 
 
 SCALE = "60-scale"
+INCR = "71-incremental"
+
+
+def incr_lines(res):
+    """The incremental group (tests/bench/71-incremental.sh)."""
+    g = INCR
+    mib = lambda s: s and {k: s[k] / 2**20 for k in ("median", "min", "max")}
+    L = [f"== {g}: `fleece backup --incremental` vs a full `fleece backup` of the same state,",
+         "   wall clock of the whole command in the guest (s), median [min..max]"]
+    for w in res.workloads(g):
+        cases = res.cases(g, w)
+        if not cases:
+            continue
+        r0 = next(iter(res.by[(g, w, cases[0])].values()))
+        n = len(res.by[(g, w, cases[0])])
+        if w.startswith("diag"):
+            L.append(f"  -- {w}: where the time of an incremental goes (-v, messages stamped by the guest's clock);"
+                     " it reads the writer round's changes too, not recorded elsewhere")
+        else:
+            L.append(f"  -- {w}: {r0.get('changed_chunks')} chunks of 64 KiB changed, {n} round(s)"
+                     + (", a writer running (fio 4 KiB random writes, 1000 IOPS cap)" if w.startswith("writer") else ""))
+        for c in cases:
+            recs = [r for _, r in sorted(res.by[(g, w, c)].items())]
+            line = (f"    {c:<12} time {fmt(res.s(g, w, c, 'secs'), ' s', 2):>26}  "
+                    f"read {fmt(mib(res.s(g, w, c, 'read_bytes')), ' MiB', 1):>28}  "
+                    f"(the tool's read phase {fmt(res.s(g, w, c, 'tool_secs'), ' s', 1)})")
+            if any("samples" in r for r in recs):
+                line += (f"  fleece peak: chunks_copied {fmt(mib(res.s(g, w, c, 'peak_copied_bytes')), ' MiB', 1)}, "
+                         f"file {fmt(mib(res.s(g, w, c, 'peak_file_bytes')), ' MiB', 1)} "
+                         f"({recs[0].get('samples_n')} samples); writer {recs[0].get('writer_ios')} writes"
+                         f" at {recs[0].get('writer_iops', 0):.0f} IOPS; image verified: "
+                         f"{'yes' if all(r.get('verified') for r in recs) else 'no'}")
+            L.append(line)
+            for r in recs[:1]:
+                for x in r.get("summary", []):
+                    L.append(f"      tool (round {r['round']}): {x}")
+                if r.get("timeline"):
+                    # The tool's messages (-v), each stamped with the guest's
+                    # clock: seconds since the command started.
+                    with open(os.path.join(res.dir, r["timeline"])) as f:
+                        for x in f:
+                            t, _, msg = x.strip().partition(" ")
+                            try:
+                                L.append(f"      +{float(t) - r['t0']:7.2f} s  {msg[:150]}")
+                            except ValueError:
+                                L.append(f"      {x.strip()[:160]}")
+                    L.append(f"      +{r['t1'] - r['t0']:7.2f} s  (the command has exited)")
+        if "full" in cases and "incremental" in cases:
+            st = res.ratio(g, w, "incremental", "full", "secs")
+            L.append(f"    incremental / full time: {fmt(st, '', 3)}; the tool's read phases: "
+                     f"{fmt(res.ratio(g, w, 'incremental', 'full', 'tool_secs'), '', 3)}")
+    L.append("")
+    return L
 
 
 def scale_lines(res):
@@ -448,6 +548,8 @@ def table(res, out, title):
         for w in res.workloads(g):
             if g == SCALE and w != "static":
                 continue	# in the scale section below
+            if g == INCR:
+                continue	# in the incremental section below
             if w == "static":
                 L.append(f"  {'case':<20} {'chunks':>9} {'SUnreclaim+vmalloc delta':>30} {'MemFree drop':>30}")
                 for c in res.cases(g, w):
@@ -468,6 +570,8 @@ def table(res, out, title):
         L.append("")
     if SCALE in groups:
         L.extend(scale_lines(res))
+    if INCR in groups:
+        L.extend(incr_lines(res))
     L.append("== ratios (per round, then median [min..max])")
     for r in out["ratios"]:
         L.append(f"  {r['name']:<66} {fmt(r['ratio'], '', 3)}")
@@ -586,6 +690,7 @@ def main():
         with open(src) as f:
             records = [normalize(json.loads(l), d) for l in f if l.strip()]
         res = Results(records)
+        res.dir = d
         out = build(res)
         rounds = {}
         for r in records:
