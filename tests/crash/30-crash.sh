@@ -14,6 +14,11 @@
 #   slowstore     the same with every store I/O delayed (dm-delay,
 #                 fleece.crash_store_delay ms): a commit is in flight
 #                 nearly all the time (sampled, and said)
+#   commit        the same, the kill as soon as a store write is seen in
+#                 flight (give a store delay longer than "arm" takes, e.g.
+#                 commit:0:2000): the one moment that is a kill during a
+#                 commit by construction; the host's summary shows the
+#                 last sample before the kill
 #   seq           1 MiB sequential writes (bios over 16 chunks)
 #   discard       random writes and 256 KiB random discards
 #   backup-start  random writes; the kill as an incremental backup starts
@@ -105,6 +110,20 @@ slowstore)
 		sleep 0.02
 	done
 	arm "store-writes-in-flight=$busy/25-samples"
+	;;
+commit)
+	[ "$STORE_DELAY" -gt 0 ] || fail "commit without fleece.crash_store_delay"
+	writer rand
+	sample_store &
+	store=/sys/block/$(sysfs_name "/dev/mapper/$CSTORE")/inflight
+	splat_check
+	t=$((SECONDS + 30))
+	w=0
+	while [ "$w" = 0 ] && [ $SECONDS -lt $t ]; do
+		read -r _ w < "$store"
+	done
+	[ "$w" != 0 ] || fail "commit: no store write seen in flight in 30 s"
+	say "arm moment=$MOMENT store-writes-in-flight=$w"
 	;;
 backup-start)
 	writer rand
