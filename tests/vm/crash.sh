@@ -37,7 +37,7 @@ set -uo pipefail
 kver=$1 kimage=$2 kmodroot=$3 module=$4 out=$5
 src=$(cd "$(dirname "$0")/../.." && pwd)
 run=$src/tests/vm/run.sh
-: "${CRASH_MOMENTS:=rand:300 slowstore:500:50 seq:1500 discard:1500 backup-start:0 backup-read:800 commit:0:2000 backup-full:1500 backup-end:0 rand:3000}"
+: "${CRASH_MOMENTS:=rand:300 slowstore:500:50 seq:1500 discard:1500 backup-start:0 backup-read:800 commit:0:5000 backup-full:1500 backup-end:0 rand:3000}"
 export VM_MEM=${VM_MEM:-2G} VM_CPUS=${VM_CPUS:-1} TEST_TIMEOUT=${TEST_TIMEOUT:-900}
 export VM_TIMEOUT=${VM_TIMEOUT:-1200}
 rm -rf "$out" && mkdir -p "$out"
@@ -106,8 +106,8 @@ boot() {
 	fi
 	# Of the store samples after "arm", only the last one before the kill.
 	lines "$dir/console.log" $n | grep -v '^result \|^sample ' | sed 's/^/crash:   /' | tee -a "$summary"
-	res=$(lines "$dir/console.log" $n | grep '^sample store-writes-in-flight=[0-9][0-9]*$' | tail -n 1)
-	[ -z "$res" ] || note "boot $n: last $res (of $(lines "$dir/console.log" $n | grep -c '^sample ') samples 20 ms apart before the kill)"
+	res=$(lines "$dir/console.log" $n | grep '^sample store-writes-held=[0-9][0-9]*$' | tail -n 1)
+	[ -z "$res" ] || note "boot $n: last $res (of $(lines "$dir/console.log" $n | grep -c '^sample ') samples before the kill)"
 	return 0
 }
 
