@@ -199,6 +199,8 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n);
  * one that fsfreeze froze already): 0, or -errno with a message.  For the
  * suspend window: the caller holds messages and has locked its memory.
  */
+int tables_unchanged(const char *name, const struct dmw_table *live,
+		     const struct dmw_table *loaded, const char *refusal);
 int fleece_suspend(const char *name);
 /*
  * The first signature libblkid finds on @path (a file system, raid, PV,

@@ -669,15 +669,23 @@ static void view_table(const struct plan *p, struct dmw_table *t)
 	dmw_table_add(t, 0, p->sectors, FLEECE_VIEW_TARGET_NAME, params);
 }
 
-/*
- * With NAME suspended: is its live table still the one the plan was made
- * from, and its inactive table still the fleece table loaded?  An lvextend
- * or the end of a pvmove in between would otherwise have the resume swap
- * in a fleece table built from the old extents.
+/**
+ * tables_unchanged() - with NAME suspended, check both of its tables again
+ * @name: the device
+ * @live: the live table read before the swap was planned
+ * @loaded: the table this command loaded (the inactive one)
+ * @refusal: what the command then does not do, for the message
+ *
+ * An lvextend or the end of a pvmove between the first read and the
+ * suspend would otherwise have the resume swap in a table built from the
+ * old extents; another tool may also have loaded its own inactive table.
+ *
+ * Return: 0; -ESTALE when a table differs; or the query's -errno.  Each
+ * failure is said.
  */
-static int check_unchanged(const struct plan *p)
+int tables_unchanged(const char *name, const struct dmw_table *live,
+		     const struct dmw_table *loaded, const char *refusal)
 {
-	const char *name = p->fn.name;
 	struct dmw_table t;
 	int r;
 
@@ -688,10 +696,10 @@ static int check_unchanged(const struct plan *p)
 		msg_error("%s: cannot read its table again: %s", name, dmw_strerror(r));
 		return r;
 	}
-	if (!dmw_tables_equal(&t, &p->table)) {
+	if (!dmw_tables_equal(&t, live)) {
 		dmw_table_free(&t);
-		msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): not fleecing it",
-			  name);
+		msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): %s",
+			  name, refusal);
 		return -ESTALE;
 	}
 	dmw_table_free(&t);
@@ -700,10 +708,9 @@ static int check_unchanged(const struct plan *p)
 		msg_error("%s: cannot read its inactive table: %s", name, dmw_strerror(r));
 		return r;
 	}
-	if (!dmw_tables_equal(&t, &p->fleece)) {
+	if (!dmw_tables_equal(&t, loaded)) {
 		dmw_table_free(&t);
-		msg_error("%s: another tool replaced the fleece table fleece loaded: not fleecing it",
-			  name);
+		msg_error("%s: another tool replaced the table fleece loaded: %s", name, refusal);
 		return -ESTALE;
 	}
 	dmw_table_free(&t);
@@ -773,7 +780,8 @@ static int swap_in(struct plan *plans, unsigned int n, double *frozen)
 			suspended++;
 	}
 	for (i = 0; i < suspended && !r; i++)
-		r = check_unchanged(&plans[i]);
+		r = tables_unchanged(plans[i].fn.name, &plans[i].table, &plans[i].fleece,
+					     "not fleecing it");
 	/* The tracker's checkpoint, once every table holding its store is suspended. */
 	for (i = 0; i < nt && !r; i++) {
 		r = dmw_suspend(names[i], false);

@@ -780,7 +780,6 @@ static int swap_back(struct track_swap *sw)
  */
 static int track_swap_many(struct track_swap *sw, unsigned int n)
 {
-	struct dmw_table t = { 0 };
 	unsigned int i, done = 0;
 	double resumed_at;
 	sigset_t oldmask;
@@ -822,28 +821,8 @@ static int track_swap_many(struct track_swap *sw, unsigned int n)
 		if (!r)
 			sw[i].suspended = true;
 	}
-	for (i = 0; i < n && !r; i++) {
-		r = fault_point("table-check");
-		if (!r)
-			r = dmw_get_table(sw[i].name, false, &t);
-		if (!r && !dmw_tables_equal(&t, sw[i].old)) {
-			msg_error("%s: its table changed since fleece read it (lvextend, pvmove or another tool): not changing it",
-				  sw[i].name);
-			r = -ESTALE;
-		}
-		dmw_table_free(&t);
-		if (!r)
-			r = dmw_get_table(sw[i].name, true, &t);
-		if (!r && !dmw_tables_equal(&t, sw[i].new)) {
-			msg_error("%s: another tool replaced the table fleece loaded: not changing it",
-				  sw[i].name);
-			r = -ESTALE;
-		}
-		dmw_table_free(&t);
-		if (r && r != -ESTALE)
-			msg_error("%s: cannot read its tables again: %s", sw[i].name,
-				  dmw_strerror(r));
-	}
+	for (i = 0; i < n && !r; i++)
+		r = tables_unchanged(sw[i].name, sw[i].old, sw[i].new, "not changing it");
 	if (!r) {
 		r = fault_point("resume");
 		if (!r)
