@@ -79,7 +79,7 @@ dmsetup resume two
 step "2. another tool replaces the inactive fleece table"
 start_held data
 dmsetup reload data --table "$growntable"
-start_fails "replaced the fleece table" "inactive table replaced"
+start_fails "replaced the table fleece loaded" "inactive table replaced"
 assert_eq "$(dmsetup table data)" "$table" "data's live table"
 ! inactive data || fail "the other tool's table is still loaded, to be swapped in later"
 nothing_left "inactive table replaced"

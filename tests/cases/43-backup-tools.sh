@@ -128,10 +128,11 @@ invalidate_midway() { # pid log
 	kill -CONT $pids
 	alive "$1" || { cat "$2"; fail "the backup ended before the view was invalidated"; }
 }
-# The reader said where its read failed: before the end.
+# The reader said where its read failed ("at" a read, "before" the end of a
+# discarded range): before the end.
 failed_midway() { # log what
 	local at
-	at=$(sed -n 's/.*the view became invalid at \([0-9]*\) bytes.*/\1/p' "$1" | head -n 1)
+	at=$(sed -n 's/.*the view became invalid \(at\|before\) \([0-9]*\) bytes.*/\2/p' "$1" | head -n 1)
 	[ -n "$at" ] && [ "$at" -lt $((8 << 20)) ] || bad+=("$2: the read did not fail midway (at '$at')")
 	echo "$2: the read failed at $at bytes"
 }
