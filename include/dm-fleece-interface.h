@@ -36,6 +36,7 @@ enum fleece_status_field {
 	FLEECE_ST_CBW_ERRORS,
 	FLEECE_ST_STATE,
 	FLEECE_ST_COPIES_IN_FLIGHT,	/* target version 1.1 on */
+	FLEECE_ST_TRACK_RELEASED,	/* target version 1.5 on */
 	FLEECE_ST_NR_FIELDS
 };
 

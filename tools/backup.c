@@ -264,6 +264,7 @@ struct backup_run {
 	struct track_st after;		/* the tracker after the point in time */
 	bool have_after;
 	struct reader_extent *ext;	/* incremental: what was read */
+	bool outside_released;		/* the kernel released what is not in ext */
 	unsigned int n_ext;
 	struct reader_result res;
 	struct sampler smp;
@@ -327,6 +328,37 @@ static int backup_open(struct backup_run *b, const struct output_guard *g)
 }
 
 /*
+ * Whether the kernel released, at the point in time, every chunk outside
+ * @ext (track_store), so that the reader need not discard them again.
+ * The kernel releases only chunks that the tracker saw unchanged, and @ext
+ * covers, in whole chunks of the view, every chunk that it saw changed:
+ * the released chunks all lie outside @ext, and when they are as many as
+ * the chunks outside, they are all of them.  Any doubt (no status, an
+ * extent not chunk-aligned, other counts): false, and the reader discards.
+ */
+static bool outside_released(const char *name, const struct reader_extent *ext,
+			     unsigned int n)
+{
+	uint64_t chunk, inside = 0;
+	struct fleece_report r;
+	const uint64_t *f;
+	unsigned int i;
+
+	if (fleece_report(name, &r) || !r.have_status)
+		return false;
+	f = r.st.f;
+	chunk = f[FLEECE_ST_CHUNK_SECTORS] << 9;
+	if (!chunk)
+		return false;
+	for (i = 0; i < n; i++) {
+		if (ext[i].off % chunk)
+			return false;
+		inside += (ext[i].len + chunk - 1) / chunk;
+	}
+	return inside + f[FLEECE_ST_TRACK_RELEASED] == f[FLEECE_ST_CHUNKS_TOTAL];
+}
+
+/*
  * After the point in time: the tracker's state, and for an incremental
  * the previous set (else it becomes a full read of the view into an
  * emptied FILE.partial).  0, or -errno with a message.
@@ -349,8 +381,13 @@ static int backup_prepare_read(struct backup_run *b, const char *view)
 		unit = 4096;
 	if (!r)
 		r = incr_prev_extents(&b->after, unit, &b->ext, &b->n_ext);
-	if (!r)
+	if (!r) {
+		b->outside_released = outside_released(b->name, b->ext, b->n_ext);
+		msg_debug("%s: %s", b->name, b->outside_released ?
+			  "the kernel released every unchanged chunk at the point in time" :
+			  "the unchanged chunks are released by discards");
 		return 0;
+	}
 	if (r != -ESTALE)
 		snprintf(p->reason, sizeof(p->reason), "the tracker cannot list its previous set");
 	p->incremental = false;
@@ -374,7 +411,8 @@ static int backup_read(struct backup_run *b, const char *view)
 		return r;
 	b->read = true;
 	if (b->plan.incremental) {
-		r = reader_run_extents(ro, b->out.fd, b->ext, b->n_ext, &b->res);
+		r = reader_run_extents(ro, b->out.fd, b->ext, b->n_ext, b->outside_released,
+				       &b->res);
 		if (!r && ro->sha256) {
 			r = sha256_fd(b->out.fd, b->res.sha256);
 			if (r)

@@ -30,12 +30,15 @@ struct reader_extent {
  * Read only the ranges @ext (in order, chunk-aligned) of the view to the
  * regular file @out_fd, at the same offsets, releasing each once it is
  * written; all-zero chunks become holes (punched: the file holds the
- * previous image).  res->bytes_read counts what was read.  0, or -errno
- * with a message, as reader_run() (read.c).
+ * previous image).  What lies outside @ext is released first, unless
+ * @outside_released says the kernel released all of it at the point in
+ * time (counted in res->released_bytes either way).  res->bytes_read
+ * counts what was read.  0, or -errno with a message, as reader_run()
+ * (read.c).
  */
 int reader_run_extents(const struct reader_opts *o, int out_fd,
 		       const struct reader_extent *ext, unsigned int n,
-		       struct reader_result *res);
+		       bool outside_released, struct reader_result *res);
 
 #define INCR_RECORD_SUFFIX	".fleece.json"
 #define INCR_RECORD_VERSION	1

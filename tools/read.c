@@ -591,9 +591,9 @@ static int reader_pread(struct reader *rd, unsigned char *buf, size_t n, uint64_
 	return r;
 }
 
-/* reader_loop() over the ranges @ext only. */
+/* reader_loop() over the ranges @ext only (reader_run_extents()). */
 static int reader_extents_loop(struct reader *rd, const struct reader_extent *ext,
-			       unsigned int n_ext)
+			       unsigned int n_ext, bool outside_released)
 {
 	unsigned char *buf;
 	unsigned int i;
@@ -608,11 +608,15 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 	 * it first (the kernel did already when it applied the tracker's set at
 	 * the point in time; if it did not, this stops its copies now).  No
 	 * sync is owed: those bytes are in FILE, the previous image, durable.
+	 * When the kernel released all of them (@outside_released), one
+	 * discard per gap would only cost time.
 	 */
 	for (i = 0, rd->off = 0; !r && i <= n_ext; i++) {
 		uint64_t next = i < n_ext ? ext[i].off : rd->size;
 
-		if (next > rd->off)
+		if (next > rd->off && outside_released)
+			rd->res->released_bytes += next - rd->off;
+		else if (next > rd->off)
 			r = reader_discard(rd, rd->off, next - rd->off);
 		if (i < n_ext)
 			rd->off = ext[i].off + ext[i].len;
@@ -653,7 +657,7 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 
 int reader_run_extents(const struct reader_opts *o, int out_fd,
 		       const struct reader_extent *ext, unsigned int n,
-		       struct reader_result *res)
+		       bool outside_released, struct reader_result *res)
 {
 	struct reader rd = {
 		.o = o, .res = res, .fd = -1, .discard = o->discard,
@@ -670,7 +674,7 @@ int reader_run_extents(const struct reader_opts *o, int out_fd,
 	for (i = 0; i < n; i++)
 		total += ext[i].len;
 	rd.prog.size = total;
-	r = reader_extents_loop(&rd, ext, n);
+	r = reader_extents_loop(&rd, ext, n, outside_released);
 	if (!r)
 		r = reader_finish(&rd);
 	if (r && rd.prog.drawn)
