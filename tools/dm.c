@@ -6,6 +6,8 @@
  * which resumes) carry a udev cookie with the caller's DM_UDEV_* flags and
  * wait for udev to finish processing them, as lvm2 and dmsetup do.  When
  * udev is not running libdevmapper creates the /dev/mapper nodes itself.
+ * Within a batch (dmw_udev_batch_begin()) they share one cookie and are
+ * waited for once, at its end, as lvm2 waits once for a tree of devices.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -343,19 +345,69 @@ static int add_targets(struct dm_task *dmt, const struct dmw_table *t)
 	return 0;
 }
 
+/*
+ * The batch: its depth (begin and end nest), its cookie, and whether a task
+ * ran in it.  Between begin and end nothing may need what udev does for the
+ * batch's tasks (the /dev/mapper nodes, udev's rules): the ioctls, which
+ * name devices, are fine.
+ */
+static unsigned int batch_depth;
+static uint32_t batch_cookie;
+static bool batch_ran;
+
+void dmw_udev_batch_begin(void)
+{
+	if (!batch_depth++) {
+		batch_cookie = 0;
+		batch_ran = false;
+	}
+}
+
+void dmw_udev_batch_end(void)
+{
+	if (!batch_depth || --batch_depth)
+		return;
+	/* Also without udev: libdevmapper then makes the nodes here. */
+	if (batch_ran)
+		(void)dm_udev_wait(batch_cookie);
+	batch_cookie = 0;
+	batch_ran = false;
+}
+
+/*
+ * Set a udev cookie on @dmt: the batch's, or a new one in *@own (to be
+ * waited for by the caller, udev_done()).
+ */
+static int udev_cookie(struct dm_task *dmt, uint32_t *own, uint16_t udev_flags)
+{
+	if (!dm_task_set_cookie(dmt, batch_depth ? &batch_cookie : own, udev_flags)) {
+		msg_error("cannot set up udev synchronisation");
+		return -EIO;
+	}
+	if (batch_depth)
+		batch_ran = true;
+	return 0;
+}
+
+/* Wait for udev on a cookie of udev_cookie(): now, or at the batch's end. */
+static void udev_done(uint32_t own)
+{
+	if (!batch_depth)
+		(void)dm_udev_wait(own);
+}
+
 /* Run a task that makes a uevent, with a udev cookie, and wait for udev. */
 static int run_with_cookie(struct dm_task *dmt, uint16_t udev_flags)
 {
 	uint32_t cookie = 0;
-	int r = 0;
+	int r;
 
-	if (!dm_task_set_cookie(dmt, &cookie, udev_flags)) {
-		msg_error("cannot set up udev synchronisation");
-		return -EIO;
-	}
+	r = udev_cookie(dmt, &cookie, udev_flags);
+	if (r)
+		return r;
 	if (!dm_task_run(dmt))
 		r = task_errno(dmt);
-	(void)dm_udev_wait(cookie);
+	udev_done(cookie);
 	return r;
 }
 
@@ -457,19 +509,16 @@ int dmw_resume_many(char *const names[], unsigned int n, uint16_t udev_flags,
 		dmt = task_new(DM_DEVICE_RESUME, names[i], "dm-resume", &r);
 		if (!dmt)
 			break;
-		if (!dm_task_set_cookie(dmt, &cookie, udev_flags)) {
-			msg_error("cannot set up udev synchronisation");
-			r = -EIO;
-		} else if (!dm_task_run(dmt)) {
+		r = udev_cookie(dmt, &cookie, udev_flags);
+		if (!r && !dm_task_run(dmt))
 			r = task_errno(dmt);
-		} else {
+		else if (!r)
 			(*done)++;
-		}
 		dm_task_destroy(dmt);
 	}
 	*resumed_at = now_mono();	/* writers run again from here */
-	if (cookie)
-		(void)dm_udev_wait(cookie);
+	if (cookie || batch_depth)
+		udev_done(cookie);
 	return r;
 }
 

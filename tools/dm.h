@@ -84,6 +84,13 @@ int dmw_resume_many(char *const names[], unsigned int n, uint16_t udev_flags,
 		    unsigned int *done, double *resumed_at);
 int dmw_remove(const char *name, bool retry);
 /*
+ * Between begin and end (they nest), the operations above that make
+ * uevents share one udev cookie and udev is waited for once, at the end:
+ * nothing in between may need what udev does for them (/dev/mapper nodes).
+ */
+void dmw_udev_batch_begin(void);
+void dmw_udev_batch_end(void);
+/*
  * Send a target message ("dmsetup message NAME 0 MSG"): 0 or -errno.  With
  * @response, the target's answer (NULL: none) is returned there, to free.
  */

@@ -1154,12 +1154,15 @@ int fleece_start(struct start_opts *o, char **names, unsigned int n)
 	if (r)
 		goto out;	/* nothing was changed */
 	r = start_space(plans, n);
+	/* One wait for udev, after the views: the phases use no /dev/mapper node. */
+	dmw_udev_batch_begin();
 	if (!r)
 		r = start_tables(o, plans, n);
 	if (!r)
 		r = swap_in(plans, n, &frozen);	/* phase 6, the point in time */
 	if (!r)
 		r = start_views(plans, n);
+	dmw_udev_batch_end();
 	if (r) {
 		rollback(plans, n);
 		goto out;

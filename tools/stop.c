@@ -408,12 +408,15 @@ int fleece_stop(const char *name, unsigned int flags)
 	if (r)
 		return r == -EBUSY ? -EFLEECE_REFUSED : r;
 	r = stop_survey(&c);
+	/* One wait for udev, after the devices: these steps use no /dev/mapper node. */
+	dmw_udev_batch_begin();
 	if (!r)
 		r = stop_view(&c);
 	if (!r)
 		r = stop_name(&c);
 	if (!r)
 		r = stop_origin(&c);
+	dmw_udev_batch_end();
 	if (!r)
 		r = stop_files(&c, flags & STOP_KEEP_PARTIAL);
 	dmw_table_free(&c.orig);
