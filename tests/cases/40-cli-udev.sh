@@ -5,7 +5,9 @@
 #    /dev/disk/by-uuid or by-label link moves to them, no dm-uuid links,
 #    even after change events; they carry UDISKS_IGNORE=1, SYSTEMD_READY=0;
 #  - the stable links /dev/fleece/NAME/{view,origin,fleece} exist (origin
-#    only where a hidden origin does: not for a one-linear-target table);
+#    only where a hidden origin does: not for a one-linear-target table),
+#    the view's and origin's as soon as start returns, gone when stop does
+#    (each waits for udev once, for all its devices);
 #  - an LVM PV on the fleeced device shows up once in pvs/vgs, with no
 #    duplicate warnings, and nothing gets activated from the view;
 #  - a VM's VG inside an LV stays invisible to the host;
@@ -60,6 +62,12 @@ udevadm settle
 assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid before"
 
 $F start --fleece-dir /mnt/fdir data
+# start waits for udev (once, for all its devices) before it returns: the
+# nodes and rule-made links are there without a settle.
+for l in /dev/mapper/data-fleece-view /dev/mapper/data-fleece-origin /dev/fleece/data/view \
+	/dev/fleece/data/origin; do
+	[ -e "$l" ] || fail "$l missing when start returned (udev not waited for)"
+done
 udevadm settle
 view=/dev/mapper/data-fleece-view
 origin=/dev/mapper/data-fleece-origin
@@ -89,6 +97,10 @@ assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid after cha
 for d in $view $origin "$loop"; do no_links_to "$d"; done
 [ -e /dev/fleece/data/view ] || fail "the view link went away"
 $F stop data
+for l in /dev/mapper/data-fleece-view /dev/mapper/data-fleece-origin /dev/fleece/data/view \
+	/dev/fleece/data/origin; do
+	[ ! -e "$l" ] || fail "$l still there when stop returned (udev not waited for)"
+done
 udevadm settle
 [ ! -e /dev/fleece/data ] || fail "/dev/fleece/data left: $(ls -R /dev/fleece)"
 assert_eq "$(real /dev/disk/by-uuid/$uuid)" "$(real "$data")" "by-uuid after stop"
