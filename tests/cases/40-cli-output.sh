@@ -223,8 +223,8 @@ for i in $(seq 1 300); do
 	grep -q "cannot discard" b.err && break
 	sleep 0.1
 done
-grep -q "warning: data: cannot discard the chunks just saved" b.err ||
-	{ cat b.err; fail "backup: no warning for the failed release"; }
+grep -q "data: cannot discard the chunks just saved" b.err ||
+	{ cat b.err; fail "backup: no message for the failed release"; }
 kill -0 $bpid 2>/dev/null || { cat b.err; fail "backup: ended before the view was invalidated"; }
 invalidate
 rc=0; wait $bpid || rc=$?
@@ -234,6 +234,8 @@ read -r res code bread <<< "$(jf b.json top.result top.exit_code result exit_cod
 assert_eq "$res $code" "invalid/invalid 4/4" "fleece backup --json, the view invalidated"
 [ "$bread" -gt 0 ] && [ "$bread" -lt $((16 << 20)) ] || fail "backup --json: bytes_read $bread of an interrupted read"
 [[ "$(jf b.json error)" == *"the view became invalid"* ]] || fail "backup --json: the error: $(cat b.json)"
+grep -q "warning: data: cannot discard the chunks just saved" b.err ||
+	fail "backup: the failed release is not a warning"
 fl_back
 put pat "$data"
 leftovers "backup, view invalidated"
