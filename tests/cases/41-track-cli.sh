@@ -26,7 +26,7 @@
 #       usage and cross checks (one store for both, a NAME as another's
 #       store), a failure at each step (FLEECE_FAULT) undoes both
 #   (h) LVs of two volume groups: two track starts at once, "fvb/b1 fva/a1"
-#       and "fva/a2 fvb/b2", five rounds, each under timeout (a deadlock on
+#       and "fva/a2 fvb/b2", four rounds, each under timeout (a deadlock on
 #       lvm2's VG locks, which they must take by VG name, fails it); in the
 #       first lvm2 holds fvb's lock (lvremove at its prompt) until both wait;
 #       all four tracked, stopped, nothing left, the LVs' data unchanged
@@ -471,7 +471,7 @@ rm -f lgo
 	lvremove --devices "$pva,$pvb" fvb/b2 > lvremove.out 2>&1 &
 lvr=$!
 for _ in $(seq 1 300); do flock -n /run/lock/lvm/V_fvb true || break; sleep 0.1; done
-! flock -n /run/lock/lvm/V_fvb true || { cat lvremove.out; fail "lvremove does not hold fvb's lock"; }
+! flock -n /run/lock/lvm/V_fvb true || { touch lgo; cat lvremove.out; fail "lvremove does not hold fvb's lock"; }
 hstart_both
 for _ in $(seq 1 300); do
 	[[ $(<h1.out) == *"waiting for lvm2's lock"* && $(<h2.out) == *"waiting for lvm2's lock"* ]] && break
@@ -479,15 +479,16 @@ for _ in $(seq 1 300); do
 	sleep 0.1
 done
 [[ $(<h1.out) == *"waiting for lvm2's lock"* && $(<h2.out) == *"waiting for lvm2's lock"* ]] ||
-	{ cat h1.out h2.out; fail "round 1: the two track starts do not both wait for a VG lock"; }
+	{ touch lgo; cat h1.out h2.out; fail "round 1: the two track starts do not both wait for a VG lock"; }
 sleep 0.5
 touch lgo
 wait $lvr || true
 cat lvremove.out
 [[ $(<lvremove.out) == *"Do you really want to remove"*"fvb/b2"* ]] || fail "lvremove did not ask"
 hround "round 1"
-# Rounds 2-5: both started at once, nothing else holding a lock.
-for r in 2 3 4 5; do
+# Rounds 2-4: both started at once, nothing else holding a lock (in the
+# order given they deadlocked in 9 of 14 such rounds: round 1 is the sure one).
+for r in 2 3 4; do
 	hstart_both
 	hround "round $r"
 done
@@ -495,7 +496,7 @@ no_leftovers
 for n in "${hlvs[@]}"; do
 	cmp <(dd if="/dev/mapper/$n" bs=1M iflag=direct status=none) \
 		<(dd if=hpat bs=1M skip="${hoff[$n]}" count=2 status=none) ||
-		fail "$n's data changed by five track start/stop rounds"
+		fail "$n's data changed by four track start/stop rounds"
 done
 lvm_ vgchange -an fva fvb > /dev/null
 step "ok"
