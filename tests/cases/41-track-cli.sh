@@ -25,6 +25,11 @@
 #   (g) track start of two NAMEs with a store each, in one suspend window:
 #       usage and cross checks (one store for both, a NAME as another's
 #       store), a failure at each step (FLEECE_FAULT) undoes both
+#   (h) LVs of two volume groups: two track starts at once, "fvb/b1 fva/a1"
+#       and "fva/a2 fvb/b2", four rounds, each under timeout (a deadlock on
+#       lvm2's VG locks, which they must take by VG name, fails it); in the
+#       first lvm2 holds fvb's lock (lvremove at its prompt) until both wait;
+#       all four tracked, stopped, nothing left, the LVs' data unchanged
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -395,4 +400,103 @@ lvs vgt/lv > /dev/null || fail "lvs"
 $F track stop vgt/lv
 assert_eq "$(dmsetup table vgt-lv)" "$lv_table" "LV table back"
 vgchange -q -an vgt > /dev/null
+
+step "(h) LVs of two VGs: two track starts at once, NAMEs in opposite orders, and lvm2 meanwhile"
+# track start opens its NAMEs in VG name order (start_order()), each with
+# its VG's lvm2 lock held to the end: "fvb/b1 fva/a1" and "fva/a2 fvb/b2"
+# both take fva's lock first.  In the order given they deadlock (ABBA), a
+# timeout here.  Round 1 makes that certain: lvm2 holds fvb's lock (an
+# lvremove at its prompt) until both starts wait, one of them for fva's.
+# The stores: 16 KiB each (2 MiB LVs, 64 KiB chunks, as in (b)).  lvm2
+# and each fleece run cost about a second under TCG: few of them.
+pva=$(mkdev pva 8 1)
+pvb=$(mkdev pvb 8 1)
+lvm_() { "$@" -q --devices "$pva,$pvb"; }	# lvm2 scans only these
+lvm_ vgcreate -s 1M fva "$pva" > /dev/null
+lvm_ vgcreate -s 1M fvb "$pvb" > /dev/null
+hlvs=(fva-a1 fva-a2 fvb-b1 fvb-b2)
+head -c 8M /dev/urandom > hpat
+declare -A htab hoff
+k=0
+for n in "${hlvs[@]}"; do
+	lvm_ lvcreate -y -L 2M -n "${n#*-}" "${n%-*}" > /dev/null
+	hoff[$n]=$k	# MiB into hpat
+	k=$((k + 2))
+	dd if=hpat of="/dev/mapper/$n" bs=1M skip="${hoff[$n]}" count=2 oflag=direct status=none
+	htab[$n]=$(dmsetup table "$n")
+done
+hlimit=120	# seconds: a start takes 1-3 s here, 10 times that on the debug kernel
+hst=("" "$(mkdev hs1 1 1)" "$(mkdev hs2 1 1)" "$(mkdev hs3 1 1)" "$(mkdev hs4 1 1)")
+hstart() { # out NAME NAME store store: in the background
+	timeout -k 5 "$hlimit" "$F" track start --force --store "$4" --store "$5" "$2" "$3" > "$1" 2>&1 &
+}
+hstart_both() {
+	hstart h1.out fvb/b1 fva/a1 "${hst[1]}" "${hst[2]}"
+	h1=$!
+	hstart h2.out fva/a2 fvb/b2 "${hst[3]}" "${hst[4]}"
+	h2=$!
+}
+# Both starts end, within the time limit, exit 0; all four LVs tracked
+# (their tables, status, records); then stopped: the linear tables back.
+hround() { # round
+	local rc1=0 rc2=0 all st n
+	wait "$h1" || rc1=$?
+	wait "$h2" || rc2=$?
+	cat h1.out h2.out
+	[[ " $rc1 $rc2 " != *" 124 "* && " $rc1 $rc2 " != *" 137 "* ]] ||
+		fail "$1: 'track start fvb/b1 fva/a1' and 'track start fva/a2 fvb/b2' did not end within $hlimit s (exit $rc1, $rc2): deadlocked on lvm2's VG locks (taken in the order given, not by VG name)"
+	assert_eq "$rc1 $rc2" "0 0" "$1: the exit status of both track starts"
+	all=$(dmsetup table)
+	st=$($F track status)
+	for n in "${hlvs[@]}"; do
+		[[ $'\n'$all == *$'\n'"$n: 0 4096 fleece-track "* ]] ||
+			fail "$1: $n's table is no fleece-track: $(dmsetup table "$n")"
+		[[ $'\n'$st == *$'\n'"$n: tracked"$'\n'* ]] || fail "$1: $n in track status: $st"
+		[ -e "trackdir/$n.conf" ] || fail "$1: no record of $n"
+	done
+	$F track stop -q fva/a1 fva/a2 fvb/b1 fvb/b2 || fail "$1: track stop"
+	all=$(dmsetup table)
+	for n in "${hlvs[@]}"; do
+		[[ $'\n'$all$'\n' == *$'\n'"$n: ${htab[$n]}"$'\n'* ]] ||
+			fail "$1: $n's table after the stop: '$(dmsetup table "$n")', expected '${htab[$n]}'"
+	done
+	! compgen -G "trackdir/*" > /dev/null || fail "$1: records left: $(ls trackdir)"
+}
+mkdir -p /run/lock/lvm
+# Round 1: an lvremove at its prompt holds fvb's lock until both starts
+# wait (in VG order: one holding fva and waiting for fvb, the other
+# waiting for fva); then "n", and lvm2 lets fvb go.
+rm -f lgo
+{ until [ -e lgo ]; do sleep 0.1; done; echo n; } |
+	lvremove --devices "$pva,$pvb" fvb/b2 > lvremove.out 2>&1 &
+lvr=$!
+for _ in $(seq 1 300); do flock -n /run/lock/lvm/V_fvb true || break; sleep 0.1; done
+! flock -n /run/lock/lvm/V_fvb true || { touch lgo; cat lvremove.out; fail "lvremove does not hold fvb's lock"; }
+hstart_both
+for _ in $(seq 1 300); do
+	[[ $(<h1.out) == *"waiting for lvm2's lock"* && $(<h2.out) == *"waiting for lvm2's lock"* ]] && break
+	kill -0 "$h1" 2>/dev/null && kill -0 "$h2" 2>/dev/null || break
+	sleep 0.1
+done
+[[ $(<h1.out) == *"waiting for lvm2's lock"* && $(<h2.out) == *"waiting for lvm2's lock"* ]] ||
+	{ touch lgo; cat h1.out h2.out; fail "round 1: the two track starts do not both wait for a VG lock"; }
+sleep 0.5
+touch lgo
+wait $lvr || true
+cat lvremove.out
+[[ $(<lvremove.out) == *"Do you really want to remove"*"fvb/b2"* ]] || fail "lvremove did not ask"
+hround "round 1"
+# Rounds 2-4: both started at once, nothing else holding a lock (in the
+# order given they deadlocked in 9 of 14 such rounds: round 1 is the sure one).
+for r in 2 3 4; do
+	hstart_both
+	hround "round $r"
+done
+no_leftovers
+for n in "${hlvs[@]}"; do
+	cmp <(dd if="/dev/mapper/$n" bs=1M iflag=direct status=none) \
+		<(dd if=hpat bs=1M skip="${hoff[$n]}" count=2 status=none) ||
+		fail "$n's data changed by four track start/stop rounds"
+done
+lvm_ vgchange -an fva fvb > /dev/null
 step "ok"
