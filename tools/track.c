@@ -910,8 +910,10 @@ static int ctx_open(struct track_ctx *c, const char *arg)
 		r = lvm_lv_vg(name, c->info.uuid, c->vg, sizeof(c->vg));
 	if (!r && c->vg[0]) {
 		r = lvm_vg_lock(name, c->vg, false);
-		if (r)
+		if (r) {	/* with its message (an interrupted wait, say) */
 			c->vg[0] = '\0';
+			return r;
+		}
 	}
 	if (!r)	/* again, under the locks */
 		r = dmw_info(name, &c->info);
@@ -1366,6 +1368,19 @@ static int start_order(char **names, unsigned int n, unsigned int *order)
 }
 
 /*
+ * A signal came (SIGINT, SIGTERM, SIGHUP: signals_install()): -EINTR with
+ * a message, else 0.  track start looks before it changes anything and
+ * last before the swap, so that an interrupted start changes nothing.
+ */
+static int start_interrupted(void)
+{
+	if (!fleece_signal)
+		return 0;
+	msg_error("interrupted by signal %d", (int)fleece_signal);
+	return -EINTR;
+}
+
+/*
  * track start NAME... --store DEV...: the k-th store for the k-th NAME.
  * Every NAME and store is checked before anything changes; then the
  * records are written, the stores to take over zeroed, and the trackers
@@ -1405,6 +1420,10 @@ static int track_start(char **names, unsigned int n, const struct track_opts *o)
 		if (r)
 			r = -EFLEECE_REFUSED;
 	}
+	if (!r)
+		r = fault_point("track-start");	/* test: STOP, then a signal */
+	if (!r)
+		r = start_interrupted();
 	if (r)
 		goto out;	/* nothing was changed */
 	/* The records first: attach and stop find them. */
@@ -1426,6 +1445,8 @@ static int track_start(char **names, unsigned int n, const struct track_opts *o)
 		sw[i].new = &it[i].nt;
 		sw[i].read_only = it[i].c.info.read_only;
 	}
+	if (!r)
+		r = start_interrupted();
 	if (!r)
 		r = track_swap_many(sw, n);
 	if (r) {

@@ -30,6 +30,8 @@
 #       lvm2's VG locks, which they must take by VG name, fails it); in the
 #       first lvm2 holds fvb's lock (lvremove at its prompt) until both wait;
 #       all four tracked, stopped, nothing left, the LVs' data unchanged
+#   (i) a track start that gets SIGTERM after its lock waits and checks
+#       (stopped at a test fault point) changes nothing and exits 143
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -498,5 +500,30 @@ for n in "${hlvs[@]}"; do
 		<(dd if=hpat bs=1M skip="${hoff[$n]}" count=2 status=none) ||
 		fail "$n's data changed by four track start/stop rounds"
 done
+step "(i) a signal after the lock waits and checks: the start changes nothing, exit 128+N"
+# Stopped at the test fault point after its checks (the VG locks held),
+# then SIGTERM and SIGCONT: the start must stop there, not track.
+hsum() { sha256sum "${hst[1]}" "${hst[2]}" | cut -d' ' -f1 | tr '\n' ' '; }
+before=$(hsum)
+FLEECE_FAULT=track-start=STOP "$F" track start --force --store "${hst[1]}" --store "${hst[2]}" \
+	fvb/b1 fva/a1 > i.out 2>&1 &
+ipid=$!
+for _ in $(seq 1 600); do
+	[ "$(awk '{ print $3 }' /proc/$ipid/stat 2>/dev/null)" = T ] && break
+	kill -0 $ipid 2>/dev/null || break
+	sleep 0.1
+done
+[ "$(awk '{ print $3 }' /proc/$ipid/stat 2>/dev/null)" = T ] || { cat i.out; fail "(i): the start did not stop at its fault point"; }
+kill -TERM $ipid
+kill -CONT $ipid
+rc=0; wait $ipid || rc=$?
+cat i.out
+assert_eq "$rc" 143 "(i): exit status of a track start interrupted by SIGTERM"
+grep -q "interrupted by signal 15" i.out || fail "(i): the signal not named"
+for n in fvb-b1 fva-a1; do
+	assert_eq "$(dmsetup table "$n")" "${htab[$n]}" "(i): $n's table"
+done
+assert_eq "$(hsum)" "$before" "(i): the stores' bytes"
+no_leftovers
 lvm_ vgchange -an fva fvb > /dev/null
 step "ok"
