@@ -57,12 +57,15 @@ grep_q "no reflink here" rerr.r2 || fail "r2: FILE on ext4 copied without saying
 assert_eq "$(map_extents rmap.r2 | tr '\n' ' ')" \
 	"$((3 * CH))+$CH $((100 * CH))+$((2 * CH)) $((255 * CH))+$CH " "r2: the changed map"
 wr 7 1
-WRAP="strace -f -e trace=ioctl -o r3.trace" rawbk r3 --incremental
+WRAP="strace -f -y -e trace=ioctl -o r3.trace" rawbk r3 --incremental
 assert_eq "$(map_extents rmap.r3 | tr '\n' ' ')" "$((7 * CH))+$CH " "r3: the changed map"
 # The kernel released the 255 unchanged chunks at the point in time
 # (track_store): the reader discards only the chunk it saved, not the
-# ranges around it again (one discard where it made three).
-assert_eq "$(grep -c BLKDISCARD r3.trace)" 1 "r3: discards on the view"
+# ranges around it again (one discard where it made three).  On the view
+# (a dm device, strace -y): the loop device's direct I/O probe discards
+# its test block too.
+grep -E 'dm-[0-9]+.*BLKDISCARD' r3.trace || true
+assert_eq "$(grep -cE 'dm-[0-9]+[^,]*, BLKDISCARD' r3.trace)" 1 "r3: discards on the view"
 rawbk r4 --incremental
 assert_eq "$(map_field rmap.r4 extents)" "[]" "r4: nothing changed, nothing read"
 
