@@ -264,8 +264,8 @@ struct backup_run {
 	struct track_st after;		/* the tracker after the point in time */
 	bool have_after;
 	struct reader_extent *ext;	/* incremental: what was read */
-	bool outside_released;		/* the kernel released what is not in ext */
 	unsigned int n_ext;
+	bool outside_released;		/* the kernel released what is not in ext */
 	struct reader_result res;
 	struct sampler smp;
 	struct output out;

@@ -517,7 +517,7 @@ int dmw_resume_many(char *const names[], unsigned int n, uint16_t udev_flags,
 		dm_task_destroy(dmt);
 	}
 	*resumed_at = now_mono();	/* writers run again from here */
-	if (cookie || batch_depth)
+	if (cookie)	/* 0 within a batch: the batch's end waits */
 		udev_done(cookie);
 	return r;
 }

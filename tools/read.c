@@ -616,10 +616,12 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 	for (i = 0, rd->off = 0; !r && i <= n_ext; i++) {
 		uint64_t next = i < n_ext ? ext[i].off : rd->size;
 
-		if (next > rd->off && outside_released)
-			rd->res->released_bytes += next - rd->off;
-		else if (next > rd->off)
-			r = reader_discard(rd, rd->off, next - rd->off);
+		if (next > rd->off) {
+			if (outside_released)
+				rd->res->released_bytes += next - rd->off;
+			else
+				r = reader_discard(rd, rd->off, next - rd->off);
+		}
 		if (i < n_ext)
 			rd->off = ext[i].off + ext[i].len;
 	}
