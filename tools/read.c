@@ -38,7 +38,8 @@
  * view discarded) once it holds BATCH_BYTES, is BATCH_SECS old, or has
  * BATCH_RANGES separate ranges (an incremental's scattered extents).
  * Release lags the read by at most that much; the fleece holds a batch's
- * copies meanwhile.
+ * copies meanwhile.  A batch whose gaps the kernel released already is
+ * one span, one discard (reader_run_extents()).
  */
 #define BATCH_BYTES	(64ULL << 20)
 #define BATCH_SECS	1.0
@@ -213,6 +214,8 @@ struct reader {
 	bool out_is_file;		/* holes for zero chunks */
 	bool punch;			/* the file has data there: punch them */
 	bool out_sync;			/* synced before each release */
+	bool kick;			/* writeback started per block */
+	bool span;			/* a batch is released as one span */
 	struct {			/* written, not yet released: in order */
 		uint64_t off, len;
 	} pend[BATCH_RANGES];
@@ -368,14 +371,16 @@ static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
 
 /*
  * Release @len bytes at @off of the view (BLKDISCARD): no more copies for
- * their chunks, and their fleece space is freed.  Only what is durable in
- * the output, or unchanged since the previous image, comes here.  A
+ * their chunks, and their fleece space is freed; @credit of them count as
+ * released here (a span's gaps were counted before).  Only what is
+ * durable in the output, or unchanged since the previous image, comes
+ * here.  A
  * failure is not the image's: the chunks stay in the fleece, releasing
  * stops, and a warning says so (not an error: --json's "error" is the
  * one that failed the run); 0.  But a view that became invalid fails every
  * read to come: -EFLEECE_INVALID, with a message.
  */
-static int reader_discard(struct reader *rd, uint64_t off, uint64_t len)
+static int reader_discard(struct reader *rd, uint64_t off, uint64_t len, uint64_t credit)
 {
 	uint64_t range[2] = { off, len };
 	int r;
@@ -397,7 +402,7 @@ static int reader_discard(struct reader *rd, uint64_t off, uint64_t len)
 		rd->discard = false;
 		return 0;
 	}
-	rd->res->released_bytes += len;
+	rd->res->released_bytes += credit;
 	return 0;
 }
 
@@ -429,7 +434,8 @@ static int reader_release_batch(struct reader *rd, bool synced)
 		rd->res->syncs++;
 	}
 	for (i = 0; !r && i < rd->n_pend; i++)
-		r = reader_discard(rd, rd->pend[i].off, rd->pend[i].len);
+		r = reader_discard(rd, rd->pend[i].off, rd->pend[i].len,
+				   rd->span ? rd->pend_bytes : rd->pend[i].len);
 	rd->n_pend = 0;
 	rd->pend_bytes = 0;
 	return r;
@@ -437,9 +443,9 @@ static int reader_release_batch(struct reader *rd, bool synced)
 
 /*
  * @n bytes at @off of the view are written to the output: start their
- * writeback (so that the batch's sync has little left to wait for) and add
- * them to the batch, which is released when full or old.  0, or -errno
- * with a message.
+ * writeback if rd->kick (so that the batch's sync has little left to wait
+ * for) and add them to the batch, which is released when full or old.  0,
+ * or -errno with a message.
  */
 static int reader_saved(struct reader *rd, uint64_t off, size_t n)
 {
@@ -449,11 +455,11 @@ static int reader_saved(struct reader *rd, uint64_t off, size_t n)
 	if (!rd->discard)
 		return 0;
 	/* A hint: errors, if any, come from the sync. */
-	if (rd->out_sync)
+	if (rd->out_sync && rd->kick)
 		sync_file_range(rd->out_fd, rd->out_is_file ? (off64_t)off : 0,
 				rd->out_is_file ? (off64_t)n : 0, SYNC_FILE_RANGE_WRITE);
-	if (k && rd->pend[k - 1].off + rd->pend[k - 1].len == off) {
-		rd->pend[k - 1].len += n;
+	if (k && (rd->pend[k - 1].off + rd->pend[k - 1].len == off || rd->span)) {
+		rd->pend[k - 1].len = off + n - rd->pend[k - 1].off;
 	} else {
 		if (k == BATCH_RANGES) {
 			r = reader_release_batch(rd, false);
@@ -620,7 +626,7 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 			if (outside_released)
 				rd->res->released_bytes += next - rd->off;
 			else
-				r = reader_discard(rd, rd->off, next - rd->off);
+				r = reader_discard(rd, rd->off, next - rd->off, next - rd->off);
 		}
 		if (i < n_ext)
 			rd->off = ext[i].off + ext[i].len;
@@ -663,9 +669,17 @@ int reader_run_extents(const struct reader_opts *o, int out_fd,
 		       const struct reader_extent *ext, unsigned int n,
 		       bool outside_released, struct reader_result *res)
 {
+	/*
+	 * Scattered blocks into a clone of the previous image: writeback
+	 * started per block costs a copy-on-write allocation and completion
+	 * each; the batch's sync writes them together.  When the kernel
+	 * released every chunk outside @ext (@outside_released), a batch is
+	 * released with one discard over its span, the gaps included.
+	 */
 	struct reader rd = {
 		.o = o, .res = res, .fd = -1, .discard = o->discard,
 		.out_fd = out_fd, .out_is_file = true, .punch = true,
+		.span = outside_released,
 	};
 	uint64_t total = 0;
 	unsigned int i;
@@ -695,7 +709,7 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 {
 	struct reader rd = {
 		.o = o, .res = res, .fd = -1, .discard = o->discard,
-		.out_fd = out_fd, .out_is_file = out_is_file,
+		.out_fd = out_fd, .out_is_file = out_is_file, .kick = true,
 	};
 	int r;
 

@@ -66,6 +66,21 @@ assert_eq "$(map_extents rmap.r3 | tr '\n' ' ')" "$((7 * CH))+$CH " "r3: the cha
 # its test block too.
 grep -E 'dm-[0-9]+.*BLKDISCARD' r3.trace || true
 assert_eq "$(grep -cE 'dm-[0-9]+[^,]*, BLKDISCARD' r3.trace)" 1 "r3: discards on the view"
+# Three scattered chunks, saved within one batch: the kernel released the
+# gaps between them, so the batch goes out as one discard over its span
+# (one per chunk before), and --json counts each released byte once.
+wr 40 1; wr 90 1; wr 200 1
+WRAP="strace -f -y -e trace=ioctl -o r3b.trace" rawbk r3b --incremental --json > r3b.out
+assert_eq "$(map_extents rmap.r3b | tr '\n' ' ')" \
+	"$((40 * CH))+$CH $((90 * CH))+$CH $((200 * CH))+$CH " "r3b: the changed map"
+grep -E 'dm-[0-9]+.*BLKDISCARD' r3b.trace || true
+assert_eq "$(grep -cE 'dm-[0-9]+[^,]*, BLKDISCARD' r3b.trace)" 1 "r3b: discards on the view"
+assert_eq "$(python3 -c '
+import json, sys
+top = json.loads(next(l for l in open(sys.argv[1]) if l.startswith("{")))
+d = top["devices"][0]
+print(d["bytes_read"], d["released_bytes"], d["size_bytes"])' r3b.out)" \
+	"$((3 * CH)) $((256 * CH)) $((256 * CH))" "r3b: bytes read, released, size"
 rawbk r4 --incremental
 assert_eq "$(map_field rmap.r4 extents)" "[]" "r4: nothing changed, nothing read"
 
