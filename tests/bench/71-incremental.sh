@@ -5,11 +5,18 @@
 #
 #   origin   incorig, dm-linear on the first 512 MiB of /dev/ram0, tracked
 #            by the real tool (`fleece track start --store`, 64 KiB chunks:
-#            8192)
+#            8192); VM_APPEND=fleece.inc_mib=N for N MiB (a multiple of 64;
+#            above 512 the ram disks are made 1.25 N MiB each, so give the
+#            VM memory: VM_MEM=10G for 2048)
 #   store    incstore, the first 16 MiB of /dev/ram1
 #   images   xfs with reflink (what the README advises: the incremental
 #            clones FILE to FILE.partial) on the rest of ram1 + ram2
 #   fleece   --fleece-dir on a tmpfs (a sparse file on a loop device)
+#
+# First, with nothing changed (`unchanged`), ROUNDS rounds of an
+# incremental and a full backup: the incremental's time is its fixed cost
+# (the tool's start, udev, the fleece's setup and teardown, the clone, the
+# records), which does not grow with the device.
 #
 # The origin is written full once through the tracker, then backed up with
 # --incremental to image A ("no previous image": a full backup).  Then, for
@@ -52,7 +59,10 @@
 . "$SRC/tests/lib.sh" || exit 1
 . "$SRC/tests/bench/bench.lib"
 
-MIB=512
+MIB=$(arg fleece.inc_mib)
+MIB=${MIB:-512}
+[[ $MIB =~ ^[0-9]+$ ]] && [ $((MIB % 64)) = 0 ] && [ "$MIB" -ge 64 ] ||
+	fail "fleece.inc_mib=$MIB: not a multiple of 64 MiB"
 CH=65536
 len=$((MIB * 2048))
 nchunks=$((MIB * 1048576 / CH))
@@ -66,21 +76,38 @@ F=$FLEECE
 $F --version >/dev/null
 export FLEECE_STATE_DIR=$PWD/state FLEECE_TRACK_DIR=$PWD/trackdir
 
+# The ram disks: 1 GiB each (the VM's), or for a larger origin 1.25 times
+# its size each, so that ram1 + ram2 hold two images and a clone's
+# copies.  Put back as they were at the end.
+RD_MIB=1024
+brd_load() { # MiB
+	udevadm settle
+	modprobe -r brd || fail "cannot unload brd to resize the ram disks"
+	modprobe brd rd_nr=4 rd_size=$(($1 * 1024)) max_part=0
+	udevadm settle
+}
+if [ "$MIB" -gt 512 ]; then
+	[ -z "$BENCH_DISK" ] || fail "fleece.inc_mib=$MIB needs ram disks, not DISK="
+	RD_MIB=$((MIB * 5 / 4))
+	log "ram disks of $RD_MIB MiB for a $MIB MiB origin"
+	brd_load $RD_MIB
+fi
+rd_sect=$((RD_MIB * 2048))
 log "prefill $D1 and $D2 (brd allocates pages on first write; $D0 is filled through the tracker)"
-fill $D1 1024
-fill $D2 1024
+fill $D1 $RD_MIB
+fill $D2 $RD_MIB
 dmsetup create incorig --table "0 $len linear $D0 0"
 dmsetup create incstore --table "0 $STORE_SECT linear $D1 0"
 dd if=/dev/zero of=/dev/mapper/incstore bs=64k count=16 oflag=direct status=none
 dmsetup create incimg <<-EOF
-	0 $((2097152 - STORE_SECT)) linear $D1 $STORE_SECT
-	$((2097152 - STORE_SECT)) 2097152 linear $D2 0
+	0 $((rd_sect - STORE_SECT)) linear $D1 $STORE_SECT
+	$((rd_sect - STORE_SECT)) $rd_sect linear $D2 0
 EOF
 udevadm settle
 mkfs.xfs -q -f -K -m reflink=1 /dev/mapper/incimg	# -K: no discard (brd would free its pages)
 mkdir -p /mnt/img /mnt/fdir
 mount /dev/mapper/incimg /mnt/img
-mount -t tmpfs -o size=600m tmpfs /mnt/fdir
+mount -t tmpfs -o size=$((MIB * 6 / 5))m tmpfs /mnt/fdir
 FDIR=/mnt/fdir
 cleanup() {
 	kill_writer
@@ -188,6 +215,18 @@ rec() { # case workload round kind tag [extra members...]
 		"size_bytes=$((MIB * 1048576))" "fleece_chunk_bytes=$CH" "err=\"$RAWREL/$tag.err\"" "$@"
 }
 
+log "== nothing changed: the fixed cost"
+for round in $(seq 1 "$ROUNDS"); do
+	backup incremental $cur "unchanged.inc.r$round"
+	check_map "unchanged.inc.r$round" incremental 0
+	rec incremental unchanged "$round" incremental "unchanged.inc.r$round" "changed_chunks=0"
+	rm -f "/mnt/img/$other" "/mnt/img/$other.fleece.json"
+	backup full $other "unchanged.full.r$round"
+	check_map "unchanged.full.r$round" full $((MIB * 1048576))
+	rec full unchanged "$round" full "unchanged.full.r$round" "changed_chunks=0"
+	swap
+done
+
 for pct in "${FRACS[@]}"; do
 	k=$((nchunks * pct / 100))
 	w=changed-${pct}pct
@@ -253,3 +292,4 @@ $F track stop incorig
 umount /mnt/img /mnt/fdir
 trap - EXIT
 dm_remove incorig incimg incstore
+[ "$RD_MIB" = 1024 ] || brd_load 1024

@@ -444,6 +444,9 @@ def incr_lines(res):
         if w.startswith("diag"):
             L.append(f"  -- {w}: where the time of an incremental goes (-v, messages stamped by the guest's clock);"
                      " it reads the writer round's changes too, not recorded elsewhere")
+        elif w == "unchanged":
+            L.append(f"  -- {w}: nothing changed (the incremental's fixed cost), origin "
+                     f"{r0.get('size_bytes', 0) / 2**20:.0f} MiB, {n} round(s)")
         else:
             L.append(f"  -- {w}: {r0.get('changed_chunks')} chunks of 64 KiB changed, {n} round(s)"
                      + (", a writer running (fio 4 KiB random writes, 1000 IOPS cap)" if w.startswith("writer") else ""))
