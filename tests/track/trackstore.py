@@ -83,14 +83,19 @@ def read_bytes(path, off, n):
 
 
 def read_store(path, skip=0):
-    head = read_bytes(path, skip, 2 * BLOCK)
+    return parse_store(lambda off, n: read_bytes(path, skip + off, n))
+
+
+def parse_store(get):
+    """The store whose bytes get(offset, length) returns: (sb, sets, bad)."""
+    head = get(0, 2 * BLOCK)
     sbs = [parse_sb(head[i * BLOCK:(i + 1) * BLOCK], i) for i in (0, 1)]
     good = [s for s in sbs if s]
     if not good:
         raise SystemExit("no valid superblock")
     sb = max(good, key=lambda s: s["seq"])
     nb = sb["bitmap_blocks"]
-    areas = read_bytes(path, skip + 2 * BLOCK, 2 * nb * BLOCK)
+    areas = get(2 * BLOCK, 2 * nb * BLOCK)
     epoch = sb["epoch"]
     bad = 0
     sets = {}
