@@ -275,6 +275,9 @@ for pct in "${FRACS[@]}"; do
 	# stamped with the guest's clock (where the time of a backup goes: the
 	# setup before "reading", the read, the teardown after "complete").
 	log "take up the writer's writes (timeline of an incremental with -v)"
+	# The writer changed most chunks: the clone's copies could need as
+	# much room as the image; the other image is not needed.
+	rm -f "/mnt/img/$other" "/mnt/img/$other.fleece.json"
 	udevadm settle --timeout=30
 	sync
 	sleep 1
