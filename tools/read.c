@@ -374,11 +374,10 @@ static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
  * their chunks, and their fleece space is freed; @credit of them count as
  * released here (a span's gaps were counted before).  Only what is
  * durable in the output, or unchanged since the previous image, comes
- * here.  A
- * failure is not the image's: the chunks stay in the fleece, releasing
- * stops, and a warning says so (not an error: --json's "error" is the
- * one that failed the run); 0.  But a view that became invalid fails every
- * read to come: -EFLEECE_INVALID, with a message.
+ * here.  A failure is not the image's: the chunks stay in the fleece,
+ * releasing stops, and a warning says so (not an error: --json's "error"
+ * is the one that failed the run); 0.  But a view that became invalid
+ * fails every read to come: -EFLEECE_INVALID, with a message.
  */
 static int reader_discard(struct reader *rd, uint64_t off, uint64_t len, uint64_t credit)
 {
@@ -601,7 +600,7 @@ static int reader_pread(struct reader *rd, unsigned char *buf, size_t n, uint64_
 
 /* reader_loop() over the ranges @ext only (reader_run_extents()). */
 static int reader_extents_loop(struct reader *rd, const struct reader_extent *ext,
-			       unsigned int n_ext, bool outside_released)
+			       unsigned int n_ext)
 {
 	unsigned char *buf;
 	unsigned int i;
@@ -616,14 +615,14 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 	 * it first (the kernel did already when it applied the tracker's set at
 	 * the point in time; if it did not, this stops its copies now).  No
 	 * sync is owed: those bytes are in FILE, the previous image, durable.
-	 * When the kernel released all of them (@outside_released), one
-	 * discard per gap would only cost time.
+	 * When the kernel released all of them (rd->span), one discard per
+	 * gap would only cost time.
 	 */
 	for (i = 0, rd->off = 0; !r && i <= n_ext; i++) {
 		uint64_t next = i < n_ext ? ext[i].off : rd->size;
 
 		if (next > rd->off) {
-			if (outside_released)
+			if (rd->span)
 				rd->res->released_bytes += next - rd->off;
 			else
 				r = reader_discard(rd, rd->off, next - rd->off, next - rd->off);
@@ -692,7 +691,7 @@ int reader_run_extents(const struct reader_opts *o, int out_fd,
 	for (i = 0; i < n; i++)
 		total += ext[i].len;
 	rd.prog.size = total;
-	r = reader_extents_loop(&rd, ext, n, outside_released);
+	r = reader_extents_loop(&rd, ext, n);
 	if (!r)
 		r = reader_finish(&rd);
 	if (r && rd.prog.drawn)
