@@ -38,7 +38,7 @@ cleanup() {
 trap cleanup EXIT
 truncate -s $(((DATA_SECT + STORE_SECT) * 512)) /mnt/plw/disk.img
 loop=$(losetup -f --show /mnt/plw/disk.img)
-assert_eq "$(cat "/sys/block/${loop#/dev/}/queue/write_cache")" "write back" \
+assert_eq "$(cat "/sys/block/$(sysfs_name "$loop")/queue/write_cache")" "write back" \
 	"the loop device's write cache (flushes must reach log-writes)"
 # The log on the first ram disk, its first MiB zeroed: no old super.
 dd if=/dev/zero of=/dev/ram1 bs=1M count=1 oflag=direct status=none
@@ -48,7 +48,7 @@ dmsetup create pdata --table \
 	"0 $DATA_SECT fleece-track /dev/mapper/plw 0 /dev/mapper/pstore $((CH / 512)) disk-P 1 format"
 udevadm settle
 for d in plw pdata; do
-	assert_eq "$(cat "/sys/block/$(basename "$(readlink -f /dev/mapper/$d)")/queue/write_cache")" \
+	assert_eq "$(cat "/sys/block/$(sysfs_name /dev/mapper/$d)/queue/write_cache")" \
 		"write back" "$d's write cache"
 done
 
