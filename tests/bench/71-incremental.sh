@@ -13,6 +13,16 @@
 #            clones FILE to FILE.partial) on the rest of ram1 + ram2
 #   fleece   --fleece-dir on a tmpfs (a sparse file on a loop device)
 #
+# With `make bench DISK=FILE` (a virtio disk on a host file, cache=none)
+# the origin, the store and the images' xfs are slices of that disk after
+# bench.lib's first 4 GiB: the origin fleece.inc_mib=N MiB, the store 16
+# MiB, the xfs the rest (at least 2.5 N MiB: two images and a clone's
+# copies).  That measures a device large enough for the fixed cost
+# (process starts and udev's programs, which TCG makes slow) to weigh as
+# little as on a real host: e.g. N=16384 with a 60G FILE.
+# VM_APPEND=fleece.inc_writer=0 leaves out the rounds with a writer (at
+# 16 GiB each full backup with a writer takes a quarter of an hour).
+#
 # First, with nothing changed (`unchanged`), ROUNDS rounds of an
 # incremental and a full backup: the incremental's time is its fixed cost
 # (the tool's start, udev, the fleece's setup and teardown, the clone, the
@@ -69,6 +79,8 @@ nchunks=$((MIB * 1048576 / CH))
 STORE_SECT=32768
 FRACS=(1 10)
 WRITER_IOPS=1000
+WRITER_ROUNDS=$(arg fleece.inc_writer)
+WRITER_ROUNDS=${WRITER_ROUNDS:-1}
 
 find_fleece_tool backup
 [ -n "$FLEECE" ] || fail "tools/fleece has no backup command"
@@ -86,23 +98,35 @@ brd_load() { # MiB
 	modprobe brd rd_nr=4 rd_size=$(($1 * 1024)) max_part=0
 	udevadm settle
 }
-if [ "$MIB" -gt 512 ]; then
-	[ -z "$BENCH_DISK" ] || fail "fleece.inc_mib=$MIB needs ram disks, not DISK="
-	RD_MIB=$((MIB * 5 / 4))
-	log "ram disks of $RD_MIB MiB for a $MIB MiB origin"
-	brd_load $RD_MIB
+if [ -n "$BENCH_DISK" ]; then
+	# Slices of the whole disk after bench.lib's four 1 GiB ones.
+	disk=/dev/$BENCH_DISK
+	base=$((4 * 2097152))
+	img_sect=$(($(blockdev --getsz "$disk") - base - len - STORE_SECT))
+	[ "$img_sect" -ge $((len * 5 / 2)) ] ||
+		fail "$disk is too small for a $MIB MiB origin: 4 GiB + 3.5 times the origin are needed"
+	log "origin, store and images on $disk: $MIB MiB, 16 MiB, $((img_sect / 2048)) MiB"
+	dmsetup create incorig --table "0 $len linear $disk $base"
+	dmsetup create incstore --table "0 $STORE_SECT linear $disk $((base + len))"
+	dmsetup create incimg --table "0 $img_sect linear $disk $((base + len + STORE_SECT))"
+else
+	if [ "$MIB" -gt 512 ]; then
+		RD_MIB=$((MIB * 5 / 4))
+		log "ram disks of $RD_MIB MiB for a $MIB MiB origin"
+		brd_load $RD_MIB
+	fi
+	rd_sect=$((RD_MIB * 2048))
+	log "prefill $D1 and $D2 (brd allocates pages on first write; $D0 is filled through the tracker)"
+	fill $D1 $RD_MIB
+	fill $D2 $RD_MIB
+	dmsetup create incorig --table "0 $len linear $D0 0"
+	dmsetup create incstore --table "0 $STORE_SECT linear $D1 0"
+	dmsetup create incimg <<-EOF
+		0 $((rd_sect - STORE_SECT)) linear $D1 $STORE_SECT
+		$((rd_sect - STORE_SECT)) $rd_sect linear $D2 0
+	EOF
 fi
-rd_sect=$((RD_MIB * 2048))
-log "prefill $D1 and $D2 (brd allocates pages on first write; $D0 is filled through the tracker)"
-fill $D1 $RD_MIB
-fill $D2 $RD_MIB
-dmsetup create incorig --table "0 $len linear $D0 0"
-dmsetup create incstore --table "0 $STORE_SECT linear $D1 0"
 dd if=/dev/zero of=/dev/mapper/incstore bs=64k count=16 oflag=direct status=none
-dmsetup create incimg <<-EOF
-	0 $((rd_sect - STORE_SECT)) linear $D1 $STORE_SECT
-	$((rd_sect - STORE_SECT)) $rd_sect linear $D2 0
-EOF
 udevadm settle
 mkfs.xfs -q -f -K -m reflink=1 /dev/mapper/incimg	# -K: no discard (brd would free its pages)
 mkdir -p /mnt/img /mnt/fdir
@@ -245,6 +269,7 @@ for pct in "${FRACS[@]}"; do
 	done
 
 	# The writer's round: peaks and the images checked.
+	[ "$WRITER_ROUNDS" != 0 ] || continue
 	w=writer-${pct}pct
 	change "$((pct * 100 + 99))" "$k"
 	ref=$(origin_sum)
