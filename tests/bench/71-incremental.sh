@@ -19,7 +19,7 @@
 # MiB, the xfs the rest (at least 2.5 N MiB: two images and a clone's
 # copies).  That measures a device large enough for the fixed cost
 # (process starts and udev's programs, which TCG makes slow) to weigh as
-# little as on a real host: e.g. N=16384 with a 60G FILE.
+# little as on a real host: e.g. N=16384 with a 61G FILE.
 # VM_APPEND=fleece.inc_writer=0 leaves out the rounds with a writer (at
 # 16 GiB each full backup with a writer takes a quarter of an hour).
 #
