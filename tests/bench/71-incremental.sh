@@ -20,8 +20,9 @@
 # copies).  That measures a device large enough for the fixed cost
 # (process starts and udev's programs, which TCG makes slow) to weigh as
 # little as on a real host: e.g. N=16384 with a 61G FILE.
-# VM_APPEND=fleece.inc_writer=0 leaves out the rounds with a writer (at
-# 16 GiB each full backup with a writer takes a quarter of an hour).
+# VM_APPEND=fleece.inc_writer=0 leaves out the rounds with a writer and
+# the timelines that take up their writes (at 16 GiB each full backup with
+# a writer takes a quarter of an hour).
 #
 # First, with nothing changed (`unchanged`), ROUNDS rounds of an
 # incremental and a full backup: the incremental's time is its fixed cost
@@ -79,8 +80,8 @@ nchunks=$((MIB * 1048576 / CH))
 STORE_SECT=32768
 FRACS=(1 10)
 WRITER_IOPS=1000
-WRITER_ROUNDS=$(arg fleece.inc_writer)
-WRITER_ROUNDS=${WRITER_ROUNDS:-1}
+WITH_WRITER=$(arg fleece.inc_writer)
+WITH_WRITER=${WITH_WRITER:-1}
 
 find_fleece_tool backup
 [ -n "$FLEECE" ] || fail "tools/fleece has no backup command"
@@ -104,7 +105,7 @@ if [ -n "$BENCH_DISK" ]; then
 	base=$((4 * 2097152))
 	img_sect=$(($(blockdev --getsz "$disk") - base - len - STORE_SECT))
 	[ "$img_sect" -ge $((len * 5 / 2)) ] ||
-		fail "$disk is too small for a $MIB MiB origin: 4 GiB + 3.5 times the origin are needed"
+		fail "$disk is too small for a $MIB MiB origin: 4 GiB + 3.5 times the origin + 16 MiB are needed"
 	log "origin, store and images on $disk: $MIB MiB, 16 MiB, $((img_sect / 2048)) MiB"
 	dmsetup create incorig --table "0 $len linear $disk $base"
 	dmsetup create incstore --table "0 $STORE_SECT linear $disk $((base + len))"
@@ -270,7 +271,7 @@ for pct in "${FRACS[@]}"; do
 	done
 
 	# The writer's round: peaks and the images checked.
-	[ "$WRITER_ROUNDS" != 0 ] || continue
+	[ "$WITH_WRITER" != 0 ] || continue
 	w=writer-${pct}pct
 	change "$((pct * 100 + 99))" "$k"
 	ref=$(origin_sum)
