@@ -91,7 +91,7 @@ EOF
 # A process is alive until it exits (a zombie has, even when not yet reaped).
 # Builtins only: on the debug kernel a program's start takes about a second,
 # and the burst below sent only 2 signals with awk here (comm has no spaces).
-alive() { local _p _c st; read -r _p _c st _ < "/proc/$1/stat" 2>/dev/null && [ "$st" != Z ]; }
+alive() { local _p _c st; read -r _p _c st _ 2>/dev/null < "/proc/$1/stat" && [ "$st" != Z ]; }
 wait_running() { # pid err
 	local i
 	for i in $(seq 1 300); do
