@@ -406,6 +406,24 @@ static int reader_discard(struct reader *rd, uint64_t off, uint64_t len, uint64_
 }
 
 /*
+ * The image's bytes at @off, @len of them (0: to the end), are synced:
+ * drop their pages from the page cache.  A backup writes each byte once
+ * and does not read it back; left cached, an image as large as the device
+ * pushes out what the host's programs use, and whoever frees those pages
+ * later pays for them (the rename that replaces the image at the next
+ * incremental: about 3 s for 16 GiB under TCG).  A stream is dropped
+ * whole: its offsets are not the view's.  A hint: a failure changes
+ * nothing.
+ */
+static void reader_drop_cache(struct reader *rd, uint64_t off, uint64_t len)
+{
+	if (rd->out_is_file)
+		posix_fadvise(rd->out_fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+	else if (rd->out_sync)
+		posix_fadvise(rd->out_fd, 0, 0, POSIX_FADV_DONTNEED);
+}
+
+/*
  * Release the batch of saved ranges: the output synced (fdatasync) unless
  * @synced says it just was, then each range discarded on the view.
  *
@@ -432,9 +450,12 @@ static int reader_release_batch(struct reader *rd, bool synced)
 		}
 		rd->res->syncs++;
 	}
-	for (i = 0; !r && i < rd->n_pend; i++)
+	for (i = 0; !r && i < rd->n_pend; i++) {
+		if (rd->out_sync)
+			reader_drop_cache(rd, rd->pend[i].off, rd->pend[i].len);
 		r = reader_discard(rd, rd->pend[i].off, rd->pend[i].len,
 				   rd->span ? rd->pend_bytes : rd->pend[i].len);
+	}
 	rd->n_pend = 0;
 	rd->pend_bytes = 0;
 	return r;
@@ -546,8 +567,11 @@ static int reader_finish(struct reader *rd)
 		msg_errno("%s: cannot finish the output", rd->o->label);
 		return r;
 	}
-	if (rd->out_is_file || rd->out_sync)
+	if (rd->out_is_file || rd->out_sync) {
 		rd->res->syncs++;
+		/* All of it: without releases (a read-only view) no batch dropped any. */
+		reader_drop_cache(rd, 0, 0);
+	}
 	r = reader_release_batch(rd, rd->out_is_file || rd->out_sync);
 	if (r)
 		return r;

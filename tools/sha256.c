@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -74,6 +75,8 @@ int sha256_fd(int fd, char hex[65])
 	if (!buf)
 		return -ENOMEM;
 	r = sha256_init(&s);
+	/* Read once, not kept: dropped behind the read (hints only). */
+	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	while (!r) {
 		n = pread(fd, buf, 1 << 20, off);
 		if (n < 0 && errno == EINTR)
@@ -83,6 +86,7 @@ int sha256_fd(int fd, char hex[65])
 		if (n <= 0)
 			break;
 		sha256_update(&s, buf, (size_t)n);
+		posix_fadvise(fd, off, n, POSIX_FADV_DONTNEED);
 		off += n;
 	}
 	free(buf);

@@ -26,7 +26,10 @@ void sha256_update(struct sha256 *s, const void *data, size_t len);
 int sha256_final(struct sha256 *s, char hex[65]);
 /* Free the context without a digest (an abandoned read); idempotent. */
 void sha256_free(struct sha256 *s);
-/* The SHA-256 of the whole file @fd (read from its start) in @hex: 0 or -errno. */
+/*
+ * The SHA-256 of the whole file @fd (read from its start) in @hex: 0 or
+ * -errno.  Its pages are dropped from the page cache behind the read.
+ */
 int sha256_fd(int fd, char hex[65]);
 
 #endif

@@ -3,7 +3,8 @@
 # device is its own point in time), the images on ext4, which has no
 # reflink (FILE is copied to FILE.partial first, and the backup says so):
 #  1. dd writes at known chunks: the changed map is exactly those chunks
-#     (and empty when nothing changed); each image equals the device.
+#     (and empty when nothing changed); each image equals the device and
+#     none of it is left in the page cache (--sha256's read back too).
 #     A bitmap block of the store corrupted under the attached tracker:
 #     the next incremental is exact (the sets are in memory); corrupted
 #     while detached: the attach reads it as every chunk changed, and the
@@ -42,6 +43,9 @@ rawbk() { # name options...: back up raw (no writer) to ${IMG:-$R}, check it
 	${WRAP:-} $F backup --fleece-dir /mnt/fdir --changed-map rmap.$n "$@" raw -o "$o" 2> rerr.$n ||
 		{ cat rerr.$n; fail "raw backup $n failed"; }
 	cat rerr.$n
+	# Synced, not to be read again: none of it in the page cache (the
+	# clone's copy on ext4 and --sha256's read back included).
+	assert_eq "$(fincore -b -n -o RES "$o" | tr -d " ")" 0 "raw backup $n: bytes of the image left in the page cache"
 	cmp "$o" rref || fail "raw backup $n: the image differs from the device"
 	no_leftovers /mnt/out4 /mnt/fdir
 }
@@ -81,8 +85,11 @@ top = json.loads(next(l for l in open(sys.argv[1]) if l.startswith("{")))
 d = top["devices"][0]
 print(d["bytes_read"], d["released_bytes"], d["size_bytes"])' r3b.out)" \
 	"$((3 * CH)) $((256 * CH)) $((256 * CH))" "r3b: bytes read, released, size"
-rawbk r4 --incremental
+rawbk r4 --incremental --sha256 > r4.out
 assert_eq "$(map_field rmap.r4 extents)" "[]" "r4: nothing changed, nothing read"
+# (r4.out also has rawbk's copy of the messages: the line naming the image.)
+assert_eq "$(awk -v f="$R" '$2 == f { print $1 }' r4.out)" "$(sha256sum < rref | cut -d' ' -f1)" \
+	"r4: --sha256 of the image"
 
 # A bit of the store flipped: the current area's only block (256 chunks:
 # one block per area).
