@@ -120,14 +120,18 @@ for i in $(seq 1 200); do
 	[ "$n" -ne 0 ] && break
 	sleep 0.1
 done
-if [ "$n" -le 0 ]; then
+# A backup over before a poll saw a copy (-1) is not a failure here: the
+# polls are slow where a program start takes a second (the debug kernel),
+# and the copies are released as the reader passes.  The summary's count
+# of copies, checked below, says whether fio's writes made any.
+if [ "$n" -eq 0 ]; then
 	dmsetup status; cat backup.err fio.log
 	for p in $(pgrep fio); do echo "fio $p: $(cat /proc/$p/wchan) $(awk '{print $3}' /proc/$p/stat)"; cat /proc/$p/stack; done
-	[ "$n" -lt 0 ] && fail "the backup ended before fio's writes made a copy (device writes: $w1 at the thaw, $(writes) now)"
 	fail "fio does not write after the thaw (device writes: $w1 at the thaw, $(writes) now)"
 fi
-[ -e out.img.partial ] || fail "the backup does not write out.img.partial"
-[ ! -e out.img ] || fail "out.img exists before the backup is complete"
+[ "$n" -gt 0 ] || log "the backup ended before a poll saw a copy (device writes: $w1 at the thaw, $(writes) now)"
+[ -e out.img.partial ] || [ "$n" -lt 0 ] || fail "the backup does not write out.img.partial"
+[ ! -e out.img ] || [ "$n" -lt 0 ] || fail "out.img exists before the backup is complete"
 step "backup running while fio writes"
 wait $bpid || { cat backup.err; fail "backup failed"; }
 cat backup.err backup.out
