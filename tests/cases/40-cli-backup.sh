@@ -190,9 +190,13 @@ wait_view raw $bpid backup2.err
 kill -CONT $(fio_pids $fio_pid)
 # A copy-before-write for certain, whatever fio gets done on a loaded host
 # before the reader is through: the last MiB, which the reader reaches last,
-# rewritten now (after the point in time: the image must not show it).
+# rewritten now (after the point in time: the image must not show it),
+# with the reader stopped meanwhile (where a program start takes a second,
+# it could otherwise be through before dd begins).
+pkill -STOP -f -- "--fleece-dir /mnt/bfdir" || fail "no fleece backup process to stop"
 dd if=/dev/urandom of=/dev/mapper/raw bs=64k seek=$(((16 - 1) * 16)) count=16 \
 	oflag=direct conv=notrunc status=none
+pkill -CONT -f -- "--fleece-dir /mnt/bfdir"
 wait $bpid || { cat backup2.err; fail "backup to stdout failed"; }
 cat backup2.err
 kill $(fio_pids $fio_pid)
