@@ -183,20 +183,23 @@ dd if="$raw" of=ref2.img bs=1M iflag=direct status=none
 # fleece cannot find, would be refused without --force).
 mkdir -p /mnt/bfdir
 mount -t tmpfs -o size=64m tmpfs /mnt/bfdir
+# The pipe's reader starts stopped: until it runs, the backup cannot write
+# more than the pipe holds, so its reader stays within the first two 4 MiB
+# blocks (the one it writes, the one read ahead) whatever the timing.
+rm -f consumer.pid
 ( $F backup --fleece-dir /mnt/bfdir --sha256 --rate 2M -p lines -i 2 raw -o - 2> backup2.err |
-	cat > out2.img ) &
+	{ echo $BASHPID > consumer.pid; kill -STOP $BASHPID; exec cat; } > out2.img ) &
 bpid=$!
 wait_view raw $bpid backup2.err
 kill -CONT $(fio_pids $fio_pid)
 # A copy-before-write for certain, whatever fio gets done on a loaded host
-# before the reader is through: the last MiB, which the reader reaches last,
-# rewritten now (after the point in time: the image must not show it),
-# with the reader stopped meanwhile (where a program start takes a second,
-# it could otherwise be through before dd begins).
-pkill -STOP -f -- "--fleece-dir /mnt/bfdir" || fail "no fleece backup process to stop"
+# before the reader is through: the last MiB, which the reader cannot have
+# read yet (its output is held), rewritten now (after the point in time:
+# the image must not show it); then the output flows.
 dd if=/dev/urandom of=/dev/mapper/raw bs=64k seek=$(((16 - 1) * 16)) count=16 \
 	oflag=direct conv=notrunc status=none
-pkill -CONT -f -- "--fleece-dir /mnt/bfdir"
+[ -s consumer.pid ] || fail "the pipe's reader did not start"
+kill -CONT "$(cat consumer.pid)"
 wait $bpid || { cat backup2.err; fail "backup to stdout failed"; }
 cat backup2.err
 kill $(fio_pids $fio_pid)
