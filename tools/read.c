@@ -451,7 +451,8 @@ static int reader_release_batch(struct reader *rd, bool synced)
 		rd->res->syncs++;
 	}
 	for (i = 0; !r && i < rd->n_pend; i++) {
-		if (rd->out_sync)
+		/* @synced: reader_finish() has just dropped all of it. */
+		if (rd->out_sync && !synced)
 			reader_drop_cache(rd, rd->pend[i].off, rd->pend[i].len);
 		r = reader_discard(rd, rd->pend[i].off, rd->pend[i].len,
 				   rd->span ? rd->pend_bytes : rd->pend[i].len);
