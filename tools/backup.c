@@ -411,7 +411,9 @@ static int backup_read(struct backup_run *b, const char *view)
 		return r;
 	b->read = true;
 	if (b->plan.incremental) {
-		r = reader_run_extents(ro, b->out.fd, b->ext, b->n_ext, b->outside_released,
+		r = reader_run_extents(ro, b->out.fd, b->ext, b->n_ext,
+				       (b->outside_released ? READ_EXT_OUTSIDE_RELEASED : 0) |
+				       (b->out.copied ? 0 : READ_EXT_SHARED),
 				       &b->res);
 		if (!r && ro->sha256) {
 			r = sha256_fd(b->out.fd, b->res.sha256);

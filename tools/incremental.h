@@ -31,14 +31,20 @@ struct reader_extent {
  * regular file @out_fd, at the same offsets, releasing each once it is
  * written; all-zero chunks become holes (punched: the file holds the
  * previous image).  What lies outside @ext is released first, unless
- * @outside_released says the kernel released all of it at the point in
- * time (counted in res->released_bytes either way).  res->bytes_read
- * counts what was read.  0, or -errno with a message, as reader_run()
- * (read.c).
+ * @flags has READ_EXT_OUTSIDE_RELEASED: the kernel released all of it at
+ * the point in time (counted in res->released_bytes either way).  With
+ * READ_EXT_SHARED (the file is a reflink clone of the previous image),
+ * each block is punched before it is written: the new data then goes to
+ * fresh space, allocated together at the sync, instead of a copy-on-write
+ * of a shared extent per block.  res->bytes_read counts what was read.
+ * 0, or -errno with a message, as reader_run() (read.c).
  */
+#define READ_EXT_OUTSIDE_RELEASED	0x1
+#define READ_EXT_SHARED			0x2
+
 int reader_run_extents(const struct reader_opts *o, int out_fd,
 		       const struct reader_extent *ext, unsigned int n,
-		       bool outside_released, struct reader_result *res);
+		       unsigned int flags, struct reader_result *res);
 
 #define INCR_RECORD_SUFFIX	".fleece.json"
 #define INCR_RECORD_VERSION	1

@@ -213,6 +213,7 @@ struct reader {
 	int out_fd;
 	bool out_is_file;		/* holes for zero chunks */
 	bool punch;			/* the file has data there: punch them */
+	bool unshare;			/* shared with the previous image: punch first */
 	bool out_sync;			/* synced before each release */
 	bool kick;			/* writeback started per block */
 	bool span;			/* a batch is released as one span */
@@ -352,7 +353,7 @@ static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
 
 			if (all_zero(buf + i, len)) {
 				res->zero_bytes += len;
-				if (!rd->punch)
+				if (!rd->punch || rd->unshare)
 					continue;
 				if (!fallocate(rd->out_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					       (off_t)(rd->off + i), (off_t)len))
@@ -623,6 +624,30 @@ static int reader_pread(struct reader *rd, unsigned char *buf, size_t n, uint64_
 	return r;
 }
 
+/*
+ * Before @len bytes at @off of a file that shares its extents with the
+ * previous image are written: punch them, so that the write allocates
+ * fresh space (placed together with the batch's other blocks when it is
+ * synced) instead of copying a shared extent on write, block by block:
+ * on xfs under TCG 2621 scattered 64 KiB chunks took 2.4-2.6 s so
+ * against 3.1-5.6 s (tests/results/2026-12-02-incremental-clone-writes-
+ * punch-a0fbd56.txt).  Zero chunks are then left as they are: holes.  A file system that cannot
+ * punch (EOPNOTSUPP) is written in place from then on.  0, or -errno with
+ * a message.
+ */
+static int reader_unshare(struct reader *rd, uint64_t off, size_t len)
+{
+	if (!rd->unshare)
+		return 0;
+	if (!fallocate(rd->out_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+		       (off_t)len))
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return reader_write_failed(rd);
+	rd->unshare = false;
+	return 0;
+}
+
 /* reader_loop() over the ranges @ext only (reader_run_extents()). */
 static int reader_extents_loop(struct reader *rd, const struct reader_extent *ext,
 			       unsigned int n_ext)
@@ -673,6 +698,8 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 			if (!r)
 				r = reader_pread(rd, buf, len, rd->off);
 			if (!r)
+				r = reader_unshare(rd, rd->off, len);
+			if (!r)
 				r = reader_put(rd, buf, len);
 			if (!r)
 				r = reader_saved(rd, rd->off, len);
@@ -691,19 +718,20 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 
 int reader_run_extents(const struct reader_opts *o, int out_fd,
 		       const struct reader_extent *ext, unsigned int n,
-		       bool outside_released, struct reader_result *res)
+		       unsigned int flags, struct reader_result *res)
 {
 	/*
 	 * Scattered blocks into a clone of the previous image: writeback
 	 * started per block costs a copy-on-write allocation and completion
 	 * each; the batch's sync writes them together.  When the kernel
-	 * released every chunk outside @ext (@outside_released), a batch is
+	 * released every chunk outside @ext (READ_EXT_OUTSIDE_RELEASED), a batch is
 	 * released with one discard over its span, the gaps included.
 	 */
 	struct reader rd = {
 		.o = o, .res = res, .fd = -1, .discard = o->discard,
 		.out_fd = out_fd, .out_is_file = true, .punch = true,
-		.span = outside_released,
+		.span = flags & READ_EXT_OUTSIDE_RELEASED,
+		.unshare = flags & READ_EXT_SHARED,
 	};
 	uint64_t total = 0;
 	unsigned int i;
