@@ -264,6 +264,12 @@ int state_write(const char *name, const struct fleece_state *st)
 		msg_errno("cannot create the state directory %s", state_dir());
 		goto out;
 	}
+	r = fault_point("state-write");	/* test: a start failing at each record */
+	if (r) {
+		errno = -r;
+		msg_errno("cannot write %s", tmp);
+		goto out;
+	}
 	f = create_tmp_file(tmp, 0600, &r);
 	if (!f)
 		goto out;

@@ -592,9 +592,12 @@ static int make_fleece_file(struct plan *p)
 	struct stat st;
 	int fd, r;
 
-	fd = open(p->fleece_file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	r = fault_point("fleece-file");
+	fd = r ? -1 : open(p->fleece_file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
-		r = -errno;
+		if (!r)
+			r = -errno;
+		errno = -r;
 		msg_errno("cannot create the fleece file %s", p->fleece_file);
 		return r;
 	}
@@ -606,6 +609,12 @@ static int make_fleece_file(struct plan *p)
 	}
 	close(fd);
 	bs = major(st.st_dev) ? devno_logical_block_size(st.st_dev) : 512;
+	r = fault_point("loop-attach");	/* test: the file is left for the rollback */
+	if (r) {
+		errno = -r;
+		msg_errno("cannot attach a loop device to %s", p->fleece_file);
+		return r;
+	}
 	p->loop_fd = loop_attach(p->fleece_file, bs, p->fleece_path,
 				 sizeof(p->fleece_path), &p->fleece_dev, &p->dio);
 	if (p->loop_fd < 0) {

@@ -17,17 +17,34 @@ dmsetup create two --table "0 16384 linear $two0 0
 put pat /dev/mapper/two
 twotable=$(dmsetup table two)
 
-# dm-load@N: the fleece table of device N; dm-create@1: two's hidden
-# origin, @2 and @3: the views; suspend@N, table-check@N: device N in the
-# suspend window; dm-resume@1: the resume that swaps the fleece tables in.
-for f in dm-load@1 dm-load@2 dm-create@1 dm-create@2 dm-create@3 suspend@1 suspend@2 \
-	 table-check@1 table-check@2 dm-resume@1 dm-resume@2; do
+# state-write@1 and @2: the state files of data and two (phase 3: what
+# was written is removed again, nothing else was made, so no rollback);
+# fleece-file@N: device N's fleece file, loop-attach@N: its loop device
+# (the file made is the rollback's to remove); state-write@3 and @4: the
+# loop devices recorded; dm-load@N: the fleece table of device N;
+# dm-create@1: two's hidden origin, @2 and @3: the views; suspend@N,
+# table-check@N: device N in the suspend window; dm-resume@1: the resume
+# that swaps the fleece tables in; state-write@5 and @6: "running", after
+# the views.
+for f in state-write@1 state-write@2 fleece-file@1 fleece-file@2 loop-attach@1 loop-attach@2 \
+	 state-write@3 state-write@4 dm-load@1 dm-load@2 dm-create@1 dm-create@2 dm-create@3 \
+	 suspend@1 suspend@2 table-check@1 table-check@2 dm-resume@1 dm-resume@2 \
+	 state-write@5 state-write@6; do
 	step "start fails at $f"
 	rc=0
 	FLEECE_FAULT=$f=EIO $F start --fleece-dir /mnt/fdir data two > start.out 2>&1 || rc=$?
 	cat start.out
 	assert_eq "$rc" 1 "$f: exit status of start"
-	grep -q "undoing the start" start.out || fail "$f: no rollback"
+	case $f in
+	state-write@*|fleece-file@*|loop-attach@*)
+		grep -q "Input/output error" start.out || fail "$f: the fault was not hit" ;;
+	esac
+	case $f in
+	state-write@[12])
+		! grep -q "undoing the start" start.out || fail "$f: a rollback of nothing" ;;
+	*)
+		grep -q "undoing the start" start.out || fail "$f: no rollback" ;;
+	esac
 	assert_eq "$(dmsetup table two)" "$twotable" "$f: two's table"
 	dmsetup info two | grep -q "Tables present: *LIVE$" || fail "$f: two: $(dmsetup info two)"
 	dmsetup info data | grep -q "Tables present: *LIVE$" || fail "$f: data: $(dmsetup info data)"
