@@ -56,5 +56,35 @@ lvs vgf/lv > /dev/null || fail "lvs"
 [ "$(stat -c %s /mnt/lv/new)" = 2000000 ] || fail "the LV lost a file written during the fleece"
 umount /mnt/lv
 fsck.ext4 -n -f /dev/vgf/lv > fsck2.out 2>&1 || { cat fsck2.out; fail "fsck of the LV after stop"; }
+
+# --- a read-only LV ----------------------------------------------------------
+# lvm2's permission (lvchange -pr) is the table's read-only flag: each
+# table fleece loads must keep it, or the LV becomes writable and stays so.
+step "a read-only LV stays read-only"
+lvcreate -q -y -L 8M -n rolv vgf >/dev/null
+head -c $((8 << 20)) /dev/urandom > rolv.pat
+dd if=rolv.pat of=/dev/vgf/rolv bs=1M oflag=direct status=none
+lvchange -q -pr vgf/rolv
+ro_table=$(dmsetup table vgf-rolv)
+lv_ro() { # what
+	assert_eq "$(blockdev --getro /dev/mapper/vgf-rolv)" 1 "$1: the LV's read-only flag"
+	! dd if=/dev/zero of=/dev/mapper/vgf-rolv bs=4k count=1 oflag=direct status=none 2>/dev/null ||
+		fail "$1: a write to the read-only LV succeeded"
+	attr=$(lvs --noheadings -o lv_attr vgf/rolv | tr -d ' ')
+	assert_eq "${attr:1:1}" r "$1: the permission in lvs's attributes ($attr)"
+}
+lv_ro "before"
+$F start -q --fleece-dev "$fl2" vgf/rolv
+dmsetup table vgf-rolv | grep -q " fleece " || fail "the read-only LV is not fleeced"
+lv_ro "while fleeced"
+cmp /dev/mapper/vgf-rolv-fleece-view rolv.pat || fail "the view of the read-only LV"
+$F stop -q vgf/rolv
+lv_ro "after stop"
+assert_eq "$(dmsetup table vgf-rolv)" "$ro_table" "the read-only LV's table after stop"
+$F backup -q --fleece-dev "$fl2" vgf/rolv -o rolv.img
+cmp rolv.img rolv.pat || fail "the backup of the read-only LV"
+lv_ro "after backup"
+no_fleece_devices
+rm -f rolv.img rolv.pat
 vgchange -q -an vgf >/dev/null
 step "ok"
