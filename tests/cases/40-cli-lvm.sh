@@ -62,6 +62,7 @@ fsck.ext4 -n -f /dev/vgf/lv > fsck2.out 2>&1 || { cat fsck2.out; fail "fsck of t
 # table fleece loads must keep it, or the LV becomes writable and stays so.
 step "a read-only LV stays read-only"
 lvcreate -q -y -L 8M -n rolv vgf >/dev/null
+fl3=$(mkdev fl3 8 1)	# fl2 holds the first LV's old ext4 superblock now
 head -c $((8 << 20)) /dev/urandom > rolv.pat
 dd if=rolv.pat of=/dev/vgf/rolv bs=1M oflag=direct status=none
 lvchange -q -pr vgf/rolv
@@ -74,14 +75,14 @@ lv_ro() { # what
 	assert_eq "${attr:1:1}" r "$1: the permission in lvs's attributes ($attr)"
 }
 lv_ro "before"
-$F start -q --fleece-dev "$fl2" vgf/rolv
+$F start -q --fleece-dev "$fl3" vgf/rolv
 dmsetup table vgf-rolv | grep -q " fleece " || fail "the read-only LV is not fleeced"
 lv_ro "while fleeced"
 cmp /dev/mapper/vgf-rolv-fleece-view rolv.pat || fail "the view of the read-only LV"
 $F stop -q vgf/rolv
 lv_ro "after stop"
 assert_eq "$(dmsetup table vgf-rolv)" "$ro_table" "the read-only LV's table after stop"
-$F backup -q --fleece-dev "$fl2" vgf/rolv -o rolv.img
+$F backup -q --fleece-dev "$fl3" vgf/rolv -o rolv.img
 cmp rolv.img rolv.pat || fail "the backup of the read-only LV"
 lv_ro "after backup"
 no_fleece_devices
