@@ -8,7 +8,11 @@
 #  4. a NAME containing ".tmp" is not hidden from status and stop --all,
 #     and fleecing NAME does not overwrite the state of NAME.tmp;
 #  5. stop VG/LV and /dev/VG/LV of an LV that is gone work on lvm2's dm
-#     name (VG-LV, hyphens doubled), not on "LV".
+#     name (VG-LV, hyphens doubled), not on "LV";
+#  6. start of a suspended device (dmsetup suspend) is refused (exit 3,
+#     "NAME: is suspended: resume it first") and changes nothing: the
+#     device is still suspended with its table, no inactive table, no
+#     state file, fleece file, loop or FLEECE- device; it then resumes.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 F=$(fleece_bin)
@@ -88,5 +92,23 @@ $F stop /dev/vg/lv 2>&1 | tee stop.out
 grep -q "vg-lv: stopped" stop.out || fail "stop /dev/VG/LV: $(cat stop.out)"
 rm stop.out
 as_before "VG/LV"
+
+step "6. start of a suspended device"
+dmsetup suspend data
+# timeout: a start that did I/O to the suspended device would hang there
+expect_exit 3 timeout 120 $F start -q --fleece-dir /mnt/fdir data
+echo "$T_ERR"
+[[ $T_ERR == *"data: is suspended: resume it first"* ]] || fail "start of a suspended device: not the documented message: $T_ERR"
+info=$(dmsetup info -c --noheadings -o name,uuid,attr --separator ' ')
+echo "$info"
+[[ $info != *FLEECE-* ]] || fail "the refused start left FLEECE- devices: $info"
+# attr: (L)ive, (I)nactive, (s)uspended, read-(w)rite
+[[ $'\n'$info$'\n' =~ $'\n'data\ +L-sw\ *$'\n' ]] ||
+	fail "data is not suspended with only its live table after the refused start: $info"
+assert_eq "$(dmsetup table data)" "$table" "table of data after the refused start"
+f=(/sys/block/loop*/loop /mnt/fdir/* state/*)
+[ "${f[*]}" = /mnt/fdir/lost+found ] || fail "the refused start left: ${f[*]}"
+dmsetup resume data
+as_before "suspended"
 umount /mnt/fdir
 step "ok"
