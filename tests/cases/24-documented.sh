@@ -86,8 +86,10 @@ for s in /sys/block/*; do
 	r=$(secure_erase_probe "$dev" 2>&1) || r="not probed ($r)"
 	log "  $name: BLKSECDISCARD $r, max_secure_erase_sectors $(se_sysfs "$name")"
 	probed+=" $name:$r"
+	# a device that keeps its data, and is scratch in the test VM (a
+	# virtio disk there is make bench's DISK=); not a CD drive, say
 	if [ "$r" = supported ] && [ -z "$capable" ]; then
-		case $name in ram*|loop*) capable=$name ;; esac	# devices that keep data
+		case $name in ram*|loop*|vd*|xvd*|mmcblk*) capable=$name ;; esac
 	fi
 done
 for m in "${loaded[@]}"; do rmmod "$m" || log "$m: cannot unload"; done
