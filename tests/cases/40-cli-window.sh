@@ -21,7 +21,7 @@ traced() { # log cmd...
 	local log=$1
 	shift
 	rc=0
-	strace -f -qq -y -o "$log" -e trace=mlockall,ioctl,write,rename,fsync "$@" || rc=$?
+	strace -f -qq -y -s 256 -o "$log" -e trace=mlockall,ioctl,write,rename,fsync "$@" || rc=$?
 }
 
 # window LOG WHAT: the suspend window in LOG is sound: a suspend and the
