@@ -29,6 +29,9 @@
 #       suspend prompt, the view never new.
 #   (g) the timeout firing while the copy reads a stalled origin, both
 #       policies.
+#   (h) default policy: view reads and writes of chunks across the moment
+#       their copies time out or fail their fleece write, ten trials of
+#       varied timing: no read returns new data, no write fails.
 #
 # Every view read is checked to return the point-in-time data or an error,
 # never data written after the point in time.
