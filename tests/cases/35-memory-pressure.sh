@@ -74,7 +74,7 @@ done
 # The origin is a loop device on a file in ext4 (as in 20-io-kinds): it
 # takes discards, write-zeroes (BLKZEROOUT: ZERO_RANGE) and flushes.  One
 # Python process per case drives, in a seeded random order (the seed is
-# printed; fleece.mp_seed= repeats it), 300 of: plain and FUA writes
+# printed; fleece.mp_seed= repeats it), 150 of: plain and FUA writes
 # (O_DIRECT, O_DIRECT|O_DSYNC) of 4 KiB to 128 KiB, flushes
 # (fsync), write-zeroes of up to three chunks, discards on the origin, and
 # discards (releases) on the view, while a second thread reads the view
