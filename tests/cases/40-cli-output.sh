@@ -126,6 +126,20 @@ umount /mnt/fsd
 same "$data" pat "data after the refused outputs"
 leftovers "refused outputs"
 
+step "4b. fleece read refuses the view, its origin and its fleece device as output"
+$F start -q --fleece-dev "$fl" data
+expect_exit 3 $F read -q data-fleece-view -o /dev/mapper/data-fleece-view
+[[ $T_ERR == *"it is the view,"* ]] || fail "read -o the view: $T_ERR"
+expect_exit 3 $F read -q data-fleece-view -o "$fl"
+[[ $T_ERR == *"it is the view's fleece device"* ]] || fail "read -o the fleece device: $T_ERR"
+expect_exit 3 $F read -q data-fleece-view -o /dev/ram0
+[[ $T_ERR == *"the view's origin"* || $T_ERR == *"built on it"* ]] || fail "read -o the origin's disk: $T_ERR"
+same /dev/mapper/data-fleece-view pat "the view after the refused reads"
+$F status data | grep_q "data: active" || fail "the view after the refused reads: $($F status data)"
+$F stop -q data
+same "$data" pat "data after the refused reads"
+leftovers "refused reads"
+
 step "5. block device and stdout-to-file outputs are synced before each release, in batches"
 # 16 MiB in 1 MiB blocks: every release after a sync of the output, and
 # batched: a sync per 64 MiB or second, not per block (which made 16).
