@@ -209,6 +209,11 @@ class Results:
         return seen
 
 
+def mib(s):
+    """A stat of bytes (median, min, max) in MiB; None stays None."""
+    return s and {k: s[k] / 2**20 for k in ("median", "min", "max")}
+
+
 def goal(out, name, value, target, better="higher", detail=""):
     """One goal line; value is a stat of the ratio (or amount)."""
     if value is None:
@@ -410,7 +415,7 @@ def build(res):
         goal(goals, "memory: state bits per chunk (slope 1 TiB vs 1 GiB at 64 KiB, SUnreclaim+vmalloc; 1% tolerance)",
              stat(slopes), 2.02, better="lower",
              detail="net in-flight peaks (MemFree drop under iodepth-256 CBW load, minus fio on dm-linear): " +
-             ", ".join(f"{k} {fmt(v and {x: v[x] / 2**20 for x in ('median', 'min', 'max')}, ' MiB', 1)}"
+             ", ".join(f"{k} {fmt(mib(v), ' MiB', 1)}"
                        for k, v in per.items() if "linear" not in k))
         # The copies' memory is bounded (dm-fleece-cbw.c: FLEECE_COPY_BYTES,
         # 64 MiB of buffers in flight, plus up to 8 MiB kept idle): under 256
@@ -418,7 +423,7 @@ def build(res):
         for k in ("inflight-64k-qd256", "inflight-1m-qd256"):
             v = per.get(k)
             goal(goals, f"memory: copies in flight, {k} (net MemFree drop, MiB; bound 64 + 8 idle)",
-                 v and {x: v[x] / 2**20 for x in ("median", "min", "max")}, 72, better="lower")
+                 mib(v), 72, better="lower")
     # 7b. Incremental backups: time against a full backup of the same state.
     for w in res.workloads(INCR):
         if not w.startswith("changed-"):
@@ -439,7 +444,6 @@ INCR = "71-incremental"
 def incr_lines(res):
     """The incremental group (tests/bench/71-incremental.sh)."""
     g = INCR
-    mib = lambda s: s and {k: s[k] / 2**20 for k in ("median", "min", "max")}
     L = [f"== {g}: `fleece backup --incremental` vs a full `fleece backup` of the same state,",
          "   wall clock of the whole command in the guest (s), median [min..max]"]
     for w in res.workloads(g):
@@ -495,7 +499,6 @@ def scale_lines(res):
     """The scale group (tests/bench/60-scale.sh): times and memory."""
     g = SCALE
     ms = lambda s: s and {k: s[k] / 1000 for k in ("median", "min", "max")}
-    mib = lambda s: s and {k: s[k] / 2**20 for k in ("median", "min", "max")}
     L = [f"== {g}: times in ms on the guest's clock (TCG), median [min..max]"]
     for c in res.cases(g, "refused"):
         for r in res.by[(g, "refused", c)].values():
@@ -590,7 +593,6 @@ def table(res, out, title):
         m = out["memory"]
         L.append("== memory, 1 TiB origin, 64 KiB chunks")
         L.append(f"  chunks: {m['chunks']}")
-        mib = lambda s: s and {k: s[k] / 2**20 for k in ("median", "min", "max")}
         L.append(f"  SUnreclaim+vmalloc delta, fleece 1 TiB:    {fmt(mib(m['fleece_1t_slab_vmalloc_bytes']), ' MiB', 2)}")
         L.append(f"  same minus a dm-linear of 1 TiB:           {fmt(mib(m['fleece_1t_minus_linear_slab_vmalloc_bytes']), ' MiB', 2)}")
         L.append(f"  MemFree drop, fleece 1 TiB:                {fmt(mib(m['fleece_1t_memfree_drop_bytes']), ' MiB', 2)}")
