@@ -630,7 +630,7 @@ static int reader_pread(struct reader *rd, unsigned char *buf, size_t n, uint64_
  * fresh space (placed together with the batch's other blocks when it is
  * synced) instead of copying a shared extent on write, block by block:
  * on xfs under TCG 2621 scattered 64 KiB chunks took 2.4-2.6 s so
- * against 3.1-5.6 s (tests/results/2026-12-02-incremental-clone-writes-
+ * against 3.1-10.1 s (tests/results/2026-12-02-incremental-clone-writes-
  * punch-a0fbd56.txt).  Zero chunks are then left as they are: holes.  A
  * file system that cannot punch (EOPNOTSUPP) is written in place from then
  * on.  0, or -errno with a message.
