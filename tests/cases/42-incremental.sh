@@ -10,7 +10,8 @@
 #     part of the device.
 #  2. an incremental stopped midway (SIGTERM) leaves FILE the previous
 #     image, the tracker merges the set back, and the next incremental is
-#     exact; the same after a SIGKILL and "fleece stop".
+#     exact; the same after a read error (FLEECE_FAULT) and after a
+#     SIGKILL and "fleece stop".
 # 42-incremental-raw: exact changed maps, the copy where there is no
 # reflink, and every fallback to a full backup.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
@@ -167,6 +168,25 @@ status=$(dmsetup status vol)
 echo "# tracker: $status"
 assert_eq "$(echo "$status" | cut -d' ' -f12)" merged "backup 4: the tracker's previous set"
 rm -f ref.4
+
+step "backup 4b: incremental failed by a read error at its 3rd block: FILE stays image 3"
+# FLEECE_FAULT read@3 (tools/read.c, reader_get()): the reader takes the
+# blocks its threads read ahead in order, and the 3rd one fails.
+dd if=/dev/urandom of=/mnt/vol/f6 bs=64k count=12 conv=notrunc oflag=direct status=none
+export FLEECE_FAULT=read@3=EIO
+backup_start 4b --incremental
+unset FLEECE_FAULT
+rc=0
+wait $bpid || rc=$?
+cat err.4b
+assert_eq "$rc" 1 "backup 4b: exit status after a read error"
+grep_q "vol: read error at [0-9]* bytes: Input/output error" err.4b ||
+	fail "backup 4b: no read error reported"
+assert_eq "$(sha /mnt/img/vol.img)" "$before" "backup 4b: FILE after the failed backup"
+no_leftovers /mnt/img /mnt/fdir
+assert_eq "$(dmsetup status vol | cut -d' ' -f12)" merged "backup 4b: the tracker's previous set"
+assert_eq "$(dmsetup table vol | cut -d' ' -f3)" fleece-track "backup 4b: vol's table after"
+rm -f ref.4b
 step "backup 5: incremental again, exact (the merged set is read too)"
 backup 5 --incremental
 check_incr 5 50
