@@ -20,15 +20,20 @@ if [ ! -d $dbg/failslab ] || [ ! -d $dbg/fail_page_alloc ]; then
 fi
 
 TIMES=1000000
+# A fault_attr directory of debugfs (fault-injection.rst): every call
+# may fail, with that probability, up to $TIMES failures, silently.
+fault_attr() { # dir probability-in-percent
+	echo 0 > "$1/verbose"
+	echo 1 > "$1/interval"
+	echo $TIMES > "$1/times"
+	echo "$2" > "$1/probability"
+}
 inject() { # probability in percent
 	local d
 	for d in $dbg/failslab $dbg/fail_page_alloc; do
-		echo 0 > $d/verbose
 		echo Y > $d/ignore-gfp-wait
 		echo N > $d/task-filter
-		echo 1 > $d/interval
-		echo $TIMES > $d/times
-		echo "$1" > $d/probability
+		fault_attr $d "$1"
 	done
 }
 injected() { # failures injected since inject(), both kinds
@@ -317,13 +322,7 @@ PY
 
 # fail_make_request: each bio to a disk whose make-it-fail is 1 fails with
 # this probability.
-mkrq() { # probability in percent
-	local d=$dbg/fail_make_request
-	echo 0 > $d/verbose
-	echo 1 > $d/interval
-	echo $TIMES > $d/times
-	echo "$1" > $d/probability
-}
+mkrq() { fault_attr $dbg/fail_make_request "$1"; }	# probability in percent
 mkrq_injected() { echo $((TIMES - $(cat $dbg/fail_make_request/times))); }
 [ -d $dbg/fail_make_request ] || fail "no fail_make_request in this kernel, which has failslab"
 trap 'inject 0; mkrq 0' EXIT
