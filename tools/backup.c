@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <inttypes.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -483,6 +484,15 @@ static void backup_track_end(struct backup_run *b, int r)
 		return;
 	}
 	msg_debug("%s: tracker told '%s'", b->name, msg);
+	/*
+	 * A failed incremental: the merged set covers every change since
+	 * FILE's point in time, at the new epoch.  Recorded, so that a second
+	 * failure in a row still leaves the next backup incremental.
+	 */
+	if (r && b->plan.incremental &&
+	    incr_record_advance(b->output, &b->plan.prev, ts.epoch) == 0)
+		msg_debug("%s: the record of %s moved to epoch %" PRIu64, b->name, b->output,
+			  ts.epoch);
 }
 
 static int backup_map(struct backup_run *b)

@@ -323,6 +323,22 @@ int incr_record_commit(const char *output, int err)
 	return r;
 }
 
+int incr_record_advance(const char *output, const struct incr_record *prev, uint64_t epoch)
+{
+	struct incr_record now, rec = *prev;
+	struct stat st;
+	int r;
+
+	if (lstat(output, &st) || !record_matches(prev, &st) || record_read(output, &now) ||
+	    !record_matches(&now, &st) || now.epoch != prev->epoch ||
+	    now.generation != prev->generation || strcmp(now.store_uuid, prev->store_uuid) ||
+	    strcmp(now.dm_uuid, prev->dm_uuid))
+		return -ESTALE;
+	rec.epoch = epoch;
+	r = incr_record_prepare(output, &rec);
+	return incr_record_commit(output, r);
+}
+
 void incr_record_remove(const char *output)
 {
 	char *path = record_path(output, ""), *copy;

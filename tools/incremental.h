@@ -126,6 +126,14 @@ void incr_record_fill(struct incr_record *rec, const struct incr_plan *p,
  */
 int incr_record_prepare(const char *output, const struct incr_record *rec);
 int incr_record_commit(const char *output, int err);
+/*
+ * After an incremental from @output failed and the tracker merged its set
+ * back: the tracker's current set, at @epoch, covers every change since
+ * @output's point in time again.  When @output and its record are still
+ * @prev, the record moves to @epoch (atomically).  0, or -errno with a
+ * message; -ESTALE (no message) when @output or its record changed.
+ */
+int incr_record_advance(const char *output, const struct incr_record *prev, uint64_t epoch);
 /* Remove a record that no longer describes @output (an untracked full backup). */
 void incr_record_remove(const char *output);
 
