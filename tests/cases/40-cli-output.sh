@@ -6,8 +6,9 @@
 #  3. a second backup of the same device while the first runs fails at the
 #     lock (exit 3) without touching the first one's output, which completes;
 #  4. -o on NAME itself, its fleece device, a device NAME is built on, a
-#     mounted device, the view's name, or a file on NAME is refused (exit 3,
-#     or 2 for the view's name) and nothing is written;
+#     mounted device, the view's name, or a file on NAME (ext4, and btrfs
+#     with its anonymous st_dev) is refused (exit 3, or 2 for the view's
+#     name) and nothing is written;
 #  5. block-device and stdout-to-file outputs are synced before each release
 #     (BLKDISCARD on the view), as files are, and in batches (16 blocks of
 #     1 MiB: at most 8 syncs, not one per block): checked with strace;
@@ -123,6 +124,17 @@ expect_exit 3 $F backup -q --fleece-dir /mnt/fdir fsd -o /mnt/fsd/img
 [[ $T_ERR == *"on fsd itself"* ]] || fail "-o a file on NAME: $T_ERR"
 [ -z "$(ls /mnt/fsd | grep -v lost+found)" ] || fail "a file was created on fsd"
 umount /mnt/fsd
+# The same on btrfs, whose st_dev is anonymous (major 0): the guard finds
+# the device through /proc/self/mountinfo and /sys/fs/btrfs (deps.c).
+fsb=$(mkdev fsb 128 2)
+mkfs.btrfs -q -f "$fsb"
+mkdir -p /mnt/fsb
+mount "$fsb" /mnt/fsb
+assert_eq "$(stat -c %Hd /mnt/fsb)" 0 "the major of btrfs's st_dev (anonymous)"
+expect_exit 3 $F backup -q --fleece-dir /mnt/fdir fsb -o /mnt/fsb/img
+[[ $T_ERR == *"on fsb itself"* ]] || fail "-o a file on a btrfs on NAME: $T_ERR"
+[ -z "$(ls /mnt/fsb)" ] || fail "a file was created on fsb: $(ls /mnt/fsb)"
+umount /mnt/fsb
 same "$data" pat "data after the refused outputs"
 leftovers "refused outputs"
 
