@@ -170,8 +170,8 @@ assert_eq "$(echo "$status" | cut -d' ' -f12)" merged "backup 4: the tracker's p
 rm -f ref.4
 
 step "backup 4b: incremental failed by a read error at its 3rd block: FILE stays image 3"
-# FLEECE_FAULT read@3 (tools/read.c, reader_pread()): the incremental's
-# 3rd read of the view fails.
+# FLEECE_FAULT read@3 (tools/read.c, reader_get()): the reader takes the
+# blocks its threads read ahead in order, and the 3rd one fails.
 dd if=/dev/urandom of=/mnt/vol/f6 bs=64k count=12 conv=notrunc oflag=direct status=none
 export FLEECE_FAULT=read@3=EIO
 backup_start 4b --incremental

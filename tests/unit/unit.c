@@ -809,10 +809,10 @@ static void test_readahead_hash(void)
 	for (off = 0; ra && off < size; off += block) {
 		size_t n = size - off < block ? size - off : block;
 
-		b = readahead_next(ra, off, &eo);
+		b = readahead_next(ra, &eo);
 		if (!b || memcmp(b, data + off, n))
 			same = false;
-		readahead_done(ra, off);
+		readahead_done(ra);
 	}
 	CHECK(same);
 	if (ra) {
@@ -827,10 +827,10 @@ static void test_readahead_hash(void)
 	ra = readahead_start(fd, size - 12345 + 3 * block, block, &s);
 	CHECK(ra != NULL);
 	for (off = 0; ra; off += block) {
-		b = readahead_next(ra, off, &eo);
+		b = readahead_next(ra, &eo);
 		if (!b)
 			break;
-		readahead_done(ra, off);
+		readahead_done(ra);
 	}
 	CHECK_INT(off, 10 * block);
 	CHECK_INT(errno, EIO);
@@ -844,9 +844,85 @@ static void test_readahead_hash(void)
 	/* Stopped midway: the threads end, nothing waits forever. */
 	CHECK_INT(sha256_init(&s), 0);
 	ra = readahead_start(fd, size, block, &s);
-	CHECK(ra && readahead_next(ra, 0, &eo));
+	CHECK(ra && readahead_next(ra, &eo));
 	readahead_stop(ra);
 	sha256_free(&s);
+	close(fd);
+	unlink(path);
+	free(data);
+}
+
+/*
+ * Scattered ranges read by several threads (readahead.c, an incremental's
+ * reader): the blocks come in order, each with its own bytes, whatever
+ * order their reads end in; a failed read is reported at its block, after
+ * every block before it; stopped midway, the threads end.
+ */
+static void test_readahead_ranges(void)
+{
+	const size_t size = 8 << 20;
+	unsigned char *data = xmalloc(size);
+	struct readahead_range rg[300];
+	const unsigned char *b;
+	struct readahead *ra;
+	char path[300];
+	uint64_t eo = 0, off = 0;
+	unsigned int i, k, n = 0, t;
+	bool same;
+	int fd;
+
+	for (i = 0; i < size; i++)
+		data[i] = (unsigned char)(i * 2654435761u >> 13);
+	snprintf(path, sizeof(path), "%s/ranges", tmpdir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	CHECK(fd >= 0 && write(fd, data, size) == (ssize_t)size);
+	/* 4 KiB to 64 KiB blocks with gaps, ascending. */
+	for (i = 0; n < ARRAY_SIZE(rg) - 1; i++) {
+		rg[n].off = off;
+		rg[n].len = 4096 * (1 + i % 16);
+		off += rg[n].len + 4096 * (i % 3);
+		if (off > size)
+			break;
+		n++;
+	}
+	CHECK(n > 100);
+	for (t = 1; t <= 16; t *= 4) {
+		ra = readahead_start_ranges(fd, rg, n, t);
+		CHECK(ra != NULL);
+		same = ra != NULL;
+		for (k = 0; ra && k < n; k++) {
+			b = readahead_next(ra, &eo);
+			if (!b || memcmp(b, data + rg[k].off, rg[k].len))
+				same = false;
+			readahead_done(ra);
+		}
+		CHECK(same);
+		readahead_stop(ra);
+	}
+
+	/* Block 150 reaches past the file's end: blocks 0 to 149, then EIO there. */
+	rg[150].off = size - 4096;
+	rg[150].len = 3 * 4096;
+	ra = readahead_start_ranges(fd, rg, n, 8);
+	CHECK(ra != NULL);
+	for (k = 0; ra && k < n; k++) {
+		b = readahead_next(ra, &eo);
+		if (!b)
+			break;
+		CHECK(!memcmp(b, data + rg[k].off, rg[k].len));
+		readahead_done(ra);
+	}
+	CHECK_INT(k, 150);
+	CHECK_INT(errno, EIO);
+	CHECK_INT(eo, size);
+	readahead_stop(ra);
+
+	/* Stopped with reads in flight: nothing waits forever. */
+	ra = readahead_start_ranges(fd, rg, 150, 16);
+	CHECK(ra && readahead_next(ra, &eo));
+	readahead_stop(ra);
+	errno = 0;
+	CHECK(!readahead_start_ranges(fd, rg, 10, 0) && errno == EINVAL);
 	close(fd);
 	unlink(path);
 	free(data);
@@ -915,6 +991,7 @@ static const struct {
 	{ "output", test_output },
 	{ "sha256", test_sha256 },
 	{ "readahead_hash", test_readahead_hash },
+	{ "readahead_ranges", test_readahead_ranges },
 	{ "locks", test_locks },
 };
 
