@@ -12,29 +12,61 @@
 #   (b) the policy changed by a table reload (default -> fail_origin_writes)
 #       while a copy that already let its write pass is in its fleece write;
 #       then the copy times out, or its fleece write fails: the view must
-#       become invalid, never serve the new data.
-#   (c) a suspend returns only once the copies that are not abandoned have
-#       ended: no fleece write after it.
-#   (d) swapping the origin back to linear while an abandoned copy is stuck:
-#       the swap waits for it (documented), and meanwhile no new fleece of
-#       the same devices can start (its late write would land in the new
-#       point in time).
+#       become invalid, never serve the new data.  The write passed before
+#       the timeout (held < half of it).  The reverse reload
+#       (fail_origin_writes -> default): the copies that can be in flight
+#       across it are those abandoned by their timeout (a copy under
+#       fail_origin_writes holds its write, and the reload's suspend waits
+#       for it), and they keep their policy: their writes fail with EIO at
+#       the timeout, later writes to their chunks fail at once until the
+#       copies end, the view stays valid and serves the old data; a copy
+#       that the fleece device then completes counts as copied, one it
+#       fails leaves its chunk pending (old on the origin); a new copy
+#       takes the default policy (its write passes, its timeout
+#       invalidates the view).
+#   (c) both policies: a suspend returns only once the copies that are not
+#       abandoned have ended: no fleece write after it.  The write passes
+#       before the fleece write ends (default) or waits for it
+#       (fail_origin_writes).
+#   (d) both policies: swapping the origin back to linear while an abandoned
+#       copy is stuck: the swap waits for it (documented), and meanwhile no
+#       new fleece of the same devices can start (its late write would land
+#       in the new point in time).  The write passed (default) or failed
+#       with EIO at the timeout (fail_origin_writes); the view fails its
+#       reads (default) or serves the old data (fail_origin_writes) until
+#       the swap, and fails them after it.
 #   (e) the origin failing the copy's read (dm-flakey, down: every bio
 #       fails): the default policy invalidates the view and lets the write
 #       go on (to fail on the origin), fail_origin_writes fails it and keeps
 #       the view, which reads the old data once the origin works again.
+#       Either way the write ends before the timeout (held < half of it).
 #   (f) the fleece device stalled by a suspend of it, or by a thin pool out
-#       of data space (queue_if_no_space), five writers at once, both
-#       policies: writers let go or failed by the timeout, the origin's
-#       suspend prompt, the view never new.
+#       of data space (queue_if_no_space), both policies, five writers at
+#       once, and side by side one writer alone on devices of its own:
+#       writers let go or failed by the timeout, the origin's suspend
+#       prompt, the view never new.  One writer under the default policy
+#       passes once the old data is in memory (held < half the timeout);
+#       the origin's suspend then waits for its copy until the timeout
+#       abandons it (the view is invalid when it returns).
 #   (g) the timeout firing while the copy reads a stalled origin, both
 #       policies.
 #   (h) default policy: view reads and writes of chunks across the moment
 #       their copies time out or fail their fleece write, ten trials of
 #       varied timing: no read returns new data, no write fails.
+#   (i) one sequential writer over ten chunks of a stalled fleece device
+#       (issue 12, item 1's reproduction: dm-delay, 8 copy slots).
+#       Default policy: the whole dd is held for one timeout at most, how
+#       many chunks it writes notwithstanding (the first timeout invalidates
+#       the view and lets every waiting write go); fail_origin_writes: a
+#       dd per chunk, each fails at its own copy's timeout, the ten
+#       together take ten timeouts.  A suspend of the origin while a write
+#       waits for a copy slot completes within the timeout.
 #
 # Every view read is checked to return the point-in-time data or an error,
-# never data written after the point in time.
+# never data written after the point in time; every write's wait (dd's own
+# time) is logged and checked against its bound: cbw_timeout_ms plus
+# MARGIN, and where the documented outcome says so, before the timeout or
+# not before it.
 [[ " $(</proc/cmdline) " == *" fleece_test_guest=1 "* ]] || { echo "${0##*/}: not in the dm-fleece test VM (fleece_test_guest=1 missing from /proc/cmdline): refusing to run; use make check" >&2; exit 1; }
 . "$SRC/tests/lib.sh" || exit 1
 
@@ -75,14 +107,54 @@ least_ms() { # file...: the shortest time dd reports in them, in ms
 	done
 	echo $min
 }
+# A write's wait, from dd's summary in FILE (in $held), logged and checked:
+# at most the timeout plus MARGIN, and with -lt MS less than MS (it did not
+# wait for what it must not), with -ge MS at least MS (it waited).
+held_check() { # file timeout_ms what [-lt|-ge ms]
+	held=$(held_ms "$1")
+	log "$3: the write was held $held ms (cbw_timeout_ms $2)"
+	[ $held -le $(($2 + MARGIN)) ] || fail "$3: the write was held $held ms (cbw_timeout_ms $2)"
+	case ${4:-} in
+	-lt) [ $held -lt $5 ] || fail "$3: the write was held $held ms, not less than $5 ms" ;;
+	-ge) [ $held -ge $5 ] || fail "$3: the write ended after $held ms, before $5 ms" ;;
+	esac
+}
+# Is any of the processes still running?
+alive() { # pid...
+	local p
+	for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done
+	return 1
+}
+# Waits, with a backstop timed by the shell, until no pid in "$@" runs;
+# past the backstop, ends the stall (releases the dm-delay device's
+# writes) so that the test does not hang, and fails.
+ended_or_release() { # delay-device what bound_ms pid...
+	local t0 t
+	t0=$(ms)
+	while alive "${@:4}"; do
+		t=$(($(ms) - t0))
+		if [ $t -gt "$3" ]; then
+			release_delayed "$1"
+			fail "$2: still held after $t ms"
+			return 0
+		fi
+		sleep 0.1
+	done
+}
+# The start of a kernel message about one (origin, fleece) pair, as a
+# regex: cases that run side by side look only at their own pair's.
+pair_re() { # origin fleece (/dev/mapper/ names)
+	echo "origin $(devno "${1#/dev/mapper/}") fleece $(devno "${2#/dev/mapper/}"): "
+}
 # The view's 4 KiB at the start of chunk N must be the point-in-time data,
 # or (if "eio" is allowed) an I/O error; never the new data.
-view_check() { # view chunk old|eio what
-	if dev_range "$1" $(($2 * CHUNK_KIB)) 4 > blk 2> err; then
-		if cmp -s blk <(file_range new $(($2 * CHUNK_KIB)) 4); then
+view_check() { # view chunk old|eio what [chunk KiB]
+	local at=$(($2 * ${5:-$CHUNK_KIB}))
+	if dev_range "$1" $at 4 > blk 2> err; then
+		if cmp -s blk <(file_range new $at 4); then
 			fail "$4: the view served data written after the point in time (chunk $2)"
 		fi
-		cmp -s blk <(file_range old $(($2 * CHUNK_KIB)) 4) ||
+		cmp -s blk <(file_range old $at 4) ||
 			fail "$4: the view served data that is neither old nor new (chunk $2)"
 		[ "$3" = old ] || [ "$3" = eio ] || fail "bad expectation $3"
 		return 0
@@ -91,16 +163,17 @@ view_check() { # view chunk old|eio what
 	grep_q "Input/output error" err || fail "$4: view read of chunk $2: $(cat err)"
 }
 # The origin's 4 KiB at the start of chunk N.
-origin_check() { # dev chunk old|new what
-	cmp -s <(dev_range "$1" $(($2 * CHUNK_KIB)) 4) <(file_range "$3" $(($2 * CHUNK_KIB)) 4) ||
+origin_check() { # dev chunk old|new what [chunk KiB]
+	local at=$(($2 * ${5:-$CHUNK_KIB}))
+	cmp -s <(dev_range "$1" $at 4) <(file_range "$3" $at 4) ||
 		fail "$4: origin chunk $2 is not the $3 data"
 }
 
 # origin, fleece slice and a delay device over it: $1 names the case.
-setup() { # case
-	origin=$(mkdev "origin-$1" $MIB)
+setup() { # case [ram disk of the origin [of the slice]]
+	origin=$(mkdev "origin-$1" $MIB ${2:-0})
 	put old "$origin"
-	slice=$(mkdev "slice-$1" $MIB 1)
+	slice=$(mkdev "slice-$1" $MIB ${3:-1})
 	dmsetup create "delay-$1" --table "0 $((MIB * 2048)) delay $slice 0 0 $slice 0 $DELAY"
 	iostats_on "delay-$1"
 	fleece=/dev/mapper/delay-$1
@@ -239,7 +312,8 @@ dmesg_mark
 setup bt
 fleece_create fo-bt "$origin" "$fleece" $BIG cbw_timeout_ms $TOB >/dev/null
 view=$(view_create fv-bt "$origin" "$fleece")
-wr /dev/mapper/fo-bt 1	# passes once the old data is in memory
+wr_timed /dev/mapper/fo-bt 1 wbt || fail "(b) the write failed: $(cat wbt)"
+held_check wbt $TOB "(b) default, before the reload" -lt $((TOB / 2))	# passes once the old data is in memory
 t0=$(ms)
 dmsetup load fo-bt --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG 3 fail_origin_writes cbw_timeout_ms $TOB"
 dmsetup suspend fo-bt
@@ -263,7 +337,8 @@ dmsetup create delay-bf --table "0 $((MIB * 2048)) delay /dev/mapper/mid-bf 0 0 
 fleece=/dev/mapper/delay-bf
 fleece_create fo-bf "$origin" "$fleece" $BIG cbw_timeout_ms 30000 >/dev/null
 view=$(view_create fv-bf "$origin" "$fleece")
-wr /dev/mapper/fo-bf 1
+wr_timed /dev/mapper/fo-bf 1 wbf || fail "(b) the write failed: $(cat wbf)"
+held_check wbf 30000 "(b) default, before the reload" -lt 15000
 dmsetup load fo-bf --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG 3 fail_origin_writes cbw_timeout_ms 30000"
 ( dmsetup suspend fo-bf && dmsetup resume fo-bf ) &
 rpid=$!
@@ -282,78 +357,221 @@ dmsetup load mid-bf --table "0 $((MIB * 2048)) linear $slice 0"
 dmsetup resume mid-bf
 dmsetup load delay-bf --table "0 $((MIB * 2048)) linear /dev/mapper/mid-bf 0"
 dmsetup resume delay-bf
-wr /dev/mapper/fo-bf 1
+wr_timed /dev/mapper/fo-bf 1 wbf2 || fail "(b) the later write failed: $(cat wbf2)"
+held_check wbf2 30000 "(b) a later write, the view invalid" -lt 15000
 view_check "$view" 1 eio "(b) after a later write"
 dmsetup remove fv-bf fo-bf delay-bf mid-bf
 
+# The reverse reload, fail_origin_writes -> default.  A copy under
+# fail_origin_writes holds its write until it is done, and the reload's
+# suspend waits for that write: the copies in flight across the reload are
+# those its timeout abandoned (their writes failed), still in their fleece
+# write.  Two of them, chunks 1 and 3; the fleece device then completes the
+# first and fails the second (dm-error under chunk 3).
+TOR=3000
+log "(b) fail_origin_writes -> default by a reload while two abandoned copies are in their fleece writes"
+dmesg_mark
+origin=$(mkdev origin-br $MIB)
+put old "$origin"
+slice=$(mkdev slice-br $MIB 1)
+mid_br() { # target of chunk 3: linear or error
+	local tail="linear $slice $((3 * BIG))"
+	[ "$1" = linear ] || tail=error
+	printf '0 %d linear %s 0\n%d %d %s\n%d %d linear %s %d\n' $((3 * BIG)) "$slice" \
+		$((3 * BIG)) $BIG "$tail" $((4 * BIG)) $((MIB * 2048 - 4 * BIG)) "$slice" $((4 * BIG))
+}
+mid_br error | dmsetup create mid-br
+dmsetup create delay-br --table "0 $((MIB * 2048)) delay /dev/mapper/mid-br 0 0 /dev/mapper/mid-br 0 $DELAY"
+fleece=/dev/mapper/delay-br
+fleece_create fo-br "$origin" "$fleece" $BIG fail_origin_writes cbw_timeout_ms $TOR >/dev/null
+view=$(view_create fv-br "$origin" "$fleece")
+dmsetup load fo-br --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG 2 cbw_timeout_ms $TOR"
+for n in 1 3; do
+	( wr_timed /dev/mapper/fo-br $n "wbr$n" && echo "write to chunk $n succeeded" >> "wbr$n" ) &
+done
+sleep 0.5
+log "the reload's suspend, while the two writes wait for their copies"
+(
+	t=$(ms)
+	dmsetup suspend fo-br
+	echo $(($(ms) - t)) > tsbr
+) &
+spid=$!
+ended_or_release delay-br "(b) fail_origin_writes -> default: the reload's suspend" $((TOR + 3 * MARGIN)) $spid
+wait $spid || fail "(b) fail_origin_writes -> default: the suspend failed"
+dmsetup resume fo-br
+wait || true	# the checks tell
+ts=$(cat tsbr)
+log "the suspend returned after $ts ms"
+[ $ts -le $((TOR + MARGIN)) ] || fail "(b) fail_origin_writes -> default: the suspend took $ts ms (cbw_timeout_ms $TOR)"
+[[ $(dmsetup table fo-br) != *fail_origin_writes* ]] || fail "(b) the default table is not in force: $(dmsetup table fo-br)"
+for n in 1 3; do
+	grep_q "Input/output error" "wbr$n" || fail "(b) fail_origin_writes -> default: write to chunk $n: $(cat "wbr$n")"
+	held_check "wbr$n" $TOR "(b) write to chunk $n under fail_origin_writes" -ge $((TOR * 9 / 10))
+done
+assert_eq "$(status_field fo-br 7) $(copies_in_flight fo-br)" "active 2" "state, abandoned copies in flight after the reload"
+log "writes to the chunks of the abandoned copies fail at once, under their copies' policy"
+for n in 1 3; do
+	view_check "$view" $n old "(b) fail_origin_writes -> default, copies abandoned"
+	! wr_timed /dev/mapper/fo-br $n "wbrx$n" || fail "(b) a write to chunk $n, whose copy is abandoned under fail_origin_writes, succeeded"
+	grep_q "Input/output error" "wbrx$n" || fail "(b) write to chunk $n: $(cat "wbrx$n")"
+	held_check "wbrx$n" $TOR "(b) write to chunk $n, its copy abandoned" -lt $((TOR / 2))
+	origin_check "$origin" $n old "(b) fail_origin_writes -> default, copies abandoned"
+	view_check "$view" $n old "(b) fail_origin_writes -> default, copies abandoned"
+done
+log "the fleece device completes chunk 1's copy and fails chunk 3's"
+release_delayed delay-br
+copies_settle fo-br
+# 2 timeouts and 2 writes failed at once; the failure of an abandoned copy
+# is not counted again.
+assert_eq "$(fleece_counts_now fo-br | cut -d' ' -f1-6)" "$((NCHUNKS - 1)) 1 0 2 4 active" \
+	"(b) status once the abandoned copies ended (pending copied released cbw errors state)"
+! dmesg_since_mark | grep -E "view invalidated" || fail "(b) fail_origin_writes -> default: the view was invalidated"
+expect_dmesg_since_mark "chunk 1 timed out after $TOR ms"
+expect_dmesg_since_mark "chunk 3 timed out after $TOR ms"
+for n in 1 3; do
+	view_check "$view" $n old "(b) fail_origin_writes -> default, copies ended"
+done
+wr_timed /dev/mapper/fo-br 1 wbr1c || fail "(b) a write to copied chunk 1 failed: $(cat wbr1c)"
+held_check wbr1c $TOR "(b) write to copied chunk 1" -lt $((TOR / 2))
+origin_check "$origin" 1 new "(b) chunk 1 written after its copy"
+view_check "$view" 1 old "(b) chunk 1 written after its copy"
+log "a new copy of chunk 3 takes the default policy: its write passes, its timeout invalidates the view"
+mid_br linear | dmsetup load mid-br
+dmsetup resume mid-br
+wr_timed /dev/mapper/fo-br 3 wbr3n || fail "(b) a write to chunk 3 under the default policy failed: $(cat wbr3n)"
+held_check wbr3n $TOR "(b) write to chunk 3, a new copy under the default policy" -lt $((TOR / 2))
+origin_check "$origin" 3 new "(b) chunk 3 written under the default policy"
+view_check "$view" 3 eio "(b) chunk 3, its new copy stalled"	# waits for the copy's timeout
+assert_eq "$(status_field fo-br 7)" invalid "(b) state once the new copy timed out"
+expect_dmesg_since_mark "view invalidated: copy-before-write timed out"
+view_check "$view" 1 eio "(b) chunk 1, the view invalid"
+release_delayed delay-br
+copies_settle fo-br
+dmsetup remove fv-br fo-br delay-br mid-br
+
 # === (c) no I/O of the target's own after a suspend ========================
 
-log "(c) suspend waits for the copy's fleece write (delayed 3 s)"
-dmesg_mark
-origin=$(mkdev origin-c $MIB)
-put old "$origin"
-slice=$(mkdev slice-c $MIB 1)
-dmsetup create delay-c --table "0 $((MIB * 2048)) delay $slice 0 0 $slice 0 3000"
-iostats_on delay-c
-fleece_create fo-c "$origin" /dev/mapper/delay-c $BIG >/dev/null
-view=$(view_create fv-c "$origin" /dev/mapper/delay-c)
-wr /dev/mapper/fo-c 2
-assert_eq "$(writes_done delay-c)" 0 "fleece writes done before the suspend"
-dmsetup suspend fo-c
-assert_eq "$(copies_in_flight fo-c)" 0 "copies in flight once suspended"
-n=$(writes_done delay-c)
-assert_eq "$n" 1 "fleece writes done once suspended"
-sleep 3.5
-assert_eq "$(writes_done delay-c)" "$n" "fleece writes done while suspended"
-dmsetup resume fo-c
-view_check "$view" 2 old "(c) after the suspend"
-assert_eq "$(status_field fo-c 7)" active "state"
-dmsetup remove fv-c fo-c delay-c
+# The copy's fleece write is delayed CDELAY ms; cbw_timeout_ms is longer,
+# so that no copy is abandoned.  Default policy: the write passes once the
+# old data is in memory, and the suspend after it waits for the copy.
+# fail_origin_writes: the write waits for the copy, and a suspend while it
+# waits returns once the write, so the copy, has ended.
+CDELAY=3000
+TOC=10000
+for pol in default fail_origin_writes; do
+	c=c-${pol%%_*}
+	log "(c) $pol: a suspend waits for the copy's fleece write (delayed $CDELAY ms), cbw_timeout_ms $TOC"
+	dmesg_mark
+	origin=$(mkdev "origin-$c" $MIB)
+	put old "$origin"
+	slice=$(mkdev "slice-$c" $MIB 1)
+	dmsetup create "delay-$c" --table "0 $((MIB * 2048)) delay $slice 0 0 $slice 0 $CDELAY"
+	iostats_on "delay-$c"
+	feat=(cbw_timeout_ms $TOC)
+	[ $pol = default ] || feat=(fail_origin_writes "${feat[@]}")
+	fleece_create "fo-$c" "$origin" "/dev/mapper/delay-$c" $BIG "${feat[@]}" >/dev/null
+	view=$(view_create "fv-$c" "$origin" "/dev/mapper/delay-$c")
+	wr_timed "/dev/mapper/fo-$c" 2 "w$c" &
+	wpid=$!
+	if [ $pol = default ]; then
+		wait $wpid || fail "(c) default: the write failed: $(cat "w$c")"
+		held_check "w$c" $TOC "(c) default" -lt $((CDELAY / 2))	# before the fleece write ends
+	else
+		sleep 1
+		kill -0 $wpid 2>/dev/null || fail "(c) fail_origin_writes: the write did not wait for the copy: $(cat "w$c")"
+	fi
+	assert_eq "$(writes_done "delay-$c")" 0 "(c) $pol: fleece writes done before the suspend"
+	t0=$(ms)
+	dmsetup suspend "fo-$c"
+	ts=$(($(ms) - t0))
+	assert_eq "$(copies_in_flight "fo-$c")" 0 "(c) $pol: copies in flight once suspended"
+	n=$(writes_done "delay-$c")
+	assert_eq "$n" 1 "(c) $pol: fleece writes done once suspended"
+	log "(c) $pol: the suspend returned after $ts ms"
+	[ $ts -le $((TOC + MARGIN)) ] || fail "(c) $pol: the suspend took $ts ms (cbw_timeout_ms $TOC)"
+	if [ $pol = default ]; then
+		sleep $((CDELAY / 1000 + 1))	# a fleece write issued now would end meanwhile
+		assert_eq "$(writes_done "delay-$c")" "$n" "(c) default: fleece writes done while suspended"
+	else
+		wait $wpid || fail "(c) fail_origin_writes: the write failed: $(cat "w$c")"
+		held_check "w$c" $TOC "(c) fail_origin_writes" -ge $((CDELAY * 9 / 10))	# until the fleece write ended
+	fi
+	dmsetup resume "fo-$c"
+	origin_check "$origin" 2 new "(c) $pol"
+	view_check "$view" 2 old "(c) $pol: after the suspend"
+	assert_eq "$(status_field "fo-$c" 7)" active "(c) $pol: state"
+	dmsetup remove "fv-$c" "fo-$c" "delay-$c"
+done
 
 # === (d) a swap to linear while an abandoned copy is stuck =================
 
-log "(d) swap to linear with an abandoned copy stuck on the fleece device"
-dmesg_mark
-setup d
-fleece_create fo-d "$origin" "$fleece" $BIG cbw_timeout_ms 500 >/dev/null
-wr /dev/mapper/fo-d 3
-sleep 1.5
-assert_eq "$(status_field fo-d 7) $(copies_in_flight fo-d)" "invalid 1" "state, the abandoned copy in flight"
-dmsetup load fo-d --table "0 $((MIB * 2048)) linear $origin 0"
-dmsetup resume fo-d &
-spid=$!
-sleep 2
-kill -0 $spid 2>/dev/null || fail "the swap did not wait for the abandoned copy"
-log "a new fleece of the same devices is refused meanwhile"
-expect_fail dmsetup create fo-d2 --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG"
-expect_dmesg_since_mark "has 1 copies in flight"
-release_delayed delay-d
-wait $spid || fail "the swap to linear failed"
-[[ $(dmsetup table fo-d) == *" linear "* ]] || fail "fo-d is not linear: $(dmsetup table fo-d)"
-log "once the copy ended, a new fleece of the same devices starts"
-fleece_create fo-d2 "$origin" "$fleece" $BIG >/dev/null
-assert_eq "$(status_field fo-d2 7)" active "state of the new fleece"
-dmsetup remove fo-d2 fo-d delay-d
+TOD=500
+for pol in default fail_origin_writes; do
+	c=d-${pol%%_*}
+	log "(d) $pol: swap to linear with an abandoned copy stuck on the fleece device"
+	dmesg_mark
+	setup $c
+	feat=(cbw_timeout_ms $TOD)
+	[ $pol = default ] || feat=(fail_origin_writes "${feat[@]}")
+	fleece_create "fo-$c" "$origin" "$fleece" $BIG "${feat[@]}" >/dev/null
+	view=$(view_create "fv-$c" "$origin" "$fleece")
+	if [ $pol = default ]; then
+		wr_timed "/dev/mapper/fo-$c" 3 "w$c" || fail "(d) default: the write failed: $(cat "w$c")"
+		held_check "w$c" $TOD "(d) default"
+		sleep 1.5	# the copy's timeout
+		want="invalid 1" data=eio
+		origin_check "$origin" 3 new "(d) default"
+	else
+		! wr_timed "/dev/mapper/fo-$c" 3 "w$c" || fail "(d) fail_origin_writes: the write succeeded"
+		grep_q "Input/output error" "w$c" || fail "(d) fail_origin_writes: the write: $(cat "w$c")"
+		held_check "w$c" $TOD "(d) fail_origin_writes" -ge $((TOD * 9 / 10))
+		want="active 1" data=old
+		origin_check "$origin" 3 old "(d) fail_origin_writes"
+	fi
+	assert_eq "$(status_field "fo-$c" 7) $(copies_in_flight "fo-$c")" "$want" "(d) $pol: state, the abandoned copy in flight"
+	view_check "$view" 3 $data "(d) $pol: before the swap"
+	dmsetup load "fo-$c" --table "0 $((MIB * 2048)) linear $origin 0"
+	dmsetup resume "fo-$c" &
+	spid=$!
+	sleep 2
+	kill -0 $spid 2>/dev/null || fail "(d) $pol: the swap did not wait for the abandoned copy"
+	log "a new fleece of the same devices is refused meanwhile"
+	expect_fail dmsetup create "fo-$c-2" --table "0 $((MIB * 2048)) fleece $origin $fleece $BIG"
+	expect_dmesg_since_mark "has 1 copies in flight"
+	release_delayed "delay-$c"
+	wait $spid || fail "(d) $pol: the swap to linear failed"
+	[[ $(dmsetup table "fo-$c") == *" linear "* ]] || fail "fo-$c is not linear: $(dmsetup table "fo-$c")"
+	view_check "$view" 3 eio "(d) $pol: after the swap"
+	dmsetup remove "fv-$c"
+	log "once the copy ended, a new fleece of the same devices starts"
+	fleece_create "fo-$c-2" "$origin" "$fleece" $BIG >/dev/null
+	assert_eq "$(status_field "fo-$c-2" 7)" active "(d) $pol: state of the new fleece"
+	dmsetup remove "fo-$c-2" "fo-$c" "delay-$c"
+done
 
 # === (e) the origin fails the copy's read ===================================
 
+TOE=5000		# the read's failure ends the copy long before
 for pol in default fail_origin_writes; do
-	log "(e) $pol: the origin fails the copy's read"
+	log "(e) $pol: the origin fails the copy's read, cbw_timeout_ms $TOE"
 	dmesg_mark
 	ram=$(mkdev ram-e-$pol $MIB)
 	put old "$ram"
 	dmsetup create origin-e-$pol --table "0 $((MIB * 2048)) linear $ram 0"
 	origin=/dev/mapper/origin-e-$pol
 	slice=$(mkdev slice-e-$pol $MIB 1)
-	feat=()
-	[ $pol = default ] || feat=(fail_origin_writes)
+	feat=(cbw_timeout_ms $TOE)
+	[ $pol = default ] || feat=(fail_origin_writes "${feat[@]}")
 	fleece_create fo-e "$origin" "$slice" $BIG "${feat[@]}" >/dev/null
 	view=$(view_create fv-e "$origin" "$slice")
 	dmsetup load origin-e-$pol --table "0 $((MIB * 2048)) flakey $ram 0 0 3600"
 	dmsetup resume origin-e-$pol
 	# Down, dm-flakey fails every bio: under the default policy the write
 	# goes on once the view is invalid, and fails on the origin itself.
-	expect_eio wr /dev/mapper/fo-e 1
+	! wr_timed /dev/mapper/fo-e 1 we || fail "(e) $pol: the write succeeded"
+	grep_q "Input/output error" we || fail "(e) $pol: the write: $(cat we)"
+	held_check we $TOE "(e) $pol" -lt $((TOE / 2))
 	expect_dmesg_since_mark "copy-before-write of chunk 1 failed reading the origin"
 	read -r pending copied released cbw errors state <<< "$(fleece_counts fo-e)"
 	dmsetup load origin-e-$pol --table "0 $((MIB * 2048)) linear $ram 0"
@@ -367,7 +585,8 @@ for pol in default fail_origin_writes; do
 		assert_eq "$pending $cbw $errors $state" "$NCHUNKS 1 1 active" "(e) fail_origin_writes: status"
 		origin_check "$origin" 1 old "(e) fail_origin_writes"
 		view_check "$view" 1 old "(e) fail_origin_writes"
-		wr /dev/mapper/fo-e 1
+		wr_timed /dev/mapper/fo-e 1 we2 || fail "(e) fail_origin_writes: the write after the repair failed: $(cat we2)"
+		held_check we2 $TOE "(e) fail_origin_writes, origin repaired"
 		origin_check "$origin" 1 new "(e) fail_origin_writes, origin repaired"
 		view_check "$view" 1 old "(e) fail_origin_writes, origin repaired"
 		assert_eq "$(fleece_counts fo-e)" "$((NCHUNKS - 1)) 1 0 2 1 active" "(e) status after the repaired write"
@@ -383,34 +602,37 @@ done
 # no_space_timeout, 60 s).  Five writers to five chunks at once (4 copy
 # slots, one write waits for a slot), both policies: every writer is let go
 # (default) or failed (fail_origin_writes) by the timeout, a suspend of the
-# origin completes meanwhile, the view never serves new data.
+# origin completes meanwhile, the view never serves new data.  Side by
+# side, on devices of their own, one writer alone: under the default policy
+# its copy has a slot and lets it pass once the old data is in memory, and
+# the origin's suspend then waits for that copy (not abandoned yet) until
+# its timeout abandons it; under fail_origin_writes it fails at the
+# timeout.
 
 TOS=5000
 # The writers, in the background, each to the first 4 KiB of its chunk;
 # they must all have ended within the timeout plus the margin.
-alive() { # pid...
-	local p
-	for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done
-	return 1
-}
-writers_bounded() { # dev what
+writers_bounded() { # dev what writers file-prefix kind case
 	local n pids=() t0 t errs=()
 	t0=$(ms)
-	for n in $(seq 0 $((NCHUNKS - 1))); do
-		(if wr_timed "$1" $n "werr$n"; then echo 0; else echo $?; fi > "wrc$n") &
-		pids+=($!) errs+=("werr$n")
+	for n in $(seq 0 $(($3 - 1))); do
+		(if wr_timed "$1" $n "$4err$n"; then echo 0; else echo $?; fi > "$4rc$n") &
+		pids+=($!) errs+=("$4err$n")
 	done
 	# A backstop, timed by the shell: each writer's own time is checked next.
 	while alive "${pids[@]}"; do
 		t=$(($(ms) - t0))
-		[ $t -le $((TOS + 3 * MARGIN)) ] ||
+		if [ $t -gt $((TOS + 3 * MARGIN)) ]; then
+			stall_end "$5" "$6"	# lets them go: no writer left hanging
 			fail "$2: writers still held after $t ms (cbw_timeout_ms $TOS)"
+			break
+		fi
 		sleep 0.2
 	done
-	wait
+	wait "${pids[@]}" || true	# each writer's status is in its file
 	held=$(held_ms "${errs[@]}")
 	held_least=$(least_ms "${errs[@]}")
-	log "$2: the $NCHUNKS writers were held $held_least to $held ms"
+	log "$2: the $3 writers were held $held_least to $held ms"
 	[ $held -le $((TOS + MARGIN)) ] || fail "$2: a writer was held $held ms (cbw_timeout_ms $TOS)"
 }
 # How a stall is made and ended, per kind.
@@ -450,50 +672,87 @@ stall_end() { # kind case
 		;;
 	esac
 }
+# The devices of a case (mkdev is not safe to run side by side: the
+# devices of both cases are made first, in turn).
+f_setup() { # kind policy case
+	origin=$(mkdev "origin-$3" $MIB 2)
+	put old "$origin"
+	stall_make $1 "$3"
+	feat=(cbw_timeout_ms $TOS)
+	[ $2 = default ] || feat=(fail_origin_writes "${feat[@]}")
+	fleece_create "fo-$3" "$origin" "$fleece" $BIG "${feat[@]}" >/dev/null
+	view=$(view_create "fv-$3" "$origin" "$fleece")
+}
+f_run() { # kind policy case writers
+	local kind=$1 pol=$2 c=$3 nw=$4 n t0 ts what suspended want pre
+	what="(f) $kind, $pol, $nw writer(s)"
+	pre=$(pair_re "$origin" "$fleece")
+	log "$what, cbw_timeout_ms $TOS"
+	stall_start $kind "$c"
+	writers_bounded "/dev/mapper/fo-$c" "$what" $nw "$c-" $kind "$c"
+	if [ $pol = fail_origin_writes ]; then
+		[ $held_least -ge $((TOS * 9 / 10)) ] ||
+			fail "$what: a write failed after $held_least ms, before the timeout"
+	elif [ $nw = 1 ]; then
+		[ $held -lt $((TOS / 2)) ] ||
+			fail "$what: the writer was held $held ms: not let go once the old data was in memory"
+	fi
+	t0=$(ms)
+	dmsetup suspend "fo-$c"
+	ts=$(($(ms) - t0))
+	suspended="$(status_field "fo-$c" 7) $(copies_in_flight "fo-$c")"
+	dmsetup resume "fo-$c"
+	log "$what: the origin's suspend took $ts ms; then state, copies in flight: $suspended"
+	# The copies in flight then are those abandoned by their timeout, one
+	# per slot taken.
+	want="invalid $((nw < 4 ? nw : 4))"
+	[ $pol = default ] || want="active $((nw < 4 ? nw : 4))"
+	assert_eq "$suspended" "$want" "$what: state, copies in flight once the origin was suspended"
+	if [ $pol = default ] && [ $nw = 1 ]; then
+		[ $ts -le $((TOS + MARGIN)) ] || fail "$what: the origin's suspend took $ts ms (cbw_timeout_ms $TOS)"
+	else
+		[ $ts -le $MARGIN ] || fail "$what: the origin's suspend took $ts ms"
+	fi
+	for n in $(seq 0 $((nw - 1))); do
+		if [ $pol = default ]; then
+			assert_eq "$(cat "$c-rc$n")" 0 "$what: write to chunk $n: $(cat "$c-err$n")"
+			origin_check "$origin" $n new "$what"
+			view_check "$view" $n eio "$what"
+		else
+			grep_q "Input/output error" "$c-err$n" ||
+				fail "$what: write to chunk $n: exit $(cat "$c-rc$n"): $(cat "$c-err$n")"
+			origin_check "$origin" $n old "$what"
+			view_check "$view" $n old "$what"
+		fi
+	done
+	# Which chunks' copies got the slots depends on the writers' order.
+	expect_dmesg_since_mark "${pre}copy-before-write of chunk [0-9]+ timed out after $TOS ms"
+	if [ $pol = default ]; then
+		assert_eq "$(status_field "fo-$c" 7)" invalid "$what: state"
+		expect_dmesg_since_mark "${pre}view invalidated: copy-before-write timed out"
+	else
+		assert_eq "$(status_field "fo-$c" 7)" active "$what: state"
+		! dmesg_since_mark | grep -E "${pre}view invalidated" || fail "$what: the view was invalidated"
+	fi
+	stall_end $kind "$c"
+	copies_settle "fo-$c"
+	[ $pol = default ] || view_check "$view" 0 old "$what, stall ended"
+	dmsetup remove "fv-$c" "fo-$c" "fdev-$c"
+	[ $kind = suspended ] || dmsetup remove "pool-$c"
+}
 for kind in suspended thin-full; do
 	for pol in default fail_origin_writes; do
 		c=f-$kind-${pol%%_*}
-		log "(f) $kind fleece device, $pol, cbw_timeout_ms $TOS"
 		dmesg_mark
-		origin=$(mkdev "origin-$c" $MIB 2)
-		put old "$origin"
-		stall_make $kind "$c"
-		feat=(cbw_timeout_ms $TOS)
-		[ $pol = default ] || feat=(fail_origin_writes "${feat[@]}")
-		fleece_create "fo-$c" "$origin" "$fleece" $BIG "${feat[@]}" >/dev/null
-		view=$(view_create "fv-$c" "$origin" "$fleece")
-		stall_start $kind "$c"
-		writers_bounded "/dev/mapper/fo-$c" "(f) $kind, $pol"
-		[ $pol = default ] || [ $held_least -ge $((TOS * 9 / 10)) ] ||
-			fail "(f) $kind, $pol: a write failed after $held_least ms, before the timeout"
-		t0=$(ms)
-		dmsetup suspend "fo-$c"
-		ts=$(($(ms) - t0))
-		dmsetup resume "fo-$c"
-		[ $ts -le $MARGIN ] || fail "(f) $kind, $pol: the origin's suspend took $ts ms"
-		for n in $(seq 0 $((NCHUNKS - 1))); do
-			if [ $pol = default ]; then
-				assert_eq "$(cat "wrc$n")" 0 "(f) $kind, default: write to chunk $n: $(cat "werr$n")"
-				origin_check "$origin" $n new "(f) $kind, default"
-				view_check "$view" $n eio "(f) $kind, default"
-			else
-				grep_q "Input/output error" "werr$n" ||
-					fail "(f) $kind, fail_origin_writes: write to chunk $n: exit $(cat "wrc$n"): $(cat "werr$n")"
-				origin_check "$origin" $n old "(f) $kind, fail_origin_writes"
-				view_check "$view" $n old "(f) $kind, fail_origin_writes"
-			fi
-		done
-		if [ $pol = default ]; then
-			assert_eq "$(status_field "fo-$c" 7)" invalid "(f) $kind, default: state"
-			expect_dmesg_since_mark "view invalidated: copy-before-write timed out"
-		else
-			assert_eq "$(status_field "fo-$c" 7)" active "(f) $kind, fail_origin_writes: state"
-		fi
-		stall_end $kind "$c"
-		copies_settle "fo-$c"
-		[ $pol = default ] || view_check "$view" 0 old "(f) $kind, fail_origin_writes, stall ended"
-		dmsetup remove "fv-$c" "fo-$c" "fdev-$c"
-		[ $kind = suspended ] || dmsetup remove "pool-$c"
+		f_setup $kind $pol "$c-1"
+		f_run $kind $pol "$c-1" 1 > "$c-1.log" 2>&1 &
+		p1=$!
+		f_setup $kind $pol "$c"
+		f_run $kind $pol "$c" $NCHUNKS
+		rc=0
+		wait $p1 || rc=$?
+		cat "$c-1.log"
+		[ $rc = 0 ] || fail "(f) $kind, $pol, one writer: exit $rc (above)"
 	done
 done
 
@@ -848,3 +1107,158 @@ for i in $(seq 1 $HTRIALS); do
 	dmsetup remove "fv-$c" "fo-$c" "fdev-$c"
 	((i % 2)) || dmsetup remove "ferr-$c"
 done
+
+# === (i) one sequential writer over many chunks of a stalled fleece device ==
+#
+# Issue 12, item 1's reproduction: a fleece on a dm-delay device that holds
+# writes 90 s, one sequential dd (bs=1M).  8 MiB chunks: 8 copy slots
+# (64 MiB), and the writer goes over 10 chunks.  The module's bound is per
+# write: a write is held at most cbw_timeout_ms from its arrival (its
+# chunk's copy's timeout counts from the first write to the chunk, whether
+# the copy has a slot or not).  So a sequential writer is held at most
+# (writes that wait) x cbw_timeout_ms, and how many writes wait depends on
+# the policy:
+#   default: the first 8 chunks' copies take the slots and let their writes
+#     pass once the old data is in memory; the ninth chunk's first write
+#     waits, its copy without a slot, until the first copy's timeout
+#     invalidates the view, which lets every waiting write go at once, and
+#     every later write passes without a copy.  One wait in all: the whole
+#     dd ends within one timeout (counted from its first write) plus the
+#     margin, however many chunks it writes.
+#   fail_origin_writes: dd stops at its first failed write, so the writer
+#     is a dd per chunk, one after the other.  Each write fails at its own
+#     copy's timeout: the first 8 with their copies abandoned in the fleece
+#     write (they keep their slots), the next ones while their copies wait
+#     for a slot.  Ten waits: each write is held [0.9, 1] x cbw_timeout_ms
+#     (plus the margin), the ten together at most 10 x cbw_timeout_ms plus
+#     the margin.
+# In both, a suspend of the origin while a write waits for a slot
+# completes within the timeout (the unfixed module slept in .map
+# for a slot: the writer and the suspend hung for as long as the fleece
+# device stalled).
+
+ICH=16384		# chunk sectors: 8 MiB, so 8 copy slots
+ICH_KIB=8192
+ICHUNKS=$((MIB / 8))	# 10
+TOI=8000		# the dd reaches the ninth chunk well before it (3 s under TCG)
+log "(i) default: one dd (bs=1M) over $ICHUNKS chunks of a stalled fleece device, cbw_timeout_ms $TOI"
+dmesg_mark
+setup i-d 2 3
+fleece_create fo-i-d "$origin" "$fleece" $ICH cbw_timeout_ms $TOI >/dev/null
+view=$(view_create fv-i-d "$origin" "$fleece")
+t0=$(ms)
+dd if=new of=/dev/mapper/fo-i-d bs=1M oflag=direct conv=notrunc 2> wid &
+wpid=$!
+# The ninth chunk's copy waits for a slot: 9 copies in flight, 8 slots.
+while [ "$(copies_in_flight fo-i-d)" -lt 9 ]; do
+	alive $wpid || { fail "(i) default: the dd ended before a write waited for a slot: $(cat wid)"; break; }
+	[ "$(status_field fo-i-d 7)" = active ] ||
+		{ fail "(i) default: the view was invalid before the dd reached the ninth chunk (after $(($(ms) - t0)) ms)"; break; }
+	sleep 0.1
+done
+waiting="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
+log "(i) default: a write waits for a slot after $(($(ms) - t0)) ms ($waiting); a suspend of the origin"
+(
+	t=$(ms)
+	dmsetup suspend fo-i-d
+	echo $(($(ms) - t)) > tsi
+) &
+spid=$!
+ended_or_release delay-i-d "(i) default: the origin's suspend" $((TOI + 3 * MARGIN)) $spid
+wait $spid || fail "(i) default: the suspend failed"
+suspended="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
+dmsetup resume fo-i-d
+ended_or_release delay-i-d "(i) default: the dd" $((TOI + 3 * MARGIN)) $wpid
+wait $wpid || fail "(i) default: the dd failed: $(cat wid)"
+t=$(held_ms wid)
+ts=$(cat tsi)
+log "(i) default: the dd wrote $ICHUNKS chunks in $t ms; the suspend returned after $ts ms, the view then $suspended"
+[ $t -le $((TOI + MARGIN)) ] ||
+	fail "(i) default: the dd took $t ms, more than one timeout ($TOI ms) plus the margin"
+[ $ts -le $((TOI + MARGIN)) ] || fail "(i) default: the suspend took $ts ms (cbw_timeout_ms $TOI)"
+assert_eq "$waiting" "active 9" "(i) default: state, copies in flight while a write waited for a slot"
+# The eight copies under way were waited for until their timeouts
+# abandoned them; the ninth, never started, ended at the invalidation.
+assert_eq "$suspended" "invalid 8" "(i) default: state, copies in flight once suspended"
+for n in $(seq 0 $((ICHUNKS - 1))); do
+	origin_check "$origin" $n new "(i) default" $ICH_KIB
+	view_check "$view" $n eio "(i) default" $ICH_KIB
+done
+expect_dmesg_since_mark "view invalidated: copy-before-write timed out"
+release_delayed delay-i-d
+copies_settle fo-i-d
+dmsetup remove fv-i-d fo-i-d delay-i-d
+
+TOIF=1000
+log "(i) fail_origin_writes: a dd (bs=1M) per chunk, one after the other, over $ICHUNKS chunks of a stalled fleece device, cbw_timeout_ms $TOIF"
+dmesg_mark
+setup i-f 2 3
+fleece_create fo-i-f "$origin" "$fleece" $ICH fail_origin_writes cbw_timeout_ms $TOIF >/dev/null
+view=$(view_create fv-i-f "$origin" "$fleece")
+(
+	for n in $(seq 0 $((ICHUNKS - 1))); do
+		[ $n != 8 ] || touch at8
+		dd if=new of=/dev/mapper/fo-i-f bs=1M seek=$((n * 8)) skip=$((n * 8)) count=1 \
+			oflag=direct conv=notrunc 2> "wif$n" && echo "chunk $n: written" >> "wif$n"
+	done
+) &
+wpid=$!
+t0=$(ms)
+while [ ! -e at8 ]; do
+	alive $wpid || { fail "(i) fail_origin_writes: the writer ended before the ninth chunk"; break; }
+	[ $(($(ms) - t0)) -le $((8 * TOIF + 3 * MARGIN)) ] ||
+		{ release_delayed delay-i-f; fail "(i) fail_origin_writes: the first 8 writes not done after $(($(ms) - t0)) ms"; break; }
+	sleep 0.1
+done
+# The ninth (or tenth) chunk's copy waits for a slot (the abandoned copies
+# hold all 8).
+while [ "$(copies_in_flight fo-i-f)" -lt 9 ]; do
+	alive $wpid || { fail "(i) fail_origin_writes: no copy was seen waiting for a slot"; break; }
+	[ $(($(ms) - t0)) -le $((10 * TOIF + 3 * MARGIN)) ] ||
+		{ release_delayed delay-i-f; fail "(i) fail_origin_writes: no copy waits for a slot: $(dmsetup status fo-i-f)"; break; }
+	sleep 0.1
+done
+waiting="$(status_field fo-i-f 7) $(copies_in_flight fo-i-f)"
+log "(i) fail_origin_writes: a write waits for a slot ($waiting); a suspend of the origin"
+(
+	t=$(ms)
+	dmsetup suspend fo-i-f
+	echo $(($(ms) - t)) > tsif
+) &
+spid=$!
+ended_or_release delay-i-f "(i) fail_origin_writes: the origin's suspend" $((TOIF + 3 * MARGIN)) $spid
+wait $spid || fail "(i) fail_origin_writes: the suspend failed"
+dmsetup resume fo-i-f
+ended_or_release delay-i-f "(i) fail_origin_writes: the writer" $((2 * TOIF + 3 * MARGIN)) $wpid
+wait $wpid || true	# the checks tell
+ts=$(cat tsif)
+total=0
+for n in $(seq 0 $((ICHUNKS - 1))); do
+	grep_q "Input/output error" "wif$n" || fail "(i) fail_origin_writes: the write to chunk $n: $(cat "wif$n")"
+	held_check "wif$n" $TOIF "(i) fail_origin_writes, chunk $n" -ge $((TOIF * 9 / 10))
+	total=$((total + held))
+done
+log "(i) fail_origin_writes: the $ICHUNKS writes were held $total ms in all; the suspend returned after $ts ms"
+[ $total -le $((ICHUNKS * TOIF + MARGIN)) ] ||
+	fail "(i) fail_origin_writes: the $ICHUNKS writes were held $total ms, more than $ICHUNKS timeouts ($TOIF ms) plus the margin"
+[ $ts -le $((TOIF + MARGIN)) ] || fail "(i) fail_origin_writes: the suspend took $ts ms (cbw_timeout_ms $TOIF)"
+assert_eq "$waiting" "active 9" "(i) fail_origin_writes: state, copies in flight while a write waited for a slot"
+read -r pending copied released cbw errors state inflight <<< "$(fleece_counts_now fo-i-f)"
+assert_eq "$cbw $errors $state $inflight" "$ICHUNKS $ICHUNKS active 8" \
+	"(i) fail_origin_writes: copies asked for, errors, state, abandoned copies in flight"
+for n in $(seq 0 $((ICHUNKS - 1))); do
+	origin_check "$origin" $n old "(i) fail_origin_writes" $ICH_KIB
+	view_check "$view" $n old "(i) fail_origin_writes" $ICH_KIB
+done
+expect_dmesg_since_mark "chunk 0 timed out after $TOIF ms"
+expect_dmesg_since_mark "chunk 8 timed out after $TOIF ms waiting for a copy slot"
+! dmesg_since_mark | grep -E "view invalidated" || fail "(i) fail_origin_writes: the view was invalidated"
+log "(i) fail_origin_writes: the fleece device completes the abandoned copies: they count as copied"
+release_delayed delay-i-f
+copies_settle fo-i-f
+assert_eq "$(fleece_counts_now fo-i-f | cut -d' ' -f1-6)" "2 8 0 $ICHUNKS $ICHUNKS active" \
+	"(i) fail_origin_writes: status once the copies ended (pending copied released cbw errors state)"
+for n in 0 $((ICHUNKS - 1)); do	# a copied chunk, a pending one
+	view_check "$view" $n old "(i) fail_origin_writes, copies ended" $ICH_KIB
+done
+dmsetup remove fv-i-f fo-i-f delay-i-f
