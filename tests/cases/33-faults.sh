@@ -697,8 +697,20 @@ f_run() { # kind policy case writers
 		[ $held -lt $((TOS / 2)) ] ||
 			fail "$what: the writer was held $held ms: not let go once the old data was in memory"
 	fi
+	# With a backstop: a suspend that waits for a copy with no bound (the
+	# stall never ends by itself) would hang the test.
 	t0=$(ms)
-	dmsetup suspend "fo-$c"
+	dmsetup suspend "fo-$c" &
+	n=$!
+	while alive $n; do
+		if [ $(($(ms) - t0)) -gt $((TOS + 3 * MARGIN)) ]; then
+			stall_end $kind "$c"
+			fail "$what: the origin's suspend still held after $(($(ms) - t0)) ms (cbw_timeout_ms $TOS)"
+			break
+		fi
+		sleep 0.1
+	done
+	wait $n || fail "$what: the origin's suspend failed"
 	ts=$(($(ms) - t0))
 	suspended="$(status_field "fo-$c" 7) $(copies_in_flight "fo-$c")"
 	dmsetup resume "fo-$c"
