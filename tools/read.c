@@ -363,6 +363,29 @@ static int reader_punch(struct reader *rd, uint64_t off, uint64_t len)
 }
 
 /*
+ * Before @len bytes at @off of a file that shares its extents with the
+ * previous image are written: punch them, so that the write allocates
+ * fresh space (placed together with the batch's other blocks when it is
+ * synced) instead of copying a shared extent on write, block by block:
+ * on xfs under TCG 2621 scattered 64 KiB chunks took 2.4-2.6 s so
+ * against 3.1-10.1 s (tests/results/2026-12-02-incremental-clone-writes-
+ * punch-a0fbd56.txt).  Zero chunks are then left as they are: holes.  A
+ * file system that cannot punch (EOPNOTSUPP) is written in place from then
+ * on.  0, or -errno with a message.
+ */
+static int reader_unshare(struct reader *rd, uint64_t off, size_t len)
+{
+	int r;
+
+	if (!rd->unshare)
+		return 0;
+	r = reader_punch(rd, off, len);
+	if (!r)
+		rd->unshare = false;
+	return r < 0 ? r : 0;
+}
+
+/*
  * Write @n bytes of @buf, the block at rd->off, to the output (all-zero
  * chunks of a file left as holes).  Not synced: reader_saved() batches the
  * block for a release after a sync.
@@ -548,36 +571,49 @@ static int reader_throttle(struct reader *rd)
 }
 
 /*
- * The loop: read, write, release (in batches) each block in turn, with
- * progress and the rate limit, until the end of the view.  0, or -errno with a message
- * (-EFLEECE_INVALID, -EINTR after a signal); what was written stays for
- * the caller to remove.
+ * One block, @n bytes at rd->off, the next the readahead hands over: read,
+ * written (punched first when shared with the previous image), batched for
+ * release, with progress and the rate limit.  0, or -errno with a message
+ * (-EFLEECE_INVALID, -EINTR after a signal).
+ */
+static int reader_block(struct reader *rd, size_t n)
+{
+	const unsigned char *buf;
+	int r = stop_requested(rd->res);
+
+	if (!r)
+		r = reader_get(rd, &buf);
+	if (r)
+		return r;
+	rd->res->bytes_read += n;
+	r = reader_unshare(rd, rd->off, n);
+	if (!r)
+		r = reader_put(rd, buf, n);
+	if (!r)
+		r = reader_saved(rd, rd->off, n);
+	if (r)
+		return r;
+	readahead_done(rd->ra);
+	rd->done += n;
+	progress_show(&rd->prog, rd->done, false);
+	return reader_throttle(rd);
+}
+
+/*
+ * The loop: each block in turn until the end of the view.  0, or -errno
+ * with a message (-EFLEECE_INVALID, -EINTR after a signal); what was
+ * written stays for the caller to remove.
  */
 static int reader_loop(struct reader *rd)
 {
-	const unsigned char *buf;
 	size_t n;
 	int r = 0;
 
 	while (!r && rd->off < rd->size) {
 		n = rd->size - rd->off < rd->block ? (size_t)(rd->size - rd->off) :
 						     (size_t)rd->block;
-		r = stop_requested(rd->res);
-		if (!r)
-			r = reader_get(rd, &buf);
-		if (r)
-			break;
-		rd->res->bytes_read += n;
-		r = reader_put(rd, buf, n);
-		if (!r)
-			r = reader_saved(rd, rd->off, n);
-		if (r)
-			break;
-		readahead_done(rd->ra);
+		r = reader_block(rd, n);
 		rd->off += n;
-		rd->done += n;
-		progress_show(&rd->prog, rd->done, false);
-		r = reader_throttle(rd);
 	}
 	return r;
 }
@@ -619,29 +655,6 @@ static int reader_finish(struct reader *rd)
 	rd->res->seconds = now_mono() - rd->prog.t0;
 	progress_show(&rd->prog, rd->done, true);
 	return 0;
-}
-
-/*
- * Before @len bytes at @off of a file that shares its extents with the
- * previous image are written: punch them, so that the write allocates
- * fresh space (placed together with the batch's other blocks when it is
- * synced) instead of copying a shared extent on write, block by block:
- * on xfs under TCG 2621 scattered 64 KiB chunks took 2.4-2.6 s so
- * against 3.1-10.1 s (tests/results/2026-12-02-incremental-clone-writes-
- * punch-a0fbd56.txt).  Zero chunks are then left as they are: holes.  A
- * file system that cannot punch (EOPNOTSUPP) is written in place from then
- * on.  0, or -errno with a message.
- */
-static int reader_unshare(struct reader *rd, uint64_t off, size_t len)
-{
-	int r;
-
-	if (!rd->unshare)
-		return 0;
-	r = reader_punch(rd, off, len);
-	if (!r)
-		rd->unshare = false;
-	return r < 0 ? r : 0;
 }
 
 /*
@@ -721,7 +734,6 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 			       unsigned int n_ext)
 {
 	struct readahead_range *blocks;
-	const unsigned char *buf;
 	uint64_t n, k;
 	int r;
 
@@ -737,25 +749,8 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 		}
 	}
 	for (k = 0; !r && k < n; k++) {
-		size_t len = blocks[k].len;
-
 		rd->off = blocks[k].off;
-		r = stop_requested(rd->res);
-		if (!r)
-			r = reader_get(rd, &buf);
-		if (!r)
-			r = reader_unshare(rd, rd->off, len);
-		if (!r)
-			r = reader_put(rd, buf, len);
-		if (!r)
-			r = reader_saved(rd, rd->off, len);
-		if (r)
-			break;
-		readahead_done(rd->ra);
-		rd->res->bytes_read += len;
-		rd->done += len;
-		progress_show(&rd->prog, rd->done, false);
-		r = reader_throttle(rd);
+		r = reader_block(rd, blocks[k].len);
 	}
 	readahead_stop(rd->ra);
 	rd->ra = NULL;
