@@ -715,6 +715,17 @@ static void test_output(void)
 
 /* --- SHA-256 --------------------------------------------------------------- */
 
+/* tmpdir/@name holding the @size bytes of @data, open read-write (its path in @path). */
+static int data_file(const char *name, const void *data, size_t size, char *path, size_t len)
+{
+	int fd;
+
+	snprintf(path, len, "%s/%s", tmpdir, name);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	CHECK(fd >= 0 && write(fd, data, size) == (ssize_t)size);
+	return fd;
+}
+
 static const char *sha_of(const void *data, size_t len, char hex[65])
 {
 	struct sha256 s;
@@ -765,9 +776,7 @@ static void test_sha256(void)
 	sha256_free(&s);				/* idempotent */
 
 	/* sha256_fd: the whole file from its start, whatever its offset. */
-	snprintf(path, sizeof(path), "%s/million", tmpdir);
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	CHECK(fd >= 0 && write(fd, a, million) == (ssize_t)million);
+	fd = data_file("million", a, million, path, sizeof(path));
 	CHECK_INT(sha256_fd(fd, hex), 0);
 	CHECK_STR(hex, SHA_MILLION_A);
 	close(fd);
@@ -797,9 +806,7 @@ static void test_readahead_hash(void)
 
 	for (i = 0; i < size; i++)
 		data[i] = (unsigned char)(i * 2654435761u >> 11);
-	snprintf(path, sizeof(path), "%s/blocks", tmpdir);
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	CHECK(fd >= 0 && write(fd, data, size) == (ssize_t)size);
+	fd = data_file("blocks", data, size, path, sizeof(path));
 	CHECK_INT(sha256_fd(fd, want), 0);
 	CHECK_STR(sha_of(data, size, hex), want);
 
@@ -873,9 +880,7 @@ static void test_readahead_ranges(void)
 
 	for (i = 0; i < size; i++)
 		data[i] = (unsigned char)(i * 2654435761u >> 13);
-	snprintf(path, sizeof(path), "%s/ranges", tmpdir);
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	CHECK(fd >= 0 && write(fd, data, size) == (ssize_t)size);
+	fd = data_file("ranges", data, size, path, sizeof(path));
 	/* 4 KiB to 64 KiB blocks with gaps, ascending. */
 	for (i = 0; n < ARRAY_SIZE(rg) - 1; i++) {
 		rg[n].off = off;
