@@ -141,6 +141,21 @@ ended_or_release() { # delay-device what bound_ms pid...
 		sleep 0.1
 	done
 }
+# Suspend DEV in the background, timed, under a backstop: past BOUND ms
+# the delay device is let go (ended_or_release) and the test fails.  The
+# suspend must succeed; $ts is its time in ms.
+suspend_timed() { # dev delay-device what bound_ms
+	local spid
+	(
+		t=$(ms)
+		dmsetup suspend "$1" || exit
+		echo $(($(ms) - t)) > "ts.$1"
+	) &
+	spid=$!
+	ended_or_release "$2" "$3" "$4" $spid
+	wait $spid || fail "$3 failed"
+	ts=$(cat "ts.$1")
+}
 # The start of a kernel message about one (origin, fleece) pair, as a
 # regex: cases that run side by side look only at their own pair's.
 pair_re() { # origin fleece (/dev/mapper/ names)
@@ -391,17 +406,9 @@ for n in 1 3; do
 done
 sleep 0.5
 log "the reload's suspend, while the two writes wait for their copies"
-(
-	t=$(ms)
-	dmsetup suspend fo-br
-	echo $(($(ms) - t)) > tsbr
-) &
-spid=$!
-ended_or_release delay-br "(b) fail_origin_writes -> default: the reload's suspend" $((TOR + 3 * MARGIN)) $spid
-wait $spid || fail "(b) fail_origin_writes -> default: the suspend failed"
+suspend_timed fo-br delay-br "(b) fail_origin_writes -> default: the reload's suspend" $((TOR + 3 * MARGIN))
 dmsetup resume fo-br
 wait || true	# the checks tell
-ts=$(cat tsbr)
 log "the suspend returned after $ts ms"
 [ $ts -le $((TOR + MARGIN)) ] || fail "(b) fail_origin_writes -> default: the suspend took $ts ms (cbw_timeout_ms $TOR)"
 [[ $(dmsetup table fo-br) != *fail_origin_writes* ]] || fail "(b) the default table is not in force: $(dmsetup table fo-br)"
@@ -1170,20 +1177,12 @@ while [ "$(copies_in_flight fo-i-d)" -lt 9 ]; do
 done
 waiting="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
 log "(i) default: a write waits for a slot after $(($(ms) - t0)) ms ($waiting); a suspend of the origin"
-(
-	t=$(ms)
-	dmsetup suspend fo-i-d
-	echo $(($(ms) - t)) > tsi
-) &
-spid=$!
-ended_or_release delay-i-d "(i) default: the origin's suspend" $((TOI + 3 * MARGIN)) $spid
-wait $spid || fail "(i) default: the suspend failed"
+suspend_timed fo-i-d delay-i-d "(i) default: the origin's suspend" $((TOI + 3 * MARGIN))
 suspended="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
 dmsetup resume fo-i-d
 ended_or_release delay-i-d "(i) default: the dd" $((TOI + 3 * MARGIN)) $wpid
 wait $wpid || fail "(i) default: the dd failed: $(cat wid)"
 t=$(held_ms wid)
-ts=$(cat tsi)
 log "(i) default: the dd wrote $ICHUNKS chunks in $t ms; the suspend returned after $ts ms, the view then $suspended"
 [ $t -le $((TOI + MARGIN)) ] ||
 	fail "(i) default: the dd took $t ms, more than one timeout ($TOI ms) plus the margin"
@@ -1232,18 +1231,10 @@ while [ "$(copies_in_flight fo-i-f)" -lt 9 ]; do
 done
 waiting="$(status_field fo-i-f 7) $(copies_in_flight fo-i-f)"
 log "(i) fail_origin_writes: a write waits for a slot ($waiting); a suspend of the origin"
-(
-	t=$(ms)
-	dmsetup suspend fo-i-f
-	echo $(($(ms) - t)) > tsif
-) &
-spid=$!
-ended_or_release delay-i-f "(i) fail_origin_writes: the origin's suspend" $((TOIF + 3 * MARGIN)) $spid
-wait $spid || fail "(i) fail_origin_writes: the suspend failed"
+suspend_timed fo-i-f delay-i-f "(i) fail_origin_writes: the origin's suspend" $((TOIF + 3 * MARGIN))
 dmsetup resume fo-i-f
 ended_or_release delay-i-f "(i) fail_origin_writes: the writer" $((2 * TOIF + 3 * MARGIN)) $wpid
 wait $wpid || true	# the checks tell
-ts=$(cat tsif)
 total=0
 for n in $(seq 0 $((ICHUNKS - 1))); do
 	grep_q "Input/output error" "wif$n" || fail "(i) fail_origin_writes: the write to chunk $n: $(cat "wif$n")"
