@@ -74,7 +74,7 @@ assert_eq "$(grep -cE 'dm-[0-9]+[^,]*, BLKDISCARD' r3.trace)" 1 "r3: discards on
 # batch goes out as one discard over its span, from its first changed chunk
 # to the end of its last, gaps included; no gap is discarded on its own.
 # Usually one batch, one discard; a slow guest (the debug kernel under
-# load: 10 s for the three) may close a batch by its age (BATCH_SECS)
+# load: 9.9 s for r3's one chunk) may close a batch by its age (BATCH_SECS)
 # between two chunks, hence one to three spans.  --json counts each
 # released byte once.
 wr 40 1; wr 90 1; wr 200 1
