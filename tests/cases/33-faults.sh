@@ -126,25 +126,26 @@ alive() { # pid...
 	return 1
 }
 # Waits, with a backstop timed by the shell, until no pid in "$@" runs;
-# past the backstop, ends the stall (releases the dm-delay device's
-# writes) so that the test does not hang, and fails.
-ended_or_release() { # delay-device what bound_ms pid...
+# past the backstop, ends the stall with RELEASE (a command and its
+# arguments, one word each: "release_delayed DEV" lets a dm-delay device's
+# writes go, "stall_end KIND CASE" ends (f)'s stalls) so that the test does
+# not hang, and fails.
+ended_or_release() { # release what bound_ms pid...
 	local t0 t
 	t0=$(ms)
 	while alive "${@:4}"; do
 		t=$(($(ms) - t0))
 		if [ $t -gt "$3" ]; then
-			release_delayed "$1"
+			$1
 			fail "$2: still held after $t ms"
-			return 0
 		fi
 		sleep 0.1
 	done
 }
 # Suspend DEV in the background, timed, under a backstop: past BOUND ms
-# the delay device is let go (ended_or_release) and the test fails.  The
-# suspend must succeed; $ts is its time in ms.
-suspend_timed() { # dev delay-device what bound_ms
+# the stall is ended by RELEASE (ended_or_release) and the test fails.
+# The suspend must succeed; $ts is its time in ms.
+suspend_timed() { # dev release what bound_ms
 	local spid
 	(
 		t=$(ms)
@@ -406,7 +407,7 @@ for n in 1 3; do
 done
 sleep 0.5
 log "the reload's suspend, while the two writes wait for their copies"
-suspend_timed fo-br delay-br "(b) fail_origin_writes -> default: the reload's suspend" $((TOR + 3 * MARGIN))
+suspend_timed fo-br "release_delayed delay-br" "(b) fail_origin_writes -> default: the reload's suspend" $((TOR + 3 * MARGIN))
 dmsetup resume fo-br
 wait || true	# the checks tell
 log "the suspend returned after $ts ms"
@@ -620,22 +621,13 @@ TOS=5000
 # The writers, in the background, each to the first 4 KiB of its chunk;
 # they must all have ended within the timeout plus the margin.
 writers_bounded() { # dev what writers file-prefix kind case
-	local n pids=() t0 t errs=()
-	t0=$(ms)
+	local n pids=() errs=()
 	for n in $(seq 0 $(($3 - 1))); do
 		(if wr_timed "$1" $n "$4err$n"; then echo 0; else echo $?; fi > "$4rc$n") &
 		pids+=($!) errs+=("$4err$n")
 	done
 	# A backstop, timed by the shell: each writer's own time is checked next.
-	while alive "${pids[@]}"; do
-		t=$(($(ms) - t0))
-		if [ $t -gt $((TOS + 3 * MARGIN)) ]; then
-			stall_end "$5" "$6"	# lets them go: no writer left hanging
-			fail "$2: writers still held after $t ms (cbw_timeout_ms $TOS)"
-			break
-		fi
-		sleep 0.2
-	done
+	ended_or_release "stall_end $5 $6" "$2: writers (cbw_timeout_ms $TOS)" $((TOS + 3 * MARGIN)) "${pids[@]}"
 	wait "${pids[@]}" || true	# each writer's status is in its file
 	held=$(held_ms "${errs[@]}")
 	held_least=$(least_ms "${errs[@]}")
@@ -691,7 +683,7 @@ f_setup() { # kind policy case
 	view=$(view_create "fv-$3" "$origin" "$fleece")
 }
 f_run() { # kind policy case writers
-	local kind=$1 pol=$2 c=$3 nw=$4 n t0 ts what suspended want pre
+	local kind=$1 pol=$2 c=$3 nw=$4 n ts what suspended want pre
 	what="(f) $kind, $pol, $nw writer(s)"
 	pre=$(pair_re "$origin" "$fleece")
 	log "$what, cbw_timeout_ms $TOS"
@@ -706,19 +698,8 @@ f_run() { # kind policy case writers
 	fi
 	# With a backstop: a suspend that waits for a copy with no bound (the
 	# stall never ends by itself) would hang the test.
-	t0=$(ms)
-	dmsetup suspend "fo-$c" &
-	n=$!
-	while alive $n; do
-		if [ $(($(ms) - t0)) -gt $((TOS + 3 * MARGIN)) ]; then
-			stall_end $kind "$c"
-			fail "$what: the origin's suspend still held after $(($(ms) - t0)) ms (cbw_timeout_ms $TOS)"
-			break
-		fi
-		sleep 0.1
-	done
-	wait $n || fail "$what: the origin's suspend failed"
-	ts=$(($(ms) - t0))
+	suspend_timed "fo-$c" "stall_end $kind $c" "$what: the origin's suspend (cbw_timeout_ms $TOS)" \
+		$((TOS + 3 * MARGIN))
 	suspended="$(status_field "fo-$c" 7) $(copies_in_flight "fo-$c")"
 	dmsetup resume "fo-$c"
 	log "$what: the origin's suspend took $ts ms; then state, copies in flight: $suspended"
@@ -1177,10 +1158,10 @@ while [ "$(copies_in_flight fo-i-d)" -lt 9 ]; do
 done
 waiting="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
 log "(i) default: a write waits for a slot after $(($(ms) - t0)) ms ($waiting); a suspend of the origin"
-suspend_timed fo-i-d delay-i-d "(i) default: the origin's suspend" $((TOI + 3 * MARGIN))
+suspend_timed fo-i-d "release_delayed delay-i-d" "(i) default: the origin's suspend" $((TOI + 3 * MARGIN))
 suspended="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
 dmsetup resume fo-i-d
-ended_or_release delay-i-d "(i) default: the dd" $((TOI + 3 * MARGIN)) $wpid
+ended_or_release "release_delayed delay-i-d" "(i) default: the dd" $((TOI + 3 * MARGIN)) $wpid
 wait $wpid || fail "(i) default: the dd failed: $(cat wid)"
 t=$(held_ms wid)
 log "(i) default: the dd wrote $ICHUNKS chunks in $t ms; the suspend returned after $ts ms, the view then $suspended"
@@ -1231,9 +1212,9 @@ while [ "$(copies_in_flight fo-i-f)" -lt 9 ]; do
 done
 waiting="$(status_field fo-i-f 7) $(copies_in_flight fo-i-f)"
 log "(i) fail_origin_writes: a write waits for a slot ($waiting); a suspend of the origin"
-suspend_timed fo-i-f delay-i-f "(i) fail_origin_writes: the origin's suspend" $((TOIF + 3 * MARGIN))
+suspend_timed fo-i-f "release_delayed delay-i-f" "(i) fail_origin_writes: the origin's suspend" $((TOIF + 3 * MARGIN))
 dmsetup resume fo-i-f
-ended_or_release delay-i-f "(i) fail_origin_writes: the writer" $((2 * TOIF + 3 * MARGIN)) $wpid
+ended_or_release "release_delayed delay-i-f" "(i) fail_origin_writes: the writer" $((2 * TOIF + 3 * MARGIN)) $wpid
 wait $wpid || true	# the checks tell
 total=0
 for n in $(seq 0 $((ICHUNKS - 1))); do
