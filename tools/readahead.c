@@ -37,7 +37,16 @@ struct readahead {
 	struct sha256 *hash;	/* NULL: no hasher thread */
 	bool hasher_joined;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	/*
+	 * Two conditions, so that an event wakes only whom it concerns (every
+	 * wakeup is a context switch: with eight readers on one CPU, one
+	 * condition for all woke eight threads per block): @slot_free, a
+	 * reader waiting for a slot, signalled once per slot freed; @ready,
+	 * the caller and the hasher waiting for a block, broadcast when a
+	 * block becomes ready.  Both are broadcast at an error or a stop.
+	 */
+	pthread_cond_t slot_free;
+	pthread_cond_t ready;
 	int fd;
 	/* The blocks: @ranges[0..@n), or else @size bytes in @block pieces. */
 	struct readahead_range *ranges;
@@ -122,7 +131,7 @@ static void *readahead_thread(void *arg)
 		pthread_mutex_lock(&ra->lock);
 		while (!ra->stop && !ra->error && ra->taken < ra->n &&
 		       ra->taken >= readahead_released(ra) + ra->n_slots)
-			pthread_cond_wait(&ra->cond, &ra->lock);
+			pthread_cond_wait(&ra->slot_free, &ra->lock);
 		if (ra->stop || ra->error || ra->taken == ra->n) {
 			pthread_mutex_unlock(&ra->lock);
 			return NULL;
@@ -141,13 +150,19 @@ static void *readahead_thread(void *arg)
 				ra->error_errno = error;
 				ra->error_off = off + got;
 			}
+			pthread_cond_broadcast(&ra->slot_free);
+			pthread_cond_broadcast(&ra->ready);
 		} else {
+			uint64_t filled = ra->filled;
+
 			ra->done[k % ra->n_slots] = k + 1;
 			while (ra->filled < ra->n &&
 			       ra->done[ra->filled % ra->n_slots] == ra->filled + 1)
 				ra->filled++;
+			/* A block ended ahead of a gap: nobody to wake yet. */
+			if (ra->filled != filled)
+				pthread_cond_broadcast(&ra->ready);
 		}
-		pthread_cond_broadcast(&ra->cond);
 		pthread_mutex_unlock(&ra->lock);
 	}
 }
@@ -165,7 +180,7 @@ static void *readahead_hasher(void *arg)
 	for (k = 0; k < ra->n; k++) {
 		pthread_mutex_lock(&ra->lock);
 		while (!ra->stop && !readahead_ready(ra, k))
-			pthread_cond_wait(&ra->cond, &ra->lock);
+			pthread_cond_wait(&ra->ready, &ra->lock);
 		if (ra->stop || ra->filled <= k) {
 			pthread_mutex_unlock(&ra->lock);
 			break;
@@ -177,7 +192,9 @@ static void *readahead_hasher(void *arg)
 
 		pthread_mutex_lock(&ra->lock);
 		ra->hashed = k + 1;
-		pthread_cond_broadcast(&ra->cond);
+		/* A slot is free if the caller was done with block k first. */
+		if (ra->consumed > k)
+			pthread_cond_signal(&ra->slot_free);
 		pthread_mutex_unlock(&ra->lock);
 	}
 	return NULL;
@@ -193,7 +210,8 @@ static void readahead_free(struct readahead *ra)
 	free(ra->done);
 	free(ra->ranges);
 	pthread_mutex_destroy(&ra->lock);
-	pthread_cond_destroy(&ra->cond);
+	pthread_cond_destroy(&ra->slot_free);
+	pthread_cond_destroy(&ra->ready);
 	free(ra);
 }
 
@@ -204,7 +222,8 @@ static void readahead_end(struct readahead *ra)
 
 	pthread_mutex_lock(&ra->lock);
 	ra->stop = true;
-	pthread_cond_broadcast(&ra->cond);
+	pthread_cond_broadcast(&ra->slot_free);
+	pthread_cond_broadcast(&ra->ready);
 	pthread_mutex_unlock(&ra->lock);
 	for (i = 0; i < ra->n_threads; i++)
 		pthread_join(ra->thread[i], NULL);
@@ -224,7 +243,8 @@ static struct readahead *readahead_launch(struct readahead *ra, unsigned int thr
 	int r = 0;
 
 	pthread_mutex_init(&ra->lock, NULL);
-	pthread_cond_init(&ra->cond, NULL);
+	pthread_cond_init(&ra->slot_free, NULL);
+	pthread_cond_init(&ra->ready, NULL);
 	ra->n_slots = 2 * threads;
 	ra->buf = calloc(ra->n_slots, sizeof(*ra->buf));
 	ra->done = calloc(ra->n_slots, sizeof(*ra->done));
@@ -318,7 +338,7 @@ const unsigned char *readahead_next(struct readahead *ra, uint64_t *error_off)
 		return NULL;
 	}
 	while (!readahead_ready(ra, k))
-		pthread_cond_wait(&ra->cond, &ra->lock);
+		pthread_cond_wait(&ra->ready, &ra->lock);
 	if (ra->filled > k) {
 		buf = ra->buf[k % ra->n_slots];
 	} else {
@@ -333,7 +353,9 @@ void readahead_done(struct readahead *ra)
 {
 	pthread_mutex_lock(&ra->lock);
 	ra->consumed++;
-	pthread_cond_broadcast(&ra->cond);
+	/* A slot is free unless the hasher still has the block. */
+	if (!ra->hash || ra->hashed >= ra->consumed)
+		pthread_cond_signal(&ra->slot_free);
 	pthread_mutex_unlock(&ra->lock);
 }
 
