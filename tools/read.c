@@ -53,7 +53,11 @@
  * transfer does not hide.  With 2 ms of read latency (dm-delay) a 10%
  * incremental of 2 GiB read in 6.2 s against 28 s one at a time; with
  * none, as fast within the noise (tests/results/2026-12-02-incremental-
- * reader-8-reads-at-a-time.txt).
+ * reader-8-reads-at-a-time.txt).  Those runs woke all eight threads per
+ * block (one condition variable); since each wakes only whom it concerns,
+ * a 10% incremental of 2 GiB took 13.7 s against 19.9 s (medians; about 7
+ * context switches per chunk against 20: tests/results/2026-12-02-
+ * readahead-two-conditions-perf-6634515.txt).
  */
 #define EXT_THREADS	8
 #define EXT_BLOCK_MAX	(1ULL << 20)
