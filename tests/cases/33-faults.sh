@@ -1,4 +1,5 @@
 #!/bin/bash
+# test-timeout: 1800 (about 9 minutes on a quiet host, over 15 on a slow, loaded CI machine)
 # Faults of the fleece device while copies are in flight, under both
 # policies: what writers wait for, what the view returns, that suspend
 # completes and that the target is quiet once suspended.
