@@ -132,6 +132,8 @@ sysfs_name() { # device
 # from one status line, as it is now
 fleece_counts_now() { dmsetup status "$1" | awk '{ print $6, $7, $8, $9, $10, $11, $12 }'; }
 copies_in_flight() { status_field "$1" 8; }
+# "STATE COPIES_IN_FLIGHT" from one status: a pair that held at one moment.
+state_and_copies() { dmsetup status "$1" | awk '{ print $11, $12 }'; }
 
 # Waits up to 30 s until no copy is in flight.  Without fail_origin_writes
 # an origin write completes once the old chunk is in memory, before its

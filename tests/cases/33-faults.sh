@@ -1151,13 +1151,14 @@ t0=$(ms)
 dd if=new of=/dev/mapper/fo-i-d bs=1M oflag=direct conv=notrunc 2> wid &
 wpid=$!
 # The ninth chunk's copy waits for a slot: 9 copies in flight, 8 slots.
-while [ "$(copies_in_flight fo-i-d)" -lt 9 ]; do
+# One status per poll: what is checked below is the sample that ended the
+# loop, not a later one (the waiting copy may have ended by then).
+while waiting=$(state_and_copies fo-i-d) && [ "${waiting#* }" -lt 9 ]; do
 	alive $wpid || { fail "(i) default: the dd ended before a write waited for a slot: $(cat wid)"; break; }
-	[ "$(status_field fo-i-d 7)" = active ] ||
+	[ "${waiting% *}" = active ] ||
 		{ fail "(i) default: the view was invalid before the dd reached the ninth chunk (after $(($(ms) - t0)) ms)"; break; }
 	sleep 0.1
 done
-waiting="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
 log "(i) default: a write waits for a slot after $(($(ms) - t0)) ms ($waiting); a suspend of the origin"
 suspend_timed fo-i-d "release_delayed delay-i-d" "(i) default: the origin's suspend" $((TOI + 3 * MARGIN))
 suspended="$(status_field fo-i-d 7) $(copies_in_flight fo-i-d)"
@@ -1204,14 +1205,15 @@ while [ ! -e at8 ]; do
 	sleep 0.1
 done
 # The ninth (or tenth) chunk's copy waits for a slot (the abandoned copies
-# hold all 8).
-while [ "$(copies_in_flight fo-i-f)" -lt 9 ]; do
+# hold all 8).  It lives one timeout (1 s): the sample that saw it is the
+# one checked below (2026-12-03, a second status read after the loop found
+# it gone: 'active 8').
+while waiting=$(state_and_copies fo-i-f) && [ "${waiting#* }" -lt 9 ]; do
 	alive $wpid || { fail "(i) fail_origin_writes: no copy was seen waiting for a slot"; break; }
 	[ $(($(ms) - t0)) -le $((10 * TOIF + 3 * MARGIN)) ] ||
 		{ release_delayed delay-i-f; fail "(i) fail_origin_writes: no copy waits for a slot: $(dmsetup status fo-i-f)"; break; }
 	sleep 0.1
 done
-waiting="$(status_field fo-i-f 7) $(copies_in_flight fo-i-f)"
 log "(i) fail_origin_writes: a write waits for a slot ($waiting); a suspend of the origin"
 suspend_timed fo-i-f "release_delayed delay-i-f" "(i) fail_origin_writes: the origin's suspend" $((TOIF + 3 * MARGIN))
 dmsetup resume fo-i-f
