@@ -1183,7 +1183,10 @@ release_delayed delay-i-d
 copies_settle fo-i-d
 dmsetup remove fv-i-d fo-i-d delay-i-d
 
-TOIF=1000
+# The copy that waits for a slot lives one timeout, and the poll below must
+# see it: at 1000 ms a loaded host's poll (a dmsetup and an awk each time)
+# missed both waits (6.12, four VMs on two cores, 2026-12-03).
+TOIF=2000
 log "(i) fail_origin_writes: a dd (bs=1M) per chunk, one after the other, over $ICHUNKS chunks of a stalled fleece device, cbw_timeout_ms $TOIF"
 dmesg_mark
 setup i-f 2 3
@@ -1205,7 +1208,7 @@ while [ ! -e at8 ]; do
 	sleep 0.1
 done
 # The ninth (or tenth) chunk's copy waits for a slot (the abandoned copies
-# hold all 8).  It lives one timeout (1 s): the sample that saw it is the
+# hold all 8).  It lives one timeout: the sample that saw it is the
 # one checked below (2026-12-03, a second status read after the loop found
 # it gone: 'active 8').
 while waiting=$(state_and_copies fo-i-f) && [ "${waiting#* }" -lt 9 ]; do
