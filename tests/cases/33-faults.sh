@@ -466,8 +466,11 @@ dmsetup remove fv-br fo-br delay-br mid-br
 # old data is in memory, and the suspend after it waits for the copy.
 # fail_origin_writes: the write waits for the copy, and a suspend while it
 # waits returns once the write, so the copy, has ended.
-CDELAY=3000
-TOC=10000
+# The checks before the suspend (a few processes each) must end within
+# CDELAY: at 3000 ms, with three VMs on two cores, the fleece write was
+# done before them once (6.1, 2026-12-03).
+CDELAY=6000
+TOC=15000
 for pol in default fail_origin_writes; do
 	c=c-${pol%%_*}
 	log "(c) $pol: a suspend waits for the copy's fleece write (delayed $CDELAY ms), cbw_timeout_ms $TOC"
@@ -487,7 +490,13 @@ for pol in default fail_origin_writes; do
 		wait $wpid || fail "(c) default: the write failed: $(cat "w$c")"
 		held_check "w$c" $TOC "(c) default" -lt $((CDELAY / 2))	# before the fleece write ends
 	else
-		sleep 1
+		# Until the copy is under way, not a fixed second (a process
+		# slow to start would let the suspend come first); then it
+		# must still hold its write.
+		for ((i = 0; i < 100; i++)); do
+			[ "$(copies_in_flight "fo-$c")" = 1 ] && break
+			sleep 0.1
+		done
 		kill -0 $wpid 2>/dev/null || fail "(c) fail_origin_writes: the write did not wait for the copy: $(cat "w$c")"
 	fi
 	assert_eq "$(writes_done "delay-$c")" 0 "(c) $pol: fleece writes done before the suspend"
