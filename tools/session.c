@@ -214,9 +214,31 @@ static char *state_path(const char *name)
  */
 #define STATE_TMP_SUFFIX "~tmp"
 
+static void state_key(const char *key, const char *v, void *ctx)
+{
+	struct fleece_state *st = ctx;
+
+	if (!strcmp(key, "phase"))
+		snprintf(st->phase, sizeof(st->phase), "%s", v);
+	else if (!strcmp(key, "fleece_file"))
+		snprintf(st->fleece_file, sizeof(st->fleece_file), "%s", v);
+	else if (!strcmp(key, "partial"))
+		snprintf(st->partial, sizeof(st->partial), "%s", v);
+	else if (!strcmp(key, "loop_dev"))
+		parse_devno(v, &st->loop_dev);
+	else if (!strcmp(key, "fleece_dev"))
+		parse_devno(v, &st->fleece_dev);
+	else if (!strcmp(key, "linear"))
+		parse_linear_params(v, &st->linear_dev, &st->linear_offset);
+	else if (!strcmp(key, "track_store"))
+		parse_devno(v, &st->track_store);
+	else if (!strcmp(key, "pid"))
+		st->pid = strtol(v, NULL, 10);
+}
+
 int state_read(const char *name, struct fleece_state *st)
 {
-	char *path = state_path(name), line[PATH_MAX + 64];
+	char *path = state_path(name);
 	FILE *f;
 
 	memset(st, 0, sizeof(*st));
@@ -225,30 +247,7 @@ int state_read(const char *name, struct fleece_state *st)
 	if (!f)
 		return errno == ENOENT ? 0 : -errno;
 	st->present = true;
-	while (fgets(line, sizeof(line), f)) {
-		char *v = strchr(line, '=');
-
-		line[strcspn(line, "\n")] = '\0';
-		if (!v)
-			continue;
-		*v++ = '\0';
-		if (!strcmp(line, "phase"))
-			snprintf(st->phase, sizeof(st->phase), "%s", v);
-		else if (!strcmp(line, "fleece_file"))
-			snprintf(st->fleece_file, sizeof(st->fleece_file), "%s", v);
-		else if (!strcmp(line, "partial"))
-			snprintf(st->partial, sizeof(st->partial), "%s", v);
-		else if (!strcmp(line, "loop_dev"))
-			parse_devno(v, &st->loop_dev);
-		else if (!strcmp(line, "fleece_dev"))
-			parse_devno(v, &st->fleece_dev);
-		else if (!strcmp(line, "linear"))
-			parse_linear_params(v, &st->linear_dev, &st->linear_offset);
-		else if (!strcmp(line, "track_store"))
-			parse_devno(v, &st->track_store);
-		else if (!strcmp(line, "pid"))
-			st->pid = strtol(v, NULL, 10);
-	}
+	kv_read(f, state_key, st);
 	fclose(f);
 	return 0;
 }

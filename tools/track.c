@@ -335,10 +335,32 @@ static char *rec_path(const char *name)
 	return xasprintf("%s/%s" TRACK_REC_SUFFIX, track_dir(), name);
 }
 
+static void rec_key(const char *key, const char *v, void *ctx)
+{
+	struct track_rec *rec = ctx;
+
+	if (!strcmp(key, "uuid"))
+		snprintf(rec->uuid, sizeof(rec->uuid), "%s", v);
+	else if (!strcmp(key, "device_id"))
+		snprintf(rec->device_id, sizeof(rec->device_id), "%s", v);
+	else if (!strcmp(key, "store"))
+		snprintf(rec->store, sizeof(rec->store), "%s", v);
+	else if (!strcmp(key, "store_dev"))
+		parse_devno(v, &rec->store_dev);
+	else if (!strcmp(key, "chunk_sectors"))
+		rec->chunk_sectors = strtoul(v, NULL, 10);
+	else if (!strcmp(key, "sectors"))
+		rec->sectors = strtoull(v, NULL, 10);
+	else if (!strcmp(key, "data"))
+		parse_linear_params(v, &rec->data_dev, &rec->data_offset);
+	else if (!strcmp(key, "store_uuid"))
+		snprintf(rec->store_uuid, sizeof(rec->store_uuid), "%s", v);
+}
+
 /* NAME's record: 0, -ENOENT (none, silently), or -errno with a message. */
 static int rec_read(const char *name, struct track_rec *rec)
 {
-	char *path = rec_path(name), line[PATH_MAX + 64];
+	char *path = rec_path(name);
 	FILE *f;
 	int r;
 
@@ -353,30 +375,7 @@ static int rec_read(const char *name, struct track_rec *rec)
 	}
 	free(path);
 	snprintf(rec->name, sizeof(rec->name), "%s", name);
-	while (fgets(line, sizeof(line), f)) {
-		char *v = strchr(line, '=');
-
-		line[strcspn(line, "\n")] = '\0';
-		if (line[0] == '#' || !v)
-			continue;
-		*v++ = '\0';
-		if (!strcmp(line, "uuid"))
-			snprintf(rec->uuid, sizeof(rec->uuid), "%s", v);
-		else if (!strcmp(line, "device_id"))
-			snprintf(rec->device_id, sizeof(rec->device_id), "%s", v);
-		else if (!strcmp(line, "store"))
-			snprintf(rec->store, sizeof(rec->store), "%s", v);
-		else if (!strcmp(line, "store_dev"))
-			parse_devno(v, &rec->store_dev);
-		else if (!strcmp(line, "chunk_sectors"))
-			rec->chunk_sectors = strtoul(v, NULL, 10);
-		else if (!strcmp(line, "sectors"))
-			rec->sectors = strtoull(v, NULL, 10);
-		else if (!strcmp(line, "data"))
-			parse_linear_params(v, &rec->data_dev, &rec->data_offset);
-		else if (!strcmp(line, "store_uuid"))
-			snprintf(rec->store_uuid, sizeof(rec->store_uuid), "%s", v);
-	}
+	kv_read(f, rec_key, rec);
 	fclose(f);
 	if (!rec->store[0] || !rec->chunk_sectors || !rec->sectors || !rec->device_id[0]) {
 		msg_error("%s: its tracking record in %s is incomplete", name, track_dir());

@@ -601,6 +601,21 @@ int blkdev_open_size(const char *path, uint64_t *bytes, dev_t *rdev)
 	return r;
 }
 
+void kv_read(FILE *f, void (*fn)(const char *key, const char *val, void *ctx), void *ctx)
+{
+	char line[PATH_MAX + 64];
+
+	while (fgets(line, sizeof(line), f)) {
+		char *v = strchr(line, '=');
+
+		line[strcspn(line, "\n")] = '\0';
+		if (line[0] == '#' || !v)
+			continue;
+		*v++ = '\0';
+		fn(line, v, ctx);
+	}
+}
+
 int devno_path(dev_t dev, char *buf, size_t len)
 {
 	char path[PATH_MAX], line[256];

@@ -108,6 +108,12 @@ void sleep_secs(double secs);
 int read_text_file(const char *path, char *buf, size_t len);
 int read_u64_file(const char *path, uint64_t *val);
 
+/*
+ * Each "key=value" line of @f to @fn (the newline cut; lines without '='
+ * or starting with '#' skipped): the state and tracking records' format.
+ */
+void kv_read(FILE *f, void (*fn)(const char *key, const char *val, void *ctx), void *ctx);
+
 /* A growable string. */
 struct sbuf {
 	char *s;

@@ -590,6 +590,21 @@ static void test_state(void)
 	CHECK_STR(r.phase, "starting");
 	CHECK(!r.linear_dev && !r.partial[0]);
 
+	/*
+	 * The format (kv_read): comments, lines without '=' and keys of a
+	 * newer version are passed over; a value keeps an '=' of its own.
+	 */
+	snprintf(path, sizeof(path), "%s/hand", dir);
+	f = fopen(path, "w");
+	fputs("# a comment=x\nno equals sign\nphase=running\nfuture_key=1\npartial=/b/x=y.img.partial\n", f);
+	fclose(f);
+	CHECK_INT(state_read("hand", &r), 0);
+	CHECK(r.present);
+	CHECK_STR(r.phase, "running");
+	CHECK_STR(r.partial, "/b/x=y.img.partial");
+	CHECK(!r.loop_dev && !r.pid);
+	unlink(path);
+
 	snprintf(tmp, sizeof(tmp), "%s/third~tmp", dir);
 	f = fopen(tmp, "w");
 	fclose(f);
