@@ -662,6 +662,23 @@ static int reader_finish(struct reader *rd)
 }
 
 /*
+ * The end of a run, whole device or extents: @r is its loop's result.
+ * Finished when the loop succeeded; on a failure the progress line is
+ * closed and an interrupt reported as -EINTR.  The time is taken either way.
+ */
+static int reader_end(struct reader *rd, int r)
+{
+	if (!r)
+		r = reader_finish(rd);
+	if (r && rd->prog.drawn)
+		fputc('\n', stderr);
+	if (r && rd->res->interrupted)
+		r = -EINTR;
+	rd->res->seconds = now_mono() - rd->prog.t0;
+	return r;
+}
+
+/*
  * The blocks of @ext, each range cut in pieces of at most EXT_BLOCK_MAX
  * bytes: *@blocks (malloc'ed) and *@n_blocks; 0, or -errno with a message
  * (a range not chunk-aligned within the view: -EINVAL).
@@ -790,14 +807,7 @@ int reader_run_extents(const struct reader_opts *o, int out_fd,
 	for (i = 0; i < n; i++)
 		total += ext[i].len;
 	rd.prog.size = total;
-	r = reader_extents_loop(&rd, ext, n);
-	if (!r)
-		r = reader_finish(&rd);
-	if (r && rd.prog.drawn)
-		fputc('\n', stderr);
-	if (r && res->interrupted)
-		r = -EINTR;
-	res->seconds = now_mono() - rd.prog.t0;
+	r = reader_end(&rd, reader_extents_loop(&rd, ext, n));
 	close(rd.fd);
 	return r;
 }
@@ -833,14 +843,7 @@ int reader_run(const struct reader_opts *o, int out_fd, bool out_is_file,
 		close(rd.fd);
 		return r;
 	}
-	r = reader_loop(&rd);
-	if (!r)
-		r = reader_finish(&rd);
-	if (r && rd.prog.drawn)
-		fputc('\n', stderr);
-	if (r && res->interrupted)
-		r = -EINTR;
-	res->seconds = now_mono() - rd.prog.t0;
+	r = reader_end(&rd, reader_loop(&rd));
 	readahead_stop(rd.ra);
 	sha256_free(&rd.sha);
 	close(rd.fd);
