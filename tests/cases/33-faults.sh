@@ -143,20 +143,26 @@ ended_or_release() { # release what bound_ms pid...
 		sleep 0.1
 	done
 }
-# Suspend DEV in the background, timed, under a backstop: past BOUND ms
-# the stall is ended by RELEASE (ended_or_release) and the test fails.
-# The suspend must succeed; $ts is its time in ms.
-suspend_timed() { # dev release what bound_ms
-	local spid
+# Suspend DEV in the background, timed: the subshell's pid in $spid.
+suspend_bg() { # dev
 	(
 		t=$(ms)
 		dmsetup suspend "$1" || exit
 		echo $(($(ms) - t)) > "ts.$1"
 	) &
 	spid=$!
+}
+# Waits for suspend_bg's suspend of DEV under a backstop: past BOUND ms the
+# stall is ended by RELEASE (ended_or_release) and the test fails.  The
+# suspend must succeed; $ts is its time in ms.
+suspend_wait() { # dev release what bound_ms
 	ended_or_release "$2" "$3" "$4" $spid
 	wait $spid || fail "$3 failed"
 	ts=$(cat "ts.$1")
+}
+suspend_timed() { # dev release what bound_ms
+	suspend_bg "$1"
+	suspend_wait "$@"
 }
 # Waits until the dmsetup run by the subshell SPID is inside its suspend
 # ioctl (/proc/PID/syscall: ioctl, 16, with DM_DEV_SUSPEND,
@@ -526,12 +532,7 @@ for pol in default fail_origin_writes; do
 	fi
 	c_check "$(copies_in_flight "fo-$c")" 1 "(c) $pol: copies in flight before the suspend"
 	c_check "$(writes_done "delay-$c")" 0 "(c) $pol: fleece writes done before the suspend"
-	(
-		t=$(ms)
-		dmsetup suspend "fo-$c" || exit
-		echo $(($(ms) - t)) > "ts.fo-$c"
-	) &
-	spid=$!
+	suspend_bg "fo-$c"
 	in_suspend_ioctl $spid "(c) $pol" && sleep $((HOLD / 1000))
 	alive $spid && r=held || r=returned
 	c_check $r held "(c) $pol: the suspend, with the copy's fleece write held"
@@ -545,9 +546,7 @@ for pol in default fail_origin_writes; do
 	# so is counted.
 	dmsetup load "delay-$c" --table "0 $((MIB * 2048)) linear $slice 0"
 	release_delayed "delay-$c"
-	ended_or_release "release_delayed delay-$c" "(c) $pol: the suspend, once the fleece write went," $MARGIN $spid
-	wait $spid || fail "(c) $pol: the suspend failed"
-	ts=$(cat "ts.fo-$c")
+	suspend_wait "fo-$c" "release_delayed delay-$c" "(c) $pol: the suspend, once the fleece write went," $MARGIN
 	log "(c) $pol: the suspend returned after $ts ms (held in its ioctl $HOLD ms or more)"
 	[ "$ts" -ge $HOLD ] || fail "(c) $pol: the suspend took $ts ms, less than the $HOLD ms it was seen held"
 	assert_eq "$(copies_in_flight "fo-$c")" 0 "(c) $pol: copies in flight once suspended"
