@@ -38,6 +38,9 @@
 #   2. incremental: `fleece backup --incremental` of the image that took the
 #      last backup; its --changed-map must say incremental and exactly the
 #      changed chunks' bytes read;
+#   2b. device: fio replays the incremental's reads (its --changed-map) on
+#      the disk under the whole stack (device_reads): the least those reads
+#      take on this machine, with nothing of ours in the way;
 #   3. full: `fleece backup` (no --incremental) of the same state to the other
 #      image (removed first), which then holds the last backup: the images
 #      swap roles each round.  (Fixed order: a full backup first would take
@@ -107,6 +110,7 @@ if [ -n "$BENCH_DISK" ]; then
 	[ "$img_sect" -ge $((len * 5 / 2)) ] ||
 		fail "$disk is too small for a $MIB MiB origin: 4 GiB + 3.5 times the origin + 16 MiB are needed"
 	log "origin, store and images on $disk: $MIB MiB, 16 MiB, $((img_sect / 2048)) MiB"
+	ORIG_DEV=$disk ORIG_OFF=$((base * 512))
 	dmsetup create incorig --table "0 $len linear $disk $base"
 	dmsetup create incstore --table "0 $STORE_SECT linear $disk $((base + len))"
 	dmsetup create incimg --table "0 $img_sect linear $disk $((base + len + STORE_SECT))"
@@ -120,6 +124,7 @@ else
 	log "prefill $D1 and $D2 (brd allocates pages on first write; $D0 is filled through the tracker)"
 	fill $D1 $RD_MIB
 	fill $D2 $RD_MIB
+	ORIG_DEV=$D0 ORIG_OFF=0
 	dmsetup create incorig --table "0 $len linear $D0 0"
 	dmsetup create incstore --table "0 $STORE_SECT linear $D1 0"
 	dmsetup create incimg <<-EOF
@@ -183,6 +188,51 @@ change() {
 	fio --name=change --read_iolog=change.iolog --ioengine=libaio --direct=1 --iodepth=8 \
 		--refill_buffers=1 --output=/dev/null
 	assert_eq "$(status_field incorig 3)" "$k" "chunks changed after writing $k chunks"
+}
+
+# device_reads TAG: the device's own floor for the incremental just made.
+# fio replays the reads the incremental made (the extents of its
+# --changed-map, in blocks of at most 1 MiB as the tool reads them, 8 at a
+# time, O_DIRECT) on the disk under the whole stack: no dm-fleece, no
+# tracker, no image to write.  Timed like a backup (settle, sync, 1 s, the
+# guest's wall clock around the command: fio's start included, as the
+# tool's is).  Against the full backup of the same round, it is the least
+# an incremental of these chunks could take on this machine.  It runs just
+# after the incremental: whatever cache below the guest kept of the same
+# reads helps fio, not the tool, so the floor is if anything too low.
+device_reads() {
+	local tag=$1 n_bytes
+	n_bytes=$(python3 - "$MAP" "$ORIG_DEV" "$ORIG_OFF" "$tag.iolog" <<-'PYEOF'
+		import json, sys
+		m, dev, base = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+		n = total = 0
+		with open(sys.argv[4], "w") as f:
+		    print("fio version 2 iolog", file=f)
+		    print(dev, "add", file=f)
+		    print(dev, "open", file=f)
+		    for off, left in m["extents"]:
+		        while left > 0:
+		            b = min(left, 1 << 20)
+		            print(dev, "read", base + off, b, file=f)
+		            off, left, n, total = off + b, left - b, n + 1, total + b
+		    print(dev, "close", file=f)
+		print(n, total)
+	PYEOF
+	) || fail "$tag: cannot make fio's log of the reads"
+	assert_eq "${n_bytes#* }" "$(map_num "$MAP" read_bytes)" "$tag: bytes in fio's log against the incremental's"
+	udevadm settle --timeout=30
+	sync
+	sleep 1
+	T0=$(date +%s.%N)
+	fio --name=device --read_iolog="$tag.iolog" --ioengine=libaio --direct=1 --iodepth=8 \
+		--output-format=json --output="$RAW/$tag.json" || fail "$tag: fio's replay failed"
+	T1=$(date +%s.%N)
+	# total_ios, not io_bytes: fio 3.33 leaves the last iodepth - 1
+	# replayed reads out of io_bytes (seen: 33 of 40 at iodepth 8).
+	assert_eq "$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["jobs"][0]["read"]; print(r["total_ios"], r["short_ios"])' "$RAW/$tag.json")" \
+		"${n_bytes% *} 0" "$tag: reads fio made (and short ones) against its log's"
+	# fio's own run time, the counterpart of the tool's read phase.
+	FIO_SECS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["jobs"][0]["read"]["runtime"] / 1000)' "$RAW/$tag.json")
 }
 
 # The writer: held in exec_prerun until a fleece-view exists.
@@ -262,6 +312,8 @@ for pct in "${FRACS[@]}"; do
 		backup incremental $cur "$w.inc.r$round"
 		check_map "$w.inc.r$round" incremental $((k * CH))
 		rec incremental "$w" "$round" incremental "$w.inc.r$round" "changed_chunks=$k"
+		device_reads "$w.dev.r$round"
+		rec device "$w" "$round" device "$w.dev.r$round" "changed_chunks=$k" "tool_secs=$FIO_SECS"
 		rm -f "/mnt/img/$other" "/mnt/img/$other.fleece.json"
 		backup full $other "$w.full.r$round"
 		check_map "$w.full.r$round" full $((MIB * 1048576))

@@ -431,9 +431,19 @@ def build(res):
         pct = int(w.split("-")[1].removesuffix("pct"))
         st = add_ratio(f"incremental / full backup time ({w})", INCR, w, "incremental", "full", "secs")
         target = 0.05 if pct == 1 else pct / 100
+        detail = f"ratio / {pct / 100:.2f}: {fmt(st and {k: st[k] / (pct / 100) for k in ('median', 'min', 'max')}, '', 2)}"
+        if res.by.get((INCR, w, "device")):
+            # The same reads by fio on the disk, with nothing of ours in
+            # the way: the least this machine allows (device_reads).
+            dev = add_ratio(f"device: fio's replay of the same reads / full backup time ({w})",
+                            INCR, w, "device", "full", "secs")
+            over = add_ratio(f"incremental / fio's replay of the same reads ({w})",
+                             INCR, w, "incremental", "device", "secs")
+            detail += (f"; the device's floor (fio, the same reads on the disk, no dm-fleece) / full: "
+                       f"{fmt(dev, '', 3)}, incremental / that floor: {fmt(over, '', 2)}")
         goal(goals, f"incremental backup, {pct}% of the chunks changed: time / a full backup's"
              + (" (the strict reading: at most the fraction)" if pct != 1 else ""), st, target, better="lower",
-             detail=f"ratio / {pct / 100:.2f}: {fmt(st and {k: st[k] / (pct / 100) for k in ('median', 'min', 'max')}, '', 2)}")
+             detail=detail)
     # The first clause, "time in proportion to the changed data":
     # what an incremental takes above its fixed cost (the unchanged case's
     # time in the same round), per changed chunk, at 10% against at 1%.  At
@@ -482,7 +492,8 @@ def incr_lines(res):
             recs = [r for _, r in sorted(res.by[(g, w, c)].items())]
             line = (f"    {c:<12} time {fmt(res.s(g, w, c, 'secs'), ' s', 2):>26}  "
                     f"read {fmt(mib(res.s(g, w, c, 'read_bytes')), ' MiB', 1):>28}  "
-                    f"(the tool's read phase {fmt(res.s(g, w, c, 'tool_secs'), ' s', 1)})")
+                    + (f"(fio's own run time {fmt(res.s(g, w, c, 'tool_secs'), ' s', 1)})" if c == "device" else
+                       f"(the tool's read phase {fmt(res.s(g, w, c, 'tool_secs'), ' s', 1)})"))
             if any("samples" in r for r in recs):
                 line += (f"  fleece peak: chunks_copied {fmt(mib(res.s(g, w, c, 'peak_copied_bytes')), ' MiB', 1)}, "
                          f"file {fmt(mib(res.s(g, w, c, 'peak_file_bytes')), ' MiB', 1)} "
@@ -508,6 +519,14 @@ def incr_lines(res):
             st = res.ratio(g, w, "incremental", "full", "secs")
             L.append(f"    incremental / full time: {fmt(st, '', 3)}; the tool's read phases: "
                      f"{fmt(res.ratio(g, w, 'incremental', 'full', 'tool_secs'), '', 3)}")
+        if "full" in cases and "device" in cases:
+            # fio's replay of the incremental's reads on the disk itself
+            # (71-incremental.sh, device_reads): the device's floor.
+            L.append(f"    device (fio, the same reads on the disk) / full time: "
+                     f"{fmt(res.ratio(g, w, 'device', 'full', 'secs'), '', 3)}; "
+                     f"incremental / device: {fmt(res.ratio(g, w, 'incremental', 'device', 'secs'), '', 2)}; "
+                     f"the tool's read phase / fio's run time: "
+                     f"{fmt(res.ratio(g, w, 'incremental', 'device', 'tool_secs'), '', 2)}")
     L.append("")
     return L
 
