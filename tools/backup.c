@@ -396,6 +396,16 @@ static int backup_prepare_read(struct backup_run *b, const char *view)
 	return output_restart(&b->out);
 }
 
+/* With -v: how the changed chunks went into the clone (remap.h). */
+static void backup_say_cloned(const struct backup_run *b)
+{
+	char c[32], f[32];
+
+	msg_debug("%s: changed chunks cloned in from a scratch file: %s; copied in where the file system refused the clone: %s",
+		  b->name, fmt_size(b->res.cloned_bytes, c, sizeof(c)),
+		  fmt_size(b->res.clone_refused_bytes, f, sizeof(f)));
+}
+
 /* Read the view (all of it, or the previous set): 0, or -errno with a message. */
 static int backup_read(struct backup_run *b, const char *view)
 {
@@ -412,10 +422,16 @@ static int backup_read(struct backup_run *b, const char *view)
 		return r;
 	b->read = true;
 	if (b->plan.incremental) {
-		r = reader_run_extents(ro, b->out.fd, b->ext, b->n_ext,
+		int scratch = b->out.copied ? -1 : output_scratch(&b->out);
+
+		r = reader_run_extents(ro, b->out.fd, scratch, b->ext, b->n_ext,
 				       (b->outside_released ? READ_EXT_OUTSIDE_RELEASED : 0) |
 				       (b->out.copied ? 0 : READ_EXT_SHARED),
 				       &b->res);
+		if (scratch >= 0) {
+			close(scratch);
+			backup_say_cloned(b);
+		}
 		if (!r && ro->sha256) {
 			r = sha256_fd(b->out.fd, b->res.sha256);
 			if (r)

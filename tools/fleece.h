@@ -265,6 +265,8 @@ struct reader_result {
 	uint64_t size, bytes_read, bytes_written, zero_bytes;
 	uint64_t released_bytes;	/* discarded on the view: released */
 	unsigned int syncs;		/* of the output: per batch, and the last */
+	uint64_t cloned_bytes;		/* an incremental's: cloned in from its scratch */
+	uint64_t clone_refused_bytes;	/* copied in: the file system refused the clone */
 	double seconds;
 	char sha256[65];
 	bool view_invalid;

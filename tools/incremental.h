@@ -34,15 +34,17 @@ struct reader_extent {
  * @flags has READ_EXT_OUTSIDE_RELEASED: the kernel released all of it at
  * the point in time (counted in res->released_bytes either way).  With
  * READ_EXT_SHARED (the file is a reflink clone of the previous image),
- * each block is punched before it is written: the new data then goes to
- * fresh space, allocated together at the sync, instead of a copy-on-write
- * of a shared extent per block.  res->bytes_read counts what was read.
- * 0, or -errno with a message, as reader_run() (read.c).
+ * the changed chunks go through @scratch_fd, an empty file on the same
+ * file system, and are cloned in (remap.h; res->cloned_bytes); with no
+ * scratch (-1), each block is punched before it is written: the new data
+ * then goes to fresh space, allocated together at the sync, instead of a
+ * copy-on-write of a shared extent per block.  res->bytes_read counts
+ * what was read.  0, or -errno with a message, as reader_run() (read.c).
  */
 #define READ_EXT_OUTSIDE_RELEASED	0x1
 #define READ_EXT_SHARED			0x2
 
-int reader_run_extents(const struct reader_opts *o, int out_fd,
+int reader_run_extents(const struct reader_opts *o, int out_fd, int scratch_fd,
 		       const struct reader_extent *ext, unsigned int n,
 		       unsigned int flags, struct reader_result *res);
 

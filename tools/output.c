@@ -265,6 +265,22 @@ int output_open_clone(const char *name, const struct output_guard *g, dev_t dev,
 	return 0;
 }
 
+int output_scratch(const struct output *out)
+{
+	char *copy;
+	int fd;
+
+	if (!out->partial)
+		return -1;
+	copy = xstrdup(out->partial);
+	fd = open(dirname(copy), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0)
+		msg_debug("%s: no scratch file beside it (%s): the changed chunks are written in place",
+			  out->partial, strerror(errno));
+	free(copy);
+	return fd;
+}
+
 int output_restart(struct output *out)
 {
 	if (ftruncate(out->fd, 0)) {

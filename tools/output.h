@@ -46,6 +46,12 @@ int output_open(const char *name, const struct output_guard *g, struct output *o
  */
 int output_open_clone(const char *name, const struct output_guard *g, dev_t dev, ino_t ino,
 		      struct output *out);
+/*
+ * An unnamed file (O_TMPFILE) in FILE.partial's directory, for the chunks
+ * an incremental clones into it (remap.h): its fd, or -1 where there is
+ * none (said with -v).
+ */
+int output_scratch(const struct output *out);
 /* Empty FILE.partial again (an incremental that became a full read). */
 int output_restart(struct output *out);
 /*

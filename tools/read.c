@@ -28,6 +28,7 @@
 #include "opts.h"
 #include "output.h"
 #include "readahead.h"
+#include "remap.h"
 #include "sha256.h"
 #include "util.h"
 
@@ -231,6 +232,7 @@ struct reader {
 	bool out_is_file;		/* holes for zero chunks */
 	bool punch;			/* the file has data there: punch them */
 	bool unshare;			/* shared with the previous image: punch first */
+	struct remap *remap;		/* or remapped in from a scratch file */
 	bool out_sync;			/* synced before each release */
 	bool kick;			/* writeback started per block */
 	bool span;			/* a batch is released as one span */
@@ -419,8 +421,15 @@ static int reader_put(struct reader *rd, const unsigned char *buf, size_t n)
 					continue;
 				/* No holes here: write the zeros. */
 			}
-			if (!pwrite_all(rd->out_fd, buf + i, len, (off_t)(rd->off + i)))
+			if (rd->remap) {
+				r = remap_add(rd->remap, buf + i, len, rd->off + i);
+				if (r) {
+					errno = -r;
+					return reader_write_failed(rd);
+				}
+			} else if (!pwrite_all(rd->out_fd, buf + i, len, (off_t)(rd->off + i))) {
 				return reader_write_failed(rd);
+			}
 			res->bytes_written += len;
 		}
 	}
@@ -482,6 +491,24 @@ static void reader_drop_cache(struct reader *rd, uint64_t off, uint64_t len)
 }
 
 /*
+ * The chunks waiting in rd->remap into the output (remap.h), before a sync
+ * of the output makes them durable.  0, or -errno with a message.
+ */
+static int reader_remap_flush(struct reader *rd)
+{
+	int r;
+
+	if (!rd->remap)
+		return 0;
+	r = remap_flush(rd->remap);
+	if (r) {
+		errno = -r;
+		return reader_write_failed(rd);
+	}
+	return 0;
+}
+
+/*
  * Release the batch of saved ranges: the output synced (fdatasync) unless
  * @synced says it just was, then each range discarded on the view.
  *
@@ -500,6 +527,9 @@ static int reader_release_batch(struct reader *rd, bool synced)
 	if (!rd->n_pend)
 		return 0;
 	if (rd->discard && rd->out_sync && !synced) {
+		r = reader_remap_flush(rd);
+		if (r)
+			return r;
 		if (fdatasync(rd->out_fd)) {
 			int r = -errno;
 
@@ -630,8 +660,10 @@ static int reader_loop(struct reader *rd)
  */
 static int reader_finish(struct reader *rd)
 {
-	int r;
+	int r = reader_remap_flush(rd);
 
+	if (r)
+		return r;
 	if ((rd->out_is_file && ftruncate(rd->out_fd, (off_t)rd->size)) ||
 	    ((rd->out_is_file || rd->out_sync) && fsync(rd->out_fd))) {
 		int r = -errno;
@@ -779,7 +811,7 @@ static int reader_extents_loop(struct reader *rd, const struct reader_extent *ex
 	return r;
 }
 
-int reader_run_extents(const struct reader_opts *o, int out_fd,
+int reader_run_extents(const struct reader_opts *o, int out_fd, int scratch_fd,
 		       const struct reader_extent *ext, unsigned int n,
 		       unsigned int flags, struct reader_result *res)
 {
@@ -801,14 +833,26 @@ int reader_run_extents(const struct reader_opts *o, int out_fd,
 	int r;
 
 	memset(res, 0, sizeof(*res));
+	if (rd.unshare && scratch_fd >= 0) {
+		r = remap_open(&rd.remap, out_fd, scratch_fd);
+		if (r) {
+			msg_error("out of memory");
+			return r;
+		}
+		rd.unshare = false;	/* a clone replaces the shared blocks */
+	}
 	r = reader_open(&rd);
-	if (r)
-		return r;
-	for (i = 0; i < n; i++)
-		total += ext[i].len;
-	rd.prog.size = total;
-	r = reader_end(&rd, reader_extents_loop(&rd, ext, n));
-	close(rd.fd);
+	if (!r) {
+		for (i = 0; i < n; i++)
+			total += ext[i].len;
+		rd.prog.size = total;
+		r = reader_end(&rd, reader_extents_loop(&rd, ext, n));
+		close(rd.fd);
+	}
+	if (rd.remap) {
+		remap_counts(rd.remap, &res->cloned_bytes, &res->clone_refused_bytes);
+		remap_close(rd.remap);
+	}
 	return r;
 }
 

@@ -171,6 +171,7 @@ static const struct {
 } fault_errnos[] = {
 	{ "EACCES", EACCES }, { "EPERM", EPERM }, { "EIO", EIO }, { "ENOENT", ENOENT },
 	{ "ENOMEM", ENOMEM }, { "EBUSY", EBUSY }, { "EINVAL", EINVAL }, { "ENOSPC", ENOSPC },
+	{ "EOPNOTSUPP", EOPNOTSUPP },
 };
 
 int fault_point(const char *point)

@@ -8,6 +8,8 @@
 #     checksummed then (ref).  Each incremental's changed map covers every
 #     chunk that differs from the previous point in time and is a small
 #     part of the device.
+#     The changed chunks are cloned into the image from a scratch file
+#     (backup 2), or copied in where the clone is refused (backup 3).
 #  2. an incremental stopped midway (SIGTERM) leaves FILE the previous
 #     image, the tracker merges the set back, and the next incremental is
 #     exact; the same after a read error (FLEECE_FAULT) and after a
@@ -140,12 +142,25 @@ grep_q -- "--incremental: a full backup: no previous image" err.1 || fail "backu
 assert_eq "$(map_field map.1 incremental)" false "map 1: incremental"
 assert_eq "$(map_field map.1 extents)" "[[0, $((32 << 20))]]" "map 1: the whole device"
 grep_q '"epoch"' /mnt/img/vol.img.fleece.json || fail "no epoch in the record"
-step "backup 2: incremental while fio writes"
-backup 2 --incremental
+# How the changed chunks went into the clone (tools/remap.c; -v):
+# "cloned in from a scratch file: X; copied in where the file system
+# refused the clone: Y".
+cloned() { sed -n 's/.*cloned in from a scratch file: \([^;]*\);.*/\1/p' "$1"; }
+refused() { sed -n 's/.*refused the clone: \(.*\)$/\1/p' "$1"; }
+step "backup 2: incremental while fio writes, its chunks cloned into the image"
+backup 2 --incremental -v
 check_incr 2 40
-step "backup 3: incremental"
-backup 3 --incremental
+[ -n "$(cloned err.2)" ] && [ "$(cloned err.2)" != "0 B" ] ||
+	fail "backup 2: no chunk cloned in from the scratch file: '$(cloned err.2)'"
+assert_eq "$(refused err.2)" "0 B" "backup 2: bytes copied in after a refused clone"
+step "backup 3: incremental, the clone refused (FLEECE_FAULT remap=EOPNOTSUPP): copied in"
+export FLEECE_FAULT=remap=EOPNOTSUPP
+backup 3 --incremental -v
+unset FLEECE_FAULT
 check_incr 3 40
+assert_eq "$(cloned err.3)" "0 B" "backup 3: bytes cloned in with the clone refused"
+[ -n "$(refused err.3)" ] && [ "$(refused err.3)" != "0 B" ] ||
+	fail "backup 3: nothing copied in after the refused clone: '$(refused err.3)'"
 
 step "backup 4: incremental, stopped midway by SIGTERM: FILE stays image 3"
 # Many changed chunks, so that the slow reader is still at it when stopped.

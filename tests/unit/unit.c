@@ -28,6 +28,7 @@
 #include "fleece.h"
 #include "output.h"
 #include "readahead.h"
+#include "remap.h"
 #include "sha256.h"
 #include "util.h"
 
@@ -949,6 +950,78 @@ static void test_readahead_ranges(void)
 }
 
 /*
+ * remap (remap.h): chunks added in any order end up at their offsets in the
+ * image, and the rest of the image is left as it was.  Here the file system
+ * is the host's: where it cannot clone (ext4, tmpfs) every range is copied
+ * and counted so; a clone refused by the fault point (EOPNOTSUPP) stops the
+ * clones for good; more ranges than a flush holds are flushed on the way.
+ */
+static void test_remap(void)
+{
+	const size_t size = 4 << 20, ch = 64 << 10;
+	unsigned char *img0 = xmalloc(size), *want = xmalloc(size), *got = xmalloc(size);
+	unsigned char chunk[64 << 10];
+	uint64_t cloned, copied, total = 0;
+	char ipath[300], spath[300];
+	struct remap *rm;
+	unsigned int i, pass;
+	int ifd, sfd;
+
+	for (i = 0; i < size; i++)
+		img0[i] = (unsigned char)(i * 2654435761u >> 11);
+	for (pass = 0; pass < 3; pass++) {
+		/* 1: the fault point refuses the first clone; 2: 5000 small ranges. */
+		if (pass == 1)
+			setenv("FLEECE_FAULT", "remap=EOPNOTSUPP", 1);
+		memcpy(want, img0, size);
+		ifd = data_file("remap-img", img0, size, ipath, sizeof(ipath));
+		sfd = data_file("remap-scratch", "", 0, spath, sizeof(spath));
+		CHECK(!remap_open(&rm, ifd, sfd));
+		total = 0;
+		if (pass < 2) {
+			/* Chunks 3, 4, 5 (one range), 9, then 1: out of order. */
+			static const unsigned int at[] = { 3, 4, 5, 9, 1 };
+
+			for (i = 0; i < ARRAY_SIZE(at); i++) {
+				memset(chunk, 0x40 + i, ch);
+				memcpy(want + at[i] * ch, chunk, ch);
+				CHECK(!remap_add(rm, chunk, ch, at[i] * ch));
+				total += ch;
+			}
+		} else {
+			bool added = true;
+
+			for (i = 0; i < 5000; i++) {
+				memset(chunk, (int)i, 16);
+				memcpy(want + i * 512, chunk, 16);
+				added = added && !remap_add(rm, chunk, 16, i * 512);
+				total += 16;
+			}
+			CHECK(added);
+		}
+		CHECK(!remap_flush(rm));
+		remap_counts(rm, &cloned, &copied);
+		CHECK_INT(cloned + copied, total);
+		if (pass == 1)
+			CHECK_INT(copied, total);
+		CHECK(pread(ifd, got, size, 0) == (ssize_t)size && !memcmp(got, want, size));
+		/* A second flush with nothing added changes nothing. */
+		CHECK(!remap_flush(rm));
+		remap_counts(rm, &cloned, &copied);
+		CHECK_INT(cloned + copied, total);
+		remap_close(rm);
+		unsetenv("FLEECE_FAULT");
+		close(ifd);
+		close(sfd);
+		unlink(ipath);
+		unlink(spath);
+	}
+	free(img0);
+	free(want);
+	free(got);
+}
+
+/*
  * fleece_lock(): one lock per NAME, as many NAMEs as one command names (a
  * fixed table of 64 refused the 65th); a NAME locked twice by the same
  * process is one lock; another process gets -EBUSY and a message.
@@ -1012,6 +1085,7 @@ static const struct {
 	{ "sha256", test_sha256 },
 	{ "readahead_hash", test_readahead_hash },
 	{ "readahead_ranges", test_readahead_ranges },
+	{ "remap", test_remap },
 	{ "locks", test_locks },
 };
 
