@@ -464,8 +464,12 @@ copies_settle fo-br
 assert_eq "$(fleece_counts_now fo-br | cut -d' ' -f1-6)" "$((NCHUNKS - 1)) 1 0 2 4 active" \
 	"(b) status once the abandoned copies ended (pending copied released cbw errors state)"
 ! dmesg_since_mark | grep -E "view invalidated" || fail "(b) fail_origin_writes -> default: the view was invalidated"
-expect_dmesg_since_mark "chunk 1 timed out after $TOR ms"
-expect_dmesg_since_mark "chunk 3 timed out after $TOR ms"
+# The two timeouts fire together, often on both vCPUs at once, and the
+# pair's messages share one ratelimit, whose __ratelimit() drops a message
+# when another CPU holds its lock: one message is certain, both are not
+# (each was missing once on 6.1).  The count of two is the status's cbw
+# errors above.
+expect_dmesg_since_mark "chunk [13] timed out after $TOR ms"
 for n in 1 3; do
 	view_check "$view" $n old "(b) fail_origin_writes -> default, copies ended"
 done
