@@ -28,8 +28,6 @@
 
 /* Ranges waiting for a flush: bounds the list, whatever the batches. */
 #define REMAP_MAX	4096
-/* The copy of a range the file system would not clone, in pieces. */
-#define REMAP_COPY	(1U << 20)
 
 struct remap_range {
 	uint64_t src, dst, len;
@@ -61,8 +59,11 @@ int remap_add(struct remap *rm, const void *buf, size_t len, uint64_t dst)
 
 	if (!pwrite_all(rm->scratch_fd, buf, len, (off_t)rm->scratch_end))
 		return -errno;
-	/* Next to the last range in both files: one clone for both. */
-	if (last && last->src + last->len == rm->scratch_end && last->dst + last->len == dst) {
+	/*
+	 * The scratch is appended to, so the last range ends where this one
+	 * starts there: next to it in the image too, one clone for both.
+	 */
+	if (last && last->dst + last->len == dst) {
 		last->len += len;
 	} else {
 		if (rm->n == REMAP_MAX) {
@@ -76,23 +77,24 @@ int remap_add(struct remap *rm, const void *buf, size_t len, uint64_t dst)
 	return 0;
 }
 
-/* Copy one range from the scratch (its data synced there): 0, or -errno. */
+/*
+ * Copy one range from the scratch (its data synced there), with
+ * copy_file_range() as output.c's copy_data() does: 0, or -errno.
+ */
 static int remap_copy(struct remap *rm, const struct remap_range *x)
 {
-	static unsigned char buf[REMAP_COPY];
+	off_t in = (off_t)x->src, out = (off_t)x->dst;
 	uint64_t done = 0;
 
 	while (done < x->len) {
-		size_t n = x->len - done < REMAP_COPY ? (size_t)(x->len - done) : REMAP_COPY;
-		ssize_t got = pread(rm->scratch_fd, buf, n, (off_t)(x->src + done));
+		ssize_t n = copy_file_range(rm->scratch_fd, &in, rm->out_fd, &out,
+					    (size_t)(x->len - done), 0);
 
-		if (got < 0 && errno == EINTR)
+		if (n < 0 && errno == EINTR)
 			continue;
-		if (got <= 0)
-			return got ? -errno : -EIO;
-		if (!pwrite_all(rm->out_fd, buf, (size_t)got, (off_t)(x->dst + done)))
-			return -errno;
-		done += (uint64_t)got;
+		if (n <= 0)
+			return n ? -errno : -EIO;
+		done += (uint64_t)n;
 	}
 	rm->copied += x->len;
 	return 0;
